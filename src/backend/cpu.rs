@@ -1,0 +1,483 @@
+//! The CPU backend: f32 compute, multi-threaded with rayon. It is the reference every other
+//! backend is tested against, so clarity wins over cleverness except in the two hot paths
+//! (`linear` and `attention`).
+use super::cpu_math::{axpy, dot};
+use super::{AttnDims, Backend, Batch, KvShape, WeightData};
+use crate::flops::{Counts, Ledger};
+use crate::kv::PageCopy;
+use anyhow::{bail, ensure, Result};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+const F32: u64 = 4;
+
+pub struct Cpu {
+    ledger: Mutex<Ledger>,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cpu {
+    pub fn new() -> Self {
+        Cpu {
+            ledger: Mutex::new(Ledger::new()),
+        }
+    }
+
+    fn record(&self, op: &'static str, c: Counts) {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner()).record(op, c);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+pub enum CpuStore {
+    Mapped(crate::model::weights::MappedF32),
+    Owned(Vec<f32>),
+}
+
+pub struct CpuWeight {
+    pub shape: Vec<usize>,
+    store: CpuStore,
+}
+
+impl CpuWeight {
+    pub fn data(&self) -> &[f32] {
+        match &self.store {
+            CpuStore::Mapped(m) => m.as_slice(),
+            CpuStore::Owned(v) => v,
+        }
+    }
+    fn rows_cols(&self) -> (usize, usize) {
+        match self.shape[..] {
+            [r, c] => (r, c),
+            [c] => (1, c),
+            _ => (0, 0),
+        }
+    }
+}
+
+pub struct CpuKv {
+    shape: KvShape,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl CpuKv {
+    /// Offset of (layer, slot, kv head 0) in k / v.
+    fn at(&self, layer: usize, slot: usize) -> usize {
+        let s = &self.shape;
+        ((layer * s.pages * s.page_size) + slot) * s.kv_heads * s.head_dim
+    }
+}
+
+fn same_shape(a: &CpuTensor, b: &CpuTensor, op: &str) -> Result<()> {
+    ensure!(
+        a.rows == b.rows && a.cols == b.cols,
+        "{op}: shapes [{}, {}] and [{}, {}] differ",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols
+    );
+    Ok(())
+}
+
+/// Rows up to this many use the weight-streaming GEMV path: at decode the weights dominate
+/// the traffic and each weight row must be read once for all batch rows.
+const GEMV_MAX_ROWS: usize = 8;
+
+impl Backend for Cpu {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+    type Kv = CpuKv;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn ledger(&self) -> &Mutex<Ledger> {
+        &self.ledger
+    }
+
+    fn weight(&self, shape: &[usize], data: WeightData) -> Result<CpuWeight> {
+        let n: usize = shape.iter().product();
+        ensure!(data.as_slice().len() == n, "weight data does not match shape {shape:?}");
+        ensure!(matches!(shape.len(), 1 | 2), "weights are vectors or matrices, not {shape:?}");
+        let store = match data {
+            WeightData::Mapped(m) => CpuStore::Mapped(m),
+            WeightData::Host(c) => CpuStore::Owned(c.into_owned()),
+        };
+        Ok(CpuWeight { shape: shape.to_vec(), store })
+    }
+
+    fn tensor(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CpuTensor> {
+        ensure!(data.len() == rows * cols, "tensor data is not {rows}x{cols}");
+        Ok(CpuTensor { rows, cols, data: data.to_vec() })
+    }
+
+    fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn shape(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn alloc_kv(&self, shape: KvShape) -> Result<CpuKv> {
+        let n = shape
+            .layers
+            .checked_mul(shape.pages * shape.page_size)
+            .and_then(|x| x.checked_mul(shape.kv_heads * shape.head_dim))
+            .filter(|&n| n < (1usize << 40))
+            .ok_or_else(|| anyhow::anyhow!("KV cache of {shape:?} is too large"))?;
+        Ok(CpuKv { shape, k: vec![0.0; n], v: vec![0.0; n] })
+    }
+
+    fn copy_pages(&self, kv: &mut CpuKv, copies: &[PageCopy]) -> Result<()> {
+        let s = kv.shape;
+        let row = s.kv_heads * s.head_dim;
+        let mut bytes = 0u64;
+        for c in copies {
+            ensure!(
+                (c.src as usize) < s.pages && (c.dst as usize) < s.pages && c.len <= s.page_size,
+                "bad page copy {c:?}"
+            );
+            for layer in 0..s.layers {
+                let src = kv.at(layer, c.src as usize * s.page_size);
+                let dst = kv.at(layer, c.dst as usize * s.page_size);
+                let n = c.len * row;
+                kv.k.copy_within(src..src + n, dst);
+                kv.v.copy_within(src..src + n, dst);
+                bytes += 4 * n as u64 * F32;
+            }
+        }
+        if !copies.is_empty() {
+            self.record("kv_copy", Counts::exact(0, bytes, 0));
+        }
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32]) -> Result<CpuTensor> {
+        let (vocab, d) = table.rows_cols();
+        let t = table.data();
+        let mut data = Vec::with_capacity(ids.len() * d);
+        for &id in ids {
+            let id = id as usize;
+            ensure!(id < vocab, "token id {id} is outside the vocabulary ({vocab})");
+            data.extend_from_slice(&t[id * d..(id + 1) * d]);
+        }
+        let n = ids.len() as u64;
+        self.record("embedding", Counts::exact(0, 2 * n * d as u64 * F32 + n * 4, 0));
+        Ok(CpuTensor { rows: ids.len(), cols: d, data })
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32) -> Result<CpuTensor> {
+        ensure!(w.data().len() == x.cols, "rms_norm: weight length differs from row length");
+        let mut out = vec![0.0; x.data.len()];
+        out.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, r)| {
+            norm_row(o, r, w.data(), eps);
+        });
+        let (n, d) = (x.rows as u64, x.cols as u64);
+        self.record("rmsnorm", Counts::exact(4 * n * d, (2 * n * d + d) * F32, n));
+        Ok(CpuTensor { rows: x.rows, cols: x.cols, data: out })
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CpuTensor,
+        x: &CpuTensor,
+        w: &CpuWeight,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        same_shape(residual, x, "add_rms_norm")?;
+        ensure!(w.data().len() == x.cols, "add_rms_norm: weight length differs from row length");
+        let cols = x.cols;
+        let mut out = vec![0.0; x.data.len()];
+        out.par_chunks_mut(cols)
+            .zip(residual.data.par_chunks_mut(cols))
+            .zip(x.data.par_chunks(cols))
+            .for_each(|((o, r), xr)| {
+                for (a, b) in r.iter_mut().zip(xr) {
+                    *a += *b;
+                }
+                norm_row(o, r, w.data(), eps);
+            });
+        let (n, d) = (x.rows as u64, x.cols as u64);
+        self.record("add_rmsnorm", Counts::exact(5 * n * d, (4 * n * d + d) * F32, n));
+        Ok(CpuTensor { rows: x.rows, cols, data: out })
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
+        let (m, k) = w.rows_cols();
+        ensure!(
+            w.shape.len() == 2 && x.cols == k,
+            "linear: input has {} columns, weight is {:?}",
+            x.cols,
+            w.shape
+        );
+        let n = x.rows;
+        let wd = w.data();
+        let mut out = vec![0.0f32; n * m];
+        if n <= GEMV_MAX_ROWS {
+            // Each task streams a block of weight rows once, for all n inputs.
+            const BLOCK: usize = 64;
+            let mut out_t = vec![0.0f32; m * n];
+            out_t.par_chunks_mut(BLOCK * n.max(1)).enumerate().for_each(|(b, o)| {
+                for (jj, orow) in o.chunks_mut(n.max(1)).enumerate() {
+                    let j = b * BLOCK + jj;
+                    let wr = &wd[j * k..(j + 1) * k];
+                    for (i, ov) in orow.iter_mut().enumerate() {
+                        *ov = dot(&x.data[i * k..(i + 1) * k], wr);
+                    }
+                }
+            });
+            for j in 0..m {
+                for i in 0..n {
+                    out[i * m + j] = out_t[j * n + i];
+                }
+            }
+        } else if m > 0 && k > 0 {
+            // SAFETY: the pointers and strides describe the three buffers exactly:
+            // dst [n, m] row-major, lhs = x [n, k] row-major, rhs = wᵀ [k, m] read from w [m, k].
+            unsafe {
+                gemm::gemm(
+                    n,
+                    m,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    false,
+                    x.data.as_ptr(),
+                    1,
+                    k as isize,
+                    wd.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        let (n, m, k) = (n as u64, m as u64, k as u64);
+        self.record(
+            "matmul",
+            Counts::exact(2 * n * m * k, (m * k + n * k + n * m) * F32, 0),
+        );
+        Ok(CpuTensor { rows: x.rows, cols: m as usize, data: out })
+    }
+
+    fn rope_store_kv(
+        &self,
+        q: &mut CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        kv: &mut CpuKv,
+        layer: usize,
+        batch: &Batch,
+        dims: AttnDims,
+    ) -> Result<()> {
+        let hd = dims.head_dim;
+        let nt = batch.n_tokens();
+        ensure!(q.rows == nt && q.cols == dims.heads * hd, "rope: q is not [{nt}, heads*hd]");
+        ensure!(
+            k.rows == nt && v.rows == nt && k.cols == dims.kv_heads * hd && v.cols == k.cols,
+            "rope: k/v are not [{nt}, kv_heads*hd]"
+        );
+        ensure!(
+            kv.shape.kv_heads == dims.kv_heads && kv.shape.head_dim == hd && layer < kv.shape.layers,
+            "rope: KV storage shape {:?} does not fit layer {layer}",
+            kv.shape
+        );
+        let pos = batch.positions();
+        let slots = batch.slots();
+        let inv = inv_freq(hd, dims.rope_theta);
+        q.data.par_chunks_mut(q.cols).zip(pos.par_iter()).for_each(|(row, &p)| {
+            let (cos, sin) = angles(&inv, p);
+            for h in row.chunks_mut(hd) {
+                rotate_half(h, &cos, &sin);
+            }
+        });
+        let cap = kv.shape.pages * kv.shape.page_size;
+        for t in 0..nt {
+            let slot = slots[t] as usize;
+            ensure!(slot < cap, "rope: KV slot {slot} is outside the pool ({cap})");
+            let (cos, sin) = angles(&inv, pos[t]);
+            let at = kv.at(layer, slot);
+            let kr = &mut kv.k[at..at + k.cols];
+            kr.copy_from_slice(&k.data[t * k.cols..(t + 1) * k.cols]);
+            for h in kr.chunks_mut(hd) {
+                rotate_half(h, &cos, &sin);
+            }
+            kv.v[at..at + v.cols].copy_from_slice(&v.data[t * v.cols..(t + 1) * v.cols]);
+        }
+        let (nt, hq, hk, hd) = (nt as u64, dims.heads as u64, dims.kv_heads as u64, hd as u64);
+        self.record(
+            "rope_kv",
+            Counts::exact(
+                6 * nt * (hq + hk) * (hd / 2),
+                nt * (2 * hq + 4 * hk) * hd * F32,
+                nt * hd,
+            ),
+        );
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        kv: &CpuKv,
+        layer: usize,
+        batch: &Batch,
+        dims: AttnDims,
+    ) -> Result<CpuTensor> {
+        let (hd, hq, hk) = (dims.head_dim, dims.heads, dims.kv_heads);
+        let group = hq / hk;
+        let nt = batch.n_tokens();
+        ensure!(q.rows == nt && q.cols == hq * hd, "attention: q is not [{nt}, heads*hd]");
+        ensure!(kv.shape.kv_heads == hk && kv.shape.head_dim == hd, "attention: KV shape differs");
+        // For every token row: (sequence, position).
+        let mut who = Vec::with_capacity(nt);
+        for (si, s) in batch.seqs.iter().enumerate() {
+            ensure!(
+                s.pages.len() * batch.page_size >= s.pos_start + s.n_tokens,
+                "attention: sequence {si} has too few pages for its length"
+            );
+            who.extend((0..s.n_tokens).map(|i| (si, s.pos_start + i)));
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let ps = batch.page_size;
+        let mut out = vec![0.0f32; nt * hq * hd];
+        // One task per (token, KV head): its query heads share every K/V row it reads.
+        out.par_chunks_mut(group * hd).enumerate().for_each(|(u, o)| {
+            let (t, g) = (u / hk, u % hk);
+            let (si, pos) = who[t];
+            let pages = &batch.seqs[si].pages;
+            let first = batch.first_visible(pos);
+            let mut scores = vec![0.0f32; pos + 1 - first];
+            for qh in 0..group {
+                let h = g * group + qh;
+                let qv = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
+                let mut mx = f32::NEG_INFINITY;
+                for (s, j) in scores.iter_mut().zip(first..=pos) {
+                    let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
+                    *s = dot(qv, &kv.k[at..at + hd]) * scale;
+                    mx = mx.max(*s);
+                }
+                let mut sum = 0.0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - mx).exp();
+                    sum += *s;
+                }
+                let oh = &mut o[qh * hd..(qh + 1) * hd];
+                for (s, j) in scores.iter().zip(first..=pos) {
+                    let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
+                    axpy(oh, *s / sum, &kv.v[at..at + hd]);
+                }
+            }
+        });
+        let pairs = batch.attention_pairs();
+        let mut kv_rows = 0u64;
+        for s in &batch.seqs {
+            if s.n_tokens > 0 {
+                kv_rows += (s.pos_start + s.n_tokens - batch.first_visible(s.pos_start)) as u64;
+            }
+        }
+        let (hq, hk, hd) = (hq as u64, hk as u64, hd as u64);
+        self.record(
+            "attention",
+            Counts::exact(
+                4 * hd * hq * pairs,
+                (2 * nt as u64 * hq * hd + 2 * kv_rows * hk * hd) * F32,
+                hq * pairs,
+            ),
+        );
+        Ok(CpuTensor { rows: nt, cols: (hq * hd) as usize, data: out })
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
+        same_shape(gate, up, "silu_mul")?;
+        let mut out = vec![0.0; gate.data.len()];
+        out.par_chunks_mut(4096)
+            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
+            .for_each(|(o, (g, u))| {
+                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                    *o = *g / (1.0 + (-*g).exp()) * *u;
+                }
+            });
+        let n = gate.data.len() as u64;
+        self.record("silu_mul", Counts::exact(3 * n, 3 * n * F32, n));
+        Ok(CpuTensor { rows: gate.rows, cols: gate.cols, data: out })
+    }
+
+    fn add(&self, a: &mut CpuTensor, b: &CpuTensor) -> Result<()> {
+        same_shape(a, b, "add")?;
+        for (x, y) in a.data.iter_mut().zip(&b.data) {
+            *x += *y;
+        }
+        let n = a.data.len() as u64;
+        self.record("add", Counts::exact(n, 3 * n * F32, 0));
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
+        let mut data = Vec::with_capacity(rows.len() * x.cols);
+        for &r in rows {
+            if r >= x.rows {
+                bail!("gather_rows: row {r} of {}", x.rows);
+            }
+            data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+        let b = 2 * (rows.len() * x.cols) as u64 * F32;
+        self.record("gather", Counts::exact(0, b, 0));
+        Ok(CpuTensor { rows: rows.len(), cols: x.cols, data })
+    }
+}
+
+fn norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss = dot(x, x);
+    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = *v * inv * *g;
+    }
+}
+
+/// θ^(−2i/d) for i < d/2, in f64 so that long positions keep their precision.
+pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f64> {
+    (0..head_dim / 2)
+        .map(|i| (theta as f64).powf(-((2 * i) as f64) / head_dim as f64))
+        .collect()
+}
+
+pub fn angles(inv: &[f64], pos: u32) -> (Vec<f32>, Vec<f32>) {
+    inv.iter()
+        .map(|f| {
+            let a = pos as f64 * f;
+            (a.cos() as f32, a.sin() as f32)
+        })
+        .unzip()
+}
+
+/// HF's rotate-half RoPE: element i pairs with element i + d/2.
+pub fn rotate_half(h: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = h.len() / 2;
+    for i in 0..half {
+        let (a, b) = (h[i], h[i + half]);
+        h[i] = a * cos[i] - b * sin[i];
+        h[i + half] = b * cos[i] + a * sin[i];
+    }
+}

@@ -1,0 +1,189 @@
+//! One trait for the ops the forward pass needs; `cpu` is the reference (and fast enough for
+//! the small default model), `cuda` launches kernels/*.cu. Every op records its counts into the
+//! backend's FLOP ledger, computed from the shapes it ran on.
+pub mod cpu;
+mod cpu_math;
+
+use crate::flops::{Ledger, Phase};
+use crate::kv::PageCopy;
+use anyhow::Result;
+use std::sync::Mutex;
+
+/// Where the new tokens of one sequence sit in a ragged batch, and where its KV lives.
+#[derive(Clone, Debug)]
+pub struct SeqSlice {
+    /// Index of the sequence's first new token in the batch's token rows.
+    pub token_start: usize,
+    pub n_tokens: usize,
+    /// RoPE position of the first new token (= tokens already in the cache).
+    pub pos_start: usize,
+    /// The sequence's page table, covering pos_start + n_tokens tokens.
+    pub pages: Vec<u32>,
+}
+
+/// A ragged batch: the new tokens of several sequences, concatenated.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub seqs: Vec<SeqSlice>,
+    pub page_size: usize,
+    /// Mistral's sliding window; None = full causal attention.
+    pub sliding_window: Option<usize>,
+}
+
+impl Batch {
+    pub fn n_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.n_tokens).sum()
+    }
+
+    /// RoPE position of every token row.
+    pub fn positions(&self) -> Vec<u32> {
+        let mut p = Vec::with_capacity(self.n_tokens());
+        for s in &self.seqs {
+            p.extend((0..s.n_tokens).map(|i| (s.pos_start + i) as u32));
+        }
+        p
+    }
+
+    /// The KV slot (page · page_size + offset) every token row is written to.
+    pub fn slots(&self) -> Vec<u32> {
+        let mut v = Vec::with_capacity(self.n_tokens());
+        for s in &self.seqs {
+            for i in 0..s.n_tokens {
+                let pos = s.pos_start + i;
+                v.push(s.pages[pos / self.page_size] * self.page_size as u32
+                    + (pos % self.page_size) as u32);
+            }
+        }
+        v
+    }
+
+    /// The first key position a query at `pos` may see.
+    pub fn first_visible(&self, pos: usize) -> usize {
+        match self.sliding_window {
+            Some(w) if pos + 1 > w => pos + 1 - w,
+            _ => 0,
+        }
+    }
+
+    /// Allowed (query, key) pairs of causal attention over this batch, summed: the useful-FLOP
+    /// base of attention, identical for every backend.
+    pub fn attention_pairs(&self) -> u64 {
+        let mut n = 0u64;
+        for s in &self.seqs {
+            for i in 0..s.n_tokens {
+                let pos = s.pos_start + i;
+                n += (pos + 1 - self.first_visible(pos)) as u64;
+            }
+        }
+        n
+    }
+}
+
+/// Shape of the paged KV storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvShape {
+    pub layers: usize,
+    pub pages: usize,
+    pub page_size: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    pub fn bytes_per_token(&self, elem: usize) -> usize {
+        2 * self.layers * self.kv_heads * self.head_dim * elem
+    }
+}
+
+/// Attention geometry shared by the attention ops.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f32,
+}
+
+/// The ops of a llama/mistral forward pass. Tensors are row-major 2-D [rows, cols].
+pub trait Backend: Send + Sync {
+    /// Activations.
+    type Tensor: Send + Sync;
+    /// Parameters (matrices [out, in] as in HF's Linear, and vectors).
+    type Weight: Send + Sync;
+    /// Paged K/V storage for all layers.
+    type Kv: Send + Sync;
+
+    fn name(&self) -> &'static str;
+    fn ledger(&self) -> &Mutex<Ledger>;
+    fn set_phase(&self, p: Phase) {
+        self.ledger().lock().unwrap_or_else(|e| e.into_inner()).set_phase(p);
+    }
+
+    /// A parameter from host f32 values (the backend chooses its storage dtype).
+    fn weight(&self, shape: &[usize], data: WeightData) -> Result<Self::Weight>;
+    fn tensor(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Tensor>;
+    fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+
+    fn alloc_kv(&self, shape: KvShape) -> Result<Self::Kv>;
+    /// Performs the page copies the KV pool asked for (fork and copy-on-write).
+    fn copy_pages(&self, kv: &mut Self::Kv, copies: &[PageCopy]) -> Result<()>;
+
+    /// Rows `ids` of the embedding table.
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
+    /// y = x / rms(x) · w, row by row.
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f32) -> Result<Self::Tensor>;
+    /// residual += x; returns rms_norm(residual) — the fused pre-norm of the next block.
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Tensor,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+    /// x · wᵀ for w [out, in].
+    fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
+    /// Rotates q and k (rotate-half RoPE at each row's position) and writes k, v into the
+    /// pages of layer `layer`.
+    fn rope_store_kv(
+        &self,
+        q: &mut Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        kv: &mut Self::Kv,
+        layer: usize,
+        batch: &Batch,
+        dims: AttnDims,
+    ) -> Result<()>;
+    /// Causal (optionally windowed) GQA attention of every query row over its sequence's pages.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        kv: &Self::Kv,
+        layer: usize,
+        batch: &Batch,
+        dims: AttnDims,
+    ) -> Result<Self::Tensor>;
+    /// silu(gate) · up, elementwise.
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// a += b.
+    fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
+    /// The given rows of x, in order.
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+}
+
+/// Parameter values handed to a backend.
+pub enum WeightData<'a> {
+    /// f32 values in a memory map: a CPU backend can use them without copying.
+    Mapped(crate::model::weights::MappedF32),
+    Host(std::borrow::Cow<'a, [f32]>),
+}
+
+impl WeightData<'_> {
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            WeightData::Mapped(m) => m.as_slice(),
+            WeightData::Host(c) => c,
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Batched generation: a `Runner` owns a model's paged KV pool and runs ragged batches of
+//! sequences through the forward pass; `generate` prefills many prompts together, then decodes
+//! every live sequence one token per step until EOS, a stop string or the token limit.
+use crate::backend::{Backend, Batch, KvShape, SeqSlice};
+use crate::flops::Phase;
+use crate::kv::{KvPool, SeqId};
+use crate::model::llama::{Model, Output};
+use crate::model::tokenizer::Tokenizer;
+use crate::sample::{sample, Sampling};
+use anyhow::{Context, Result};
+
+/// A model, its backend and its KV cache (page tables + storage).
+pub struct Runner<'a, B: Backend> {
+    pub be: &'a B,
+    pub model: &'a Model<B>,
+    pub pool: KvPool,
+    pub kv: B::Kv,
+}
+
+impl<'a, B: Backend> Runner<'a, B> {
+    pub fn new(be: &'a B, model: &'a Model<B>, pages: usize, page_size: usize) -> Result<Self> {
+        let c = &model.cfg;
+        let shape = KvShape {
+            layers: c.num_hidden_layers,
+            pages,
+            page_size,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        let kv = be.alloc_kv(shape).context("cannot allocate the KV cache")?;
+        Ok(Runner { be, model, pool: KvPool::new(pages, page_size), kv })
+    }
+
+    /// Appends `tokens[i]` to sequence `seqs[i]` for every i, in one forward pass, and returns
+    /// hidden state and logits of each sequence's last new token. Running out of KV pages is an
+    /// error (a `KvError` inside) that leaves every sequence as it was.
+    pub fn extend(&mut self, items: &[(SeqId, &[u32])]) -> Result<Output<B>> {
+        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let batch = self.reserve(items.iter().map(|(s, t)| (*s, t.len())))?;
+        let out = self.model.forward(self.be, &mut self.kv, &batch, &ids)?;
+        self.commit(items.iter().map(|(s, t)| (*s, t.len())))?;
+        Ok(out)
+    }
+
+    /// Reserves room for n new tokens in each sequence and lays out the ragged batch. All or
+    /// nothing: when the pool runs short, what was reserved here is undone.
+    pub fn reserve(&mut self, items: impl Iterator<Item = (SeqId, usize)>) -> Result<Batch> {
+        let mut seqs = Vec::new();
+        let mut token_start = 0;
+        let mut done: Vec<(SeqId, usize)> = Vec::new();
+        for (s, n) in items {
+            anyhow::ensure!(n > 0, "a sequence in the batch has no new tokens");
+            let copies = match self.pool.reserve(s, n) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Release the spare pages reserved so far, so a caller can retry smaller.
+                    for (s2, _) in &done {
+                        let len = self.pool.len(*s2)?;
+                        self.pool.truncate(*s2, len)?;
+                    }
+                    return Err(e.into());
+                }
+            };
+            self.be.copy_pages(&mut self.kv, &copies)?;
+            let pos_start = self.pool.len(s)?;
+            seqs.push(SeqSlice { token_start, n_tokens: n, pos_start, pages: self.pool.pages(s)?.to_vec() });
+            token_start += n;
+            done.push((s, n));
+        }
+        Ok(Batch {
+            seqs,
+            page_size: self.pool.page_size(),
+            sliding_window: self.model.cfg.sliding_window,
+        })
+    }
+
+    pub fn commit(&mut self, items: impl Iterator<Item = (SeqId, usize)>) -> Result<()> {
+        for (s, n) in items {
+            self.pool.commit(s, n)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GenParams {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// Generation stops when the decoded text contains one of these; the text is cut before it.
+    pub stop: Vec<String>,
+    /// Keep going through EOS (used to replay fixed token budgets on synthetic weights).
+    pub ignore_eos: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    Eos,
+    Stop,
+    Length,
+}
+
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: Finish,
+}
+
+struct Live {
+    seq: SeqId,
+    ids: Vec<u32>,
+    text_len_sent: usize,
+    done: Option<Finish>,
+    text: String,
+}
+
+/// How many KV pages `generate` needs for these prompts.
+pub fn pages_needed(prompt_lens: &[usize], max_tokens: usize, page_size: usize) -> usize {
+    prompt_lens.iter().map(|l| (l + max_tokens).div_ceil(page_size) + 1).sum()
+}
+
+/// Generates a completion for every prompt, all in one batch; `on_text(i, delta)` receives
+/// the new text of prompt i as it is produced (text is held back while it ends inside a
+/// multi-byte character or could still become a stop string).
+pub fn generate<B: Backend>(
+    r: &mut Runner<'_, B>,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    p: &GenParams,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Completion>> {
+    let vocab_limit = r.model.cfg.vocab_size;
+    let mut live: Vec<Live> = prompts
+        .iter()
+        .map(|_| Live { seq: r.pool.create(), ids: vec![], text_len_sent: 0, done: None, text: String::new() })
+        .collect();
+    r.be.set_phase(Phase::Prefill);
+    let items: Vec<(SeqId, &[u32])> =
+        live.iter().zip(prompts).map(|(l, p)| (l.seq, p.as_slice())).collect();
+    anyhow::ensure!(prompts.iter().all(|p| !p.is_empty()), "a prompt has no tokens");
+    let mut out = r.extend(&items)?;
+    let mut rows: Vec<usize> = (0..live.len()).collect();
+    let mut step = 0u64;
+    while !rows.is_empty() && p.max_tokens > 0 {
+        let logits = r.be.to_host(&out.logits)?;
+        let v = logits.len() / rows.len();
+        r.be.set_phase(Phase::Sample);
+        for (k, &i) in rows.iter().enumerate() {
+            let u = crate::rng::uniform(p.seed, i as u64, step);
+            let (id, cost) = sample(&logits[k * v..(k + 1) * v], vocab_limit, p.sampling, u);
+            r.be.ledger().lock().unwrap_or_else(|e| e.into_inner()).record("sample", cost);
+            let l = &mut live[i];
+            l.ids.push(id);
+            if !p.ignore_eos && tok.eos.contains(&id) {
+                l.ids.pop();
+                l.done = Some(Finish::Eos);
+            }
+            l.text = tok.decode(&l.ids, true)?;
+            if let Some(cut) = first_stop(&l.text, &p.stop) {
+                l.text.truncate(cut);
+                l.done = Some(Finish::Stop);
+            } else if l.done.is_none() && l.ids.len() >= p.max_tokens {
+                l.done = Some(Finish::Length);
+            }
+            let safe = if l.done.is_some() { l.text.len() } else { safe_prefix(&l.text, &p.stop) };
+            if safe > l.text_len_sent {
+                on_text(i, &l.text[l.text_len_sent..safe]);
+                l.text_len_sent = safe;
+            }
+        }
+        step += 1;
+        rows.retain(|&i| live[i].done.is_none());
+        if rows.is_empty() {
+            break;
+        }
+        r.be.set_phase(Phase::Decode);
+        let next: Vec<(SeqId, [u32; 1])> =
+            rows.iter().map(|&i| (live[i].seq, [*live[i].ids.last().unwrap_or(&0)])).collect();
+        let items: Vec<(SeqId, &[u32])> = next.iter().map(|(s, t)| (*s, &t[..])).collect();
+        out = r.extend(&items)?;
+    }
+    let mut res = Vec::with_capacity(live.len());
+    for l in live {
+        r.pool.free(l.seq)?;
+        let finish = l.done.unwrap_or(Finish::Length);
+        res.push(Completion { ids: l.ids, text: l.text, finish });
+    }
+    Ok(res)
+}
+
+/// Byte offset of the earliest stop string in `text`.
+pub fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// How much of `text` can be shown now: not a trailing replacement character (an incomplete
+/// UTF-8 sequence) and not a tail that could be the start of a stop string.
+fn safe_prefix(text: &str, stop: &[String]) -> usize {
+    let base = text.trim_end_matches('\u{FFFD}').len();
+    let mut end = base;
+    for s in stop {
+        for (k, _) in s.char_indices().skip(1) {
+            if text[..base].ends_with(&s[..k]) {
+                end = end.min(base - k);
+            }
+        }
+    }
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_and_hold_back() {
+        let stops = vec!["Q:".to_string(), "\n\n\n".to_string()];
+        assert_eq!(first_stop("abc Q: x", &stops), Some(4));
+        assert_eq!(first_stop("abc", &stops), None);
+        assert_eq!(safe_prefix("abc Q", &stops), 4);
+        assert_eq!(safe_prefix("abc\n\n", &stops), 3);
+        assert_eq!(safe_prefix("abc\u{FFFD}", &stops), 3);
+    }
+}

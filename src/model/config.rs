@@ -1,0 +1,242 @@
+//! The model configuration: read from an HF `config.json` (llama / mistral) or built in for
+//! synthetic models. Every shape the forward pass uses is derived from here, and the loader
+//! checks every tensor against it.
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Config {
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Mistral's sliding-window attention: a query at position i sees keys j with i − j < w.
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// The raw JSON; optional fields get the defaults HF transformers uses.
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    architectures: Option<Vec<String>>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    vocab_size: usize,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    sliding_window: Option<usize>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<serde_json::Value>,
+    pad_token_id: Option<u32>,
+    rope_scaling: Option<serde_json::Value>,
+    hidden_act: Option<String>,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("bad model config {}", path.display()))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let model_type = raw
+            .model_type
+            .clone()
+            .or_else(|| {
+                raw.architectures.as_ref().and_then(|a| {
+                    a.first().map(|s| s.trim_end_matches("ForCausalLM").to_lowercase())
+                })
+            })
+            .unwrap_or_default();
+        if model_type != "llama" && model_type != "mistral" {
+            bail!("unsupported model_type {model_type:?} (ponder runs llama and mistral)");
+        }
+        if let Some(rs) = &raw.rope_scaling {
+            if !rs.is_null() {
+                bail!("rope_scaling {rs} is not supported");
+            }
+        }
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                bail!("hidden_act {act:?} is not supported (only silu)");
+            }
+        }
+        let eos_token_ids = match &raw.eos_token_id {
+            None | Some(serde_json::Value::Null) => vec![],
+            Some(serde_json::Value::Number(n)) => vec![n
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .context("eos_token_id is not a token id")?],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .context("eos_token_id holds a non-id")
+                })
+                .collect::<Result<_>>()?,
+            Some(v) => bail!("eos_token_id {v} is neither an id nor a list of ids"),
+        };
+        let heads = raw.num_attention_heads;
+        let cfg = Config {
+            model_type,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(if heads == 0 { 0 } else { raw.hidden_size / heads }),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta: raw.rope_theta.unwrap_or(10000.0),
+            vocab_size: raw.vocab_size,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            sliding_window: raw.sliding_window,
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids,
+            pad_token_id: raw.pad_token_id,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the relations the forward pass relies on.
+    pub fn validate(&self) -> Result<()> {
+        let c = self;
+        if c.hidden_size == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 {
+            bail!("hidden_size, num_hidden_layers and vocab_size must be positive");
+        }
+        if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
+            bail!("attention head counts must be positive");
+        }
+        if c.num_attention_heads % c.num_key_value_heads != 0 {
+            bail!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                c.num_attention_heads,
+                c.num_key_value_heads
+            );
+        }
+        if c.head_dim == 0 || c.head_dim % 2 != 0 {
+            bail!("head_dim {} must be even and positive (RoPE rotates pairs)", c.head_dim);
+        }
+        if c.intermediate_size == 0 {
+            bail!("intermediate_size must be positive");
+        }
+        if !(c.rms_norm_eps > 0.0) || !(c.rope_theta > 0.0) {
+            bail!("rms_norm_eps and rope_theta must be positive");
+        }
+        if c.sliding_window == Some(0) {
+            bail!("sliding_window 0 would hide every key");
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+    pub fn gqa_group(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// Parameter count (embedding and LM head counted once each when untied).
+    pub fn n_params(&self) -> u64 {
+        let (d, f, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let attn = d * (self.q_dim() as u64) * 2 + d * (self.kv_dim() as u64) * 2;
+        let layer = attn + 3 * d * f + 2 * d;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        v * d + head + d + self.num_hidden_layers as u64 * layer
+    }
+
+    /// Built-in architectures for synthetic weights.
+    pub fn builtin(name: &str) -> Result<Self> {
+        let base = |d, f, l, h, kv, v, theta: f32, tie, win| Config {
+            model_type: "llama".into(),
+            hidden_size: d,
+            intermediate_size: f,
+            num_hidden_layers: l,
+            num_attention_heads: h,
+            num_key_value_heads: kv,
+            head_dim: d / h,
+            rms_norm_eps: 1e-5,
+            rope_theta: theta,
+            vocab_size: v,
+            max_position_embeddings: 32768,
+            tie_word_embeddings: tie,
+            sliding_window: win,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            pad_token_id: None,
+        };
+        let mut c = match name {
+            "mistral-7b" => {
+                let mut c = base(4096, 14336, 32, 32, 8, 32000, 10000.0, false, Some(4096));
+                c.model_type = "mistral".into();
+                c
+            }
+            "smollm2-135m" => base(576, 1536, 30, 9, 3, 49152, 100000.0, true, None),
+            "tiny" => base(64, 160, 2, 4, 2, 512, 10000.0, false, None),
+            _ => bail!(
+                "unknown synthetic model {name:?} (known: mistral-7b, smollm2-135m, tiny)"
+            ),
+        };
+        if name == "tiny" {
+            c.max_position_embeddings = 4096;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mistral_params_match_the_published_count() {
+        // Mistral-7B-v0.1 has 7,241,732,096 parameters.
+        assert_eq!(Config::builtin("mistral-7b").unwrap().n_params(), 7_241_732_096);
+    }
+
+    #[test]
+    fn smollm2_params_match_the_published_count() {
+        // SmolLM2-135M: 134,515,008 parameters (tied embeddings).
+        assert_eq!(Config::builtin("smollm2-135m").unwrap().n_params(), 134_515_008);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let e = Config::from_json("{").unwrap_err();
+        assert!(format!("{e:#}").contains("EOF"), "{e:#}");
+        let j = r#"{"model_type":"llama","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":3,"num_key_value_heads":2,"vocab_size":10}"#;
+        let e = Config::from_json(j).unwrap_err();
+        assert!(format!("{e:#}").contains("multiple"), "{e:#}");
+        let j = r#"{"model_type":"gpt2","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":4,"vocab_size":10}"#;
+        assert!(format!("{:#}", Config::from_json(j).unwrap_err()).contains("gpt2"));
+    }
+}

