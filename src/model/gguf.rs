@@ -1,0 +1,574 @@
+//! A GGUF (v2/v3) reader over a memory map, and exact dequantization of the tensor types
+//! ponder imports. Every count, length and offset in the file is checked against the file's
+//! size before it is used, so a corrupt or hostile file yields an error, never a panic or a
+//! huge allocation.
+use anyhow::{bail, Context, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// ggml's GGML_MAX_DIMS.
+const MAX_DIMS: u32 = 4;
+/// Nested arrays are legal but never used; the limit keeps a crafted file from exhausting
+/// the stack.
+const MAX_ARRAY_DEPTH: u32 = 4;
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GgufValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<GgufValue>),
+}
+
+impl GgufValue {
+    /// Any integer that is not negative.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            GgufValue::U8(v) => Some(v.into()),
+            GgufValue::U16(v) => Some(v.into()),
+            GgufValue::U32(v) => Some(v.into()),
+            GgufValue::U64(v) => Some(v),
+            GgufValue::I8(v) => u64::try_from(v).ok(),
+            GgufValue::I16(v) => u64::try_from(v).ok(),
+            GgufValue::I32(v) => u64::try_from(v).ok(),
+            GgufValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            GgufValue::I8(v) => Some(v.into()),
+            GgufValue::I16(v) => Some(v.into()),
+            GgufValue::I32(v) => Some(v.into()),
+            GgufValue::I64(v) => Some(v),
+            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            GgufValue::F32(v) => Some(v.into()),
+            GgufValue::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            GgufValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            GgufValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[GgufValue]> {
+        match self {
+            GgufValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The GGUF name of the value's type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            GgufValue::U8(_) => "uint8",
+            GgufValue::I8(_) => "int8",
+            GgufValue::U16(_) => "uint16",
+            GgufValue::I16(_) => "int16",
+            GgufValue::U32(_) => "uint32",
+            GgufValue::I32(_) => "int32",
+            GgufValue::U64(_) => "uint64",
+            GgufValue::I64(_) => "int64",
+            GgufValue::F32(_) => "float32",
+            GgufValue::F64(_) => "float64",
+            GgufValue::Bool(_) => "bool",
+            GgufValue::String(_) => "string",
+            GgufValue::Array(_) => "array",
+        }
+    }
+}
+
+/// A ggml tensor type id. Only ids ggml defines are accepted when a file is opened, since
+/// the size of a tensor of an unknown type cannot be computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GgmlType(pub u32);
+
+/// (id, name, elements per block, bytes per block), as in ggml's type_traits.
+const GGML_TYPES: &[(u32, &str, usize, usize)] = &[
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 18),
+    (3, "Q4_1", 32, 20),
+    (6, "Q5_0", 32, 22),
+    (7, "Q5_1", 32, 24),
+    (8, "Q8_0", 32, 34),
+    (9, "Q8_1", 32, 40),
+    (10, "Q2_K", 256, 84),
+    (11, "Q3_K", 256, 110),
+    (12, "Q4_K", 256, 144),
+    (13, "Q5_K", 256, 176),
+    (14, "Q6_K", 256, 210),
+    (15, "Q8_K", 256, 292),
+    (16, "IQ2_XXS", 256, 66),
+    (17, "IQ2_XS", 256, 74),
+    (18, "IQ3_XXS", 256, 98),
+    (19, "IQ1_S", 256, 50),
+    (20, "IQ4_NL", 32, 18),
+    (21, "IQ3_S", 256, 110),
+    (22, "IQ2_S", 256, 82),
+    (23, "IQ4_XS", 256, 136),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", 256, 56),
+    (30, "BF16", 1, 2),
+    (34, "TQ1_0", 256, 54),
+    (35, "TQ2_0", 256, 66),
+    (39, "MXFP4", 32, 17),
+    (40, "NVFP4", 64, 36),
+    (41, "Q1_0", 128, 18),
+];
+
+impl GgmlType {
+    pub const F32: GgmlType = GgmlType(0);
+    pub const F16: GgmlType = GgmlType(1);
+    pub const Q4_0: GgmlType = GgmlType(2);
+    pub const Q4_1: GgmlType = GgmlType(3);
+    pub const Q8_0: GgmlType = GgmlType(8);
+    pub const BF16: GgmlType = GgmlType(30);
+
+    fn traits(self) -> Option<&'static (u32, &'static str, usize, usize)> {
+        GGML_TYPES.iter().find(|t| t.0 == self.0)
+    }
+
+    /// ggml's name for the type, or "type N" for an id ggml does not define.
+    pub fn name(self) -> String {
+        self.traits()
+            .map_or_else(|| format!("type {}", self.0), |t| t.1.to_string())
+    }
+
+    /// (elements per block, bytes per block).
+    pub fn block_layout(self) -> Option<(usize, usize)> {
+        self.traits().map(|t| (t.2, t.3))
+    }
+
+    pub fn can_dequantize(self) -> bool {
+        [
+            Self::F32,
+            Self::F16,
+            Self::BF16,
+            Self::Q8_0,
+            Self::Q4_0,
+            Self::Q4_1,
+        ]
+        .contains(&self)
+    }
+}
+
+/// One tensor's description. `dims` are in ggml order, fastest-varying first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgufTensorInfo {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub ggml_type: GgmlType,
+    /// Relative to the start of the data section.
+    pub offset: usize,
+    pub n_elements: usize,
+    pub n_bytes: usize,
+}
+
+impl GgufTensorInfo {
+    /// The row-major shape (slowest-varying first), as HF and safetensors write it.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().copied().collect()
+    }
+}
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub version: u32,
+    pub metadata: BTreeMap<String, GgufValue>,
+    pub tensors: Vec<GgufTensorInfo>,
+    pub alignment: usize,
+    /// Absolute file offset of the data section.
+    pub data_start: usize,
+    map: Mmap,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<GgufFile> {
+        Self::open_inner(path).with_context(|| format!("bad GGUF file {}", path.display()))
+    }
+
+    fn open_inner(path: &Path) -> Result<GgufFile> {
+        let file = std::fs::File::open(path).context("cannot open it")?;
+        let len = file.metadata().context("cannot stat it")?.len();
+        // Mapping an empty file fails on some systems with an unhelpful error.
+        if len < 8 {
+            bail!("truncated: only {len} bytes, too short for a GGUF header");
+        }
+        // SAFETY: the file is opened read-only and ponder never writes GGUF files; another
+        // process truncating it while mapped is outside what we can defend against.
+        let map = unsafe { Mmap::map(&file) }.context("cannot map it")?;
+        let mut r = Reader { buf: &map, pos: 0 };
+        let magic = r.take(4, "magic")?;
+        if magic != MAGIC {
+            bail!("not a GGUF file: bad magic {magic:02x?} (expected \"GGUF\")");
+        }
+        let version = r.u32("version")?;
+        if version != 2 && version != 3 {
+            bail!("unsupported GGUF version {version} (ponder reads versions 2 and 3)");
+        }
+        let n_tensors = r.u64("tensor count")?;
+        let n_kv = r.u64("metadata count")?;
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = r.string(&format!("metadata key #{i}"))?;
+            let ty = r.u32(&format!("type of metadata {key:?}"))?;
+            let value = r.value(ty, &key, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                bail!("metadata key {key:?} appears twice");
+            }
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(GgufValue::U32(a)) if a.is_power_of_two() => u64::from(*a),
+            Some(v) => bail!("general.alignment {v:?} is not a power of two uint32"),
+        };
+        // The smallest tensor info (empty name, no dims) is 24 bytes: bounds the allocation.
+        let max_infos = (r.remaining() / 24) as u64;
+        if n_tensors > max_infos {
+            bail!("truncated: the header claims {n_tensors} tensors, the file has room for at most {max_infos}");
+        }
+        let mut infos = Vec::with_capacity(n_tensors as usize);
+        for i in 0..n_tensors {
+            infos.push(r.tensor_info(i)?);
+        }
+        let data_start =
+            align_up(r.pos as u64, alignment).context("data section offset overflows")?;
+        let file_len = map.len() as u64;
+        let mut tensors = Vec::with_capacity(infos.len());
+        let mut seen = std::collections::HashSet::new();
+        for (name, dims, ggml_type, offset) in infos {
+            if !seen.insert(name.clone()) {
+                bail!("tensor {name:?} appears twice");
+            }
+            let t = check_tensor(
+                name, dims, ggml_type, offset, alignment, data_start, file_len,
+            )?;
+            tensors.push(t);
+        }
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            alignment: alignment as usize,
+            data_start: data_start as usize,
+            map,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.get(key)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The tensor's raw bytes. Checked again here because `t` may not come from this file.
+    pub fn tensor_bytes(&self, t: &GgufTensorInfo) -> Result<&[u8]> {
+        self.data_start
+            .checked_add(t.offset)
+            .and_then(|s| Some(s..s.checked_add(t.n_bytes)?))
+            .and_then(|r| self.map.get(r))
+            .with_context(|| {
+                format!(
+                    "truncated: tensor {:?} lies past the end of {}",
+                    t.name,
+                    self.path.display()
+                )
+            })
+    }
+
+    /// The tensor's values as f32, in ggml order (row-major with `dims[0]` fastest).
+    pub fn dequantize(&self, t: &GgufTensorInfo) -> Result<Vec<f32>> {
+        dequantize_bytes(t.ggml_type, self.tensor_bytes(t)?, t.n_elements).with_context(|| {
+            format!(
+                "cannot dequantize tensor {:?} of {}",
+                t.name,
+                self.path.display()
+            )
+        })
+    }
+}
+
+fn align_up(x: u64, a: u64) -> Option<u64> {
+    Some(x.checked_add(a - 1)? / a * a)
+}
+
+fn check_tensor(
+    name: String,
+    dims: Vec<usize>,
+    ggml_type: GgmlType,
+    offset: u64,
+    alignment: u64,
+    data_start: u64,
+    file_len: u64,
+) -> Result<GgufTensorInfo> {
+    let Some((block, block_bytes)) = ggml_type.block_layout() else {
+        bail!("tensor {name:?} has unknown tensor type {}", ggml_type.0);
+    };
+    let n_elements = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .with_context(|| format!("tensor {name:?} dims {dims:?} overflow"))?;
+    let row = dims.first().copied().unwrap_or(1);
+    if row % block != 0 {
+        bail!(
+            "tensor {name:?} of type {} has rows of {row} elements, not a multiple of its block size {block}",
+            ggml_type.name()
+        );
+    }
+    let n_bytes = (n_elements / block)
+        .checked_mul(block_bytes)
+        .with_context(|| format!("tensor {name:?} size overflows"))?;
+    if offset % alignment != 0 {
+        bail!("tensor {name:?} offset {offset} is not a multiple of the alignment {alignment}");
+    }
+    let end = data_start
+        .checked_add(offset)
+        .and_then(|s| s.checked_add(n_bytes as u64));
+    match end {
+        Some(e) if e <= file_len => {}
+        _ => bail!(
+            "truncated: tensor {name:?} data (offset {offset}, {n_bytes} bytes after the data section at {data_start}) runs past the end of the file ({file_len} bytes)"
+        ),
+    }
+    let offset = usize::try_from(offset).context("tensor offset does not fit in memory")?;
+    Ok(GgufTensorInfo {
+        name,
+        dims,
+        ggml_type,
+        offset,
+        n_elements,
+        n_bytes,
+    })
+}
+
+/// A cursor whose every read is bounds-checked and names what it was reading.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .filter(|&e| e <= self.buf.len());
+        let Some(end) = end else {
+            bail!(
+                "truncated: {what} needs {n} bytes at offset {}, the file has {} bytes",
+                self.pos,
+                self.buf.len()
+            );
+        };
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N as u64, what)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let n = self.u64(&format!("length of {what}"))?;
+        let bytes = self.take(n, what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| anyhow::anyhow!("{what} is not UTF-8"))
+    }
+
+    fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<GgufValue> {
+        Ok(match ty {
+            0 => GgufValue::U8(u8::from_le_bytes(self.array(key)?)),
+            1 => GgufValue::I8(i8::from_le_bytes(self.array(key)?)),
+            2 => GgufValue::U16(u16::from_le_bytes(self.array(key)?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.array(key)?)),
+            4 => GgufValue::U32(u32::from_le_bytes(self.array(key)?)),
+            5 => GgufValue::I32(i32::from_le_bytes(self.array(key)?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.array(key)?)),
+            7 => match self.array::<1>(key)? {
+                [0] => GgufValue::Bool(false),
+                [1] => GgufValue::Bool(true),
+                [b] => bail!("metadata {key:?} is a bool with value {b}"),
+            },
+            8 => GgufValue::String(self.string(&format!("metadata {key:?}"))?),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    bail!("metadata {key:?} nests arrays more than {MAX_ARRAY_DEPTH} deep");
+                }
+                let elem = self.u32(&format!("element type of {key:?}"))?;
+                let n = self.u64(&format!("length of {key:?}"))?;
+                let min = match elem {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4 | 5 | 6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    _ => bail!("metadata {key:?} is an array of unknown type {elem}"),
+                };
+                if n > (self.remaining() / min) as u64 {
+                    bail!(
+                        "truncated: metadata {key:?} claims {n} elements, more than the {} bytes left in the file can hold",
+                        self.remaining()
+                    );
+                }
+                let mut v = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    v.push(self.value(elem, key, depth + 1)?);
+                }
+                GgufValue::Array(v)
+            }
+            10 => GgufValue::U64(u64::from_le_bytes(self.array(key)?)),
+            11 => GgufValue::I64(i64::from_le_bytes(self.array(key)?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.array(key)?)),
+            _ => bail!("metadata {key:?} has unknown value type {ty}"),
+        })
+    }
+
+    fn tensor_info(&mut self, i: u64) -> Result<(String, Vec<usize>, GgmlType, u64)> {
+        let name = self.string(&format!("name of tensor #{i}"))?;
+        let n_dims = self.u32(&format!("dims of tensor {name:?}"))?;
+        if n_dims > MAX_DIMS {
+            bail!("tensor {name:?} has {n_dims} dims, ggml allows at most {MAX_DIMS}");
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            let d = self.u64(&format!("dims of tensor {name:?}"))?;
+            // ggml stores dims as int64; a "negative" one is corrupt.
+            let d = usize::try_from(d)
+                .ok()
+                .filter(|&d| d as u64 <= i64::MAX as u64)
+                .with_context(|| format!("tensor {name:?} has absurd dimension {d}"))?;
+            dims.push(d);
+        }
+        let ty = GgmlType(self.u32(&format!("type of tensor {name:?}"))?);
+        let offset = self.u64(&format!("offset of tensor {name:?}"))?;
+        Ok((name, dims, ty, offset))
+    }
+}
+
+/// Decodes `n` values of type `ty` from `bytes` exactly as ggml's dequantize_row_* does.
+pub fn dequantize_bytes(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    if !ty.can_dequantize() {
+        bail!(
+            "has type {}, which ponder cannot dequantize (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+            ty.name()
+        );
+    }
+    let Some((block, block_bytes)) = ty.block_layout() else {
+        bail!("unknown tensor type {}", ty.0);
+    };
+    if n % block != 0 || (n / block).checked_mul(block_bytes) != Some(bytes.len()) {
+        bail!(
+            "{} bytes do not hold exactly {n} values of type {}",
+            bytes.len(),
+            ty.name()
+        );
+    }
+    let mut out = vec![0f32; n];
+    match ty {
+        GgmlType::F32 => blocks::<1, 4>(bytes, &mut out, |b, o| o[0] = f32::from_le_bytes(*b)),
+        GgmlType::F16 => blocks::<1, 2>(bytes, &mut out, |b, o| {
+            o[0] = f16::from_le_bytes(*b).to_f32()
+        }),
+        GgmlType::BF16 => blocks::<1, 2>(bytes, &mut out, |b, o| {
+            o[0] = bf16::from_le_bytes(*b).to_f32()
+        }),
+        GgmlType::Q8_0 => blocks::<32, 34>(bytes, &mut out, |b, o| {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            for (o, &q) in o.iter_mut().zip(&b[2..]) {
+                *o = f32::from(q as i8) * d;
+            }
+        }),
+        GgmlType::Q4_0 => blocks::<32, 18>(bytes, &mut out, |b, o| {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let (lo, hi) = o.split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..]) {
+                *l = f32::from(i16::from(q & 0x0f) - 8) * d;
+                *h = f32::from(i16::from(q >> 4) - 8) * d;
+            }
+        }),
+        GgmlType::Q4_1 => blocks::<32, 20>(bytes, &mut out, |b, o| {
+            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
+            let (lo, hi) = o.split_at_mut(16);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[4..]) {
+                *l = f32::from(q & 0x0f) * d + m;
+                *h = f32::from(q >> 4) * d + m;
+            }
+        }),
+        _ => bail!("type {} has no dequantizer", ty.name()),
+    }
+    Ok(out)
+}
+
+/// Runs `f` over every (block, output block) pair in parallel; the lengths were checked by
+/// the caller, so the chunkings line up exactly.
+fn blocks<const E: usize, const B: usize>(
+    src: &[u8],
+    out: &mut [f32],
+    f: impl Fn(&[u8; B], &mut [f32; E]) + Sync,
+) {
+    let (src, _) = src.as_chunks::<B>();
+    let (out, _) = out.as_chunks_mut::<E>();
+    // Small blocks make per-item scheduling costly; a few thousand blocks per task amortise it.
+    out.par_iter_mut()
+        .zip(src.par_iter())
+        .with_min_len(4096 / E.max(1) + 1)
+        .for_each(|(o, b)| f(b, o));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,474 @@
+//! GGUF → HF model directory: `config.json`, `model.safetensors` (f32, so the loader can map
+//! it zero-copy), `tokenizer.json` and `tokenizer_config.json`. Only the llama architecture
+//! with a GPT-2 style byte-level BPE vocabulary is supported; anything else is refused rather
+//! than converted approximately.
+use super::gguf::{GgufFile, GgufTensorInfo, GgufValue};
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+mod tokenizer;
+
+/// The files `import_gguf` writes; an existing output directory holding only these may be
+/// replaced.
+const OUTPUT_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+pub fn import_gguf(gguf_path: &Path, out_dir: &Path) -> Result<()> {
+    import_inner(gguf_path, out_dir).with_context(|| {
+        format!(
+            "cannot import {} into {}",
+            gguf_path.display(),
+            out_dir.display()
+        )
+    })
+}
+
+fn import_inner(gguf_path: &Path, out_dir: &Path) -> Result<()> {
+    let g = GgufFile::open(gguf_path)?;
+    // Refuse undecodable tensors before reading any metadata, so the error names the real
+    // obstacle.
+    if let Some(t) = g.tensors.iter().find(|t| !t.ggml_type.can_dequantize()) {
+        bail!(
+            "tensor {:?} has type {}, which ponder cannot dequantize (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+            t.name,
+            t.ggml_type.name()
+        );
+    }
+    let plan = Plan::new(&g)?;
+    let tok = tokenizer::build(&g)?;
+    if tok.n_tokens > plan.vocab {
+        bail!(
+            "the tokenizer has {} tokens, the embedding only {} rows",
+            tok.n_tokens,
+            plan.vocab
+        );
+    }
+    for (what, id) in [("bos", plan.bos), ("eos", plan.eos), ("pad", plan.pad)] {
+        if id.is_some_and(|id| id >= tok.n_tokens as u64) {
+            bail!(
+                "{what} token id {id:?} is outside the {} token vocabulary",
+                tok.n_tokens
+            );
+        }
+    }
+    write_atomically(out_dir, |tmp| {
+        write_file(&tmp.join("config.json"), plan.config_json()?.as_bytes())?;
+        write_file(&tmp.join("tokenizer.json"), tok.tokenizer_json.as_bytes())?;
+        write_file(
+            &tmp.join("tokenizer_config.json"),
+            tok.config_json.as_bytes(),
+        )?;
+        write_safetensors(&tmp.join("model.safetensors"), &g, &plan.tensors)
+    })
+}
+
+/// One output tensor: where it comes from and how to reshape it.
+struct Out<'a> {
+    name: String,
+    src: &'a GgufTensorInfo,
+    shape: Vec<usize>,
+    /// Undo llama.cpp's Q/K row interleave for this many heads.
+    unpermute_heads: Option<usize>,
+}
+
+struct Plan<'a> {
+    d: usize,
+    ffn: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    eps: f32,
+    theta: f32,
+    ctx: usize,
+    tied: bool,
+    bos: Option<u64>,
+    eos: Option<u64>,
+    pad: Option<u64>,
+    tensors: Vec<Out<'a>>,
+}
+
+fn get_u64(g: &GgufFile, key: &str) -> Result<Option<u64>> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).with_context(|| {
+            format!(
+                "metadata {key} is a {}, expected a non-negative integer",
+                v.type_name()
+            )
+        }),
+    }
+}
+
+fn need_usize(g: &GgufFile, key: &str) -> Result<usize> {
+    let v = get_u64(g, key)?.with_context(|| format!("metadata {key} is missing"))?;
+    usize::try_from(v)
+        .ok()
+        .filter(|&v| v > 0 && v < 1 << 32)
+        .with_context(|| format!("metadata {key} = {v} is out of range"))
+}
+
+fn get_f32(g: &GgufFile, key: &str) -> Result<Option<f32>> {
+    match g.get(key) {
+        None => Ok(None),
+        Some(GgufValue::F32(x)) if x.is_finite() && *x > 0.0 => Ok(Some(*x)),
+        Some(v) => bail!("metadata {key} = {v:?} is not a positive float32"),
+    }
+}
+
+impl<'a> Plan<'a> {
+    fn new(g: &'a GgufFile) -> Result<Self> {
+        let arch = match g.get("general.architecture") {
+            Some(GgufValue::String(a)) => a.as_str(),
+            Some(v) => bail!("metadata general.architecture is a {}", v.type_name()),
+            None => bail!("metadata general.architecture is missing"),
+        };
+        if arch != "llama" {
+            bail!("architecture {arch:?} is not supported (ponder imports llama)");
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let d = need_usize(g, &k("embedding_length"))?;
+        let heads = need_usize(g, &k("attention.head_count"))?;
+        let kv_heads = match get_u64(g, &k("attention.head_count_kv"))? {
+            None => heads,
+            Some(_) => need_usize(g, &k("attention.head_count_kv"))?,
+        };
+        let head_dim = match get_u64(g, &k("attention.key_length"))? {
+            Some(_) => need_usize(g, &k("attention.key_length"))?,
+            None if d % heads == 0 => d / heads,
+            None => bail!("embedding_length {d} is not a multiple of head_count {heads}"),
+        };
+        if heads % kv_heads != 0 {
+            bail!("head_count {heads} is not a multiple of head_count_kv {kv_heads}");
+        }
+        // The interleave being undone pairs rows within a head.
+        if head_dim % 2 != 0 {
+            bail!("head dimension {head_dim} is odd");
+        }
+        for key in ["attention.value_length", "rope.dimension_count"] {
+            if let Some(v) = get_u64(g, &k(key))? {
+                if v != head_dim as u64 {
+                    bail!("{arch}.{key} = {v} differs from the head dimension {head_dim}, which ponder does not support");
+                }
+            }
+        }
+        if let Some(s) = g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
+            if s != "none" {
+                bail!("rope scaling {s:?} is not supported");
+            }
+        }
+        if get_u64(g, &k("expert_count"))?.is_some_and(|n| n > 0) {
+            bail!("mixture-of-experts models are not supported");
+        }
+        let embed = g
+            .tensor("token_embd.weight")
+            .context("tensor token_embd.weight is missing")?;
+        let vocab = match embed.dims[..] {
+            [dd, v] if dd == d && v > 0 => v,
+            _ => bail!(
+                "token_embd.weight has dims {:?}, expected [{d}, vocab]",
+                embed.dims
+            ),
+        };
+        if let Some(v) = get_u64(g, &k("vocab_size"))? {
+            if v != vocab as u64 {
+                bail!("{arch}.vocab_size = {v} but token_embd.weight has {vocab} rows");
+            }
+        }
+        let mut plan = Plan {
+            d,
+            ffn: need_usize(g, &k("feed_forward_length"))?,
+            layers: need_usize(g, &k("block_count"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            eps: get_f32(g, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            theta: get_f32(g, &k("rope.freq_base"))?.unwrap_or(10000.0),
+            ctx: match get_u64(g, &k("context_length"))? {
+                Some(_) => need_usize(g, &k("context_length"))?,
+                None => 2048,
+            },
+            tied: g.tensor("output.weight").is_none(),
+            bos: get_u64(g, "tokenizer.ggml.bos_token_id")?,
+            eos: get_u64(g, "tokenizer.ggml.eos_token_id")?,
+            pad: get_u64(g, "tokenizer.ggml.padding_token_id")?,
+            tensors: Vec::new(),
+        };
+        plan.map_tensors(g)?;
+        Ok(plan)
+    }
+
+    /// Maps every GGUF tensor to its HF name, checking shapes. A tensor with no HF
+    /// counterpart (biases, rope_freqs, …) means a model variant this importer would get
+    /// wrong, so it is an error rather than something to drop.
+    fn map_tensors(&mut self, g: &'a GgufFile) -> Result<()> {
+        let (d, f, v) = (self.d, self.ffn, self.vocab);
+        let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let mut want: Vec<(String, String, Vec<usize>, Option<usize>)> = Vec::new();
+        let mut add = |gg: String, hf: String, shape: Vec<usize>, heads: Option<usize>| {
+            want.push((gg, hf, shape, heads))
+        };
+        add(
+            "token_embd.weight".into(),
+            "model.embed_tokens.weight".into(),
+            vec![v, d],
+            None,
+        );
+        for i in 0..self.layers {
+            let (b, p) = (format!("blk.{i}"), format!("model.layers.{i}"));
+            let layer: [(&str, &str, Vec<usize>, Option<usize>); 9] = [
+                ("attn_norm", "input_layernorm", vec![d], None),
+                ("attn_q", "self_attn.q_proj", vec![q, d], Some(self.heads)),
+                (
+                    "attn_k",
+                    "self_attn.k_proj",
+                    vec![kv, d],
+                    Some(self.kv_heads),
+                ),
+                ("attn_v", "self_attn.v_proj", vec![kv, d], None),
+                ("attn_output", "self_attn.o_proj", vec![d, q], None),
+                ("ffn_norm", "post_attention_layernorm", vec![d], None),
+                ("ffn_gate", "mlp.gate_proj", vec![f, d], None),
+                ("ffn_up", "mlp.up_proj", vec![f, d], None),
+                ("ffn_down", "mlp.down_proj", vec![d, f], None),
+            ];
+            for (gg, hf, shape, heads) in layer {
+                add(
+                    format!("{b}.{gg}.weight"),
+                    format!("{p}.{hf}.weight"),
+                    shape,
+                    heads,
+                );
+            }
+        }
+        add(
+            "output_norm.weight".into(),
+            "model.norm.weight".into(),
+            vec![d],
+            None,
+        );
+        if !self.tied {
+            add(
+                "output.weight".into(),
+                "lm_head.weight".into(),
+                vec![v, d],
+                None,
+            );
+        }
+        for (gg, name, shape, unpermute_heads) in want {
+            let src = g
+                .tensor(&gg)
+                .with_context(|| format!("tensor {gg} is missing"))?;
+            if src.shape() != shape {
+                bail!(
+                    "tensor {gg} has shape {:?}, the metadata implies {shape:?}",
+                    src.shape()
+                );
+            }
+            self.tensors.push(Out {
+                name,
+                src,
+                shape,
+                unpermute_heads,
+            });
+        }
+        if let Some(t) = g
+            .tensors
+            .iter()
+            .find(|t| !self.tensors.iter().any(|o| o.src.name == t.name))
+        {
+            bail!(
+                "tensor {:?} has no counterpart in a llama model (unsupported variant)",
+                t.name
+            );
+        }
+        Ok(())
+    }
+
+    fn config_json(&self) -> Result<String> {
+        let cfg = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.d,
+            "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": shortest_f64(self.eps),
+            "rope_theta": shortest_f64(self.theta),
+            "vocab_size": self.vocab,
+            "max_position_embeddings": self.ctx,
+            "tie_word_embeddings": self.tied,
+            "bos_token_id": self.bos,
+            "eos_token_id": self.eos,
+            "pad_token_id": self.pad,
+            "torch_dtype": "float32",
+        });
+        Ok(serde_json::to_string_pretty(&cfg)? + "\n")
+    }
+}
+
+/// The f64 whose decimal form is the f32's shortest one, so 1e-5f32 is written as 1e-05
+/// instead of 9.999999747378752e-06.
+fn shortest_f64(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+/// Inverts llama.cpp's convert, which reordered the rows of each head from [half 0 | half 1]
+/// to interleaved pairs: `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2)`.
+fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>> {
+    if heads == 0 || rows % (2 * heads) != 0 || rows.checked_mul(cols) != Some(w.len()) {
+        bail!("cannot un-permute a [{rows}, {cols}] matrix over {heads} heads");
+    }
+    let per_head = rows / heads;
+    let half = per_head / 2;
+    let mut out = vec![0f32; w.len()];
+    out.par_chunks_exact_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (h, within) = (r / per_head, r % per_head);
+            let (j, i) = (within / half, within % half);
+            let src = (h * per_head + 2 * i + j) * cols;
+            row.copy_from_slice(&w[src..src + cols]);
+        });
+    Ok(out)
+}
+
+/// Writes the safetensors format one tensor at a time, so memory holds at most one
+/// dequantized tensor (and its un-permuted copy), not the whole model.
+fn write_safetensors(path: &Path, g: &GgufFile, tensors: &[Out]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({ "format": "pt" }));
+    let mut offset = 0usize;
+    for t in tensors {
+        let len = t
+            .src
+            .n_elements
+            .checked_mul(4)
+            .context("tensor size overflows")?;
+        let end = offset.checked_add(len).context("model size overflows")?;
+        let info = json!({ "dtype": "F32", "shape": t.shape, "data_offsets": [offset, end] });
+        header.insert(t.name.clone(), info);
+        offset = end;
+    }
+    let mut h = serde_json::to_vec(&header)?;
+    // Pad as the python library does, so the data (and every f32 in it) starts 8-aligned.
+    h.resize(h.len().div_ceil(8) * 8, b' ');
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 22, file);
+    let io = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
+    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&h).map_err(io)?;
+    for t in tensors {
+        let mut vals = g.dequantize(t.src)?;
+        if let Some(heads) = t.unpermute_heads {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            vals = unpermute_rows(&vals, rows, cols, heads)
+                .with_context(|| format!("tensor {}", t.src.name))?;
+        }
+        if cfg!(target_endian = "little") {
+            w.write_all(bytemuck::cast_slice(&vals)).map_err(io)?;
+        } else {
+            for x in &vals {
+                w.write_all(&x.to_le_bytes()).map_err(io)?;
+            }
+        }
+    }
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Builds the output in a fresh sibling directory and renames it into place, so a crash
+/// never leaves a half-written model where a complete one is expected.
+fn write_atomically(out_dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = out_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| {
+            format!(
+                "output path {} has no usable final component",
+                out_dir.display()
+            )
+        })?;
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if out_dir.exists() {
+        check_replaceable(out_dir)?;
+    }
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let sibling =
+        |kind: &str| parent.join(format!(".{name}.{kind}-{}-{stamp}", std::process::id()));
+    let tmp = sibling("importing");
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let res = fill(&tmp).and_then(|()| {
+        if !out_dir.exists() {
+            return std::fs::rename(&tmp, out_dir).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), out_dir.display())
+            });
+        }
+        let old = sibling("replaced");
+        std::fs::rename(out_dir, &old)
+            .with_context(|| format!("cannot move the old {} aside", out_dir.display()))?;
+        if let Err(e) = std::fs::rename(&tmp, out_dir) {
+            let _ = std::fs::rename(&old, out_dir);
+            return Err(e).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), out_dir.display())
+            });
+        }
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res
+}
+
+/// An existing output directory is replaced only if it holds nothing but files an import
+/// writes: pointing `out_dir` at a directory of other data must not delete it.
+fn check_replaceable(out_dir: &Path) -> Result<()> {
+    if !out_dir.is_dir() {
+        bail!("{} exists and is not a directory", out_dir.display());
+    }
+    let entries =
+        std::fs::read_dir(out_dir).with_context(|| format!("cannot list {}", out_dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("cannot list {}", out_dir.display()))?;
+        let n = e.file_name();
+        if !OUTPUT_FILES.iter().any(|f| n == *f) {
+            bail!(
+                "{} already exists and holds {:?}, which an import does not write; refusing to replace it",
+                out_dir.display(),
+                n
+            );
+        }
+    }
+    Ok(())
+}

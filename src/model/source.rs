@@ -141,10 +141,11 @@ pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Load
     }
     let cfg = Config::from_file(&dir.join("config.json"))?;
     let weights = Weights::open_dir(&dir)?;
-    let tok = Tokenizer::from_dir(&dir, cfg.bos_token_id, cfg.eos_token_ids.clone())?;
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+    let (bos, eos) = (cfg.bos_token_id, cfg.eos_token_ids.clone());
     let model = Model::load(be, cfg, &weights)
         .with_context(|| format!("cannot load model {}", dir.display()))?;
+    let tok = Tokenizer::from_dir(&dir, bos, eos)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
     Ok(Loaded { name, model, tok })
 }
 

@@ -1,0 +1,232 @@
+//! The HF `tokenizer.json` and `tokenizer_config.json` of a GGUF's GPT-2 style byte-level
+//! BPE vocabulary.
+use crate::model::gguf::{GgufFile, GgufValue};
+use anyhow::{bail, Context, Result};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+
+pub(super) struct TokenizerFiles {
+    pub tokenizer_json: String,
+    pub config_json: String,
+    pub n_tokens: usize,
+}
+
+/// llama.cpp's token types that HF treats as added tokens: control and user-defined.
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+
+fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
+    let arr = g
+        .get(key)
+        .with_context(|| format!("metadata {key} is missing"))?
+        .as_array()
+        .with_context(|| format!("metadata {key} is not an array"))?;
+    arr.iter()
+        .map(|v| {
+            v.as_str()
+                .with_context(|| format!("metadata {key} holds a {}, not strings", v.type_name()))
+        })
+        .collect()
+}
+
+fn token_id(g: &GgufFile, key: &str, n: usize) -> Result<Option<usize>> {
+    let Some(v) = g.get(key) else { return Ok(None) };
+    match v.as_u64().and_then(|id| usize::try_from(id).ok()) {
+        Some(id) if id < n => Ok(Some(id)),
+        _ => bail!("metadata {key} = {v:?} is not a token id below the vocabulary size {n}"),
+    }
+}
+
+/// The vocabulary as a JSON object in id order, as HF writes it.
+/// llama.cpp tolerates a token listed twice; HF's map cannot hold it, so the first id wins.
+struct Vocab<'a>(&'a [&'a str]);
+
+impl Serialize for Vocab<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seen = HashSet::with_capacity(self.0.len());
+        let mut m = s.serialize_map(None)?;
+        for (id, tok) in self.0.iter().enumerate() {
+            if seen.insert(*tok) {
+                m.serialize_entry(tok, &id)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Structs rather than `json!`, whose map would re-sort the vocabulary.
+#[derive(Serialize)]
+struct TokenizerJson<'a> {
+    version: &'static str,
+    truncation: Option<()>,
+    padding: Option<()>,
+    added_tokens: Vec<Value>,
+    normalizer: Option<()>,
+    pre_tokenizer: Value,
+    post_processor: Value,
+    decoder: Value,
+    model: Bpe<'a>,
+}
+
+#[derive(Serialize)]
+struct Bpe<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    dropout: Option<f32>,
+    unk_token: Option<&'a str>,
+    continuing_subword_prefix: Option<&'a str>,
+    end_of_word_suffix: Option<&'a str>,
+    fuse_unk: bool,
+    byte_fallback: bool,
+    ignore_merges: bool,
+    vocab: Vocab<'a>,
+    merges: Vec<(&'a str, &'a str)>,
+}
+
+fn byte_level(add_prefix_space: bool, trim_offsets: bool) -> Value {
+    json!({
+        "type": "ByteLevel",
+        "add_prefix_space": add_prefix_space,
+        "trim_offsets": trim_offsets,
+        "use_regex": true,
+    })
+}
+
+pub(super) fn build(g: &GgufFile) -> Result<TokenizerFiles> {
+    match g.get("tokenizer.ggml.model") {
+        Some(GgufValue::String(m)) if m == "gpt2" => {}
+        Some(GgufValue::String(m)) => {
+            bail!(
+                "tokenizer.ggml.model {m:?} is not supported (ponder imports gpt2 byte-level BPE)"
+            )
+        }
+        Some(v) => bail!("metadata tokenizer.ggml.model is a {}", v.type_name()),
+        None => bail!("metadata tokenizer.ggml.model is missing"),
+    }
+    // The pre-tokenizer decides how text is split before BPE; guessing it wrong gives
+    // plausible but different ids, so unknown ones are refused.
+    let pre_tokenizer = match g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()) {
+        Some("smollm") => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                { "type": "Digits", "individual_digits": true },
+                byte_level(false, true),
+            ],
+        }),
+        None | Some("gpt2") | Some("default") => byte_level(false, true),
+        Some(p) => {
+            bail!("tokenizer.ggml.pre {p:?} is not supported (ponder knows smollm, gpt2, default)")
+        }
+    };
+    let tokens = strings(g, "tokenizer.ggml.tokens")?;
+    let n = tokens.len();
+    let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
+        None => vec![1; n],
+        Some(v) => v
+            .as_array()
+            .context("metadata tokenizer.ggml.token_type is not an array")?
+            .iter()
+            .map(|t| {
+                t.as_i64()
+                    .context("metadata tokenizer.ggml.token_type holds a non-integer")
+            })
+            .collect::<Result<_>>()?,
+    };
+    if types.len() != n {
+        bail!(
+            "tokenizer.ggml.token_type has {} entries for {n} tokens",
+            types.len()
+        );
+    }
+    let merges = strings(g, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .with_context(|| format!("merge {m:?} is not two tokens"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let added: Vec<Value> = (0..n)
+        .filter(|&i| types[i] == CONTROL || types[i] == USER_DEFINED)
+        .map(|i| {
+            json!({
+                "id": i, "content": tokens[i], "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true,
+            })
+        })
+        .collect();
+    let tokenizer = TokenizerJson {
+        version: "1.0",
+        truncation: None,
+        padding: None,
+        added_tokens: added,
+        normalizer: None,
+        pre_tokenizer,
+        post_processor: byte_level(true, false),
+        decoder: byte_level(true, true),
+        model: Bpe {
+            kind: "BPE",
+            dropout: None,
+            unk_token: None,
+            continuing_subword_prefix: None,
+            end_of_word_suffix: None,
+            fuse_unk: false,
+            byte_fallback: false,
+            ignore_merges: false,
+            vocab: Vocab(&tokens),
+            merges,
+        },
+    };
+    let tokenizer_json = serde_json::to_string_pretty(&tokenizer)?;
+    // A merge naming a token the vocabulary lacks only shows up when the tokenizers crate
+    // loads the file; catch it here rather than leave an unloadable model behind.
+    tokenizer_json
+        .parse::<tokenizers::Tokenizer>()
+        .map_err(|e| {
+            anyhow::anyhow!("the tokenizer built from the GGUF metadata does not load: {e}")
+        })?;
+
+    let mut cfg = serde_json::Map::new();
+    let flag = |key: &str| -> Result<bool> {
+        match g.get(key) {
+            None => Ok(false),
+            Some(v) => v
+                .as_bool()
+                .with_context(|| format!("metadata {key} is a {}, not a bool", v.type_name())),
+        }
+    };
+    cfg.insert(
+        "add_bos_token".into(),
+        flag("tokenizer.ggml.add_bos_token")?.into(),
+    );
+    cfg.insert(
+        "add_eos_token".into(),
+        flag("tokenizer.ggml.add_eos_token")?.into(),
+    );
+    for (name, key) in [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+        ("unk_token", "tokenizer.ggml.unknown_token_id"),
+    ] {
+        if let Some(id) = token_id(g, key, n)? {
+            cfg.insert(name.into(), tokens[id].into());
+        }
+    }
+    match g.get("tokenizer.chat_template") {
+        None => {}
+        Some(GgufValue::String(t)) => {
+            cfg.insert("chat_template".into(), t.as_str().into());
+        }
+        Some(v) => bail!("metadata tokenizer.chat_template is a {}", v.type_name()),
+    }
+    cfg.insert("clean_up_tokenization_spaces".into(), false.into());
+    cfg.insert("tokenizer_class".into(), "GPT2Tokenizer".into());
+    let config_json = serde_json::to_string_pretty(&Value::Object(cfg))? + "\n";
+    Ok(TokenizerFiles {
+        tokenizer_json: tokenizer_json + "\n",
+        config_json,
+        n_tokens: n,
+    })
+}

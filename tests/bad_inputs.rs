@@ -1,0 +1,96 @@
+//! Broken inputs (tests/bad_inputs/, written by scripts/make_bad_inputs.py): each must end
+//! the CLI with exit code 1 and one line on stderr naming the problem — never a panic.
+use std::path::Path;
+use std::process::Command;
+
+fn ponder(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(args)
+        .env("PONDER_CACHE", std::env::temp_dir().join("ponder-bad-inputs-cache"))
+        .output()
+        .expect("run ponder");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn case(dir: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_inputs").join(dir).display().to_string()
+}
+
+fn assert_one_line_error(args: &[&str], needles: &[&str]) {
+    let (code, err) = ponder(args);
+    assert_eq!(code, 1, "exit code for {args:?}; stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "want one line for {args:?}, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+    }
+}
+
+fn generate_with(model: &str, needles: &[&str]) {
+    let m = case(model);
+    assert_one_line_error(&["generate", "--model", &m, "--prompt", "hi", "--max-tokens", "2"], needles);
+}
+
+#[test]
+fn truncated_safetensors() {
+    generate_with("truncated_safetensors", &["model.safetensors"]);
+}
+
+#[test]
+fn header_whose_offsets_lie() {
+    generate_with("lying_offsets", &["corrupt safetensors", "model.safetensors"]);
+}
+
+#[test]
+fn missing_tensor() {
+    generate_with("missing_tensor", &["missing tensor model.norm.weight"]);
+}
+
+#[test]
+fn wrong_shape() {
+    generate_with("wrong_shape", &["q_proj.weight", "shape [8, 4]", "[8, 8]"]);
+}
+
+#[test]
+fn malformed_config() {
+    generate_with("malformed_config", &["config.json"]);
+}
+
+#[test]
+fn missing_weights() {
+    generate_with("missing_weights", &["model.safetensors"]);
+}
+
+#[test]
+fn missing_model_directory() {
+    generate_with("no_such_model", &["does not exist"]);
+}
+
+#[test]
+fn prompt_file_not_utf8() {
+    let f = case("prompt_not_utf8.txt");
+    assert_one_line_error(
+        &["generate", "--model", "synthetic:tiny", "--prompt-file", &f, "--max-tokens", "2"],
+        &["not UTF-8", "prompt_not_utf8.txt"],
+    );
+}
+
+#[test]
+fn unknown_synthetic_model_and_bad_flag_values() {
+    assert_one_line_error(&["generate", "--model", "synthetic:gpt5", "--prompt", "x"], &["gpt5"]);
+    assert_one_line_error(
+        &["generate", "--model", "synthetic:tiny", "--prompt", "x", "--top-p", "1.5"],
+        &["--top-p"],
+    );
+}
+
+#[test]
+fn gguf_import_of_a_missing_file() {
+    let out = std::env::temp_dir().join("ponder-bad-gguf-out");
+    assert_one_line_error(
+        &["import-gguf", "/nonexistent/model.gguf", "--out", out.to_str().unwrap()],
+        &["/nonexistent/model.gguf"],
+    );
+}
