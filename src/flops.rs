@@ -158,7 +158,13 @@ impl Ledger {
             for (_, op, c) in &rows {
                 let _ = writeln!(s, "{:<8} {:<14} {}", p.name(), op, fmt_counts(c));
             }
-            let _ = writeln!(s, "{:<8} {:<14} {}", p.name(), "(all)", fmt_counts(&self.by_phase(p)));
+            let _ = writeln!(
+                s,
+                "{:<8} {:<14} {}",
+                p.name(),
+                "(all)",
+                fmt_counts(&self.by_phase(p))
+            );
         }
         let _ = writeln!(s, "{:<8} {:<14} {}", "total", "", fmt_counts(&self.total()));
         s

@@ -28,7 +28,12 @@ impl<'a, B: Backend> Runner<'a, B> {
             head_dim: c.head_dim,
         };
         let kv = be.alloc_kv(shape).context("cannot allocate the KV cache")?;
-        Ok(Runner { be, model, pool: KvPool::new(pages, page_size), kv })
+        Ok(Runner {
+            be,
+            model,
+            pool: KvPool::new(pages, page_size),
+            kv,
+        })
     }
 
     /// Appends `tokens[i]` to sequence `seqs[i]` for every i, in one forward pass, and returns
@@ -63,7 +68,12 @@ impl<'a, B: Backend> Runner<'a, B> {
             };
             self.be.copy_pages(&mut self.kv, &copies)?;
             let pos_start = self.pool.len(s)?;
-            seqs.push(SeqSlice { token_start, n_tokens: n, pos_start, pages: self.pool.pages(s)?.to_vec() });
+            seqs.push(SeqSlice {
+                token_start,
+                n_tokens: n,
+                pos_start,
+                pages: self.pool.pages(s)?.to_vec(),
+            });
             token_start += n;
             done.push((s, n));
         }
@@ -118,7 +128,10 @@ struct Live {
 
 /// How many KV pages `generate` needs for these prompts.
 pub fn pages_needed(prompt_lens: &[usize], max_tokens: usize, page_size: usize) -> usize {
-    prompt_lens.iter().map(|l| (l + max_tokens).div_ceil(page_size) + 1).sum()
+    prompt_lens
+        .iter()
+        .map(|l| (l + max_tokens).div_ceil(page_size) + 1)
+        .sum()
 }
 
 /// Generates a completion for every prompt, all in one batch; `on_text(i, delta)` receives
@@ -134,12 +147,24 @@ pub fn generate<B: Backend>(
     let vocab_limit = r.model.cfg.vocab_size;
     let mut live: Vec<Live> = prompts
         .iter()
-        .map(|_| Live { seq: r.pool.create(), ids: vec![], text_len_sent: 0, done: None, text: String::new() })
+        .map(|_| Live {
+            seq: r.pool.create(),
+            ids: vec![],
+            text_len_sent: 0,
+            done: None,
+            text: String::new(),
+        })
         .collect();
     r.be.set_phase(Phase::Prefill);
-    let items: Vec<(SeqId, &[u32])> =
-        live.iter().zip(prompts).map(|(l, p)| (l.seq, p.as_slice())).collect();
-    anyhow::ensure!(prompts.iter().all(|p| !p.is_empty()), "a prompt has no tokens");
+    let items: Vec<(SeqId, &[u32])> = live
+        .iter()
+        .zip(prompts)
+        .map(|(l, p)| (l.seq, p.as_slice()))
+        .collect();
+    anyhow::ensure!(
+        prompts.iter().all(|p| !p.is_empty()),
+        "a prompt has no tokens"
+    );
     let mut out = r.extend(&items)?;
     let mut rows: Vec<usize> = (0..live.len()).collect();
     let mut step = 0u64;
@@ -150,7 +175,10 @@ pub fn generate<B: Backend>(
         for (k, &i) in rows.iter().enumerate() {
             let u = crate::rng::uniform(p.seed, i as u64, step);
             let (id, cost) = sample(&logits[k * v..(k + 1) * v], vocab_limit, p.sampling, u);
-            r.be.ledger().lock().unwrap_or_else(|e| e.into_inner()).record("sample", cost);
+            r.be.ledger()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record("sample", cost);
             let l = &mut live[i];
             l.ids.push(id);
             if !p.ignore_eos && tok.eos.contains(&id) {
@@ -164,7 +192,11 @@ pub fn generate<B: Backend>(
             } else if l.done.is_none() && l.ids.len() >= p.max_tokens {
                 l.done = Some(Finish::Length);
             }
-            let safe = if l.done.is_some() { l.text.len() } else { safe_prefix(&l.text, &p.stop) };
+            let safe = if l.done.is_some() {
+                l.text.len()
+            } else {
+                safe_prefix(&l.text, &p.stop)
+            };
             if safe > l.text_len_sent {
                 on_text(i, &l.text[l.text_len_sent..safe]);
                 l.text_len_sent = safe;
@@ -176,8 +208,10 @@ pub fn generate<B: Backend>(
             break;
         }
         r.be.set_phase(Phase::Decode);
-        let next: Vec<(SeqId, [u32; 1])> =
-            rows.iter().map(|&i| (live[i].seq, [*live[i].ids.last().unwrap_or(&0)])).collect();
+        let next: Vec<(SeqId, [u32; 1])> = rows
+            .iter()
+            .map(|&i| (live[i].seq, [*live[i].ids.last().unwrap_or(&0)]))
+            .collect();
         let items: Vec<(SeqId, &[u32])> = next.iter().map(|(s, t)| (*s, &t[..])).collect();
         out = r.extend(&items)?;
     }
@@ -185,14 +219,21 @@ pub fn generate<B: Backend>(
     for l in live {
         r.pool.free(l.seq)?;
         let finish = l.done.unwrap_or(Finish::Length);
-        res.push(Completion { ids: l.ids, text: l.text, finish });
+        res.push(Completion {
+            ids: l.ids,
+            text: l.text,
+            finish,
+        });
     }
     Ok(res)
 }
 
 /// Byte offset of the earliest stop string in `text`.
 pub fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
-    stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+    stop.iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
 }
 
 /// How much of `text` can be shown now: not a trailing replacement character (an incomplete

@@ -1,8 +1,8 @@
 //! ponder: an inference engine that measures what it costs a language model to reason.
 pub mod backend;
 pub mod flops;
+pub mod generate;
 pub mod kv;
 pub mod model;
 pub mod rng;
-pub mod generate;
 pub mod sample;

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "ponder", version, about = "Measure what it costs a language model to reason")]
+#[command(
+    name = "ponder",
+    version,
+    about = "Measure what it costs a language model to reason"
+)]
 struct Cli {
     /// Cache folder for the default model (else $PONDER_CACHE, else ~/.cache/ponder).
     #[arg(long, global = true)]
@@ -139,10 +143,20 @@ fn cmd_generate(a: GenerateArgs, cache: &std::path::Path) -> Result<()> {
     let t_load = Instant::now();
     let m = load(&be, a.model.as_deref(), cache)?;
     let load_s = t_load.elapsed().as_secs_f64();
-    let text = if a.chat { m.tok.chat_prompt(&prompt)? } else { prompt };
+    let text = if a.chat {
+        m.tok.chat_prompt(&prompt)?
+    } else {
+        prompt
+    };
     let mut ids = m.tok.encode(&text)?;
     if a.bos {
-        ids.insert(0, m.model.cfg.bos_token_id.context("the model has no BOS token")?);
+        ids.insert(
+            0,
+            m.model
+                .cfg
+                .bos_token_id
+                .context("the model has no BOS token")?,
+        );
     }
     if ids.is_empty() {
         bail!("the prompt is empty");
@@ -151,7 +165,10 @@ fn cmd_generate(a: GenerateArgs, cache: &std::path::Path) -> Result<()> {
     let mut runner = Runner::new(&be, &m.model, pages, a.page_size)?;
     let params = GenParams {
         max_tokens: a.max_tokens,
-        sampling: Sampling { temperature: a.temperature, top_p: a.top_p },
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+        },
         seed: a.seed,
         stop: a.stop.clone(),
         ignore_eos: false,
@@ -176,7 +193,11 @@ fn cmd_generate(a: GenerateArgs, cache: &std::path::Path) -> Result<()> {
         out[0].finish
     );
     if a.flops {
-        let l = be.ledger().lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let l = be
+            .ledger()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         eprint!("{}", l.table());
         let c = &m.model.cfg;
         let study = study_flops_per_token(

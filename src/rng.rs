@@ -27,13 +27,15 @@ pub fn child_stream(parent: u64, index: u64) -> u64 {
 /// n values uniform in [−bound, bound), in parallel but independent of the thread count.
 pub fn fill_uniform(seed: u64, n: usize, bound: f32) -> Vec<f32> {
     let mut v = vec![0.0f32; n];
-    v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-        let base = (c as u64) << 16;
-        for (i, x) in chunk.iter_mut().enumerate() {
-            let u = (mix64(seed ^ mix64(base + i as u64)) >> 40) as f32 / (1u64 << 24) as f32;
-            *x = (2.0 * u - 1.0) * bound;
-        }
-    });
+    v.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let base = (c as u64) << 16;
+            for (i, x) in chunk.iter_mut().enumerate() {
+                let u = (mix64(seed ^ mix64(base + i as u64)) >> 40) as f32 / (1u64 << 24) as f32;
+                *x = (2.0 * u - 1.0) * bound;
+            }
+        });
     v
 }
 

@@ -11,7 +11,10 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    pub const GREEDY: Sampling = Sampling { temperature: 0.0, top_p: 1.0 };
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+    };
 }
 
 /// Samples one id from `logits[..limit]` (ids at or above `limit`, such as added thought
@@ -88,7 +91,10 @@ mod tests {
     #[test]
     fn temperature_sampling_follows_the_softmax() {
         let logits = [0.0f32, (2.0f32).ln(), (7.0f32).ln()];
-        let s = Sampling { temperature: 1.0, top_p: 1.0 };
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+        };
         let mut counts = [0usize; 3];
         let n = 20_000;
         for i in 0..n {
@@ -103,12 +109,18 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         let logits = [0.0f32, (2.0f32).ln(), (7.0f32).ln()];
-        let s = Sampling { temperature: 1.0, top_p: 0.75 };
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 0.75,
+        };
         for i in 0..2000 {
             let id = sample(&logits, 3, s, crate::rng::uniform(9, 1, i)).0;
             assert!(id != 0, "id 0 lies outside the 0.75 nucleus");
         }
-        let s = Sampling { temperature: 1.0, top_p: 0.5 };
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 0.5,
+        };
         for i in 0..200 {
             assert_eq!(sample(&logits, 3, s, crate::rng::uniform(9, 1, i)).0, 2);
         }

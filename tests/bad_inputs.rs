@@ -6,14 +6,24 @@ use std::process::Command;
 fn ponder(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
         .args(args)
-        .env("PONDER_CACHE", std::env::temp_dir().join("ponder-bad-inputs-cache"))
+        .env(
+            "PONDER_CACHE",
+            std::env::temp_dir().join("ponder-bad-inputs-cache"),
+        )
         .output()
         .expect("run ponder");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn case(dir: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad_inputs").join(dir).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/bad_inputs")
+        .join(dir)
+        .display()
+        .to_string()
 }
 
 fn assert_one_line_error(args: &[&str], needles: &[&str]) {
@@ -30,7 +40,18 @@ fn assert_one_line_error(args: &[&str], needles: &[&str]) {
 
 fn generate_with(model: &str, needles: &[&str]) {
     let m = case(model);
-    assert_one_line_error(&["generate", "--model", &m, "--prompt", "hi", "--max-tokens", "2"], needles);
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ],
+        needles,
+    );
 }
 
 #[test]
@@ -40,7 +61,10 @@ fn truncated_safetensors() {
 
 #[test]
 fn header_whose_offsets_lie() {
-    generate_with("lying_offsets", &["corrupt safetensors", "model.safetensors"]);
+    generate_with(
+        "lying_offsets",
+        &["corrupt safetensors", "model.safetensors"],
+    );
 }
 
 #[test]
@@ -72,16 +96,35 @@ fn missing_model_directory() {
 fn prompt_file_not_utf8() {
     let f = case("prompt_not_utf8.txt");
     assert_one_line_error(
-        &["generate", "--model", "synthetic:tiny", "--prompt-file", &f, "--max-tokens", "2"],
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt-file",
+            &f,
+            "--max-tokens",
+            "2",
+        ],
         &["not UTF-8", "prompt_not_utf8.txt"],
     );
 }
 
 #[test]
 fn unknown_synthetic_model_and_bad_flag_values() {
-    assert_one_line_error(&["generate", "--model", "synthetic:gpt5", "--prompt", "x"], &["gpt5"]);
     assert_one_line_error(
-        &["generate", "--model", "synthetic:tiny", "--prompt", "x", "--top-p", "1.5"],
+        &["generate", "--model", "synthetic:gpt5", "--prompt", "x"],
+        &["gpt5"],
+    );
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt",
+            "x",
+            "--top-p",
+            "1.5",
+        ],
         &["--top-p"],
     );
 }
@@ -90,7 +133,12 @@ fn unknown_synthetic_model_and_bad_flag_values() {
 fn gguf_import_of_a_missing_file() {
     let out = std::env::temp_dir().join("ponder-bad-gguf-out");
     assert_one_line_error(
-        &["import-gguf", "/nonexistent/model.gguf", "--out", out.to_str().unwrap()],
+        &[
+            "import-gguf",
+            "/nonexistent/model.gguf",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &["/nonexistent/model.gguf"],
     );
 }

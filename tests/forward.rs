@@ -13,7 +13,10 @@ fn tiny(be: &Cpu) -> Model<Cpu> {
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 #[test]
@@ -29,7 +32,11 @@ fn ledger_of_one_prefill_matches_the_closed_form() {
     let l = be.ledger().lock().unwrap().clone();
 
     let n = ids.len() as u64;
-    let (d, f, v) = (c.hidden_size as u64, c.intermediate_size as u64, c.vocab_size as u64);
+    let (d, f, v) = (
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+    );
     let (h, kvh, hd, layers) = (
         c.num_attention_heads as u64,
         c.num_key_value_heads as u64,
@@ -48,7 +55,10 @@ fn ledger_of_one_prefill_matches_the_closed_form() {
     assert_eq!(ops["matmul"].useful_flops, matmul);
     assert_eq!(ops["attention"].useful_flops, attention);
     assert_eq!(ops["rope_kv"].useful_flops, rope);
-    assert_eq!(ops["rmsnorm"].useful_flops + ops["add_rmsnorm"].useful_flops, norms);
+    assert_eq!(
+        ops["rmsnorm"].useful_flops + ops["add_rmsnorm"].useful_flops,
+        norms
+    );
     assert_eq!(ops["silu_mul"].useful_flops, silu);
     assert_eq!(
         l.by_phase(Phase::Prefill).useful_flops,
@@ -68,7 +78,7 @@ fn prefill_then_decode_equals_one_prefill() {
     let be = Cpu::new();
     let m = tiny(&be);
     let ids: Vec<u32> = (0..40).map(|i| (i * 31 % 509) as u32).collect();
-    let mut r = Runner::new(&be, &m, 16, 4).unwrap();
+    let mut r = Runner::new(&be, &m, 32, 4).unwrap();
     let a = r.pool.create();
     let whole = be.to_host(&r.extend(&[(a, &ids)]).unwrap().logits).unwrap();
     let b = r.pool.create();
@@ -78,7 +88,11 @@ fn prefill_then_decode_equals_one_prefill() {
         last = Some(r.extend(&[(b, std::slice::from_ref(t))]).unwrap());
     }
     let stepwise = be.to_host(&last.unwrap().logits).unwrap();
-    assert!(max_rel_diff(&stepwise, &whole) < 1e-4, "{}", max_rel_diff(&stepwise, &whole));
+    assert!(
+        max_rel_diff(&stepwise, &whole) < 1e-4,
+        "{}",
+        max_rel_diff(&stepwise, &whole)
+    );
 }
 
 #[test]
@@ -112,16 +126,24 @@ fn forked_branches_continue_like_their_parent() {
     let (kids, copies) = r.pool.fork(parent, 3).unwrap();
     be.copy_pages(&mut r.kv, &copies).unwrap();
     let next = [9u32, 77, 300];
-    let items: Vec<(ponder::kv::SeqId, &[u32])> =
-        kids.iter().zip(&next).map(|(k, t)| (*k, std::slice::from_ref(t))).collect();
+    let items: Vec<(ponder::kv::SeqId, &[u32])> = kids
+        .iter()
+        .zip(&next)
+        .map(|(k, t)| (*k, std::slice::from_ref(t)))
+        .collect();
     let out = be.to_host(&r.extend(&items).unwrap().logits).unwrap();
     let v = m.cfg.vocab_size;
     for (i, t) in next.iter().enumerate() {
         let s = r.pool.create();
         let mut full = prompt.clone();
         full.push(*t);
-        let want = be.to_host(&r.extend(&[(s, &full)]).unwrap().logits).unwrap();
-        assert!(max_rel_diff(&out[i * v..(i + 1) * v], &want) < 1e-4, "branch {i}");
+        let want = be
+            .to_host(&r.extend(&[(s, &full)]).unwrap().logits)
+            .unwrap();
+        assert!(
+            max_rel_diff(&out[i * v..(i + 1) * v], &want) < 1e-4,
+            "branch {i}"
+        );
     }
 }
 

@@ -24,6 +24,9 @@ impl Rng {
     }
 }
 
+/// Free pages, live sequences, and each sequence's (id, pages, len, capacity).
+type Snapshot = (usize, usize, Vec<(SeqId, Vec<PageId>, usize, usize)>);
+
 struct Sim {
     pool: KvPool,
     /// What the backend's storage would hold, one Vec per page.
@@ -52,7 +55,11 @@ impl Sim {
         for c in copies {
             assert_ne!(c.src, c.dst);
             assert!(c.len > 0 && c.len < self.pool.page_size(), "{c:?}");
-            assert_eq!(self.pool.refcount(c.dst), 1, "copy into a shared page {c:?}");
+            assert_eq!(
+                self.pool.refcount(c.dst),
+                1,
+                "copy into a shared page {c:?}"
+            );
             let src = self.store[c.src as usize][..c.len].to_vec();
             self.store[c.dst as usize][..c.len].copy_from_slice(&src);
         }
@@ -77,21 +84,30 @@ impl Sim {
     }
 
     /// Checks that a failed op left everything as it was.
-    fn snapshot(&self) -> (usize, usize, Vec<(SeqId, Vec<PageId>, usize, usize)>) {
+    fn snapshot(&self) -> Snapshot {
         let seqs = self
             .model
             .keys()
             .map(|&s| {
                 let p = &self.pool;
-                (s, p.pages(s).unwrap().to_vec(), p.len(s).unwrap(), p.capacity(s).unwrap())
+                (
+                    s,
+                    p.pages(s).unwrap().to_vec(),
+                    p.len(s).unwrap(),
+                    p.capacity(s).unwrap(),
+                )
             })
             .collect();
         (self.pool.free_pages(), self.pool.live_seqs(), seqs)
     }
 
-    fn out_of_pages(&mut self, e: KvError, before: &(usize, usize, Vec<(SeqId, Vec<PageId>, usize, usize)>)) {
+    fn out_of_pages(&mut self, e: KvError, before: &Snapshot) {
         match e {
-            KvError::OutOfPages { needed, free, total } => {
+            KvError::OutOfPages {
+                needed,
+                free,
+                total,
+            } => {
                 assert!(needed > free);
                 assert_eq!(total, self.pool.n_pages());
             }
@@ -134,7 +150,10 @@ impl Sim {
                         let slots = self.pool.slots(s, used).unwrap();
                         self.write(s, &slots);
                         self.pool.commit(s, used).unwrap();
-                        assert!(self.pool.slots(s, n - used + 1).is_err());
+                        let room = self.pool.capacity(s).unwrap() - self.pool.len(s).unwrap();
+                        assert!(room >= n - used);
+                        assert!(self.pool.slots(s, room).is_ok());
+                        assert!(self.pool.slots(s, room + 1).is_err());
                         if rng.below(2) == 0 {
                             let len = self.pool.len(s).unwrap();
                             self.pool.truncate(s, len).unwrap();
@@ -152,7 +171,7 @@ impl Sim {
                         assert_eq!(kids.len(), n);
                         self.copy(&copies);
                         let toks = self.model[&s].clone();
-                        let want_copies = if toks.len() % ps == 0 { 0 } else { n };
+                        let want_copies = if toks.len().is_multiple_of(ps) { 0 } else { n };
                         assert_eq!(copies.len(), want_copies);
                         for k in kids {
                             assert!(self.model.insert(k, toks.clone()).is_none());
@@ -164,12 +183,20 @@ impl Sim {
             72..=86 => {
                 let Some(s) = self.pick(rng) else { return };
                 let len = self.model[&s].len();
-                let new_len = if rng.below(4) == 0 { len } else { rng.below(len + 1) };
+                let new_len = if rng.below(4) == 0 {
+                    len
+                } else {
+                    rng.below(len + 1)
+                };
                 self.pool.truncate(s, new_len).unwrap();
                 self.model.get_mut(&s).unwrap().truncate(new_len);
                 assert_eq!(
                     self.pool.truncate(s, new_len + 1),
-                    Err(KvError::BadTruncate { seq: s, len: new_len, new_len: new_len + 1 })
+                    Err(KvError::BadTruncate {
+                        seq: s,
+                        len: new_len,
+                        new_len: new_len + 1
+                    })
                 );
             }
             87..=96 => {
@@ -196,8 +223,9 @@ impl Sim {
         for (&s, toks) in &self.model {
             assert_eq!(self.pool.len(s).unwrap(), toks.len());
             let pages = self.pool.pages(s).unwrap();
-            let read: Vec<u64> =
-                (0..toks.len()).map(|i| self.store[pages[i / ps] as usize][i % ps]).collect();
+            let read: Vec<u64> = (0..toks.len())
+                .map(|i| self.store[pages[i / ps] as usize][i % ps])
+                .collect();
             assert_eq!(&read, toks, "sequence {s:?} reads back wrong");
         }
     }
@@ -227,7 +255,12 @@ fn randomized_against_plain_model() {
     let mut tokens = 0;
     for seed in 0..12u64 {
         let (n_pages, page_size) = [(24, 4), (40, 3), (16, 1), (64, 8)][seed as usize % 4];
-        let sim = run(seed.wrapping_mul(0x1234_5678_9abc_def1) ^ 0x5eed, n_pages, page_size, 4000);
+        let sim = run(
+            seed.wrapping_mul(0x1234_5678_9abc_def1) ^ 0x5eed,
+            n_pages,
+            page_size,
+            4000,
+        );
         failures += sim.failures;
         tokens += sim.next_token;
     }

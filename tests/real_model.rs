@@ -18,7 +18,11 @@ fn fixture() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn model() -> &'static (Cpu, Loaded<Cpu>) {
@@ -53,22 +57,37 @@ fn last_position_logits_match_the_reference() {
     let case = &f["logits_case"];
     let got = last_logits(&ids(&case["ids"]));
     let bytes = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case["file"].as_str().unwrap()),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(case["file"].as_str().unwrap()),
     )
     .unwrap();
-    let want: Vec<f32> =
-        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let want: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     assert_eq!(got.len(), want.len());
     // Both sides compute in f32 with different summation orders; the reference itself moves
     // by 3e-5 between f32 and f64. 2e-3 absolute on logits of magnitude ~35 is ~6e-5 relative.
-    let max_abs = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let max_abs = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("max |Δlogit| against the reference: {max_abs}");
     assert!(max_abs < 2e-3, "max |Δlogit| = {max_abs}");
-    assert_eq!(ponder::sample::argmax(&got) as u64, case["argmax"].as_u64().unwrap());
+    assert_eq!(
+        ponder::sample::argmax(&got) as u64,
+        case["argmax"].as_u64().unwrap()
+    );
 
     let short = &f["logits_case_short"];
     let got = last_logits(&ids(&short["ids"]));
     for pair in short["top5"].as_array().unwrap() {
-        let (id, l) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+        let (id, l) = (
+            pair[0].as_u64().unwrap() as usize,
+            pair[1].as_f64().unwrap() as f32,
+        );
         assert!((got[id] - l).abs() < 2e-3, "id {id}: {} vs {l}", got[id]);
     }
 }
@@ -98,7 +117,10 @@ fn tokenizer_round_trips_all_of_gsm8k_train() {
     let (_, m) = model();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/train.jsonl");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        panic!("{} is missing: the GSM8K training set ships beside the repo", path.display());
+        panic!(
+            "{} is missing: the GSM8K training set ships beside the repo",
+            path.display()
+        );
     };
     let mut n = 0;
     for line in text.lines() {
@@ -118,5 +140,8 @@ fn chat_template_renders_like_the_reference_prompt() {
     let (_, m) = model();
     let f = fixture();
     let prompt = m.tok.chat_prompt("What is 12 times 7?").unwrap();
-    assert_eq!(m.tok.encode(&prompt).unwrap(), ids(&f["greedy_case"]["prompt_ids"]));
+    assert_eq!(
+        m.tok.encode(&prompt).unwrap(),
+        ids(&f["greedy_case"]["prompt_ids"])
+    );
 }

@@ -29,7 +29,10 @@ impl Cpu {
     }
 
     fn record(&self, op: &'static str, c: Counts) {
-        self.ledger.lock().unwrap_or_else(|e| e.into_inner()).record(op, c);
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(op, c);
     }
 }
 
@@ -111,18 +114,34 @@ impl Backend for Cpu {
 
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<CpuWeight> {
         let n: usize = shape.iter().product();
-        ensure!(data.as_slice().len() == n, "weight data does not match shape {shape:?}");
-        ensure!(matches!(shape.len(), 1 | 2), "weights are vectors or matrices, not {shape:?}");
+        ensure!(
+            data.as_slice().len() == n,
+            "weight data does not match shape {shape:?}"
+        );
+        ensure!(
+            matches!(shape.len(), 1 | 2),
+            "weights are vectors or matrices, not {shape:?}"
+        );
         let store = match data {
             WeightData::Mapped(m) => CpuStore::Mapped(m),
             WeightData::Host(c) => CpuStore::Owned(c.into_owned()),
         };
-        Ok(CpuWeight { shape: shape.to_vec(), store })
+        Ok(CpuWeight {
+            shape: shape.to_vec(),
+            store,
+        })
     }
 
     fn tensor(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CpuTensor> {
-        ensure!(data.len() == rows * cols, "tensor data is not {rows}x{cols}");
-        Ok(CpuTensor { rows, cols, data: data.to_vec() })
+        ensure!(
+            data.len() == rows * cols,
+            "tensor data is not {rows}x{cols}"
+        );
+        Ok(CpuTensor {
+            rows,
+            cols,
+            data: data.to_vec(),
+        })
     }
 
     fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
@@ -140,7 +159,11 @@ impl Backend for Cpu {
             .and_then(|x| x.checked_mul(shape.kv_heads * shape.head_dim))
             .filter(|&n| n < (1usize << 40))
             .ok_or_else(|| anyhow::anyhow!("KV cache of {shape:?} is too large"))?;
-        Ok(CpuKv { shape, k: vec![0.0; n], v: vec![0.0; n] })
+        Ok(CpuKv {
+            shape,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+        })
     }
 
     fn copy_pages(&self, kv: &mut CpuKv, copies: &[PageCopy]) -> Result<()> {
@@ -173,23 +196,45 @@ impl Backend for Cpu {
         let mut data = Vec::with_capacity(ids.len() * d);
         for &id in ids {
             let id = id as usize;
-            ensure!(id < vocab, "token id {id} is outside the vocabulary ({vocab})");
+            ensure!(
+                id < vocab,
+                "token id {id} is outside the vocabulary ({vocab})"
+            );
             data.extend_from_slice(&t[id * d..(id + 1) * d]);
         }
         let n = ids.len() as u64;
-        self.record("embedding", Counts::exact(0, 2 * n * d as u64 * F32 + n * 4, 0));
-        Ok(CpuTensor { rows: ids.len(), cols: d, data })
+        self.record(
+            "embedding",
+            Counts::exact(0, 2 * n * d as u64 * F32 + n * 4, 0),
+        );
+        Ok(CpuTensor {
+            rows: ids.len(),
+            cols: d,
+            data,
+        })
     }
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32) -> Result<CpuTensor> {
-        ensure!(w.data().len() == x.cols, "rms_norm: weight length differs from row length");
+        ensure!(
+            w.data().len() == x.cols,
+            "rms_norm: weight length differs from row length"
+        );
         let mut out = vec![0.0; x.data.len()];
-        out.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, r)| {
-            norm_row(o, r, w.data(), eps);
-        });
+        out.par_chunks_mut(x.cols)
+            .zip(x.data.par_chunks(x.cols))
+            .for_each(|(o, r)| {
+                norm_row(o, r, w.data(), eps);
+            });
         let (n, d) = (x.rows as u64, x.cols as u64);
-        self.record("rmsnorm", Counts::exact(4 * n * d, (2 * n * d + d) * F32, n));
-        Ok(CpuTensor { rows: x.rows, cols: x.cols, data: out })
+        self.record(
+            "rmsnorm",
+            Counts::exact(4 * n * d, (2 * n * d + d) * F32, n),
+        );
+        Ok(CpuTensor {
+            rows: x.rows,
+            cols: x.cols,
+            data: out,
+        })
     }
 
     fn add_rms_norm(
@@ -200,7 +245,10 @@ impl Backend for Cpu {
         eps: f32,
     ) -> Result<CpuTensor> {
         same_shape(residual, x, "add_rms_norm")?;
-        ensure!(w.data().len() == x.cols, "add_rms_norm: weight length differs from row length");
+        ensure!(
+            w.data().len() == x.cols,
+            "add_rms_norm: weight length differs from row length"
+        );
         let cols = x.cols;
         let mut out = vec![0.0; x.data.len()];
         out.par_chunks_mut(cols)
@@ -213,8 +261,15 @@ impl Backend for Cpu {
                 norm_row(o, r, w.data(), eps);
             });
         let (n, d) = (x.rows as u64, x.cols as u64);
-        self.record("add_rmsnorm", Counts::exact(5 * n * d, (4 * n * d + d) * F32, n));
-        Ok(CpuTensor { rows: x.rows, cols, data: out })
+        self.record(
+            "add_rmsnorm",
+            Counts::exact(5 * n * d, (4 * n * d + d) * F32, n),
+        );
+        Ok(CpuTensor {
+            rows: x.rows,
+            cols,
+            data: out,
+        })
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
@@ -232,15 +287,18 @@ impl Backend for Cpu {
             // Each task streams a block of weight rows once, for all n inputs.
             const BLOCK: usize = 64;
             let mut out_t = vec![0.0f32; m * n];
-            out_t.par_chunks_mut(BLOCK * n.max(1)).enumerate().for_each(|(b, o)| {
-                for (jj, orow) in o.chunks_mut(n.max(1)).enumerate() {
-                    let j = b * BLOCK + jj;
-                    let wr = &wd[j * k..(j + 1) * k];
-                    for (i, ov) in orow.iter_mut().enumerate() {
-                        *ov = dot(&x.data[i * k..(i + 1) * k], wr);
+            out_t
+                .par_chunks_mut(BLOCK * n.max(1))
+                .enumerate()
+                .for_each(|(b, o)| {
+                    for (jj, orow) in o.chunks_mut(n.max(1)).enumerate() {
+                        let j = b * BLOCK + jj;
+                        let wr = &wd[j * k..(j + 1) * k];
+                        for (i, ov) in orow.iter_mut().enumerate() {
+                            *ov = dot(&x.data[i * k..(i + 1) * k], wr);
+                        }
                     }
-                }
-            });
+                });
             for j in 0..m {
                 for i in 0..n {
                     out[i * m + j] = out_t[j * n + i];
@@ -278,7 +336,11 @@ impl Backend for Cpu {
             "matmul",
             Counts::exact(2 * n * m * k, (m * k + n * k + n * m) * F32, 0),
         );
-        Ok(CpuTensor { rows: x.rows, cols: m as usize, data: out })
+        Ok(CpuTensor {
+            rows: x.rows,
+            cols: m as usize,
+            data: out,
+        })
     }
 
     fn rope_store_kv(
@@ -293,29 +355,40 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let hd = dims.head_dim;
         let nt = batch.n_tokens();
-        ensure!(q.rows == nt && q.cols == dims.heads * hd, "rope: q is not [{nt}, heads*hd]");
+        ensure!(
+            q.rows == nt && q.cols == dims.heads * hd,
+            "rope: q is not [{nt}, heads*hd]"
+        );
         ensure!(
             k.rows == nt && v.rows == nt && k.cols == dims.kv_heads * hd && v.cols == k.cols,
             "rope: k/v are not [{nt}, kv_heads*hd]"
         );
         ensure!(
-            kv.shape.kv_heads == dims.kv_heads && kv.shape.head_dim == hd && layer < kv.shape.layers,
+            kv.shape.kv_heads == dims.kv_heads
+                && kv.shape.head_dim == hd
+                && layer < kv.shape.layers,
             "rope: KV storage shape {:?} does not fit layer {layer}",
             kv.shape
         );
         let pos = batch.positions();
         let slots = batch.slots();
         let inv = inv_freq(hd, dims.rope_theta);
-        q.data.par_chunks_mut(q.cols).zip(pos.par_iter()).for_each(|(row, &p)| {
-            let (cos, sin) = angles(&inv, p);
-            for h in row.chunks_mut(hd) {
-                rotate_half(h, &cos, &sin);
-            }
-        });
+        q.data
+            .par_chunks_mut(q.cols)
+            .zip(pos.par_iter())
+            .for_each(|(row, &p)| {
+                let (cos, sin) = angles(&inv, p);
+                for h in row.chunks_mut(hd) {
+                    rotate_half(h, &cos, &sin);
+                }
+            });
         let cap = kv.shape.pages * kv.shape.page_size;
         for t in 0..nt {
             let slot = slots[t] as usize;
-            ensure!(slot < cap, "rope: KV slot {slot} is outside the pool ({cap})");
+            ensure!(
+                slot < cap,
+                "rope: KV slot {slot} is outside the pool ({cap})"
+            );
             let (cos, sin) = angles(&inv, pos[t]);
             let at = kv.at(layer, slot);
             let kr = &mut kv.k[at..at + k.cols];
@@ -325,7 +398,12 @@ impl Backend for Cpu {
             }
             kv.v[at..at + v.cols].copy_from_slice(&v.data[t * v.cols..(t + 1) * v.cols]);
         }
-        let (nt, hq, hk, hd) = (nt as u64, dims.heads as u64, dims.kv_heads as u64, hd as u64);
+        let (nt, hq, hk, hd) = (
+            nt as u64,
+            dims.heads as u64,
+            dims.kv_heads as u64,
+            hd as u64,
+        );
         self.record(
             "rope_kv",
             Counts::exact(
@@ -348,8 +426,14 @@ impl Backend for Cpu {
         let (hd, hq, hk) = (dims.head_dim, dims.heads, dims.kv_heads);
         let group = hq / hk;
         let nt = batch.n_tokens();
-        ensure!(q.rows == nt && q.cols == hq * hd, "attention: q is not [{nt}, heads*hd]");
-        ensure!(kv.shape.kv_heads == hk && kv.shape.head_dim == hd, "attention: KV shape differs");
+        ensure!(
+            q.rows == nt && q.cols == hq * hd,
+            "attention: q is not [{nt}, heads*hd]"
+        );
+        ensure!(
+            kv.shape.kv_heads == hk && kv.shape.head_dim == hd,
+            "attention: KV shape differs"
+        );
         // For every token row: (sequence, position).
         let mut who = Vec::with_capacity(nt);
         for (si, s) in batch.seqs.iter().enumerate() {
@@ -363,33 +447,35 @@ impl Backend for Cpu {
         let ps = batch.page_size;
         let mut out = vec![0.0f32; nt * hq * hd];
         // One task per (token, KV head): its query heads share every K/V row it reads.
-        out.par_chunks_mut(group * hd).enumerate().for_each(|(u, o)| {
-            let (t, g) = (u / hk, u % hk);
-            let (si, pos) = who[t];
-            let pages = &batch.seqs[si].pages;
-            let first = batch.first_visible(pos);
-            let mut scores = vec![0.0f32; pos + 1 - first];
-            for qh in 0..group {
-                let h = g * group + qh;
-                let qv = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
-                let mut mx = f32::NEG_INFINITY;
-                for (s, j) in scores.iter_mut().zip(first..=pos) {
-                    let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
-                    *s = dot(qv, &kv.k[at..at + hd]) * scale;
-                    mx = mx.max(*s);
+        out.par_chunks_mut(group * hd)
+            .enumerate()
+            .for_each(|(u, o)| {
+                let (t, g) = (u / hk, u % hk);
+                let (si, pos) = who[t];
+                let pages = &batch.seqs[si].pages;
+                let first = batch.first_visible(pos);
+                let mut scores = vec![0.0f32; pos + 1 - first];
+                for qh in 0..group {
+                    let h = g * group + qh;
+                    let qv = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
+                    let mut mx = f32::NEG_INFINITY;
+                    for (s, j) in scores.iter_mut().zip(first..=pos) {
+                        let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
+                        *s = dot(qv, &kv.k[at..at + hd]) * scale;
+                        mx = mx.max(*s);
+                    }
+                    let mut sum = 0.0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - mx).exp();
+                        sum += *s;
+                    }
+                    let oh = &mut o[qh * hd..(qh + 1) * hd];
+                    for (s, j) in scores.iter().zip(first..=pos) {
+                        let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
+                        axpy(oh, *s / sum, &kv.v[at..at + hd]);
+                    }
                 }
-                let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - mx).exp();
-                    sum += *s;
-                }
-                let oh = &mut o[qh * hd..(qh + 1) * hd];
-                for (s, j) in scores.iter().zip(first..=pos) {
-                    let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
-                    axpy(oh, *s / sum, &kv.v[at..at + hd]);
-                }
-            }
-        });
+            });
         let pairs = batch.attention_pairs();
         let mut kv_rows = 0u64;
         for s in &batch.seqs {
@@ -406,7 +492,11 @@ impl Backend for Cpu {
                 hq * pairs,
             ),
         );
-        Ok(CpuTensor { rows: nt, cols: (hq * hd) as usize, data: out })
+        Ok(CpuTensor {
+            rows: nt,
+            cols: (hq * hd) as usize,
+            data: out,
+        })
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
@@ -421,7 +511,11 @@ impl Backend for Cpu {
             });
         let n = gate.data.len() as u64;
         self.record("silu_mul", Counts::exact(3 * n, 3 * n * F32, n));
-        Ok(CpuTensor { rows: gate.rows, cols: gate.cols, data: out })
+        Ok(CpuTensor {
+            rows: gate.rows,
+            cols: gate.cols,
+            data: out,
+        })
     }
 
     fn add(&self, a: &mut CpuTensor, b: &CpuTensor) -> Result<()> {
@@ -444,7 +538,11 @@ impl Backend for Cpu {
         }
         let b = 2 * (rows.len() * x.cols) as u64 * F32;
         self.record("gather", Counts::exact(0, b, 0));
-        Ok(CpuTensor { rows: rows.len(), cols: x.cols, data })
+        Ok(CpuTensor {
+            rows: rows.len(),
+            cols: x.cols,
+            data,
+        })
     }
 }
 

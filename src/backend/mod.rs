@@ -50,8 +50,10 @@ impl Batch {
         for s in &self.seqs {
             for i in 0..s.n_tokens {
                 let pos = s.pos_start + i;
-                v.push(s.pages[pos / self.page_size] * self.page_size as u32
-                    + (pos % self.page_size) as u32);
+                v.push(
+                    s.pages[pos / self.page_size] * self.page_size as u32
+                        + (pos % self.page_size) as u32,
+                );
             }
         }
         v
@@ -116,7 +118,10 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     fn ledger(&self) -> &Mutex<Ledger>;
     fn set_phase(&self, p: Phase) {
-        self.ledger().lock().unwrap_or_else(|e| e.into_inner()).set_phase(p);
+        self.ledger()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_phase(p);
     }
 
     /// A parameter from host f32 values (the backend chooses its storage dtype).
@@ -145,6 +150,7 @@ pub trait Backend: Send + Sync {
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
     /// Rotates q and k (rotate-half RoPE at each row's position) and writes k, v into the
     /// pages of layer `layer`.
+    #[allow(clippy::too_many_arguments)]
     fn rope_store_kv(
         &self,
         q: &mut Self::Tensor,

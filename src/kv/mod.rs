@@ -27,6 +27,9 @@ mod tests;
 
 pub type PageId = u32;
 
+/// Where one token goes: (page, offset within the page).
+pub type Slot = (PageId, usize);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqId(pub u32);
 
@@ -43,16 +46,28 @@ pub struct PageCopy {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum KvError {
     #[error("KV cache out of pages: need {needed}, {free} free of {total}")]
-    OutOfPages { needed: usize, free: usize, total: usize },
+    OutOfPages {
+        needed: usize,
+        free: usize,
+        total: usize,
+    },
     #[error("unknown sequence {0:?}")]
     UnknownSeq(SeqId),
     #[error(
         "sequence {seq:?} has {reserved} token slots reserved, not the {wanted} asked for; \
          call reserve first"
     )]
-    NotReserved { seq: SeqId, wanted: usize, reserved: usize },
+    NotReserved {
+        seq: SeqId,
+        wanted: usize,
+        reserved: usize,
+    },
     #[error("cannot truncate sequence {seq:?} of length {len} to {new_len}")]
-    BadTruncate { seq: SeqId, len: usize, new_len: usize },
+    BadTruncate {
+        seq: SeqId,
+        len: usize,
+        new_len: usize,
+    },
     #[error("invalid KV pool: {n_pages} pages of {page_size} tokens")]
     BadConfig { n_pages: usize, page_size: usize },
 }
@@ -93,7 +108,13 @@ impl KvPool {
         }
         // Reversed so that pops hand out pages 0, 1, 2, ...: deterministic and easy to read.
         let free = (0..n_pages as PageId).rev().collect();
-        Ok(KvPool { page_size, refcount: vec![0; n_pages], free, seqs: HashMap::new(), next_id: 0 })
+        Ok(KvPool {
+            page_size,
+            refcount: vec![0; n_pages],
+            free,
+            seqs: HashMap::new(),
+            next_id: 0,
+        })
     }
 
     pub fn page_size(&self) -> usize {
@@ -165,7 +186,11 @@ impl KvPool {
         let (len, reserved, have) = (seq.len, seq.reserved, seq.pages.len());
         let total = self.n_pages();
         let Some(target) = len.checked_add(n) else {
-            return Err(KvError::OutOfPages { needed: usize::MAX, free: self.free.len(), total });
+            return Err(KvError::OutOfPages {
+                needed: usize::MAX,
+                free: self.free.len(),
+                total,
+            });
         };
         if target <= reserved {
             return Ok(Vec::new());
@@ -180,13 +205,21 @@ impl KvPool {
         };
         let needed = target.div_ceil(ps) - have + cow.is_some() as usize;
         if needed > self.free.len() {
-            return Err(KvError::OutOfPages { needed, free: self.free.len(), total });
+            return Err(KvError::OutOfPages {
+                needed,
+                free: self.free.len(),
+                total,
+            });
         }
         let mut copies = Vec::new();
         if let Some(src) = cow {
             let dst = self.alloc();
             self.refcount[src as usize] -= 1;
-            copies.push(PageCopy { src, dst, len: len % ps });
+            copies.push(PageCopy {
+                src,
+                dst,
+                len: len % ps,
+            });
             self.seqs.get_mut(&s.0).expect("checked above").pages[len / ps] = dst;
         }
         let new: Vec<PageId> = (have..target.div_ceil(ps)).map(|_| self.alloc()).collect();
@@ -198,11 +231,13 @@ impl KvPool {
 
     /// Slots `(page, offset in page)` for the next `n` tokens, positions `len..len + n`. They
     /// must have been reserved; call `commit` once the backend has written them.
-    pub fn slots(&self, s: SeqId, n: usize) -> Result<Vec<(PageId, usize)>, KvError> {
+    pub fn slots(&self, s: SeqId, n: usize) -> Result<Vec<Slot>, KvError> {
         let seq = self.seq(s)?;
         self.check_reserved(s, seq, n)?;
         let ps = self.page_size;
-        Ok((seq.len..seq.len + n).map(|i| (seq.pages[i / ps], i % ps)).collect())
+        Ok((seq.len..seq.len + n)
+            .map(|i| (seq.pages[i / ps], i % ps))
+            .collect())
     }
 
     /// Advances `len` by `n`, after the backend wrote those (reserved) slots.
@@ -215,11 +250,7 @@ impl KvPool {
 
     /// `reserve`, `slots` and `commit` in one call: returns the copies to perform first and the
     /// slots to write. Only for callers that cannot fail between reserving and writing.
-    pub fn append(
-        &mut self,
-        s: SeqId,
-        n: usize,
-    ) -> Result<(Vec<PageCopy>, Vec<(PageId, usize)>), KvError> {
+    pub fn append(&mut self, s: SeqId, n: usize) -> Result<(Vec<PageCopy>, Vec<Slot>), KvError> {
         let copies = self.reserve(s, n)?;
         let slots = self.slots(s, n)?;
         self.commit(s, n)?;
@@ -239,7 +270,11 @@ impl KvPool {
         let needed = if partial.is_some() { n } else { 0 };
         if needed > self.free.len() {
             let (free, total) = (self.free.len(), self.n_pages());
-            return Err(KvError::OutOfPages { needed, free, total });
+            return Err(KvError::OutOfPages {
+                needed,
+                free,
+                total,
+            });
         }
         let shared: Vec<PageId> = seq.pages[..full].to_vec();
         let (mut kids, mut copies) = (Vec::with_capacity(n), Vec::new());
@@ -250,11 +285,19 @@ impl KvPool {
             }
             if let Some(src) = partial {
                 let dst = self.alloc();
-                copies.push(PageCopy { src, dst, len: len % ps });
+                copies.push(PageCopy {
+                    src,
+                    dst,
+                    len: len % ps,
+                });
                 pages.push(dst);
             }
             let kid = self.create();
-            *self.seqs.get_mut(&kid.0).expect("just created") = Seq { len, reserved: len, pages };
+            *self.seqs.get_mut(&kid.0).expect("just created") = Seq {
+                len,
+                reserved: len,
+                pages,
+            };
             kids.push(kid);
         }
         Ok((kids, copies))
@@ -267,7 +310,11 @@ impl KvPool {
         let ps = self.page_size;
         let seq = self.seqs.get_mut(&s.0).ok_or(KvError::UnknownSeq(s))?;
         if new_len > seq.len {
-            return Err(KvError::BadTruncate { seq: s, len: seq.len, new_len });
+            return Err(KvError::BadTruncate {
+                seq: s,
+                len: seq.len,
+                new_len,
+            });
         }
         seq.len = new_len;
         seq.reserved = new_len;
@@ -302,7 +349,10 @@ impl KvPool {
         let mut last_seen = vec![usize::MAX; n];
         for (i, (&id, seq)) in self.seqs.iter().enumerate() {
             if seq.len > seq.reserved {
-                return Err(format!("seq {id}: len {} > reserved {}", seq.len, seq.reserved));
+                return Err(format!(
+                    "seq {id}: len {} > reserved {}",
+                    seq.len, seq.reserved
+                ));
             }
             if seq.pages.len() != seq.reserved.div_ceil(ps) {
                 return Err(format!(
@@ -335,7 +385,9 @@ impl KvPool {
         }
         for (p, (&want, &have)) in refs.iter().zip(&self.refcount).enumerate() {
             if want != have as u64 {
-                return Err(format!("page {p}: refcount {have}, but {want} page-table references"));
+                return Err(format!(
+                    "page {p}: refcount {have}, but {want} page-table references"
+                ));
             }
         }
         let mut in_free = vec![false; n];
@@ -346,11 +398,16 @@ impl KvPool {
                 Some(f) => *f = true,
             }
             if self.refcount[p as usize] != 0 {
-                return Err(format!("free page {p} has refcount {}", self.refcount[p as usize]));
+                return Err(format!(
+                    "free page {p} has refcount {}",
+                    self.refcount[p as usize]
+                ));
             }
         }
         if let Some(p) = (0..n).find(|&p| self.refcount[p] == 0 && !in_free[p]) {
-            return Err(format!("page {p} has refcount 0 but is not on the free list (leaked)"));
+            return Err(format!(
+                "page {p} has refcount 0 but is not on the free list (leaked)"
+            ));
         }
         Ok(())
     }
@@ -372,7 +429,10 @@ impl KvPool {
 
     /// Callers check `free_pages()` first, so that failures leave no half-done work behind.
     fn alloc(&mut self) -> PageId {
-        let p = self.free.pop().expect("caller checked that enough pages are free");
+        let p = self
+            .free
+            .pop()
+            .expect("caller checked that enough pages are free");
         self.refcount[p as usize] = 1;
         p
     }

@@ -59,7 +59,18 @@ fn fork_shares_full_pages_and_copies_partial() {
     assert_eq!(p.live_seqs(), 3);
     assert_eq!(
         copies,
-        vec![PageCopy { src: 2, dst: 3, len: 2 }, PageCopy { src: 2, dst: 4, len: 2 }]
+        vec![
+            PageCopy {
+                src: 2,
+                dst: 3,
+                len: 2
+            },
+            PageCopy {
+                src: 2,
+                dst: 4,
+                len: 2
+            }
+        ]
     );
     assert_eq!(p.refcount(0), 3);
     assert_eq!(p.refcount(1), 3);
@@ -115,7 +126,11 @@ fn truncate_and_free_return_pages() {
     assert_eq!(p.free_pages(), 7);
     assert_eq!(
         p.truncate(s, 5),
-        Err(KvError::BadTruncate { seq: s, len: 4, new_len: 5 })
+        Err(KvError::BadTruncate {
+            seq: s,
+            len: 4,
+            new_len: 5
+        })
     );
     let (kids, _) = p.fork(s, 1).unwrap();
     p.free(s).unwrap();
@@ -153,16 +168,43 @@ fn out_of_pages_changes_nothing() {
     let mut p = KvPool::new(3, 4);
     let s = p.create();
     p.append(s, 6).unwrap();
-    let before = (p.free_pages(), p.pages(s).unwrap().to_vec(), p.len(s), p.capacity(s));
-    assert_eq!(p.reserve(s, 7), Err(KvError::OutOfPages { needed: 2, free: 1, total: 3 }));
-    assert_eq!(p.reserve(s, usize::MAX).unwrap_err(), p.reserve(s, usize::MAX).unwrap_err());
+    let before = (
+        p.free_pages(),
+        p.pages(s).unwrap().to_vec(),
+        p.len(s),
+        p.capacity(s),
+    );
+    assert_eq!(
+        p.reserve(s, 7),
+        Err(KvError::OutOfPages {
+            needed: 2,
+            free: 1,
+            total: 3
+        })
+    );
+    assert_eq!(
+        p.reserve(s, usize::MAX).unwrap_err(),
+        p.reserve(s, usize::MAX).unwrap_err()
+    );
     assert!(p.append(s, 100).is_err());
-    let after = (p.free_pages(), p.pages(s).unwrap().to_vec(), p.len(s), p.capacity(s));
+    let after = (
+        p.free_pages(),
+        p.pages(s).unwrap().to_vec(),
+        p.len(s),
+        p.capacity(s),
+    );
     assert_eq!(before, after);
     ok(&p);
     // Fork needs one page per child for the partial page: 2 children, 1 free page.
     let live = p.live_seqs();
-    assert_eq!(p.fork(s, 2), Err(KvError::OutOfPages { needed: 2, free: 1, total: 3 }));
+    assert_eq!(
+        p.fork(s, 2),
+        Err(KvError::OutOfPages {
+            needed: 2,
+            free: 1,
+            total: 3
+        })
+    );
     assert_eq!(p.live_seqs(), live);
     assert_eq!(p.free_pages(), 1);
     assert_eq!(p.refcount(0), 1);
@@ -183,7 +225,14 @@ fn copy_on_write_after_truncating_into_shared_page() {
     ok(&p);
     // Reserving copies the two live slots of page 1 before anything is written.
     let copies = p.reserve(k, 1).unwrap();
-    assert_eq!(copies, vec![PageCopy { src: 1, dst: 2, len: 2 }]);
+    assert_eq!(
+        copies,
+        vec![PageCopy {
+            src: 1,
+            dst: 2,
+            len: 2
+        }]
+    );
     assert_eq!(p.refcount(1), 1);
     assert_eq!(p.refcount(2), 1);
     assert_eq!(p.slots(k, 1).unwrap(), vec![(2, 2)]);
@@ -198,7 +247,14 @@ fn copy_on_write_after_truncating_into_shared_page() {
     p.append(s, 8).unwrap();
     let k = p.fork(s, 1).unwrap().0[0];
     p.truncate(k, 7).unwrap();
-    assert_eq!(p.reserve(k, 1), Err(KvError::OutOfPages { needed: 1, free: 0, total: 2 }));
+    assert_eq!(
+        p.reserve(k, 1),
+        Err(KvError::OutOfPages {
+            needed: 1,
+            free: 0,
+            total: 2
+        })
+    );
     assert_eq!(p.refcount(1), 2);
     ok(&p);
 }

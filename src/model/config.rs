@@ -64,7 +64,8 @@ impl Config {
             .clone()
             .or_else(|| {
                 raw.architectures.as_ref().and_then(|a| {
-                    a.first().map(|s| s.trim_end_matches("ForCausalLM").to_lowercase())
+                    a.first()
+                        .map(|s| s.trim_end_matches("ForCausalLM").to_lowercase())
                 })
             })
             .unwrap_or_default();
@@ -107,7 +108,7 @@ impl Config {
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
             head_dim: raw
                 .head_dim
-                .unwrap_or(if heads == 0 { 0 } else { raw.hidden_size / heads }),
+                .unwrap_or(raw.hidden_size.checked_div(heads).unwrap_or(0)),
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta: raw.rope_theta.unwrap_or(10000.0),
             vocab_size: raw.vocab_size,
@@ -131,20 +132,27 @@ impl Config {
         if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
             bail!("attention head counts must be positive");
         }
-        if c.num_attention_heads % c.num_key_value_heads != 0 {
+        if !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
             bail!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 c.num_attention_heads,
                 c.num_key_value_heads
             );
         }
-        if c.head_dim == 0 || c.head_dim % 2 != 0 {
-            bail!("head_dim {} must be even and positive (RoPE rotates pairs)", c.head_dim);
+        if c.head_dim == 0 || !c.head_dim.is_multiple_of(2) {
+            bail!(
+                "head_dim {} must be even and positive (RoPE rotates pairs)",
+                c.head_dim
+            );
         }
         if c.intermediate_size == 0 {
             bail!("intermediate_size must be positive");
         }
-        if !(c.rms_norm_eps > 0.0) || !(c.rope_theta > 0.0) {
+        if c.rms_norm_eps.is_nan()
+            || c.rms_norm_eps <= 0.0
+            || c.rope_theta.is_nan()
+            || c.rope_theta <= 0.0
+        {
             bail!("rms_norm_eps and rope_theta must be positive");
         }
         if c.sliding_window == Some(0) {
@@ -165,7 +173,11 @@ impl Config {
 
     /// Parameter count (embedding and LM head counted once each when untied).
     pub fn n_params(&self) -> u64 {
-        let (d, f, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let (d, f, v) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
         let attn = d * (self.q_dim() as u64) * 2 + d * (self.kv_dim() as u64) * 2;
         let layer = attn + 3 * d * f + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
@@ -200,9 +212,7 @@ impl Config {
             }
             "smollm2-135m" => base(576, 1536, 30, 9, 3, 49152, 100000.0, true, None),
             "tiny" => base(64, 160, 2, 4, 2, 512, 10000.0, false, None),
-            _ => bail!(
-                "unknown synthetic model {name:?} (known: mistral-7b, smollm2-135m, tiny)"
-            ),
+            _ => bail!("unknown synthetic model {name:?} (known: mistral-7b, smollm2-135m, tiny)"),
         };
         if name == "tiny" {
             c.max_position_embeddings = 4096;
@@ -218,13 +228,19 @@ mod tests {
     #[test]
     fn mistral_params_match_the_published_count() {
         // Mistral-7B-v0.1 has 7,241,732,096 parameters.
-        assert_eq!(Config::builtin("mistral-7b").unwrap().n_params(), 7_241_732_096);
+        assert_eq!(
+            Config::builtin("mistral-7b").unwrap().n_params(),
+            7_241_732_096
+        );
     }
 
     #[test]
     fn smollm2_params_match_the_published_count() {
         // SmolLM2-135M: 134,515,008 parameters (tied embeddings).
-        assert_eq!(Config::builtin("smollm2-135m").unwrap().n_params(), 134_515_008);
+        assert_eq!(
+            Config::builtin("smollm2-135m").unwrap().n_params(),
+            134_515_008
+        );
     }
 
     #[test]

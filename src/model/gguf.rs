@@ -237,7 +237,7 @@ impl GgufFile {
         let mut r = Reader { buf: &map, pos: 0 };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
-            bail!("not a GGUF file: bad magic {magic:02x?} (expected \"GGUF\")");
+            bail!("not a GGUF file: bad magic \"{}\" (expected \"GGUF\")", magic.escape_ascii());
         }
         let version = r.u32("version")?;
         if version != 2 && version != 3 {
@@ -349,7 +349,7 @@ fn check_tensor(
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .with_context(|| format!("tensor {name:?} dims {dims:?} overflow"))?;
     let row = dims.first().copied().unwrap_or(1);
-    if row % block != 0 {
+    if !row.is_multiple_of(block) {
         bail!(
             "tensor {name:?} of type {} has rows of {row} elements, not a multiple of its block size {block}",
             ggml_type.name()
@@ -358,7 +358,7 @@ fn check_tensor(
     let n_bytes = (n_elements / block)
         .checked_mul(block_bytes)
         .with_context(|| format!("tensor {name:?} size overflows"))?;
-    if offset % alignment != 0 {
+    if !offset.is_multiple_of(alignment) {
         bail!("tensor {name:?} offset {offset} is not a multiple of the alignment {alignment}");
     }
     let end = data_start
@@ -453,7 +453,7 @@ impl<'a> Reader<'a> {
                 let min = match elem {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
+                    4..=6 => 4,
                     8 | 10..=12 => 8,
                     9 => 12,
                     _ => bail!("metadata {key:?} is an array of unknown type {elem}"),
@@ -510,7 +510,7 @@ pub fn dequantize_bytes(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>
     let Some((block, block_bytes)) = ty.block_layout() else {
         bail!("unknown tensor type {}", ty.0);
     };
-    if n % block != 0 || (n / block).checked_mul(block_bytes) != Some(bytes.len()) {
+    if !n.is_multiple_of(block) || (n / block).checked_mul(block_bytes) != Some(bytes.len()) {
         bail!(
             "{} bytes do not hold exactly {n} values of type {}",
             bytes.len(),

@@ -143,14 +143,14 @@ impl<'a> Plan<'a> {
         };
         let head_dim = match get_u64(g, &k("attention.key_length"))? {
             Some(_) => need_usize(g, &k("attention.key_length"))?,
-            None if d % heads == 0 => d / heads,
+            None if d.is_multiple_of(heads) => d / heads,
             None => bail!("embedding_length {d} is not a multiple of head_count {heads}"),
         };
-        if heads % kv_heads != 0 {
+        if !heads.is_multiple_of(kv_heads) {
             bail!("head_count {heads} is not a multiple of head_count_kv {kv_heads}");
         }
         // The interleave being undone pairs rows within a head.
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             bail!("head dimension {head_dim} is odd");
         }
         for key in ["attention.value_length", "rope.dimension_count"] {
@@ -328,7 +328,7 @@ fn shortest_f64(x: f32) -> f64 {
 /// Inverts llama.cpp's convert, which reordered the rows of each head from [half 0 | half 1]
 /// to interleaved pairs: `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2)`.
 fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>> {
-    if heads == 0 || rows % (2 * heads) != 0 || rows.checked_mul(cols) != Some(w.len()) {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) || rows.checked_mul(cols) != Some(w.len()) {
         bail!("cannot un-permute a [{rows}, {cols}] matrix over {heads} heads");
     }
     let per_head = rows / heads;

@@ -59,7 +59,8 @@ impl<B: Backend> Model<B> {
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let w = |name: &str, shape: &[usize]| -> Result<B::Weight> {
             let data = src.param(name, shape)?;
-            be.weight(shape, data).with_context(|| format!("cannot place tensor {name}"))
+            be.weight(shape, data)
+                .with_context(|| format!("cannot place tensor {name}"))
         };
         let embed = w("model.embed_tokens.weight", &[v, d])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -84,7 +85,13 @@ impl<B: Backend> Model<B> {
         } else {
             None
         };
-        Ok(Model { cfg, embed, layers, norm, lm_head })
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
     }
 
     pub fn dims(&self) -> AttnDims {
@@ -115,7 +122,10 @@ impl<B: Backend> Model<B> {
         batch: &Batch,
         mut x: B::Tensor,
     ) -> Result<Output<B>> {
-        anyhow::ensure!(be.shape(&x).0 == batch.n_tokens(), "forward: batch and inputs differ");
+        anyhow::ensure!(
+            be.shape(&x).0 == batch.n_tokens(),
+            "forward: batch and inputs differ"
+        );
         let eps = self.cfg.rms_norm_eps;
         let dims = self.dims();
         let mut h = be.rms_norm(&x, &self.layers[0].attn_norm, eps)?;
@@ -143,7 +153,11 @@ impl<B: Backend> Model<B> {
             .iter()
             .map(|s| s.token_start + s.n_tokens - 1)
             .collect();
-        let hidden = if last.len() == batch.n_tokens() { h } else { be.gather_rows(&h, &last)? };
+        let hidden = if last.len() == batch.n_tokens() {
+            h
+        } else {
+            be.gather_rows(&h, &last)?
+        };
         let logits = be.linear(&hidden, self.lm_head())?;
         Ok(Output { hidden, logits })
     }

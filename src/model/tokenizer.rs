@@ -7,7 +7,9 @@ pub enum Kind {
     Hf(Box<tokenizers::Tokenizer>),
     /// ids 0..3 are <unk>, <s>, </s>; id 3 + b is byte b; higher ids decode to a byte too
     /// ((id − 3) mod 256), since random weights sample the whole vocabulary.
-    Bytes { vocab: usize },
+    Bytes {
+        vocab: usize,
+    },
 }
 
 pub struct Tokenizer {
@@ -33,13 +35,26 @@ impl Tokenizer {
                 .with_context(|| format!("cannot read {}", cfg_path.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("malformed {}: {e}", cfg_path.display()))?;
-            chat_template = v.get("chat_template").and_then(|t| t.as_str()).map(String::from);
+            chat_template = v
+                .get("chat_template")
+                .and_then(|t| t.as_str())
+                .map(String::from);
         }
-        Ok(Tokenizer { kind: Kind::Hf(Box::new(tk)), bos, eos, chat_template })
+        Ok(Tokenizer {
+            kind: Kind::Hf(Box::new(tk)),
+            bos,
+            eos,
+            chat_template,
+        })
     }
 
     pub fn bytes(vocab: usize) -> Self {
-        Tokenizer { kind: Kind::Bytes { vocab }, bos: Some(1), eos: vec![2], chat_template: None }
+        Tokenizer {
+            kind: Kind::Bytes { vocab },
+            bos: Some(1),
+            eos: vec![2],
+            chat_template: None,
+        }
     }
 
     /// Token ids of `text`; special-token strings in the text are recognised, no BOS added.

@@ -137,7 +137,11 @@ impl Weights {
         for f in files {
             for t in open_file(&f)? {
                 if tensors.contains_key(&t.name) {
-                    bail!("tensor {} appears in more than one shard ({})", t.name, f.display());
+                    bail!(
+                        "tensor {} appears in more than one shard ({})",
+                        t.name,
+                        f.display()
+                    );
                 }
                 tensors.insert(t.name.clone(), t);
             }
@@ -152,7 +156,11 @@ impl Weights {
             .get(name)
             .with_context(|| format!("missing tensor {name}"))?;
         if t.shape != shape {
-            bail!("tensor {name} has shape {:?}, the config implies {:?}", t.shape, shape);
+            bail!(
+                "tensor {name} has shape {:?}, the config implies {:?}",
+                t.shape,
+                shape
+            );
         }
         Ok(t)
     }
@@ -179,7 +187,10 @@ fn open_file(path: &Path) -> Result<Vec<TensorRef>> {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::Bf16,
-            d => bail!("tensor {name} in {} has unsupported dtype {d:?}", path.display()),
+            d => bail!(
+                "tensor {name} in {} has unsupported dtype {d:?}",
+                path.display()
+            ),
         };
         let data = view.data();
         out.push(TensorRef {
