@@ -139,9 +139,11 @@ fn imports_smollm2() {
     assert_eq!(t["model.layers.0.self_attn.k_proj.weight"].0, [192, 576]);
     assert_eq!(t["model.norm.weight"].0, [576]);
 
-    // Reference values: python gguf.quants.dequantize, then the inverse of convert's
-    // permutation in numpy (see the report in this test's history / tests README).
-    let check = |name: &str, sum: f64, abs_sum: f64, elems: &[((usize, usize), f32)]| {
+    // Reference values from python: `gguf.quants.dequantize(t.data, t.tensor_type)` reshaped
+    // to [rows, cols], then convert's permutation inverted in numpy with
+    // `w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`;
+    // sums are over the whole matrix in float64.
+    let check = |name: &str, sum: f64, abs_sum: f64, elems: &[((usize, usize), f64)]| {
         let (shape, v) = &t[name];
         let s: f64 = v.iter().map(|&x| f64::from(x)).sum();
         let a: f64 = v.iter().map(|&x| f64::from(x).abs()).sum();
@@ -151,7 +153,7 @@ fn imports_smollm2() {
             "{name} |sum| {a} vs {abs_sum}"
         );
         for &((r, c), want) in elems {
-            let got = v[r * shape[1] + c];
+            let got = f64::from(v[r * shape[1] + c]);
             assert!(
                 (got - want).abs() <= 1e-6,
                 "{name}[{r},{c}] = {got}, python says {want}"
@@ -191,9 +193,9 @@ fn imports_smollm2() {
     let (_, embed) = &t["model.embed_tokens.weight"];
     let s: f64 = embed.iter().map(|&x| f64::from(x)).sum();
     assert!((s - -15353.04449415207).abs() < 1e-3, "embedding sum {s}");
-    assert_eq!(embed[1234 * 576 + 56], -0.14498138427734375);
+    assert_eq!(f64::from(embed[1234 * 576 + 56]), -0.14498138427734375);
     assert_eq!(
-        t["model.layers.0.input_layernorm.weight"].1[3],
+        f64::from(t["model.layers.0.input_layernorm.weight"].1[3]),
         -0.0302734375
     );
 

@@ -237,7 +237,10 @@ impl GgufFile {
         let mut r = Reader { buf: &map, pos: 0 };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
-            bail!("not a GGUF file: bad magic \"{}\" (expected \"GGUF\")", magic.escape_ascii());
+            bail!(
+                "not a GGUF file: bad magic \"{}\" (expected \"GGUF\")",
+                magic.escape_ascii()
+            );
         }
         let version = r.u32("version")?;
         if version != 2 && version != 3 {

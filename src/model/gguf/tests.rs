@@ -115,7 +115,7 @@ fn sample_file() -> Vec<u8> {
     v.resize(v.len().div_ceil(64) * 64, 0);
     for d in [1.0f32, 2.0] {
         v.extend(f16_bytes(d));
-        v.extend((0..32u8).map(|j| j));
+        v.extend(0..32u8);
     }
     v
 }
