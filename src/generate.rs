@@ -31,7 +31,7 @@ impl<'a, B: Backend> Runner<'a, B> {
         Ok(Runner {
             be,
             model,
-            pool: KvPool::new(pages, page_size),
+            pool: KvPool::try_new(pages, page_size)?,
             kv,
         })
     }

@@ -1,4 +1,5 @@
 use super::*;
+use half::f16;
 
 fn f16_bytes(x: f32) -> [u8; 2] {
     f16::from_f32(x).to_le_bytes()
