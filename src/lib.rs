@@ -6,3 +6,4 @@ pub mod kv;
 pub mod model;
 pub mod rng;
 pub mod sample;
+pub mod methods;

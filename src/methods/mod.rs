@@ -1,0 +1,5 @@
+//! The four methods (baseline, Quiet-STaR, REBASE, combined) and what they share: answer
+//! extraction, voting, the REBASE budget allocation, the process reward model.
+pub mod allocate;
+pub mod answer;
+pub mod voting;
