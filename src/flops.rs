@@ -138,6 +138,25 @@ impl Ledger {
         }
     }
 
+    /// What was recorded after `before` (a snapshot of this same ledger) was taken.
+    pub fn since(&self, before: &Ledger) -> Ledger {
+        let mut out = Ledger::new();
+        for (k, c) in &self.entries {
+            let b = before.entries.get(k).copied().unwrap_or_default();
+            let d = Counts {
+                calls: c.calls - b.calls.min(c.calls),
+                useful_flops: c.useful_flops - b.useful_flops.min(c.useful_flops),
+                executed_flops: c.executed_flops - b.executed_flops.min(c.executed_flops),
+                bytes: c.bytes - b.bytes.min(c.bytes),
+                transcendentals: c.transcendentals - b.transcendentals.min(c.transcendentals),
+            };
+            if d != Counts::default() {
+                out.entries.insert(*k, d);
+            }
+        }
+        out
+    }
+
     pub fn clear(&mut self) {
         self.entries.clear();
     }

@@ -47,6 +47,23 @@ impl<'a, B: Backend> Runner<'a, B> {
         Ok(out)
     }
 
+    /// Like `extend`, with one input embedding row (not a token id) per sequence: Quiet-STaR's
+    /// start- and end-of-thought markers.
+    pub fn extend_embedded(&mut self, seqs: &[SeqId], rows: &[f32]) -> Result<Output<B>> {
+        let d = self.model.cfg.hidden_size;
+        anyhow::ensure!(
+            rows.len() == seqs.len() * d,
+            "one embedding row per sequence"
+        );
+        let batch = self.reserve(seqs.iter().map(|s| (*s, 1)))?;
+        let x = self.be.tensor(seqs.len(), d, rows)?;
+        let out = self
+            .model
+            .forward_embedded(self.be, &mut self.kv, &batch, x)?;
+        self.commit(seqs.iter().map(|s| (*s, 1)))?;
+        Ok(out)
+    }
+
     /// Reserves room for n new tokens in each sequence and lays out the ragged batch. All or
     /// nothing: when the pool runs short, what was reserved here is undone.
     pub fn reserve(&mut self, items: impl Iterator<Item = (SeqId, usize)>) -> Result<Batch> {

@@ -124,7 +124,12 @@ fn pick_cpu(d: Device) -> Result<Cpu> {
 }
 
 fn cmd_generate(a: GenerateArgs, cache: &std::path::Path) -> Result<()> {
-    if !(a.temperature >= 0.0) || !(a.top_p > 0.0 && a.top_p <= 1.0) {
+    if a.temperature.is_nan()
+        || a.temperature < 0.0
+        || a.top_p.is_nan()
+        || a.top_p <= 0.0
+        || a.top_p > 1.0
+    {
         bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
     }
     if a.page_size == 0 {

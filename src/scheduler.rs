@@ -1,0 +1,213 @@
+//! Tree-structured batch decoding. Every live branch is a path in a token tree over the paged
+//! KV pool: forks share their parent's pages, and one step decodes every live branch together.
+//! A branch's KV holds its tokens up to `cached`; the rest (at least one) are fed at the next
+//! step, so a fork needs no logits from its parent and re-prompting (cut, append a phrase)
+//! reuses the longest common prefix already cached.
+use crate::backend::Backend;
+use crate::flops::Phase;
+use crate::generate::{first_stop, Finish, Runner};
+use crate::kv::{KvError, SeqId};
+use crate::model::tokenizer::Tokenizer;
+use crate::sample::{sample, Sampling};
+use anyhow::Result;
+
+/// When a branch stops generating.
+#[derive(Clone, Default)]
+pub struct StopRule {
+    /// Ids that end the branch (EOS, BOS, PAD …); they are not kept.
+    pub stop_ids: Vec<u32>,
+    /// Strings that end the branch; its text is cut before the first one.
+    pub stop_strings: Vec<String>,
+    /// A protocol's own cut rule on the generated text (byte offset to cut at).
+    pub cut: Option<fn(&str) -> Option<usize>>,
+    pub max_tokens: usize,
+    /// Ignore ids and strings: run every branch to `max_tokens` (replays fixed budgets).
+    pub fixed_length: bool,
+}
+
+/// One path being decoded.
+#[derive(Clone, Debug)]
+pub struct Branch {
+    pub seq: SeqId,
+    /// Every token of the path (cached ones and those still to feed).
+    pub all: Vec<u32>,
+    /// Where this round of generation began in `all`.
+    pub gen_start: usize,
+    /// The branch's own random stream (see rng.rs) and how many draws it has taken.
+    pub stream: u64,
+    pub draws: u64,
+    pub finish: Option<Finish>,
+    /// The generated text, cut at the stop rule.
+    pub text: String,
+}
+
+impl Branch {
+    pub fn generated(&self) -> &[u32] {
+        &self.all[self.gen_start..]
+    }
+}
+
+/// Runs `items` (sequence, tokens to append) through the model and returns each sequence's
+/// last-token logits and hidden state, on the host. When the KV pool runs short the batch is
+/// split in halves and run one after the other — the results are the same, only slower.
+pub fn forward_items<B: Backend>(
+    r: &mut Runner<'_, B>,
+    items: &[(SeqId, Vec<u32>)],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let refs: Vec<(SeqId, &[u32])> = items.iter().map(|(s, t)| (*s, t.as_slice())).collect();
+    match r.extend(&refs) {
+        Ok(out) => Ok((r.be.to_host(&out.logits)?, r.be.to_host(&out.hidden)?)),
+        Err(e) if items.len() > 1 && e.downcast_ref::<KvError>().is_some_and(is_oom) => {
+            let (a, b) = items.split_at(items.len() / 2);
+            let (mut l, mut h) = forward_items(r, a)?;
+            let (l2, h2) = forward_items(r, b)?;
+            l.extend(l2);
+            h.extend(h2);
+            Ok((l, h))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_oom(e: &KvError) -> bool {
+    matches!(e, KvError::OutOfPages { .. })
+}
+
+/// Points `b` at a new token path, keeping the longest common prefix already in its cache.
+pub fn set_tokens<B: Backend>(r: &mut Runner<'_, B>, b: &mut Branch, all: Vec<u32>) -> Result<()> {
+    anyhow::ensure!(!all.is_empty(), "a branch needs at least one token");
+    let cached = r.pool.len(b.seq)?;
+    let lcp = b.all.iter().zip(&all).take_while(|(x, y)| x == y).count();
+    let keep = lcp.min(cached).min(all.len() - 1);
+    if keep < cached {
+        r.pool.truncate(b.seq, keep)?;
+    }
+    b.all = all;
+    Ok(())
+}
+
+/// Feeds every branch's pending tokens except the last, so that a later step (or fork) feeds
+/// exactly one token: used after a prompt is set, so its prefill runs batched, once.
+pub fn prefill<B: Backend>(r: &mut Runner<'_, B>, branches: &[&Branch]) -> Result<()> {
+    let mut items = Vec::new();
+    for b in branches {
+        let cached = r.pool.len(b.seq)?;
+        if b.all.len() > cached + 1 {
+            items.push((b.seq, b.all[cached..b.all.len() - 1].to_vec()));
+        }
+    }
+    if !items.is_empty() {
+        r.be.set_phase(Phase::Prefill);
+        forward_items(r, &items)?;
+    }
+    Ok(())
+}
+
+/// Forks `parent` into n branches sharing its pages; child i draws from `streams[i]`.
+pub fn fork<B: Backend>(
+    r: &mut Runner<'_, B>,
+    parent: &Branch,
+    streams: &[u64],
+) -> Result<Vec<Branch>> {
+    let (kids, copies) = r.pool.fork(parent.seq, streams.len())?;
+    r.be.copy_pages(&mut r.kv, &copies)?;
+    Ok(kids
+        .into_iter()
+        .zip(streams)
+        .map(|(seq, &stream)| Branch {
+            seq,
+            all: parent.all.clone(),
+            gen_start: parent.all.len(),
+            stream,
+            draws: 0,
+            finish: None,
+            text: String::new(),
+        })
+        .collect())
+}
+
+/// Produces next-token logits for the live branches (one row each, on the host): the plain
+/// model, or Quiet-STaR with a thought before each token.
+pub trait Stepper<B: Backend> {
+    fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>>;
+}
+
+/// The plain model: feed each branch's pending tokens, read its last logits.
+pub struct Plain;
+
+impl<B: Backend> Stepper<B> for Plain {
+    fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>> {
+        let mut items = Vec::with_capacity(live.len());
+        for b in live.iter() {
+            let cached = r.pool.len(b.seq)?;
+            items.push((b.seq, b.all[cached..].to_vec()));
+        }
+        r.be.set_phase(Phase::Decode);
+        Ok(forward_items(r, &items)?.0)
+    }
+}
+
+/// Decodes all branches together until each meets its stop rule.
+pub fn decode<B: Backend>(
+    r: &mut Runner<'_, B>,
+    tok: &Tokenizer,
+    stepper: &mut dyn Stepper<B>,
+    branches: &mut [Branch],
+    rule: &StopRule,
+    sampling: Sampling,
+    seed: u64,
+) -> Result<()> {
+    let vocab_limit = r.model.cfg.vocab_size.min(tok.vocab_size().max(1));
+    for b in branches.iter_mut() {
+        b.gen_start = b.all.len();
+        b.finish = if rule.max_tokens == 0 {
+            Some(Finish::Length)
+        } else {
+            None
+        };
+        b.text.clear();
+    }
+    loop {
+        let mut live: Vec<&mut Branch> =
+            branches.iter_mut().filter(|b| b.finish.is_none()).collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let logits = stepper.logits(r, &mut live)?;
+        let v = logits.len() / live.len();
+        r.be.set_phase(Phase::Sample);
+        for (k, b) in live.iter_mut().enumerate() {
+            let u = crate::rng::uniform(seed, b.stream, b.draws);
+            b.draws += 1;
+            let (id, cost) = sample(&logits[k * v..(k + 1) * v], vocab_limit, sampling, u);
+            r.be.ledger()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record("sample", cost);
+            if !rule.fixed_length && rule.stop_ids.contains(&id) {
+                b.finish = Some(Finish::Eos);
+                b.text = tok.decode(b.generated(), true)?;
+                continue;
+            }
+            b.all.push(id);
+            b.text = tok.decode(b.generated(), true)?;
+            if !rule.fixed_length {
+                let cut = [
+                    first_stop(&b.text, &rule.stop_strings),
+                    rule.cut.and_then(|f| f(&b.text)),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                if let Some(c) = cut {
+                    b.text.truncate(c);
+                    b.finish = Some(Finish::Stop);
+                    continue;
+                }
+            }
+            if b.all.len() - b.gen_start >= rule.max_tokens {
+                b.finish = Some(Finish::Length);
+            }
+        }
+    }
+}
