@@ -23,7 +23,7 @@ fn decode(c: &mut Criterion) {
         r.extend(&items).unwrap();
         let tok = [42u32];
         let step: Vec<(SeqId, &[u32])> = seqs.iter().map(|s| (*s, &tok[..])).collect();
-        let mut run = |r: &mut Runner<Cpu>| {
+        let run = |r: &mut Runner<Cpu>| {
             r.extend(&step).unwrap();
             for s in &seqs {
                 r.pool.truncate(*s, 64).unwrap();

@@ -15,6 +15,8 @@ pub struct Runner<'a, B: Backend> {
     pub model: &'a Model<B>,
     pub pool: KvPool,
     pub kv: B::Kv,
+    /// At most this many sequences per forward pass (the scheduler splits larger batches).
+    pub max_batch: usize,
 }
 
 impl<'a, B: Backend> Runner<'a, B> {
@@ -33,6 +35,7 @@ impl<'a, B: Backend> Runner<'a, B> {
             model,
             pool: KvPool::try_new(pages, page_size)?,
             kv,
+            max_batch: usize::MAX,
         })
     }
 

@@ -54,6 +54,15 @@ pub fn forward_items<B: Backend>(
     r: &mut Runner<'_, B>,
     items: &[(SeqId, Vec<u32>)],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
+    if items.len() > r.max_batch.max(1) {
+        let (mut l, mut h) = (Vec::new(), Vec::new());
+        for chunk in items.chunks(r.max_batch.max(1)) {
+            let (l2, h2) = forward_items(r, chunk)?;
+            l.extend(l2);
+            h.extend(h2);
+        }
+        return Ok((l, h));
+    }
     let refs: Vec<(SeqId, &[u32])> = items.iter().map(|(s, t)| (*s, t.as_slice())).collect();
     match r.extend(&refs) {
         Ok(out) => Ok((r.be.to_host(&out.logits)?, r.be.to_host(&out.hidden)?)),
@@ -130,6 +139,14 @@ pub fn fork<B: Backend>(
 /// model, or Quiet-STaR with a thought before each token.
 pub trait Stepper<B: Backend> {
     fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>>;
+    /// Ids at or above this are never sampled (added tokens such as thought markers).
+    fn vocab_limit(&self) -> Option<usize> {
+        None
+    }
+    /// KV pages one branch needs for a step beyond its own growth (a thought's fork).
+    fn extra_pages(&self, _page_size: usize) -> usize {
+        0
+    }
 }
 
 /// The plain model: feed each branch's pending tokens, read its last logits.
@@ -147,7 +164,33 @@ impl<B: Backend> Stepper<B> for Plain {
     }
 }
 
-/// Decodes all branches together until each meets its stop rule.
+/// Pages a branch needs for its next step: its growth, one for a copy-on-write of a shared
+/// partial page, and the stepper's extra.
+fn pages_for_step<B: Backend>(r: &Runner<'_, B>, b: &Branch, extra: usize) -> Result<usize> {
+    let ps = r.pool.page_size();
+    let have = r.pool.pages(b.seq)?.len();
+    Ok(b.all.len().div_ceil(ps).saturating_sub(have) + 1 + extra)
+}
+
+/// Frees the pages a sequence holds alone at its end, keeping the leading pages it shares (a
+/// prompt, a parent's path): only its own tail is recomputed later.
+fn release_private_tail<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId) -> Result<()> {
+    let shared = r
+        .pool
+        .pages(seq)?
+        .iter()
+        .take_while(|&&p| r.pool.refcount(p) > 1)
+        .count();
+    let keep = (shared * r.pool.page_size()).min(r.pool.len(seq)?);
+    r.pool.truncate(seq, keep)?;
+    Ok(())
+}
+
+/// Decodes all branches together until each meets its stop rule. When the KV pool cannot
+/// hold the next step of every branch, the branches with the highest indices are preempted
+/// (their pages freed) and wait; they resume by recomputing their path once room is back.
+/// Every op computes each row independently of the batch, so preemption changes only the
+/// cost, never the tokens.
 pub fn decode<B: Backend>(
     r: &mut Runner<'_, B>,
     tok: &Tokenizer,
@@ -157,7 +200,13 @@ pub fn decode<B: Backend>(
     sampling: Sampling,
     seed: u64,
 ) -> Result<()> {
-    let vocab_limit = r.model.cfg.vocab_size.min(tok.vocab_size().max(1));
+    let vocab_limit = r
+        .model
+        .cfg
+        .vocab_size
+        .min(tok.vocab_size().max(1))
+        .min(stepper.vocab_limit().unwrap_or(usize::MAX));
+    let extra = stepper.extra_pages(r.pool.page_size());
     for b in branches.iter_mut() {
         b.gen_start = b.all.len();
         b.finish = if rule.max_tokens == 0 {
@@ -168,11 +217,50 @@ pub fn decode<B: Backend>(
         b.text.clear();
     }
     loop {
-        let mut live: Vec<&mut Branch> =
-            branches.iter_mut().filter(|b| b.finish.is_none()).collect();
-        if live.is_empty() {
+        let mut admitted: Vec<usize> = (0..branches.len())
+            .filter(|&i| branches[i].finish.is_none())
+            .collect();
+        if admitted.is_empty() {
             return Ok(());
         }
+        // Finished branches are evicted first (their tokens stay; whoever uses them again
+        // recomputes their KV), then the live branches with the highest indices wait.
+        let mut evictable: Vec<usize> = (0..branches.len())
+            .filter(|&i| branches[i].finish.is_some())
+            .collect();
+        loop {
+            let mut need = 0;
+            for &i in &admitted {
+                need += pages_for_step(r, &branches[i], extra)?;
+            }
+            if need <= r.pool.free_pages() {
+                break;
+            }
+            let victim = match evictable.pop() {
+                Some(i) => i,
+                None if admitted.len() > 1 => admitted.pop().unwrap_or_default(),
+                None => {
+                    return Err(KvError::OutOfPages {
+                        needed: need,
+                        free: r.pool.free_pages(),
+                        total: r.pool.n_pages(),
+                    }
+                    .into())
+                }
+            };
+            release_private_tail(r, branches[victim].seq)?;
+        }
+        // Re-prompted or preempted branches first catch up as a prefill.
+        prefill(
+            r,
+            &admitted.iter().map(|&i| &branches[i]).collect::<Vec<_>>(),
+        )?;
+        let mut live: Vec<&mut Branch> = branches
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| admitted.contains(i))
+            .map(|(_, b)| b)
+            .collect();
         let logits = stepper.logits(r, &mut live)?;
         let v = logits.len() / live.len();
         r.be.set_phase(Phase::Sample);

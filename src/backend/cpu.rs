@@ -2,7 +2,7 @@
 //! backend is tested against, so clarity wins over cleverness except in the two hot paths
 //! (`linear` and `attention`).
 use super::cpu_math::{axpy, dot};
-use super::{AttnDims, Backend, Batch, KvShape, WeightData};
+use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
 use anyhow::{bail, ensure, Result};
@@ -28,7 +28,7 @@ impl Cpu {
         }
     }
 
-    fn record(&self, op: &'static str, c: Counts) {
+    pub(super) fn record(&self, op: &'static str, c: Counts) {
         self.ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -83,7 +83,7 @@ impl CpuKv {
     }
 }
 
-fn same_shape(a: &CpuTensor, b: &CpuTensor, op: &str) -> Result<()> {
+pub(super) fn same_shape(a: &CpuTensor, b: &CpuTensor, op: &str) -> Result<()> {
     ensure!(
         a.rows == b.rows && a.cols == b.cols,
         "{op}: shapes [{}, {}] and [{}, {}] differ",
@@ -94,10 +94,6 @@ fn same_shape(a: &CpuTensor, b: &CpuTensor, op: &str) -> Result<()> {
     );
     Ok(())
 }
-
-/// Rows up to this many use the weight-streaming GEMV path: at decode the weights dominate
-/// the traffic and each weight row must be read once for all batch rows.
-const GEMV_MAX_ROWS: usize = 8;
 
 impl Backend for Cpu {
     type Tensor = CpuTensor;
@@ -283,52 +279,35 @@ impl Backend for Cpu {
         let n = x.rows;
         let wd = w.data();
         let mut out = vec![0.0f32; n * m];
-        if n <= GEMV_MAX_ROWS {
-            // Each task streams a block of weight rows once, for all n inputs.
-            const BLOCK: usize = 64;
-            let mut out_t = vec![0.0f32; m * n];
+        // Each task streams a block of weight rows once per tile of input rows; every output
+        // is one `dot` over k in a fixed order, so a row's result never depends on which other
+        // rows share its batch, nor on whether it came in a prefill or a decode step.
+        const BLOCK: usize = 64;
+        const TILE: usize = 32;
+        let mut out_t = vec![0.0f32; m * n];
+        if n > 0 {
             out_t
-                .par_chunks_mut(BLOCK * n.max(1))
+                .par_chunks_mut(BLOCK * n)
                 .enumerate()
                 .for_each(|(b, o)| {
-                    for (jj, orow) in o.chunks_mut(n.max(1)).enumerate() {
-                        let j = b * BLOCK + jj;
-                        let wr = &wd[j * k..(j + 1) * k];
-                        for (i, ov) in orow.iter_mut().enumerate() {
-                            *ov = dot(&x.data[i * k..(i + 1) * k], wr);
+                    for i0 in (0..n).step_by(TILE) {
+                        let i1 = (i0 + TILE).min(n);
+                        for (jj, orow) in o.chunks_mut(n).enumerate() {
+                            let j = b * BLOCK + jj;
+                            let wr = &wd[j * k..(j + 1) * k];
+                            for (ov, xr) in orow[i0..i1]
+                                .iter_mut()
+                                .zip(x.data[i0 * k..i1 * k].chunks(k))
+                            {
+                                *ov = dot(xr, wr);
+                            }
                         }
                     }
                 });
-            for j in 0..m {
-                for i in 0..n {
-                    out[i * m + j] = out_t[j * n + i];
-                }
-            }
-        } else if m > 0 && k > 0 {
-            // SAFETY: the pointers and strides describe the three buffers exactly:
-            // dst [n, m] row-major, lhs = x [n, k] row-major, rhs = wᵀ [k, m] read from w [m, k].
-            unsafe {
-                gemm::gemm(
-                    n,
-                    m,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    m as isize,
-                    false,
-                    x.data.as_ptr(),
-                    1,
-                    k as isize,
-                    wd.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
-                );
+        }
+        for j in 0..m {
+            for i in 0..n {
+                out[i * m + j] = out_t[j * n + i];
             }
         }
         let (n, m, k) = (n as u64, m as u64, k as u64);
@@ -543,6 +522,15 @@ impl Backend for Cpu {
             cols: x.cols,
             data,
         })
+    }
+
+    fn talk_mix(
+        &self,
+        h_base: &CpuTensor,
+        h_end: &CpuTensor,
+        head: &TalkHead<Cpu>,
+    ) -> Result<CpuTensor> {
+        super::cpu_mix::talk_mix(self, h_base, h_end, head)
     }
 }
 

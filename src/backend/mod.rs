@@ -3,6 +3,7 @@
 //! backend's FLOP ledger, computed from the shapes it ran on.
 pub mod cpu;
 mod cpu_math;
+mod cpu_mix;
 
 use crate::flops::{Ledger, Phase};
 use crate::kv::PageCopy;
@@ -176,6 +177,25 @@ pub trait Backend: Send + Sync {
     fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
     /// The given rows of x, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// Quiet-STaR's mixing head, row by row: w = head(concat[h_base, h_end]) (Linear 2d→d,
+    /// ReLU, Linear d→d, ReLU, Linear d→1, a raw scalar); returns (1 − w)·h_base + w·h_end.
+    fn talk_mix(
+        &self,
+        h_base: &Self::Tensor,
+        h_end: &Self::Tensor,
+        head: &TalkHead<Self>,
+    ) -> Result<Self::Tensor>
+    where
+        Self: Sized;
+}
+
+/// The Quiet-STaR talk head's parameters (`talk_head.0.{0,2,4}`).
+pub struct TalkHead<B: Backend> {
+    pub w1: B::Weight,
+    pub b1: B::Weight,
+    pub w2: B::Weight,
+    pub b2: B::Weight,
+    pub w3: B::Weight,
 }
 
 /// Parameter values handed to a backend.

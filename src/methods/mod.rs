@@ -2,4 +2,9 @@
 //! extraction, voting, the REBASE budget allocation, the process reward model.
 pub mod allocate;
 pub mod answer;
+pub mod baseline;
+pub mod common;
+pub mod prm;
+pub mod quiet_star;
+pub mod rebase;
 pub mod voting;

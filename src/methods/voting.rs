@@ -1,1 +1,293 @@
+//! Choosing one answer from many: majority vote (baseline, Quiet-STaR), weighted majority
+//! vote (Wu et al.'s best REBASE variant) and best-of-N by an aggregate of step scores.
 
+use std::collections::HashMap;
+
+use super::answer::normalise_number;
+
+/// Key under which two answers count as equal: the canonical number when the answer is a
+/// number, else the exact string. The two kinds never collide, because a canonical number
+/// is itself a number while a raw key is by construction not one; so "18.00" and "18"
+/// share a key, "18" and "18 apples" do not.
+fn vote_key(answer: &str) -> String {
+    normalise_number(answer).unwrap_or_else(|| answer.to_string())
+}
+
+/// Groups in order of first appearance, each with the first-seen spelling and the
+/// positions (in `answers`) of its members.
+fn groups<'a, T>(
+    answers: impl Iterator<Item = (Option<&'a str>, T)>,
+) -> Vec<(&'a str, Vec<(usize, T)>)> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<(&'a str, Vec<(usize, T)>)> = Vec::new();
+    for (pos, (answer, payload)) in answers.enumerate() {
+        let Some(answer) = answer else { continue };
+        let slot = *index.entry(vote_key(answer)).or_insert_with(|| {
+            out.push((answer, Vec::new()));
+            out.len() - 1
+        });
+        out[slot].1.push((pos, payload));
+    }
+    out
+}
+
+/// Most common answer among the non-`None` ones, with its vote count. Ties go to the
+/// answer whose first occurrence is earliest, which is what the reference's
+/// `Counter(...).most_common(1)` does (insertion order, stable sort). Answers are equal
+/// when their [`normalise_number`] forms are equal, or, when either is not a number,
+/// when the strings are equal; the answer is returned in its first-seen spelling.
+/// `None` votes (nothing extracted) are ignored, as the study's `base.py` does.
+pub fn majority(answers: &[Option<String>]) -> Option<(String, usize)> {
+    let groups = groups(answers.iter().map(|a| (a.as_deref(), ())));
+    let mut best: Option<(&str, usize)> = None;
+    for (spelling, members) in groups {
+        // Strictly greater: an equal count found later came from a later first occurrence.
+        if best.is_none_or(|(_, count)| members.len() > count) {
+            best = Some((spelling, members.len()));
+        }
+    }
+    best.map(|(a, n)| (a.to_string(), n))
+}
+
+/// Weighted majority vote: answers are grouped as in [`majority`], a group's weight is
+/// the sum of its members' scores, the heaviest group wins and is returned in its
+/// first-seen spelling with its weight.
+///
+/// Ties go to the group that reached the winning weight first: for each group whose
+/// total equals the maximum, take the position (in `answers`) of the member at which its
+/// running sum first became >= that maximum; the earliest such position wins. This is
+/// exactly what Wu et al.'s `majority_vote` does with its strict `>` update while
+/// scanning (for non-negative scores, which PRM probabilities are). It is NOT the same
+/// as "earliest first member": for A(1), B(2), A(1) both groups weigh 2, B reached 2 at
+/// position 1 and A only at position 2, so B wins. Calling this with every score 1.0
+/// therefore reproduces Wu et al.'s unweighted majority vote, whose ties differ from
+/// [`majority`]'s (the study's `Counter` rule).
+///
+/// `None` answers are ignored (Wu et al. vote with an "[invalid]" string instead; pass
+/// `Some("[invalid]")` to reproduce that). Non-finite scores count as 0: a PRM
+/// probability that is NaN or infinite means the score failed, and one such value must
+/// not decide or poison a group.
+pub fn weighted_majority(answers: &[(Option<String>, f64)]) -> Option<(String, f64)> {
+    let groups = groups(answers.iter().map(|(a, w)| {
+        let w = if w.is_finite() { *w } else { 0.0 };
+        (a.as_deref(), w)
+    }));
+    let totals: Vec<f64> = groups
+        .iter()
+        .map(|(_, members)| members.iter().map(|&(_, w)| w).sum())
+        .collect();
+    let max = totals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut best: Option<(usize, usize)> = None; // (position reached, group)
+    for (g, (_, members)) in groups.iter().enumerate() {
+        if totals[g] != max {
+            continue;
+        }
+        // The running sum repeats the additions of the total in the same order, so it
+        // ends exactly at `max`; a position is always found.
+        let mut running = 0.0;
+        let reached = members
+            .iter()
+            .find(|&&(_, w)| {
+                running += w;
+                running >= max
+            })
+            .map_or(usize::MAX, |&(pos, _)| pos);
+        if best.is_none_or(|(pos, _)| reached < pos) {
+            best = Some((reached, g));
+        }
+    }
+    best.map(|(_, g)| (groups[g].0.to_string(), totals[g]))
+}
+
+/// How a path's step scores become one score for best-of-N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Aggregate {
+    /// Score of the last step (Wu et al.'s default, and what the study used).
+    Last,
+    /// Arithmetic mean of the step scores.
+    Mean,
+    /// Smallest step score (Wu et al. cap it at 1, which PRM probabilities never exceed).
+    Min,
+    /// Product of the step scores.
+    Product,
+}
+
+impl Aggregate {
+    /// The aggregate of `step_scores`; a path without scores gets `f64::NEG_INFINITY`, so
+    /// that it can only win when nothing else is available (Wu et al. give it 0).
+    pub fn apply(&self, step_scores: &[f64]) -> f64 {
+        let Some(&last) = step_scores.last() else {
+            return f64::NEG_INFINITY;
+        };
+        match self {
+            Aggregate::Last => last,
+            Aggregate::Mean => step_scores.iter().sum::<f64>() / step_scores.len() as f64,
+            Aggregate::Min => step_scores.iter().copied().fold(f64::INFINITY, f64::min),
+            Aggregate::Product => step_scores.iter().product(),
+        }
+    }
+}
+
+/// Best-of-N: the payload (`usize`) of the leaf whose step scores aggregate highest; ties
+/// go to the earliest leaf (Wu et al.'s strict `>` scan, and the study's stable sort).
+/// A NaN aggregate never wins; `None` when there is no leaf or every aggregate is NaN.
+pub fn best_of_n(leaves: &[(Vec<f64>, usize)], agg: Aggregate) -> Option<usize> {
+    let mut best: Option<(f64, usize)> = None;
+    for (scores, payload) in leaves {
+        let score = agg.apply(scores);
+        if score.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, *payload));
+        }
+    }
+    best.map(|(_, payload)| payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn votes(v: &[&str]) -> Vec<Option<String>> {
+        v.iter()
+            .map(|s| (!s.is_empty()).then(|| s.to_string()))
+            .collect()
+    }
+
+    fn weighted(v: &[(&str, f64)]) -> Vec<(Option<String>, f64)> {
+        v.iter()
+            .map(|(s, w)| ((!s.is_empty()).then(|| s.to_string()), *w))
+            .collect()
+    }
+
+    #[test]
+    fn majority_basic() {
+        let r = majority(&votes(&["5", "7", "7", "5", "7"]));
+        assert_eq!(r, Some(("7".to_string(), 3)));
+        assert_eq!(majority(&votes(&["", "", "3"])), Some(("3".to_string(), 1)));
+        assert_eq!(majority(&votes(&["", ""])), None);
+        assert_eq!(majority(&[]), None);
+    }
+
+    #[test]
+    fn majority_ties_go_to_earliest_first_occurrence() {
+        assert_eq!(
+            majority(&votes(&["5", "7", "7", "5"])),
+            Some(("5".into(), 2))
+        );
+        assert_eq!(
+            majority(&votes(&["", "7", "5", "5", "7"])),
+            Some(("7".into(), 2))
+        );
+        assert_eq!(majority(&votes(&["1", "2", "3"])), Some(("1".into(), 1)));
+    }
+
+    #[test]
+    fn majority_compares_numbers_canonically() {
+        let r = majority(&votes(&["9", "18.00", "18", "018", "9"]));
+        assert_eq!(r, Some(("18.00".to_string(), 3)));
+        // Non-numbers compare exactly.
+        let r = majority(&votes(&["12 apples", "12", "12 apples"]));
+        assert_eq!(r, Some(("12 apples".to_string(), 2)));
+        let r = majority(&votes(&["abc", "ABC", "abc "]));
+        assert_eq!(r, Some(("abc".to_string(), 1)));
+    }
+
+    #[test]
+    fn weighted_majority_sums_scores() {
+        let r = weighted_majority(&weighted(&[("5", 0.9), ("7", 0.5), ("7", 0.75)]));
+        assert_eq!(r, Some(("7".to_string(), 1.25)));
+        let r = weighted_majority(&weighted(&[("5", 0.9), ("7", 0.3), ("7", 0.4)]));
+        assert_eq!(r, Some(("5".to_string(), 0.9)));
+        let r = weighted_majority(&weighted(&[("18", 0.25), ("9", 0.5), ("18.0", 0.5)]));
+        assert_eq!(r, Some(("18".to_string(), 0.75)));
+        assert_eq!(weighted_majority(&weighted(&[("", 1.0)])), None);
+        assert_eq!(weighted_majority(&[]), None);
+    }
+
+    #[test]
+    fn weighted_majority_ties_go_to_the_group_that_reached_the_max_first() {
+        // A(1), B(2), A(1): B reaches 2 at position 1, A at position 2.
+        let r = weighted_majority(&weighted(&[("A", 1.0), ("B", 2.0), ("A", 1.0)]));
+        assert_eq!(r, Some(("B".to_string(), 2.0)));
+        // B(2), A(1), A(1): B first again.
+        let r = weighted_majority(&weighted(&[("B", 2.0), ("A", 1.0), ("A", 1.0)]));
+        assert_eq!(r, Some(("B".to_string(), 2.0)));
+        // A(2), B(1), B(1): A reached 2 at position 0.
+        let r = weighted_majority(&weighted(&[("A", 2.0), ("B", 1.0), ("B", 1.0)]));
+        assert_eq!(r, Some(("A".to_string(), 2.0)));
+        // Unit weights reproduce Wu et al.'s unweighted vote: A,B,B,A → B (majority says A).
+        let r = weighted_majority(&weighted(&[("A", 1.0), ("B", 1.0), ("B", 1.0), ("A", 1.0)]));
+        assert_eq!(r, Some(("B".to_string(), 2.0)));
+        assert_eq!(
+            majority(&votes(&["A", "B", "B", "A"])),
+            Some(("A".into(), 2))
+        );
+        // All-zero weights: the first group reaches 0 first.
+        let r = weighted_majority(&weighted(&[("A", 0.0), ("B", 0.0)]));
+        assert_eq!(r, Some(("A".to_string(), 0.0)));
+    }
+
+    #[test]
+    fn weighted_majority_ignores_non_finite_scores() {
+        let r = weighted_majority(&weighted(&[("A", f64::NAN), ("B", 0.2), ("A", 0.1)]));
+        assert_eq!(r, Some(("B".to_string(), 0.2)));
+        let r = weighted_majority(&weighted(&[("A", f64::INFINITY), ("B", 0.2)]));
+        assert_eq!(r, Some(("B".to_string(), 0.2)));
+    }
+
+    #[test]
+    fn aggregates() {
+        let s = [0.5, 0.25, 0.8];
+        assert_eq!(Aggregate::Last.apply(&s), 0.8);
+        assert!((Aggregate::Mean.apply(&s) - 1.55 / 3.0).abs() < 1e-12);
+        assert_eq!(Aggregate::Min.apply(&s), 0.25);
+        assert_eq!(Aggregate::Product.apply(&s), 0.1);
+        for a in [
+            Aggregate::Last,
+            Aggregate::Mean,
+            Aggregate::Min,
+            Aggregate::Product,
+        ] {
+            assert_eq!(a.apply(&[]), f64::NEG_INFINITY);
+            assert_eq!(a.apply(&[0.3]), 0.3);
+        }
+    }
+
+    #[test]
+    fn aggregate_serde_round_trip() {
+        let json = serde_json::to_string(&Aggregate::Product).unwrap();
+        assert_eq!(json, "\"Product\"");
+        let back: Aggregate = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Aggregate::Product);
+    }
+
+    #[test]
+    fn best_of_n_picks_highest_aggregate() {
+        let leaves = vec![
+            (vec![0.95, 0.3], 10),
+            (vec![0.5, 0.6], 11),
+            (vec![0.3, 0.7], 12),
+        ];
+        assert_eq!(best_of_n(&leaves, Aggregate::Last), Some(12));
+        assert_eq!(best_of_n(&leaves, Aggregate::Mean), Some(10));
+        assert_eq!(best_of_n(&leaves, Aggregate::Min), Some(11));
+        assert_eq!(best_of_n(&leaves, Aggregate::Product), Some(11));
+        assert_eq!(best_of_n(&[], Aggregate::Last), None);
+    }
+
+    #[test]
+    fn best_of_n_ties_and_edge_cases() {
+        let leaves = vec![(vec![0.1, 0.5], 3), (vec![0.5], 1), (vec![0.2, 0.5], 2)];
+        assert_eq!(best_of_n(&leaves, Aggregate::Last), Some(3));
+        // An empty path only wins when alone.
+        let leaves = vec![(vec![], 0), (vec![0.01], 1)];
+        assert_eq!(best_of_n(&leaves, Aggregate::Last), Some(1));
+        assert_eq!(best_of_n(&[(vec![], 7)], Aggregate::Mean), Some(7));
+        // NaN never wins.
+        let leaves = vec![(vec![f64::NAN], 0), (vec![0.01], 1)];
+        assert_eq!(best_of_n(&leaves, Aggregate::Last), Some(1));
+        assert_eq!(best_of_n(&[(vec![f64::NAN], 0)], Aggregate::Last), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! `ponder generate`: stream a completion of one prompt.
+use super::{pick_cpu, Device};
+use anyhow::{bail, Context, Result};
+use ponder::backend::Backend;
+use ponder::flops::{study_flops_per_token, Phase};
+use ponder::generate::{generate, pages_needed, GenParams, Runner};
+use ponder::model::source::load;
+use ponder::sample::Sampling;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from a UTF-8 file.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// HF model directory or synthetic:NAME (mistral-7b, smollm2-135m, tiny); default: the
+    /// bundled SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Apply the model's chat template to the prompt.
+    #[arg(long)]
+    chat: bool,
+    /// Prepend the BOS token.
+    #[arg(long)]
+    bos: bool,
+    /// Stop when this string appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print the FLOP ledger after generating.
+    #[arg(long)]
+    flops: bool,
+    /// Tokens per KV page.
+    #[arg(long, default_value_t = 16)]
+    page_size: usize,
+}
+
+pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
+    if a.temperature.is_nan()
+        || a.temperature < 0.0
+        || a.top_p.is_nan()
+        || a.top_p <= 0.0
+        || a.top_p > 1.0
+    {
+        bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+    }
+    if a.page_size == 0 {
+        bail!("--page-size must be positive");
+    }
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            String::from_utf8(bytes)
+                .map_err(|e| anyhow::anyhow!("prompt file {} is not UTF-8 ({e})", f.display()))?
+        }
+        (None, None) => bail!("give --prompt TEXT or --prompt-file FILE"),
+    };
+    let be = pick_cpu(a.device)?;
+    let t_load = Instant::now();
+    let m = load(&be, a.model.as_deref(), cache)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let text = if a.chat {
+        m.tok.chat_prompt(&prompt)?
+    } else {
+        prompt
+    };
+    let mut ids = m.tok.encode(&text)?;
+    if a.bos {
+        ids.insert(
+            0,
+            m.model
+                .cfg
+                .bos_token_id
+                .context("the model has no BOS token")?,
+        );
+    }
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let pages = pages_needed(&[ids.len()], a.max_tokens, a.page_size);
+    let mut runner = Runner::new(&be, &m.model, pages, a.page_size)?;
+    let params = GenParams {
+        max_tokens: a.max_tokens,
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+        },
+        seed: a.seed,
+        stop: a.stop.clone(),
+        ignore_eos: false,
+    };
+    let t0 = Instant::now();
+    let mut stdout = std::io::stdout();
+    let out = generate(&mut runner, &m.tok, &[ids.clone()], &params, |_, s| {
+        let _ = stdout.write_all(s.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    println!();
+    let secs = t0.elapsed().as_secs_f64();
+    let n = out[0].ids.len();
+    eprintln!(
+        "[{}: {} prompt + {} generated tokens in {:.2} s ({:.1} tok/s), load {:.2} s, finish {:?}]",
+        m.name,
+        ids.len(),
+        n,
+        secs,
+        n as f64 / secs.max(1e-9),
+        load_s,
+        out[0].finish
+    );
+    if a.flops {
+        let l = be
+            .ledger()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        eprint!("{}", l.table());
+        let c = &m.model.cfg;
+        let study = study_flops_per_token(
+            c.hidden_size as u64,
+            c.num_hidden_layers as u64,
+            c.num_attention_heads as u64,
+            c.intermediate_size as u64,
+        );
+        eprintln!(
+            "exact useful FLOPs: {} (prefill {}, decode {}, sample {}); the study's formula: {} ({} per generated token)",
+            l.total().useful_flops,
+            l.by_phase(Phase::Prefill).useful_flops,
+            l.by_phase(Phase::Decode).useful_flops,
+            l.by_phase(Phase::Sample).useful_flops,
+            study * n as u64,
+            study
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Subcommands of the `ponder` binary; each file parses its flags and calls the library.
+mod generate;
+mod solve;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ponder::backend::cpu::Cpu;
+use ponder::model::source::{cache_dir, ensure_default_model};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "ponder",
+    version,
+    about = "Measure what it costs a language model to reason"
+)]
+pub struct Cli {
+    /// Cache folder for the default model (else $PONDER_CACHE, else ~/.cache/ponder).
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(generate::Args),
+    /// Solve one question with one of the four methods and print the answer and its cost.
+    Solve(solve::Args),
+    /// Convert a GGUF file (llama architecture) into an HF model directory.
+    ImportGguf {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fetch and import the bundled default model (SmolLM2-135M-Instruct) into the cache.
+    FetchModel,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let cache = cache_dir(cli.cache_dir.as_deref());
+    match cli.cmd {
+        Cmd::Generate(a) => generate::run(a, &cache),
+        Cmd::Solve(a) => solve::run(a, &cache),
+        Cmd::ImportGguf { file, out } => {
+            ponder::model::import::import_gguf(&file, &out)?;
+            eprintln!("imported {} into {}", file.display(), out.display());
+            Ok(())
+        }
+        Cmd::FetchModel => {
+            let dir = ensure_default_model(&cache)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+pub fn pick_cpu(d: Device) -> Result<Cpu> {
+    match d {
+        Device::Cpu | Device::Auto => Ok(Cpu::new()),
+        Device::Cuda => bail!("--device cuda: this ponder was built without the cuda feature"),
+    }
+}

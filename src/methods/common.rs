@@ -1,0 +1,175 @@
+//! What every method shares: its settings, the per-problem accounting, the policy it samples.
+use crate::backend::Backend;
+use crate::flops::{study_flops_per_token, Ledger, Phase};
+use crate::generate::Runner;
+use crate::model::tokenizer::Tokenizer;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The study's variant (protocol.md).
+    Seed,
+    /// Wu et al.'s released code (rebase.md).
+    Wu,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub seed: u64,
+    /// Votes for baseline / Quiet-STaR.
+    pub votes: usize,
+    /// REBASE budget N.
+    pub width: usize,
+    pub protocol: Protocol,
+    /// REBASE's softmax temperature over PRM scores.
+    pub rebase_temperature: f64,
+    /// Sampling temperature of the policy (the protocol's 1.0).
+    pub temperature: f32,
+    /// Run every vote, step and thought to its token limit (replays the study's workload).
+    pub fixed_lengths: bool,
+    /// Token limits (protocol values by default; smaller for quick runs).
+    pub max_tokens: usize,
+    pub answer_tokens: usize,
+    pub step_tokens: usize,
+    pub path_tokens: usize,
+    pub max_depth: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            seed: 0,
+            votes: 6,
+            width: 6,
+            protocol: Protocol::Seed,
+            rebase_temperature: 0.2,
+            temperature: 1.0,
+            fixed_lengths: false,
+            max_tokens: 384,
+            answer_tokens: 12,
+            step_tokens: 96,
+            path_tokens: 384,
+            max_depth: 25,
+        }
+    }
+}
+
+/// One vote (baseline, Quiet-STaR) or one leaf (REBASE).
+#[derive(Clone, Debug, Serialize)]
+pub struct Vote {
+    pub text: String,
+    pub answer: Option<String>,
+    /// PRM score of the leaf (REBASE), per step.
+    pub scores: Vec<f64>,
+    pub tokens: usize,
+}
+
+/// One node of a REBASE tree, for `--show-tree`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TreeNode {
+    pub depth: usize,
+    pub parent: Option<usize>,
+    pub text: String,
+    pub score: Option<f64>,
+    pub leaf: bool,
+    pub tokens: usize,
+}
+
+/// FLOPs of one problem, by phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlopReport {
+    pub useful: u64,
+    pub executed: u64,
+    pub bytes: u64,
+    pub useful_by_phase: BTreeMap<String, u64>,
+}
+
+impl FlopReport {
+    pub fn from_ledger(l: &Ledger) -> Self {
+        let t = l.total();
+        let mut by = BTreeMap::new();
+        for p in Phase::ALL {
+            by.insert(p.name().to_string(), l.by_phase(p).useful_flops);
+        }
+        FlopReport {
+            useful: t.useful_flops,
+            executed: t.executed_flops,
+            bytes: t.bytes,
+            useful_by_phase: by,
+        }
+    }
+}
+
+/// Everything a method returns for one problem.
+#[derive(Clone, Debug, Serialize)]
+pub struct Solution {
+    pub method: String,
+    pub answer: Option<String>,
+    pub votes: Vec<Vote>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tree: Vec<TreeNode>,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub thought_tokens: u64,
+    pub prm_tokens: u64,
+    pub seconds: f64,
+    pub flops: FlopReport,
+    /// The study's formula for the same run (flops.md), for comparison only.
+    pub study_flops: u64,
+    /// Which model scored the steps (REBASE); says so when it is the policy itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prm: Option<String>,
+}
+
+/// Token counters a method fills in while it runs.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Tally {
+    pub prompt: u64,
+    pub generated: u64,
+    pub thought: u64,
+    pub prm: u64,
+    /// The study's token charge (generated tokens, or 96 per REBASE expansion along the path).
+    pub study_tokens: u64,
+}
+
+/// The policy: a model with its KV pool and tokenizer.
+pub struct Policy<'a, B: Backend> {
+    pub runner: Runner<'a, B>,
+    pub tok: &'a Tokenizer,
+}
+
+impl<B: Backend> Policy<'_, B> {
+    pub fn study_per_token(&self) -> u64 {
+        let c = &self.runner.model.cfg;
+        study_flops_per_token(
+            c.hidden_size as u64,
+            c.num_hidden_layers as u64,
+            c.num_attention_heads as u64,
+            c.intermediate_size as u64,
+        )
+    }
+
+    /// BOS (when the model has one) followed by the text's tokens.
+    pub fn encode_with_bos(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if let Some(b) = self.runner.model.cfg.bos_token_id.or(self.tok.bos) {
+            ids.push(b);
+        }
+        ids.extend(self.tok.encode(text)?);
+        Ok(ids)
+    }
+
+    /// The ids that end a sample: EOS, BOS and PAD (protocol.md).
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let c = &self.runner.model.cfg;
+        let mut v = c.eos_token_ids.clone();
+        v.extend(self.tok.eos.iter().copied());
+        v.extend(c.bos_token_id);
+        v.extend(c.pad_token_id);
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}

@@ -1,0 +1,111 @@
+//! The process reward model, Math-Shepherd style (rebase.md): a causal LM reads
+//! `question + " " + "Step 1: … ки\nStep 2: … ки"`; the score of the last step is the softmax
+//! over the '+' and '-' logits at the final tag, '+' entry. Any causal LM can serve: the ids
+//! come from its tokenizer. It has its own KV pool; a child's path forks its parent's cached
+//! path, so only the new step is prefilled.
+use crate::backend::Backend;
+use crate::flops::Phase;
+use crate::generate::Runner;
+use crate::model::tokenizer::Tokenizer;
+use crate::scheduler::{forward_items, set_tokens, Branch};
+use anyhow::{Context, Result};
+
+pub const STEP_TAG: &str = " ки";
+
+pub struct Prm<'a, B: Backend> {
+    pub runner: Runner<'a, B>,
+    pub tok: &'a Tokenizer,
+    pub plus: u32,
+    pub minus: u32,
+    pub name: String,
+    /// Tokens the PRM has read.
+    pub tokens: u64,
+}
+
+impl<'a, B: Backend> Prm<'a, B> {
+    pub fn new(runner: Runner<'a, B>, tok: &'a Tokenizer, name: String) -> Result<Self> {
+        let plus = tok
+            .single_token("+")
+            .context("the PRM's tokenizer needs a '+' token")?;
+        let minus = tok
+            .single_token("-")
+            .context("the PRM's tokenizer needs a '-' token")?;
+        Ok(Prm {
+            runner,
+            tok,
+            plus,
+            minus,
+            name,
+            tokens: 0,
+        })
+    }
+
+    /// A PRM path holding just the question (nothing scored yet).
+    pub fn root(&mut self, question: &str) -> Result<Branch> {
+        let mut ids = Vec::new();
+        ids.extend(self.runner.model.cfg.bos_token_id);
+        ids.extend(self.tok.encode(&format!("{question} "))?);
+        Ok(Branch {
+            seq: self.runner.pool.create(),
+            all: ids,
+            gen_start: 0,
+            stream: 0,
+            draws: 0,
+            finish: None,
+            text: String::new(),
+        })
+    }
+
+    /// The PRM text of a path of steps (each step's text as generated, without "Step k:").
+    pub fn path_text(question: &str, steps: &[String]) -> String {
+        let mut t = format!("{question} ");
+        for (i, s) in steps.iter().enumerate() {
+            if i > 0 {
+                t.push('\n');
+            }
+            t.push_str(&format!("Step {}: {}{STEP_TAG}", i + 1, s.trim()));
+        }
+        t
+    }
+
+    /// Scores each (parent path, full path text): forks the parent, feeds what is new, and
+    /// returns the child paths with the last step's score.
+    pub fn score(&mut self, items: &[(&Branch, String)]) -> Result<Vec<(Branch, f64)>> {
+        let mut kids = Vec::with_capacity(items.len());
+        for (parent, text) in items {
+            let (k, copies) = self.runner.pool.fork(parent.seq, 1)?;
+            self.runner.be.copy_pages(&mut self.runner.kv, &copies)?;
+            let mut b = (*parent).clone();
+            b.seq = k[0];
+            let mut ids = Vec::new();
+            ids.extend(self.runner.model.cfg.bos_token_id);
+            ids.extend(self.tok.encode(text)?);
+            set_tokens(&mut self.runner, &mut b, ids)?;
+            kids.push(b);
+        }
+        let mut feed = Vec::with_capacity(kids.len());
+        for b in &kids {
+            let cached = self.runner.pool.len(b.seq)?;
+            self.tokens += (b.all.len() - cached) as u64;
+            feed.push((b.seq, b.all[cached..].to_vec()));
+        }
+        self.runner.be.set_phase(Phase::Prm);
+        let (logits, _) = forward_items(&mut self.runner, &feed)?;
+        let v = logits.len() / kids.len().max(1);
+        let mut out = Vec::with_capacity(kids.len());
+        for (i, b) in kids.into_iter().enumerate() {
+            let row = &logits[i * v..(i + 1) * v];
+            let (lp, lm) = (
+                row[self.plus as usize] as f64,
+                row[self.minus as usize] as f64,
+            );
+            out.push((b, 1.0 / (1.0 + (lm - lp).exp())));
+        }
+        Ok(out)
+    }
+
+    pub fn free(&mut self, b: &Branch) -> Result<()> {
+        self.runner.pool.free(b.seq)?;
+        Ok(())
+    }
+}

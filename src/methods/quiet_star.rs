@@ -1,0 +1,231 @@
+//! Quiet-STaR inference (quiet-star.md), incremental mode: before each output token every
+//! live branch forks a thought branch that shares its pages, feeds the start marker, samples
+//! the thought tokens one by one, feeds the end marker, and the talk head mixes the hidden
+//! states with and without the thought. The thought's pages are dropped afterwards.
+use crate::backend::{Backend, TalkHead, WeightData};
+use crate::flops::Phase;
+use crate::generate::Runner;
+use crate::kv::SeqId;
+use crate::model::llama::{Model, ParamSource, Synthetic};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::Weights;
+use crate::rng::{child_stream, uniform};
+use crate::sample::{sample, Sampling};
+use crate::scheduler::{forward_items, Branch, Stepper};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Stream tag of thought draws: thoughts never consume the output token's random stream, so
+/// with a zero talk head the output equals the baseline's draw for draw.
+const THOUGHT_STREAM: u64 = 0x7107_6487;
+
+pub struct QuietStar<B: Backend> {
+    /// Input embeddings of the start- and end-of-thought markers (row 0 × 100 of the tensors).
+    pub start: Vec<f32>,
+    pub end: Vec<f32>,
+    pub head: TalkHead<B>,
+    /// Tokens sampled inside each thought (n_ahead − 3; 5 for "8-ahead").
+    pub sampled: usize,
+    /// Ids at or above this are the added thought tokens: never sampled.
+    pub base_vocab: usize,
+    /// Where the markers came from, for reports.
+    pub origin: String,
+}
+
+impl<B: Backend> QuietStar<B> {
+    /// Loads start/end embeddings and the talk head from `dir` when its weights have them;
+    /// otherwise (any plain model) initialises them so the output equals the base model's:
+    /// markers = embed("---"), talk head's last layer zero. `reinit` re-applies the "---"
+    /// markers over a checkpoint's, as the reference eval (and so the study) did.
+    pub fn new(
+        be: &B,
+        model: &Model<B>,
+        tok: &Tokenizer,
+        dir: Option<&Path>,
+        reinit: bool,
+        n_ahead: usize,
+    ) -> Result<Self> {
+        let d = model.cfg.hidden_size;
+        let dashes = *tok
+            .encode("---")?
+            .first()
+            .context("\"---\" has no tokens")?;
+        let dash = be.to_host(&be.embed(&model.embed, &[dashes])?)?;
+        let weights = match dir {
+            Some(p) if p.join("config.json").exists() => Some(Weights::open_dir(p)?),
+            _ => None,
+        };
+        let trained = weights.as_ref().filter(|w| w.has("start_embedding"));
+        let sampled = n_ahead
+            .checked_sub(3)
+            .context("n_ahead must be at least 3")?
+            .max(1);
+        let base_vocab = match (tok.encode("<|startthought|>"), tok.encode("<|endthought|>")) {
+            (Ok(a), Ok(b)) if a.len() == 1 && b.len() == 1 => a[0].min(b[0]) as usize,
+            _ => model.cfg.vocab_size,
+        };
+        match trained {
+            Some(w) => {
+                let row0 = |name: &str| -> Result<Vec<f32>> {
+                    let t = w.get(name, &[2, d])?;
+                    Ok(t.to_f32()[..d].iter().map(|x| x * 100.0).collect())
+                };
+                let (start, end) = if reinit {
+                    (dash.clone(), dash)
+                } else {
+                    (row0("start_embedding")?, row0("end_embedding")?)
+                };
+                let p = |name: &str, shape: &[usize]| -> Result<B::Weight> {
+                    be.weight(shape, w.param(name, shape)?)
+                };
+                let head = TalkHead {
+                    w1: p("talk_head.0.0.weight", &[d, 2 * d])?,
+                    b1: p("talk_head.0.0.bias", &[d])?,
+                    w2: p("talk_head.0.2.weight", &[d, d])?,
+                    b2: p("talk_head.0.2.bias", &[d])?,
+                    w3: p("talk_head.0.4.weight", &[1, d])?,
+                };
+                let origin = if reinit {
+                    "checkpoint talk head, \"---\" markers"
+                } else {
+                    "checkpoint"
+                };
+                Ok(QuietStar {
+                    start,
+                    end,
+                    head,
+                    sampled,
+                    base_vocab,
+                    origin: origin.into(),
+                })
+            }
+            None => {
+                let syn = Synthetic { seed: 0x9e11 };
+                let zeros = |n: usize| WeightData::Host(std::borrow::Cow::Owned(vec![0.0; n]));
+                let head = TalkHead {
+                    w1: be.weight(&[d, 2 * d], syn.param("talk_head.0.0.weight", &[d, 2 * d])?)?,
+                    b1: be.weight(&[d], zeros(d))?,
+                    w2: be.weight(&[d, d], syn.param("talk_head.0.2.weight", &[d, d])?)?,
+                    b2: be.weight(&[d], zeros(d))?,
+                    w3: be.weight(&[1, d], zeros(d))?,
+                };
+                Ok(QuietStar {
+                    start: dash.clone(),
+                    end: dash,
+                    head,
+                    sampled,
+                    base_vocab,
+                    origin: "initialised (\"---\" markers, zero talk head)".into(),
+                })
+            }
+        }
+    }
+}
+
+/// The Stepper that puts a thought before every output token.
+pub struct ThoughtStep<'q, B: Backend> {
+    pub qs: &'q QuietStar<B>,
+    pub seed: u64,
+    /// Thought tokens fed so far (start + sampled + end per output token).
+    pub thought_tokens: u64,
+    /// Ignore nothing: thoughts always run their full length (they have no stop rule).
+    pub vocab_limit: usize,
+}
+
+impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
+    fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>> {
+        let d = r.model.cfg.hidden_size;
+        // 1. The real token(s): hidden state without a thought.
+        let mut items = Vec::with_capacity(live.len());
+        for b in live.iter() {
+            let cached = r.pool.len(b.seq)?;
+            items.push((b.seq, b.all[cached..].to_vec()));
+        }
+        r.be.set_phase(Phase::Decode);
+        let (_, h_base) = forward_items(r, &items)?;
+        // 2. One thought branch per live branch, sharing its pages.
+        let mut kids: Vec<SeqId> = Vec::with_capacity(live.len());
+        for b in live.iter() {
+            let (k, copies) = r.pool.fork(b.seq, 1)?;
+            r.be.copy_pages(&mut r.kv, &copies)?;
+            kids.extend(k);
+        }
+        let res = self.think(r, live, &kids, d);
+        for k in &kids {
+            r.pool.free(*k)?;
+        }
+        let h_end = res?;
+        // 3. Mix and project.
+        r.be.set_phase(Phase::Mix);
+        let n = live.len();
+        let hb = r.be.tensor(n, d, &h_base)?;
+        let he = r.be.tensor(n, d, &h_end)?;
+        let mixed = r.be.talk_mix(&hb, &he, &self.qs.head)?;
+        let logits = r.be.linear(&mixed, r.model.lm_head())?;
+        r.be.to_host(&logits)
+    }
+
+    fn vocab_limit(&self) -> Option<usize> {
+        Some(self.vocab_limit)
+    }
+
+    fn extra_pages(&self, page_size: usize) -> usize {
+        (self.qs.sampled + 2).div_ceil(page_size) + 1
+    }
+}
+
+impl<B: Backend> ThoughtStep<'_, B> {
+    /// Feeds start marker, samples and feeds the thought tokens, feeds the end marker;
+    /// returns the end marker's final hidden state for each thought.
+    fn think(
+        &mut self,
+        r: &mut Runner<'_, B>,
+        live: &[&mut Branch],
+        kids: &[SeqId],
+        d: usize,
+    ) -> Result<Vec<f32>> {
+        let n = kids.len();
+        r.be.set_phase(Phase::Thought);
+        let starts: Vec<f32> = (0..n).flat_map(|_| self.qs.start.iter().copied()).collect();
+        let mut out = r.extend_embedded(kids, &starts)?;
+        let any = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+        };
+        for s in 0..self.qs.sampled {
+            let logits = r.be.to_host(&out.logits)?;
+            let v = logits.len() / n;
+            r.be.set_phase(Phase::Sample);
+            let mut next = Vec::with_capacity(n);
+            for (k, b) in live.iter().enumerate() {
+                let u = uniform(
+                    self.seed,
+                    child_stream(b.stream, THOUGHT_STREAM),
+                    b.draws * 64 + s as u64,
+                );
+                let (id, cost) = sample(&logits[k * v..(k + 1) * v], self.qs.base_vocab, any, u);
+                r.be.ledger()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record("sample", cost);
+                next.push(id);
+            }
+            r.be.set_phase(Phase::Thought);
+            let items: Vec<(SeqId, &[u32])> = kids
+                .iter()
+                .zip(&next)
+                .map(|(k, t)| (*k, std::slice::from_ref(t)))
+                .collect();
+            out = r.extend(&items)?;
+        }
+        let ends: Vec<f32> = (0..n).flat_map(|_| self.qs.end.iter().copied()).collect();
+        let out = r.extend_embedded(kids, &ends)?;
+        self.thought_tokens += (n * (self.qs.sampled + 2)) as u64;
+        let h = r.be.to_host(&out.hidden)?;
+        anyhow::ensure!(
+            h.len() == n * d,
+            "thought hidden states have the wrong size"
+        );
+        Ok(h)
+    }
+}

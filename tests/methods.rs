@@ -1,0 +1,187 @@
+//! The four methods end to end on synthetic:tiny (fast), plus their invariants: Quiet-STaR on a
+//! plain model equals the baseline, results do not depend on batch composition or pool size,
+//! and the per-problem accounting adds up.
+use ponder::backend::cpu::Cpu;
+use ponder::generate::Runner;
+use ponder::methods::common::{Policy, Protocol, Settings, Solution};
+use ponder::methods::prm::Prm;
+use ponder::methods::quiet_star::QuietStar;
+use ponder::methods::{baseline, rebase};
+use ponder::model::source::{load, Loaded};
+use std::path::Path;
+
+const Q: &str = "Tom has 3 apples and buys 4 more. How many apples does he have?";
+
+fn tiny() -> (Cpu, Loaded<Cpu>) {
+    let be = Cpu::new();
+    let m = load(&be, Some("synthetic:tiny"), Path::new("/nonexistent")).unwrap();
+    (be, m)
+}
+
+fn settings() -> Settings {
+    Settings {
+        votes: 4,
+        width: 5,
+        max_tokens: 24,
+        answer_tokens: 6,
+        step_tokens: 12,
+        path_tokens: 40,
+        seed: 11,
+        ..Settings::default()
+    }
+}
+
+fn run_baseline(
+    be: &Cpu,
+    m: &Loaded<Cpu>,
+    quiet: bool,
+    pages: usize,
+    max_batch: usize,
+    s: &Settings,
+) -> Solution {
+    let mut runner = Runner::new(be, &m.model, pages, 4).unwrap();
+    runner.max_batch = max_batch;
+    let mut p = Policy {
+        runner,
+        tok: &m.tok,
+    };
+    let qs = quiet.then(|| QuietStar::new(be, &m.model, &m.tok, None, true, 8).unwrap());
+    let sol = baseline::solve(&mut p, qs.as_ref(), Q, s).unwrap();
+    assert_eq!(p.runner.pool.free_pages(), pages, "every page is returned");
+    sol
+}
+
+fn run_rebase(be: &Cpu, m: &Loaded<Cpu>, quiet: bool, max_batch: usize, s: &Settings) -> Solution {
+    let mut runner = Runner::new(be, &m.model, 512, 4).unwrap();
+    runner.max_batch = max_batch;
+    let mut p = Policy {
+        runner,
+        tok: &m.tok,
+    };
+    let mut prm = Prm::new(
+        Runner::new(be, &m.model, 512, 4).unwrap(),
+        &m.tok,
+        "policy".into(),
+    )
+    .unwrap();
+    let qs = quiet.then(|| QuietStar::new(be, &m.model, &m.tok, None, true, 8).unwrap());
+    let sol = rebase::solve(&mut p, &mut prm, qs.as_ref(), Q, s).unwrap();
+    assert_eq!(p.runner.pool.free_pages(), 512);
+    assert_eq!(prm.runner.pool.free_pages(), 512);
+    sol
+}
+
+fn texts(s: &Solution) -> Vec<String> {
+    s.votes.iter().map(|v| v.text.clone()).collect()
+}
+
+#[test]
+fn baseline_counts_tokens_and_flops() {
+    let (be, m) = tiny();
+    let s = settings();
+    let sol = run_baseline(&be, &m, false, 256, usize::MAX, &s);
+    assert_eq!(sol.votes.len(), 4);
+    assert!(sol.generated_tokens > 0 && sol.prompt_tokens > 0);
+    assert_eq!(
+        sol.generated_tokens,
+        sol.votes.iter().map(|v| v.tokens as u64).sum::<u64>()
+    );
+    assert_eq!(
+        sol.flops.useful,
+        sol.flops.useful_by_phase.values().sum::<u64>()
+    );
+    assert!(sol.flops.useful_by_phase["prefill"] > 0 && sol.flops.useful_by_phase["decode"] > 0);
+    assert_eq!(sol.thought_tokens, 0);
+}
+
+#[test]
+fn fixed_lengths_run_every_vote_to_its_limit() {
+    let (be, m) = tiny();
+    let s = Settings {
+        fixed_lengths: true,
+        ..settings()
+    };
+    let sol = run_baseline(&be, &m, false, 256, usize::MAX, &s);
+    assert_eq!(sol.generated_tokens, 4 * (24 + 6));
+    let c = &m.model.cfg;
+    let per = ponder::flops::study_flops_per_token(
+        c.hidden_size as u64,
+        c.num_hidden_layers as u64,
+        c.num_attention_heads as u64,
+        c.intermediate_size as u64,
+    );
+    assert_eq!(sol.study_flops, 4 * 30 * per);
+}
+
+#[test]
+fn quiet_star_on_a_plain_model_equals_the_baseline() {
+    let (be, m) = tiny();
+    let s = settings();
+    let base = run_baseline(&be, &m, false, 256, usize::MAX, &s);
+    let quiet = run_baseline(&be, &m, true, 256, usize::MAX, &s);
+    assert_eq!(texts(&base), texts(&quiet));
+    assert_eq!(base.answer, quiet.answer);
+    // 8-ahead: start + 5 sampled + end before every output token.
+    assert_eq!(quiet.thought_tokens, 7 * quiet.generated_tokens);
+    assert!(quiet.flops.useful_by_phase["thought"] > 0 && quiet.flops.useful_by_phase["mix"] > 0);
+}
+
+#[test]
+fn same_seed_same_result_whatever_the_batching_or_pool_size() {
+    let (be, m) = tiny();
+    let s = settings();
+    let a = run_baseline(&be, &m, false, 256, usize::MAX, &s);
+    let b = run_baseline(&be, &m, false, 256, 1, &s);
+    // A pool too small for all votes at once: the scheduler preempts and recomputes.
+    let c = run_baseline(&be, &m, false, 80, usize::MAX, &s);
+    assert_eq!(texts(&a), texts(&b));
+    assert_eq!(texts(&a), texts(&c));
+    assert_eq!(a.flops.useful, b.flops.useful);
+    assert!(c.flops.useful > a.flops.useful, "recomputation costs FLOPs");
+    // Quiet-STaR's thoughts need pages too.
+    let q = run_baseline(&be, &m, true, 256, usize::MAX, &s);
+    let q_small = run_baseline(&be, &m, true, 80, usize::MAX, &s);
+    assert_eq!(texts(&q), texts(&q_small));
+    let other = run_baseline(&be, &m, false, 256, usize::MAX, &Settings { seed: 12, ..s });
+    assert_ne!(texts(&a), texts(&other));
+}
+
+#[test]
+fn rebase_builds_a_tree_and_scores_it() {
+    let (be, m) = tiny();
+    for protocol in [Protocol::Seed, Protocol::Wu] {
+        let s = Settings {
+            protocol,
+            ..settings()
+        };
+        let sol = run_rebase(&be, &m, false, usize::MAX, &s);
+        assert!(sol.tree.len() > 1, "{protocol:?}");
+        assert!(sol.prm_tokens > 0);
+        assert!(sol.flops.useful_by_phase["prm"] > 0);
+        for v in &sol.votes {
+            assert!(!v.scores.is_empty() && v.scores.iter().all(|x| (0.0..=1.0).contains(x)));
+        }
+        let again = run_rebase(&be, &m, false, 2, &s);
+        assert_eq!(
+            texts(&sol),
+            texts(&again),
+            "{protocol:?}: batching changed the tree"
+        );
+        assert_eq!(sol.flops.useful, again.flops.useful);
+    }
+}
+
+#[test]
+fn combined_runs_thoughts_inside_the_tree() {
+    let (be, m) = tiny();
+    let s = Settings {
+        width: 3,
+        ..settings()
+    };
+    let plain = run_rebase(&be, &m, false, usize::MAX, &s);
+    let comb = run_rebase(&be, &m, true, usize::MAX, &s);
+    assert_eq!(comb.method, "combined");
+    assert_eq!(comb.thought_tokens, 7 * comb.generated_tokens);
+    // A zero talk head leaves the policy's choices unchanged.
+    assert_eq!(texts(&plain), texts(&comb));
+}
