@@ -181,7 +181,11 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) {
                 "{:indent$}#{i} <- {:?} score {score}{} [{} tok] {text}",
                 "",
                 n.parent,
-                if n.leaf { " leaf" } else { "" },
+                match (n.leaf, n.dropped) {
+                    (_, true) => " dropped",
+                    (true, _) => " leaf",
+                    _ => "",
+                },
                 n.tokens,
                 indent = 2 * n.depth
             );

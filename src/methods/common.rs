@@ -74,6 +74,8 @@ pub struct TreeNode {
     pub text: String,
     pub score: Option<f64>,
     pub leaf: bool,
+    /// Scored too low (or not at all) and pruned with its budget share.
+    pub dropped: bool,
     pub tokens: usize,
 }
 

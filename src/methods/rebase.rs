@@ -53,6 +53,7 @@ pub fn solve<B: Backend>(
         text: question.into(),
         score: None,
         leaf: false,
+        dropped: false,
         tokens: 0,
     }];
     let context = match s.protocol {
@@ -270,9 +271,10 @@ fn search<B: Backend>(
                 text: b.text.clone(),
                 score: Some(score),
                 leaf,
+                dropped: !score.is_finite() || (s.protocol == Protocol::Seed && score <= 0.1),
                 tokens: generated,
             });
-            let dropped = !score.is_finite() || (s.protocol == Protocol::Seed && score <= 0.1);
+            let dropped = tree[id].dropped;
             let mut scores = parent.scores.clone();
             scores.push(score);
             let node = Node {
