@@ -1,0 +1,89 @@
+//! One finished problem, as written to `results.jsonl` (one JSON object per line).
+use crate::methods::common::Solution;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VoteRecord {
+    pub answer: Option<String>,
+    pub text: String,
+    #[serde(default)]
+    pub scores: Vec<f64>,
+    pub tokens: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// baseline | quiet-star | rebase | combined
+    pub method: String,
+    /// Votes (baseline, Quiet-STaR) or width (REBASE, combined).
+    pub budget: usize,
+    /// 0-based row in the data file.
+    pub index: usize,
+    pub gold: Option<String>,
+    pub prediction: Option<String>,
+    pub correct: bool,
+    pub seconds: f64,
+    /// Exact useful FLOPs of the problem (all phases).
+    pub flops: u64,
+    pub flops_executed: u64,
+    pub flops_by_phase: BTreeMap<String, u64>,
+    /// The study's formula for the same run (comparison only).
+    pub study_flops: u64,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub thought_tokens: u64,
+    pub prm_tokens: u64,
+    pub votes: Vec<VoteRecord>,
+    pub model: String,
+    pub prm: Option<String>,
+    /// "seed42-128" when the study's subset was selected.
+    pub subset: Option<String>,
+    pub seed: u64,
+}
+
+impl Record {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sol: &Solution,
+        budget: usize,
+        index: usize,
+        gold: Option<String>,
+        correct: bool,
+        model: &str,
+        subset: Option<&str>,
+        seed: u64,
+    ) -> Self {
+        Record {
+            method: sol.method.clone(),
+            budget,
+            index,
+            gold,
+            prediction: sol.answer.clone(),
+            correct,
+            seconds: sol.seconds,
+            flops: sol.flops.useful,
+            flops_executed: sol.flops.executed,
+            flops_by_phase: sol.flops.useful_by_phase.clone(),
+            study_flops: sol.study_flops,
+            prompt_tokens: sol.prompt_tokens,
+            generated_tokens: sol.generated_tokens,
+            thought_tokens: sol.thought_tokens,
+            prm_tokens: sol.prm_tokens,
+            votes: sol
+                .votes
+                .iter()
+                .map(|v| VoteRecord { answer: v.answer.clone(), text: v.text.clone(), scores: v.scores.clone(), tokens: v.tokens })
+                .collect(),
+            model: model.to_string(),
+            prm: sol.prm.clone(),
+            subset: subset.map(String::from),
+            seed,
+        }
+    }
+
+    /// What identifies a problem's result within a run: resume skips these.
+    pub fn key(&self) -> (String, usize, usize) {
+        (self.method.clone(), self.budget, self.index)
+    }
+}
