@@ -1,5 +1,6 @@
 //! ponder: an inference engine that measures what it costs a language model to reason.
 pub mod backend;
+pub mod eval;
 pub mod flops;
 pub mod generate;
 pub mod kv;
@@ -8,4 +9,3 @@ pub mod model;
 pub mod rng;
 pub mod sample;
 pub mod scheduler;
-pub mod eval;

@@ -1,4 +1,6 @@
 //! Subcommands of the `ponder` binary; each file parses its flags and calls the library.
+mod common;
+mod eval;
 mod generate;
 mod solve;
 
@@ -35,6 +37,12 @@ enum Cmd {
     Generate(generate::Args),
     /// Solve one question with one of the four methods and print the answer and its cost.
     Solve(solve::Args),
+    /// Evaluate methods on GSM8K problems: durable results, progress, and the report.
+    Eval(eval::EvalArgs),
+    /// Run methods at several budgets (votes / width) and draw the accuracy-vs-compute curve.
+    Sweep(eval::SweepArgs),
+    /// Write the report of one or more results folders (shards are merged).
+    Report(eval::ReportArgs),
     /// Convert a GGUF file (llama architecture) into an HF model directory.
     ImportGguf {
         file: PathBuf,
@@ -50,6 +58,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Generate(a) => generate::run(a, &cache),
         Cmd::Solve(a) => solve::run(a, &cache),
+        Cmd::Eval(a) => eval::eval(a, &cache),
+        Cmd::Sweep(a) => eval::sweep(a, &cache),
+        Cmd::Report(a) => eval::report(a),
         Cmd::ImportGguf { file, out } => {
             ponder::model::import::import_gguf(&file, &out)?;
             eprintln!("imported {} into {}", file.display(), out.display());

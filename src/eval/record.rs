@@ -73,7 +73,12 @@ impl Record {
             votes: sol
                 .votes
                 .iter()
-                .map(|v| VoteRecord { answer: v.answer.clone(), text: v.text.clone(), scores: v.scores.clone(), tokens: v.tokens })
+                .map(|v| VoteRecord {
+                    answer: v.answer.clone(),
+                    text: v.text.clone(),
+                    scores: v.scores.clone(),
+                    tokens: v.tokens,
+                })
                 .collect(),
             model: model.to_string(),
             prm: sol.prm.clone(),

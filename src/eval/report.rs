@@ -1,0 +1,301 @@
+//! The comparison report: per (method, budget) summaries of finished problems, written as
+//! `report.md`, `summary.csv`, `summary.json` and two scatter plots (`accuracy_vs_flops.svg`,
+//! `accuracy_vs_seconds.svg`).
+mod markdown;
+mod svg;
+#[cfg(test)]
+mod tests;
+
+use crate::eval::record::Record;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The names of the files [`write_report`] writes.
+pub const REPORT_MD: &str = "report.md";
+pub const SUMMARY_CSV: &str = "summary.csv";
+pub const SUMMARY_JSON: &str = "summary.json";
+pub const FLOPS_SVG: &str = "accuracy_vs_flops.svg";
+pub const SECONDS_SVG: &str = "accuracy_vs_seconds.svg";
+
+/// The FLOP phases in the order the report lists them (others follow alphabetically).
+pub const PHASES: [&str; 6] = ["prefill", "decode", "thought", "mix", "prm", "sample"];
+
+/// What one (method, budget) did over its problems; all means are per question.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub method: String,
+    /// Votes (baseline, Quiet-STaR) or width (REBASE, combined).
+    pub budget: usize,
+    /// Problems finished.
+    pub n: usize,
+    pub correct: usize,
+    /// correct / n, in 0..=1.
+    pub accuracy: f64,
+    pub mean_seconds: f64,
+    pub median_seconds: f64,
+    /// Exact useful FLOPs per question (all phases).
+    pub mean_flops: f64,
+    pub mean_flops_executed: f64,
+    /// Exact useful FLOPs per question by phase (a phase a record lacks counts as 0).
+    pub mean_flops_by_phase: BTreeMap<String, f64>,
+    /// The study's formula FLOPs per question (comparison only).
+    pub mean_study_flops: f64,
+    pub mean_generated_tokens: f64,
+    pub mean_thought_tokens: f64,
+    pub mean_prm_tokens: f64,
+    pub mean_prompt_tokens: f64,
+    /// accuracy (0..1) divided by the mean exact useful TFLOPs per question; 0 when FLOPs are 0.
+    pub accuracy_per_tflop: f64,
+    /// The PRM that scored the steps (distinct values joined by "; " if the records differ).
+    pub prm: Option<String>,
+    /// The policy model (distinct values joined by "; " if the records differ).
+    pub model: String,
+}
+
+/// Where a method sorts: the study's four first, in its order, then the rest alphabetically.
+pub(crate) fn method_rank(method: &str) -> (usize, &str) {
+    match method {
+        "baseline" => (0, ""),
+        "quiet-star" => (1, ""),
+        "rebase" => (2, ""),
+        "combined" => (3, ""),
+        other => (4, other),
+    }
+}
+
+/// Distinct values in first-seen order, joined by "; ".
+fn join_distinct<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for v in values {
+        if !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    seen.join("; ")
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        (xs[m - 1] + xs[m]) / 2.0
+    }
+}
+
+fn summarize_group(method: &str, budget: usize, rs: &[&Record]) -> Summary {
+    let n = rs.len();
+    let nf = n as f64;
+    // Integer sums are exact; only the final division rounds.
+    let mean_u =
+        |f: &dyn Fn(&Record) -> u64| rs.iter().map(|r| f(r) as u128).sum::<u128>() as f64 / nf;
+    let correct = rs.iter().filter(|r| r.correct).count();
+    let accuracy = correct as f64 / nf;
+    let mut phase_sums: BTreeMap<String, u128> = BTreeMap::new();
+    for r in rs {
+        for (p, v) in &r.flops_by_phase {
+            *phase_sums.entry(p.clone()).or_default() += *v as u128;
+        }
+    }
+    let mean_flops = mean_u(&|r| r.flops);
+    let prms: Vec<&str> = rs.iter().filter_map(|r| r.prm.as_deref()).collect();
+    Summary {
+        method: method.to_string(),
+        budget,
+        n,
+        correct,
+        accuracy,
+        mean_seconds: rs.iter().map(|r| r.seconds).sum::<f64>() / nf,
+        median_seconds: median(rs.iter().map(|r| r.seconds).collect()),
+        mean_flops,
+        mean_flops_executed: mean_u(&|r| r.flops_executed),
+        mean_flops_by_phase: phase_sums
+            .into_iter()
+            .map(|(p, s)| (p, s as f64 / nf))
+            .collect(),
+        mean_study_flops: mean_u(&|r| r.study_flops),
+        mean_generated_tokens: mean_u(&|r| r.generated_tokens),
+        mean_thought_tokens: mean_u(&|r| r.thought_tokens),
+        mean_prm_tokens: mean_u(&|r| r.prm_tokens),
+        mean_prompt_tokens: mean_u(&|r| r.prompt_tokens),
+        accuracy_per_tflop: if mean_flops > 0.0 {
+            accuracy / (mean_flops / 1e12)
+        } else {
+            0.0
+        },
+        prm: if prms.is_empty() {
+            None
+        } else {
+            Some(join_distinct(prms.into_iter()))
+        },
+        model: join_distinct(rs.iter().map(|r| r.model.as_str())),
+    }
+}
+
+/// One summary per (method, budget): methods in the order baseline, quiet-star, rebase,
+/// combined, then the others alphabetically; budgets ascending.
+pub fn summarize(records: &[Record]) -> Vec<Summary> {
+    type Group<'a> = (&'a str, Vec<&'a Record>);
+    let mut groups: BTreeMap<((usize, &str), usize), Group> = BTreeMap::new();
+    for r in records {
+        let key = (method_rank(&r.method), r.budget);
+        groups
+            .entry(key)
+            .or_insert_with(|| (r.method.as_str(), Vec::new()))
+            .1
+            .push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((_, budget), (method, rs))| summarize_group(method, budget, &rs))
+        .collect()
+}
+
+/// Merging result directories (shards): fails, naming both directories and the
+/// (method, budget, index), if a problem's result appears in two of them.
+pub fn check_no_overlap(sets: &[(PathBuf, Vec<Record>)]) -> Result<()> {
+    let mut owner: HashMap<(String, usize, usize), usize> = HashMap::new();
+    for (i, (dir, records)) in sets.iter().enumerate() {
+        // Keys repeated inside one directory are that directory's business (resume skips them).
+        let keys: BTreeSet<_> = records.iter().map(Record::key).collect();
+        for key in keys {
+            if let Some(&j) = owner.get(&key) {
+                bail!(
+                    "result directories {} and {} both hold (method {}, budget {}, index {}); \
+                     shards to merge must not overlap",
+                    sets[j].0.display(),
+                    dir.display(),
+                    key.0,
+                    key.1,
+                    key.2
+                );
+            }
+            owner.insert(key, i);
+        }
+    }
+    Ok(())
+}
+
+/// Every phase present in the summaries: the known ones in [`PHASES`] order, then the rest.
+pub(crate) fn phase_columns(summaries: &[Summary]) -> Vec<String> {
+    let present: BTreeSet<&str> = summaries
+        .iter()
+        .flat_map(|s| s.mean_flops_by_phase.keys().map(String::as_str))
+        .collect();
+    let mut cols: Vec<String> = PHASES.iter().map(|p| p.to_string()).collect();
+    cols.extend(
+        present
+            .iter()
+            .filter(|p| !PHASES.contains(p))
+            .map(|p| p.to_string()),
+    );
+    cols
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `summary.csv`: one row per (method, budget); floats in full precision (Rust's shortest
+/// round-trip form), one `flops_<phase>` column per phase.
+pub fn summary_csv(summaries: &[Summary]) -> String {
+    let phases = phase_columns(summaries);
+    let mut out = String::from(
+        "method,budget,n,correct,accuracy,mean_seconds,median_seconds,mean_flops,\
+         mean_flops_executed,mean_study_flops,mean_generated_tokens,mean_thought_tokens,\
+         mean_prm_tokens,mean_prompt_tokens,accuracy_per_tflop,prm,model",
+    );
+    for p in &phases {
+        write!(out, ",{}", csv_field(&format!("flops_{p}"))).unwrap();
+    }
+    out.push('\n');
+    for s in summaries {
+        write!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            csv_field(&s.method),
+            s.budget,
+            s.n,
+            s.correct,
+            s.accuracy,
+            s.mean_seconds,
+            s.median_seconds,
+            s.mean_flops,
+            s.mean_flops_executed,
+            s.mean_study_flops,
+            s.mean_generated_tokens,
+            s.mean_thought_tokens,
+            s.mean_prm_tokens,
+            s.mean_prompt_tokens,
+            s.accuracy_per_tflop,
+            csv_field(s.prm.as_deref().unwrap_or("")),
+            csv_field(&s.model),
+        )
+        .unwrap();
+        for p in &phases {
+            write!(
+                out,
+                ",{}",
+                s.mean_flops_by_phase.get(p).copied().unwrap_or(0.0)
+            )
+            .unwrap();
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The points of a plot: accuracy (%) against `x` of each summary.
+fn plot_points(summaries: &[Summary], x: impl Fn(&Summary) -> f64) -> Vec<svg::Point> {
+    summaries
+        .iter()
+        .map(|s| svg::Point {
+            series: s.method.clone(),
+            label: format!("{}@{}", s.method, s.budget),
+            x: x(s),
+            y: s.accuracy * 100.0,
+        })
+        .collect()
+}
+
+/// Writes `report.md`, `summary.csv`, `summary.json`, `accuracy_vs_flops.svg` and
+/// `accuracy_vs_seconds.svg` into `dir` (created if missing); returns the text of `report.md`.
+pub fn write_report(dir: &Path, records: &[Record]) -> Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let summaries = summarize(records);
+    let write = |name: &str, text: &str| -> Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    let md = markdown::render(records, &summaries);
+    write(REPORT_MD, &md)?;
+    write(SUMMARY_CSV, &summary_csv(&summaries))?;
+    write(
+        SUMMARY_JSON,
+        &(serde_json::to_string_pretty(&summaries)? + "\n"),
+    )?;
+    let flops = svg::scatter(
+        "Accuracy vs exact useful FLOPs per question",
+        "exact useful FLOPs per question (log scale)",
+        &plot_points(&summaries, |s| s.mean_flops),
+    );
+    write(FLOPS_SVG, &flops)?;
+    let seconds = svg::scatter(
+        "Accuracy vs time per question",
+        "mean seconds per question (log scale)",
+        &plot_points(&summaries, |s| s.mean_seconds),
+    );
+    write(SECONDS_SVG, &seconds)?;
+    Ok(md)
+}

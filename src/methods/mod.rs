@@ -4,6 +4,7 @@ pub mod allocate;
 pub mod answer;
 pub mod baseline;
 pub mod common;
+pub mod engines;
 pub mod prm;
 pub mod quiet_star;
 pub mod rebase;

@@ -1,0 +1,173 @@
+//! Flags shared by `solve`, `eval` and `sweep`, and building the engines from them.
+use super::{pick_cpu, Device};
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use ponder::backend::cpu::Cpu;
+use ponder::generate::Runner;
+use ponder::methods::common::{Policy, Protocol, Settings};
+use ponder::methods::engines::Engines;
+use ponder::methods::prm::Prm;
+use ponder::methods::quiet_star::QuietStar;
+use ponder::model::source::{default_model_dir, load, Loaded};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ProtocolArg {
+    Seed,
+    Wu,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Opts {
+    /// HF model directory or synthetic:NAME; default: the bundled SmolLM2-135M-Instruct.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The process reward model (REBASE); default: the policy model itself.
+    #[arg(long)]
+    pub prm: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+    /// Votes (baseline, Quiet-STaR).
+    #[arg(long, default_value_t = 6)]
+    pub votes: usize,
+    /// REBASE width (budget N).
+    #[arg(long, default_value_t = 6)]
+    pub width: usize,
+    #[arg(long, value_enum, default_value = "seed")]
+    pub protocol: ProtocolArg,
+    /// REBASE softmax temperature over PRM scores.
+    #[arg(long, default_value_t = 0.2)]
+    pub rebase_temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Tokens per vote before the answer phase (protocol: 384).
+    #[arg(long, default_value_t = 384)]
+    pub max_tokens: usize,
+    /// Tokens of the answer phase (protocol: 12).
+    #[arg(long, default_value_t = 12)]
+    pub answer_tokens: usize,
+    /// Tokens per REBASE step (protocol: 96).
+    #[arg(long, default_value_t = 96)]
+    pub step_tokens: usize,
+    /// Tokens per REBASE path (protocol: 384).
+    #[arg(long, default_value_t = 384)]
+    pub path_tokens: usize,
+    /// Run every vote, step and thought to its limit, ignoring EOS and stop strings.
+    #[arg(long)]
+    pub fixed_lengths: bool,
+    /// Quiet-STaR thought length n_ahead (start + n_ahead−3 sampled + end).
+    #[arg(long, default_value_t = 8)]
+    pub n_ahead: usize,
+    /// Keep a checkpoint's trained start/end-of-thought embeddings instead of re-applying the
+    /// "---" initialisation that the reference eval (and the study) applied.
+    #[arg(long)]
+    pub keep_thought_embeddings: bool,
+    /// KV pages per model (16 tokens each).
+    #[arg(long, default_value_t = 4096)]
+    pub kv_pages: usize,
+    /// At most this many sequences per forward pass.
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Small sizes for a demo that finishes in minutes on two CPU cores: 2 votes, width 2,
+    /// 48-token votes and steps, 96-token paths (and, for eval, 3 problems unless --limit).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+impl Opts {
+    pub fn settings(&self) -> Result<Settings> {
+        if self.votes == 0 || self.width == 0 {
+            bail!("--votes and --width must be at least 1");
+        }
+        if !(self.rebase_temperature.is_finite() && self.rebase_temperature > 0.0) {
+            bail!("--rebase-temperature must be a positive number");
+        }
+        if self.kv_pages == 0 {
+            bail!("--kv-pages must be at least 1");
+        }
+        let q = |quick: usize, v: usize| if self.quick { quick } else { v };
+        Ok(Settings {
+            seed: self.seed,
+            votes: q(2, self.votes),
+            width: q(2, self.width),
+            protocol: match self.protocol {
+                ProtocolArg::Seed => Protocol::Seed,
+                ProtocolArg::Wu => Protocol::Wu,
+            },
+            rebase_temperature: self.rebase_temperature,
+            fixed_lengths: self.fixed_lengths,
+            max_tokens: q(48, self.max_tokens),
+            answer_tokens: self.answer_tokens,
+            step_tokens: q(48, self.step_tokens),
+            path_tokens: q(96, self.path_tokens),
+            ..Settings::default()
+        })
+    }
+
+    pub fn backend(&self) -> Result<Cpu> {
+        pick_cpu(self.device)
+    }
+
+    /// The policy model's directory (None for synthetic models), for Quiet-STaR's extras.
+    pub fn model_dir(&self, cache: &Path) -> Option<PathBuf> {
+        match self.model.as_deref() {
+            Some(s) if s.starts_with("synthetic:") => None,
+            Some(d) => Some(PathBuf::from(d)),
+            None => Some(default_model_dir(cache)),
+        }
+    }
+
+    pub fn load_prm(&self, be: &Cpu, cache: &Path, needed: bool) -> Result<Option<Loaded<Cpu>>> {
+        match (&self.prm, needed) {
+            (Some(spec), true) => Ok(Some(load(be, Some(spec), cache)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The engines for the given needs (a PRM, Quiet-STaR's extras).
+    pub fn engines<'a>(
+        &self,
+        be: &'a Cpu,
+        m: &'a Loaded<Cpu>,
+        prm: Option<&'a Loaded<Cpu>>,
+        cache: &Path,
+        needs_prm: bool,
+        needs_quiet: bool,
+    ) -> Result<Engines<'a, Cpu>> {
+        let mut runner = Runner::new(be, &m.model, self.kv_pages, 16)?;
+        if let Some(b) = self.max_batch {
+            runner.max_batch = b.max(1);
+        }
+        let policy = Policy {
+            runner,
+            tok: &m.tok,
+        };
+        let quiet = if needs_quiet {
+            let dir = self.model_dir(cache);
+            Some(QuietStar::new(
+                be,
+                &m.model,
+                &m.tok,
+                dir.as_deref(),
+                !self.keep_thought_embeddings,
+                self.n_ahead,
+            )?)
+        } else {
+            None
+        };
+        let prm = if needs_prm {
+            let (model, tok, name) = match prm {
+                Some(l) => (&l.model, &l.tok, l.name.clone()),
+                None => (&m.model, &m.tok, format!("{} (the policy itself)", m.name)),
+            };
+            let mut r = Runner::new(be, model, self.kv_pages, 16)?;
+            if let Some(b) = self.max_batch {
+                r.max_batch = b.max(1);
+            }
+            Some(Prm::new(r, tok, name)?)
+        } else {
+            None
+        };
+        Ok(Engines { policy, prm, quiet })
+    }
+}

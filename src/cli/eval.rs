@@ -1,0 +1,161 @@
+//! `ponder eval`, `ponder sweep` and `ponder report`.
+use super::common::Opts;
+use anyhow::{bail, Context, Result};
+use ponder::eval::data::{load as load_data, parse_shard, select, Selection};
+use ponder::eval::report::{check_no_overlap, write_report};
+use ponder::eval::results::read_records;
+use ponder::eval::run::{run as run_eval, Plan};
+use ponder::methods::engines::Method;
+use ponder::model::source::load;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Methods, comma-separated (baseline, quiet-star, rebase, combined) or "all".
+    #[arg(long, default_value = "all")]
+    method: String,
+    /// GSM8K JSON lines; default: ponder's own handful of grade-school problems.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// seed42-128: the study's 128 problems of the 1319-row test split.
+    #[arg(long)]
+    subset: Option<String>,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// i/n: this process runs every n-th selected problem starting at i.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Results folder: results.jsonl, report.md, summary.csv, summary.json, plots.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the results already in --out (skipping problems already done).
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// Budgets: votes for baseline / Quiet-STaR, width for REBASE / combined.
+    #[arg(long, default_value = "1,2,4,8,16")]
+    budgets: String,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+pub fn eval(a: EvalArgs, cache: &Path) -> Result<()> {
+    run(a, vec![], cache)
+}
+
+pub fn sweep(a: SweepArgs, cache: &Path) -> Result<()> {
+    let budgets: Vec<usize> = a
+        .budgets
+        .split(',')
+        .map(|b| {
+            b.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&b| b > 0)
+                .with_context(|| format!("bad budget {b:?} in --budgets"))
+        })
+        .collect::<Result<_>>()?;
+    run(a.eval, budgets, cache)
+}
+
+fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
+    let methods = Method::parse_list(&a.method)?;
+    let settings = a.opts.settings()?;
+    let data = load_data(a.data.as_deref())?;
+    if !data.malformed.is_empty() {
+        let lines: Vec<String> = data
+            .malformed
+            .iter()
+            .take(10)
+            .map(|(l, why)| format!("{l} ({why})"))
+            .collect();
+        eprintln!(
+            "ponder: skipping {} malformed line(s) of the data: {}{}",
+            data.malformed.len(),
+            lines.join(", "),
+            if data.malformed.len() > 10 {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    let sel = Selection {
+        subset: a.subset.clone(),
+        offset: a.offset,
+        limit: a.limit.or(if a.opts.quick { Some(3) } else { None }),
+        shard: a.shard.as_deref().map(parse_shard).transpose()?,
+    };
+    let problems = select(&data, &sel)?;
+    let be = a.opts.backend()?;
+    let m = load(&be, a.opts.model.as_deref(), cache)?;
+    let needs_prm = methods.iter().any(|m| m.uses_prm());
+    let needs_quiet = methods.iter().any(|m| m.uses_thoughts());
+    let prm = a.opts.load_prm(&be, cache, needs_prm)?;
+    let mut e = a
+        .opts
+        .engines(&be, &m, prm.as_ref(), cache, needs_prm, needs_quiet)?;
+    let plan = Plan {
+        methods,
+        budgets,
+        settings,
+        model: m.name.clone(),
+        subset: a.subset.clone(),
+    };
+    eprintln!(
+        "ponder: {} problem(s) × {} run(s) on {} ({} CPU threads) → {}",
+        problems.len(),
+        plan.runs().len(),
+        m.name,
+        rayon::current_num_threads(),
+        a.out.display()
+    );
+    let records = run_eval(&mut e, &plan, &problems, &a.out, a.resume)?;
+    let md = write_report(&a.out, &records)?;
+    println!("{md}");
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// One or more results folders (e.g. the shards of one run); they must not overlap.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Where to write the merged report; default: the first folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn report(a: ReportArgs) -> Result<()> {
+    let mut sets = Vec::new();
+    for d in &a.dirs {
+        if !d.is_dir() {
+            bail!("{} is not a results folder", d.display());
+        }
+        let (recs, _) = read_records(d)?;
+        sets.push((d.clone(), recs));
+    }
+    check_no_overlap(&sets)?;
+    let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
+    if all.is_empty() {
+        bail!(
+            "no results in {}",
+            a.dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let out = a.out.unwrap_or_else(|| a.dirs[0].clone());
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    println!("{}", write_report(&out, &all)?);
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! GSM8K problems: JSON lines with `question` and `answer` (gold after "#### "). Malformed
+//! lines are counted and reported with their line numbers, never fatal unless nothing is left.
+use crate::methods::answer::gold_answer;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// The study's 128 test rows (`numpy.random.default_rng(42).permutation(1319)[:128]`), in
+/// the study's order; they index the 1319-row GSM8K test split.
+pub const SEED42_128: &str = include_str!("../../data/seed42-128.txt");
+pub const TEST_SPLIT_ROWS: usize = 1319;
+
+/// ponder's own grade-school problems in GSM8K format: the default data set (no download).
+pub const DEFAULT_PROBLEMS: &str = include_str!("../../data/default-problems.jsonl");
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    /// 0-based row in the data file.
+    pub index: usize,
+    pub question: String,
+    pub gold: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// One entry per row of the file (None for a malformed row), so indices stay row numbers.
+    pub rows: Vec<Option<Problem>>,
+    /// (1-based line number, reason) of every malformed line.
+    pub malformed: Vec<(usize, String)>,
+}
+
+pub fn parse(text: &str) -> Loaded {
+    let mut out = Loaded::default();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let index = out.rows.len();
+        let row = serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                let q = v
+                    .get("question")
+                    .and_then(|q| q.as_str())
+                    .ok_or("no \"question\" string")?;
+                let a = v
+                    .get("answer")
+                    .and_then(|a| a.as_str())
+                    .ok_or("no \"answer\" string")?;
+                Ok(Problem {
+                    index,
+                    question: q.to_string(),
+                    gold: gold_answer(a),
+                })
+            });
+        match row {
+            Ok(p) => out.rows.push(Some(p)),
+            Err(e) => {
+                out.malformed.push((i + 1, e));
+                out.rows.push(None);
+            }
+        }
+    }
+    out
+}
+
+pub fn load(path: Option<&Path>) -> Result<Loaded> {
+    let text = match path {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        None => DEFAULT_PROBLEMS.to_string(),
+    };
+    Ok(parse(&text))
+}
+
+/// Which rows to run.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub subset: Option<String>,
+    pub offset: usize,
+    pub limit: Option<usize>,
+    /// (i, n): every n-th selected problem starting at i.
+    pub shard: Option<(usize, usize)>,
+}
+
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (i, n) = s.split_once('/').context("--shard wants i/n, e.g. 0/4")?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().context("--shard i is not a number")?,
+        n.trim().parse().context("--shard n is not a number")?,
+    );
+    if n == 0 || i >= n {
+        bail!("--shard {i}/{n}: need 0 ≤ i < n");
+    }
+    Ok((i, n))
+}
+
+/// Applies subset, offset, limit and shard, in that order.
+pub fn select(data: &Loaded, sel: &Selection) -> Result<Vec<Problem>> {
+    let mut rows: Vec<usize> = match sel.subset.as_deref() {
+        None => (0..data.rows.len()).collect(),
+        Some("seed42-128") => {
+            if data.rows.len() != TEST_SPLIT_ROWS {
+                bail!(
+                    "--subset seed42-128 indexes the {TEST_SPLIT_ROWS}-row GSM8K test split; this file has {} rows",
+                    data.rows.len()
+                );
+            }
+            SEED42_128
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.trim().parse::<usize>())
+                .collect::<Result<_, _>>()?
+        }
+        Some(other) => bail!("unknown --subset {other:?} (known: seed42-128)"),
+    };
+    rows = rows.into_iter().skip(sel.offset).collect();
+    if let Some(l) = sel.limit {
+        rows.truncate(l);
+    }
+    if let Some((i, n)) = sel.shard {
+        rows = rows
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, r)| r)
+            .collect();
+    }
+    let out: Vec<Problem> = rows
+        .iter()
+        .filter_map(|&r| data.rows.get(r).cloned().flatten())
+        .collect();
+    if out.is_empty() {
+        bail!("no problems left to run (after the subset, offset, limit, shard and {} malformed lines)", data.malformed.len());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_lines_are_counted_with_their_numbers() {
+        let text = "{\"question\":\"a\",\"answer\":\"#### 1\"}\nnot json\n{\"question\":\"b\"}\n{\"question\":\"c\",\"answer\":\"x #### 3\"}\n";
+        let d = parse(text);
+        assert_eq!(d.rows.len(), 4);
+        assert_eq!(
+            d.malformed.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let p = select(&d, &Selection::default()).unwrap();
+        assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!(p[1].gold.as_deref(), Some("3"));
+        assert!(select(&parse("bad\n"), &Selection::default()).is_err());
+    }
+
+    #[test]
+    fn the_study_subset_starts_as_published_and_refuses_other_files() {
+        let ids: Vec<usize> = SEED42_128
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 128);
+        assert_eq!(&ids[..3], &[30, 754, 429]);
+        let d = load(None).unwrap();
+        let sel = Selection {
+            subset: Some("seed42-128".into()),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", select(&d, &sel).unwrap_err()).contains("1319"));
+    }
+
+    #[test]
+    fn offset_limit_and_shards_partition_the_rows() {
+        let d = load(None).unwrap();
+        assert!(d.malformed.is_empty() && d.rows.len() >= 8);
+        let all = select(&d, &Selection::default()).unwrap();
+        let mut seen = vec![];
+        for i in 0..3 {
+            let s = Selection {
+                shard: Some((i, 3)),
+                ..Default::default()
+            };
+            seen.extend(select(&d, &s).unwrap().into_iter().map(|p| p.index));
+        }
+        seen.sort();
+        assert_eq!(seen, all.iter().map(|p| p.index).collect::<Vec<_>>());
+        let s = Selection {
+            offset: 2,
+            limit: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            select(&d, &s)
+                .unwrap()
+                .iter()
+                .map(|p| p.index)
+                .collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(parse_shard("3/3").is_err() && parse_shard("x").is_err());
+        assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
+    }
+}

@@ -1,0 +1,205 @@
+//! `ponder eval` killed mid-run and resumed ends with the same results and report as an
+//! uninterrupted run with the same seed; malformed data lines are reported, not fatal.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ARGS: &[&str] = &[
+    "eval",
+    "--model",
+    "synthetic:smollm2-135m",
+    "--method",
+    "baseline,rebase",
+    "--votes",
+    "2",
+    "--width",
+    "2",
+    "--max-tokens",
+    "12",
+    "--answer-tokens",
+    "3",
+    "--step-tokens",
+    "6",
+    "--path-tokens",
+    "12",
+    "--limit",
+    "4",
+    "--seed",
+    "5",
+];
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ponder-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn ponder() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ponder"))
+}
+
+fn lines(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("results.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// The results without wall times, keyed and sorted, as comparable JSON.
+fn results(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    let mut v: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r.as_object_mut().unwrap().remove("seconds");
+            r
+        })
+        .collect();
+    v.sort_by_key(|r| {
+        (
+            r["method"].as_str().unwrap().to_string(),
+            r["index"].as_u64().unwrap(),
+        )
+    });
+    v
+}
+
+#[test]
+fn killed_and_resumed_equals_uninterrupted() {
+    let whole = tmp("whole");
+    let st = ponder()
+        .args(ARGS)
+        .arg("--out")
+        .arg(&whole)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(lines(&whole), 8);
+
+    let cut = tmp("cut");
+    let mut child = ponder()
+        .args(ARGS)
+        .arg("--out")
+        .arg(&cut)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while lines(&cut) < 2 && t0.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = lines(&cut);
+    assert!(
+        (2..8).contains(&partial),
+        "the kill came too late ({partial} results)"
+    );
+
+    // Without --resume the folder is refused; with it the run completes.
+    let out = ponder().args(ARGS).arg("--out").arg(&cut).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    let st = ponder()
+        .args(ARGS)
+        .args(["--resume", "--out"])
+        .arg(&cut)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(results(&cut), results(&whole));
+    // The report agrees too, but for wall times.
+    let summary = |d: &Path| -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap())
+                .unwrap();
+        for s in v.as_array_mut().unwrap() {
+            s.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !k.contains("seconds"));
+        }
+        v
+    };
+    assert_eq!(summary(&cut), summary(&whole));
+    let _ = std::fs::remove_dir_all(&whole);
+    let _ = std::fs::remove_dir_all(&cut);
+}
+
+#[test]
+fn a_torn_last_line_is_dropped_on_resume() {
+    let dir = tmp("torn");
+    let mut a = ARGS.to_vec();
+    a[4] = "baseline";
+    let st = ponder()
+        .args(&a)
+        .args(["--limit", "1", "--out"])
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let path = dir.join("results.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"method\":\"baseline\",\"bud");
+    std::fs::write(&path, text).unwrap();
+    let st = ponder()
+        .args(&a)
+        .args(["--limit", "2", "--resume", "--out"])
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(lines(&dir), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn malformed_data_lines_are_reported_with_line_numbers() {
+    let dir = tmp("malformed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\":\"What is 2 plus 2?\",\"answer\":\"#### 4\"}\n{oops\n",
+    )
+    .unwrap();
+    let out = ponder()
+        .args([
+            "eval",
+            "--model",
+            "synthetic:tiny",
+            "--method",
+            "baseline",
+            "--votes",
+            "1",
+            "--max-tokens",
+            "4",
+            "--answer-tokens",
+            "2",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 malformed line(s)") && err.contains("2 ("),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
