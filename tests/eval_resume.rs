@@ -22,8 +22,6 @@ const ARGS: &[&str] = &[
     "6",
     "--path-tokens",
     "12",
-    "--limit",
-    "4",
     "--seed",
     "5",
 ];
@@ -69,7 +67,7 @@ fn killed_and_resumed_equals_uninterrupted() {
     let whole = tmp("whole");
     let st = ponder()
         .args(ARGS)
-        .arg("--out")
+        .args(["--limit", "4", "--out"])
         .arg(&whole)
         .stderr(Stdio::null())
         .stdout(Stdio::null())
@@ -81,7 +79,7 @@ fn killed_and_resumed_equals_uninterrupted() {
     let cut = tmp("cut");
     let mut child = ponder()
         .args(ARGS)
-        .arg("--out")
+        .args(["--limit", "4", "--out"])
         .arg(&cut)
         .stderr(Stdio::null())
         .stdout(Stdio::null())
@@ -100,12 +98,17 @@ fn killed_and_resumed_equals_uninterrupted() {
     );
 
     // Without --resume the folder is refused; with it the run completes.
-    let out = ponder().args(ARGS).arg("--out").arg(&cut).output().unwrap();
+    let out = ponder()
+        .args(ARGS)
+        .args(["--limit", "4", "--out"])
+        .arg(&cut)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
     let st = ponder()
         .args(ARGS)
-        .args(["--resume", "--out"])
+        .args(["--limit", "4", "--resume", "--out"])
         .arg(&cut)
         .stderr(Stdio::null())
         .stdout(Stdio::null())
