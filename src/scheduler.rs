@@ -143,8 +143,8 @@ pub trait Stepper<B: Backend> {
     fn vocab_limit(&self) -> Option<usize> {
         None
     }
-    /// KV pages one branch needs for a step beyond its own growth (a thought's fork).
-    fn extra_pages(&self, _page_size: usize) -> usize {
+    /// KV pages a branch needs for a step beyond its own growth (thought forks).
+    fn extra_pages(&self, _b: &Branch, _page_size: usize) -> usize {
         0
     }
 }
@@ -166,10 +166,14 @@ impl<B: Backend> Stepper<B> for Plain {
 
 /// Pages a branch needs for its next step: its growth, one for a copy-on-write of a shared
 /// partial page, and the stepper's extra.
-fn pages_for_step<B: Backend>(r: &Runner<'_, B>, b: &Branch, extra: usize) -> Result<usize> {
+fn pages_for_step<B: Backend>(
+    r: &Runner<'_, B>,
+    b: &Branch,
+    stepper: &dyn Stepper<B>,
+) -> Result<usize> {
     let ps = r.pool.page_size();
     let have = r.pool.pages(b.seq)?.len();
-    Ok(b.all.len().div_ceil(ps).saturating_sub(have) + 1 + extra)
+    Ok(b.all.len().div_ceil(ps).saturating_sub(have) + 1 + stepper.extra_pages(b, ps))
 }
 
 /// Frees the pages a sequence holds alone at its end, keeping the leading pages it shares (a
@@ -206,7 +210,6 @@ pub fn decode<B: Backend>(
         .vocab_size
         .min(tok.vocab_size().max(1))
         .min(stepper.vocab_limit().unwrap_or(usize::MAX));
-    let extra = stepper.extra_pages(r.pool.page_size());
     for b in branches.iter_mut() {
         b.gen_start = b.all.len();
         b.finish = if rule.max_tokens == 0 {
@@ -231,7 +234,7 @@ pub fn decode<B: Backend>(
         loop {
             let mut need = 0;
             for &i in &admitted {
-                need += pages_for_step(r, &branches[i], extra)?;
+                need += pages_for_step(r, &branches[i], stepper)?;
             }
             if need <= r.pool.free_pages() {
                 break;

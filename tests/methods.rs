@@ -2,6 +2,7 @@
 //! plain model equals the baseline, results do not depend on batch composition or pool size,
 //! and the per-problem accounting adds up.
 use ponder::backend::cpu::Cpu;
+use ponder::backend::Backend;
 use ponder::generate::Runner;
 use ponder::methods::common::{Policy, Protocol, Settings, Solution};
 use ponder::methods::prm::Prm;
@@ -184,4 +185,80 @@ fn combined_runs_thoughts_inside_the_tree() {
     assert_eq!(comb.thought_tokens, 7 * comb.generated_tokens);
     // A zero talk head leaves the policy's choices unchanged.
     assert_eq!(texts(&plain), texts(&comb));
+}
+
+#[test]
+fn parallel_thoughts_give_the_incremental_logits_for_the_same_thought_tokens() {
+    use ponder::methods::quiet_star::{Mode, ThoughtStep};
+    use ponder::scheduler::{prefill, Branch, Stepper};
+    let (be, m) = tiny();
+    // A talk head with a nonzero last layer, so the thoughts change the output.
+    let mut qs = QuietStar::new(&be, &m.model, &m.tok, None, true, 8).unwrap();
+    let d = m.model.cfg.hidden_size;
+    let w3: Vec<f32> = (0..d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.05).collect();
+    qs.head.w3 = be
+        .weight(&[1, d], ponder::backend::WeightData::Host(w3.into()))
+        .unwrap();
+    let seq: Vec<u32> = (0..23).map(|i| (i * 29 % 500 + 3) as u32).collect();
+    let thought = [17u32, 230, 41, 99, 400];
+    let mut out = vec![];
+    for mode in [Mode::Incremental, Mode::Parallel] {
+        let mut r = Runner::new(&be, &m.model, 512, 4).unwrap();
+        let mut b = Branch {
+            seq: r.pool.create(),
+            all: seq.clone(),
+            gen_start: seq.len(),
+            stream: 3,
+            draws: 0,
+            finish: None,
+            text: String::new(),
+        };
+        prefill(&mut r, &[&b]).unwrap();
+        let rows = if mode == Mode::Parallel { seq.len() } else { 1 };
+        let mut step = ThoughtStep::new(&qs, 1, mode);
+        step.forced = Some((0..rows).flat_map(|_| thought).collect());
+        let logits = step.logits(&mut r, &mut [&mut b]).unwrap();
+        assert_eq!(step.thought_tokens, 7 * rows as u64);
+        out.push(logits);
+    }
+    assert_eq!(out[0].len(), m.model.cfg.vocab_size);
+    assert_eq!(
+        out[0], out[1],
+        "parallel and incremental last-position logits differ"
+    );
+    let base = {
+        let mut r = Runner::new(&be, &m.model, 64, 4).unwrap();
+        let s = r.pool.create();
+        be.to_host(&r.extend(&[(s, &seq)]).unwrap().logits).unwrap()
+    };
+    assert_ne!(out[0], base, "the talk head should move the logits");
+}
+
+#[test]
+fn quiet_star_parallel_mode_samples_what_incremental_samples() {
+    let (be, m) = tiny();
+    let s = Settings {
+        votes: 2,
+        max_tokens: 6,
+        answer_tokens: 2,
+        ..settings()
+    };
+    let inc = run_baseline(&be, &m, true, 1024, usize::MAX, &s);
+    let par = run_baseline(
+        &be,
+        &m,
+        true,
+        1024,
+        usize::MAX,
+        &Settings {
+            quiet_mode: ponder::methods::quiet_star::Mode::Parallel,
+            ..s
+        },
+    );
+    assert_eq!(texts(&inc), texts(&par));
+    assert!(
+        par.thought_tokens > 5 * inc.thought_tokens,
+        "parallel thinks at every position"
+    );
+    assert!(par.flops.useful_by_phase["thought"] > inc.flops.useful_by_phase["thought"]);
 }

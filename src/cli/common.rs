@@ -7,7 +7,7 @@ use ponder::generate::Runner;
 use ponder::methods::common::{Policy, Protocol, Settings};
 use ponder::methods::engines::Engines;
 use ponder::methods::prm::Prm;
-use ponder::methods::quiet_star::QuietStar;
+use ponder::methods::quiet_star::{Mode, QuietStar};
 use ponder::model::source::{default_model_dir, load, Loaded};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 pub enum ProtocolArg {
     Seed,
     Wu,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum QuietModeArg {
+    Incremental,
+    Parallel,
 }
 
 #[derive(clap::Args, Clone)]
@@ -58,6 +64,10 @@ pub struct Opts {
     /// Quiet-STaR thought length n_ahead (start + n_ahead−3 sampled + end).
     #[arg(long, default_value_t = 8)]
     pub n_ahead: usize,
+    /// Quiet-STaR's computation: incremental (one thought per output token) or parallel (the
+    /// reference: thoughts at every position, recomputed for every output token).
+    #[arg(long, value_enum, default_value = "incremental")]
+    pub quiet_mode: QuietModeArg,
     /// Keep a checkpoint's trained start/end-of-thought embeddings instead of re-applying the
     /// "---" initialisation that the reference eval (and the study) applied.
     #[arg(long)]
@@ -100,6 +110,10 @@ impl Opts {
             answer_tokens: self.answer_tokens,
             step_tokens: q(48, self.step_tokens),
             path_tokens: q(96, self.path_tokens),
+            quiet_mode: match self.quiet_mode {
+                QuietModeArg::Incremental => Mode::Incremental,
+                QuietModeArg::Parallel => Mode::Parallel,
+            },
             ..Settings::default()
         })
     }

@@ -112,12 +112,7 @@ fn sample_votes<B: Backend>(
         max_tokens: s.max_tokens,
         fixed_length: s.fixed_lengths,
     };
-    let mut thought = quiet.map(|qs| ThoughtStep {
-        qs,
-        seed: s.seed,
-        thought_tokens: 0,
-        vocab_limit: qs.base_vocab,
-    });
+    let mut thought = quiet.map(|qs| ThoughtStep::new(qs, s.seed, s.quiet_mode));
     let mut plain = Plain;
     let stepper: &mut dyn Stepper<B> = match thought.as_mut() {
         Some(t) => t,

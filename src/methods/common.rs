@@ -35,6 +35,8 @@ pub struct Settings {
     pub step_tokens: usize,
     pub path_tokens: usize,
     pub max_depth: usize,
+    /// How Quiet-STaR computes its thoughts.
+    pub quiet_mode: super::quiet_star::Mode,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             step_tokens: 96,
             path_tokens: 384,
             max_depth: 25,
+            quiet_mode: super::quiet_star::Mode::Incremental,
         }
     }
 }

@@ -122,19 +122,57 @@ impl<B: Backend> QuietStar<B> {
     }
 }
 
+/// Which computation produces the thoughts (quiet-star.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One thought per output token, forked from the branch (the default: same output
+    /// distribution as `Parallel` at a fraction of the cost).
+    Incremental,
+    /// The reference computation: a thought at every position of the sequence at once, the
+    /// base pass recomputed for every position, in n_ahead passes over all L positions; the
+    /// last position's mixed logits give the output token. The diagonal mask is realised by
+    /// page tables: position i's rows see the real prefix ≤ i (shared pages) and their own
+    /// earlier thought tokens, nothing else.
+    Parallel,
+}
+
 /// The Stepper that puts a thought before every output token.
 pub struct ThoughtStep<'q, B: Backend> {
     pub qs: &'q QuietStar<B>,
     pub seed: u64,
-    /// Thought tokens fed so far (start + sampled + end per output token).
+    /// Thought tokens fed so far (start + sampled + end per thought).
     pub thought_tokens: u64,
-    /// Ignore nothing: thoughts always run their full length (they have no stop rule).
     pub vocab_limit: usize,
+    pub mode: Mode,
+    /// Use these thought tokens (one list of `sampled` ids per row) instead of sampling:
+    /// lets a test give both modes the same thoughts.
+    pub forced: Option<Vec<u32>>,
+}
+
+impl<'q, B: Backend> ThoughtStep<'q, B> {
+    pub fn new(qs: &'q QuietStar<B>, seed: u64, mode: Mode) -> Self {
+        ThoughtStep {
+            qs,
+            seed,
+            thought_tokens: 0,
+            vocab_limit: qs.base_vocab,
+            mode,
+            forced: None,
+        }
+    }
+}
+
+/// One thought to run: the sequence it extends, and where its random draws come from.
+struct Row {
+    seq: SeqId,
+    stream: u64,
+    counter: u64,
 }
 
 impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
     fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>> {
         let d = r.model.cfg.hidden_size;
+        let v = r.model.cfg.vocab_size;
         // 1. The real token(s): hidden state without a thought.
         let mut items = Vec::with_capacity(live.len());
         for b in live.iter() {
@@ -142,76 +180,120 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
             items.push((b.seq, b.all[cached..].to_vec()));
         }
         r.be.set_phase(Phase::Decode);
-        let (_, h_base) = forward_items(r, &items)?;
-        // 2. One thought branch per live branch, sharing its pages.
-        let mut kids: Vec<SeqId> = Vec::with_capacity(live.len());
-        for b in live.iter() {
-            let (k, copies) = r.pool.fork(b.seq, 1)?;
-            r.be.copy_pages(&mut r.kv, &copies)?;
-            kids.extend(k);
-        }
-        let res = self.think(r, live, &kids, d);
-        for k in &kids {
-            r.pool.free(*k)?;
+        let (_, mut h_base) = forward_items(r, &items)?;
+        // 2. The thought rows: per branch one (incremental) or one per position (parallel),
+        //    each forked from the branch and sharing its pages.
+        let mut rows: Vec<Row> = Vec::new();
+        let mut last_rows = Vec::with_capacity(live.len());
+        let res = (|| -> Result<Vec<f32>> {
+            for b in live.iter() {
+                let own = child_stream(b.stream, THOUGHT_STREAM);
+                let positions = match self.mode {
+                    Mode::Incremental => vec![b.all.len() - 1],
+                    Mode::Parallel => (0..b.all.len()).collect(),
+                };
+                for &i in &positions {
+                    let (k, copies) = r.pool.fork(b.seq, 1)?;
+                    r.be.copy_pages(&mut r.kv, &copies)?;
+                    if self.mode == Mode::Parallel {
+                        r.pool.truncate(k[0], i)?;
+                    }
+                    // The output's thought keeps the branch's own draws in both modes.
+                    let stream = if i + 1 == b.all.len() {
+                        own
+                    } else {
+                        child_stream(own, i as u64 + 1)
+                    };
+                    rows.push(Row {
+                        seq: k[0],
+                        stream,
+                        counter: b.draws * 64,
+                    });
+                }
+                last_rows.push(rows.len() - 1);
+            }
+            if self.mode == Mode::Parallel {
+                // Recompute the base pass of every position, as the reference does.
+                let mut feed = Vec::with_capacity(rows.len());
+                let mut k = 0;
+                for b in live.iter() {
+                    for i in 0..b.all.len() {
+                        feed.push((rows[k].seq, vec![b.all[i]]));
+                        k += 1;
+                    }
+                }
+                r.be.set_phase(Phase::Decode);
+                h_base = forward_items(r, &feed)?.1;
+            }
+            self.think(r, &rows, d)
+        })();
+        for row in &rows {
+            r.pool.free(row.seq)?;
         }
         let h_end = res?;
-        // 3. Mix and project.
+        // 3. Mix and project (every row: the reference mixes every position).
         r.be.set_phase(Phase::Mix);
-        let n = live.len();
+        let n = rows.len();
         let hb = r.be.tensor(n, d, &h_base)?;
         let he = r.be.tensor(n, d, &h_end)?;
         let mixed = r.be.talk_mix(&hb, &he, &self.qs.head)?;
-        let logits = r.be.linear(&mixed, r.model.lm_head())?;
-        r.be.to_host(&logits)
+        let logits = r.be.to_host(&r.be.linear(&mixed, r.model.lm_head())?)?;
+        Ok(last_rows
+            .iter()
+            .flat_map(|&k| logits[k * v..(k + 1) * v].iter().copied())
+            .collect())
     }
 
     fn vocab_limit(&self) -> Option<usize> {
         Some(self.vocab_limit)
     }
 
-    fn extra_pages(&self, page_size: usize) -> usize {
-        (self.qs.sampled + 2).div_ceil(page_size) + 1
+    fn extra_pages(&self, b: &Branch, page_size: usize) -> usize {
+        // Each thought row: its copy of a partial page plus the thought's own pages.
+        let rows = match self.mode {
+            Mode::Incremental => 1,
+            Mode::Parallel => b.all.len(),
+        };
+        rows * ((self.qs.sampled + 2).div_ceil(page_size) + 1)
     }
 }
 
 impl<B: Backend> ThoughtStep<'_, B> {
-    /// Feeds start marker, samples and feeds the thought tokens, feeds the end marker;
-    /// returns the end marker's final hidden state for each thought.
-    fn think(
-        &mut self,
-        r: &mut Runner<'_, B>,
-        live: &[&mut Branch],
-        kids: &[SeqId],
-        d: usize,
-    ) -> Result<Vec<f32>> {
-        let n = kids.len();
+    /// Feeds the start marker, samples and feeds the thought tokens, feeds the end marker;
+    /// returns the end marker's final hidden state for each row.
+    fn think(&mut self, r: &mut Runner<'_, B>, rows: &[Row], d: usize) -> Result<Vec<f32>> {
+        let n = rows.len();
+        let seqs: Vec<SeqId> = rows.iter().map(|row| row.seq).collect();
         r.be.set_phase(Phase::Thought);
         let starts: Vec<f32> = (0..n).flat_map(|_| self.qs.start.iter().copied()).collect();
-        let mut out = r.extend_embedded(kids, &starts)?;
+        let mut out = r.extend_embedded(&seqs, &starts)?;
         let any = Sampling {
             temperature: 1.0,
             top_p: 1.0,
         };
         for s in 0..self.qs.sampled {
-            let logits = r.be.to_host(&out.logits)?;
-            let v = logits.len() / n;
-            r.be.set_phase(Phase::Sample);
-            let mut next = Vec::with_capacity(n);
-            for (k, b) in live.iter().enumerate() {
-                let u = uniform(
-                    self.seed,
-                    child_stream(b.stream, THOUGHT_STREAM),
-                    b.draws * 64 + s as u64,
-                );
-                let (id, cost) = sample(&logits[k * v..(k + 1) * v], self.qs.base_vocab, any, u);
-                r.be.ledger()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .record("sample", cost);
-                next.push(id);
-            }
+            let next: Vec<u32> = match &self.forced {
+                Some(f) => (0..n).map(|k| f[k * self.qs.sampled + s]).collect(),
+                None => {
+                    let logits = r.be.to_host(&out.logits)?;
+                    let v = logits.len() / n;
+                    r.be.set_phase(Phase::Sample);
+                    let mut next = Vec::with_capacity(n);
+                    for (k, row) in rows.iter().enumerate() {
+                        let u = uniform(self.seed, row.stream, row.counter + s as u64);
+                        let (id, cost) =
+                            sample(&logits[k * v..(k + 1) * v], self.qs.base_vocab, any, u);
+                        r.be.ledger()
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record("sample", cost);
+                        next.push(id);
+                    }
+                    next
+                }
+            };
             r.be.set_phase(Phase::Thought);
-            let items: Vec<(SeqId, &[u32])> = kids
+            let items: Vec<(SeqId, &[u32])> = seqs
                 .iter()
                 .zip(&next)
                 .map(|(k, t)| (*k, std::slice::from_ref(t)))
@@ -219,7 +301,7 @@ impl<B: Backend> ThoughtStep<'_, B> {
             out = r.extend(&items)?;
         }
         let ends: Vec<f32> = (0..n).flat_map(|_| self.qs.end.iter().copied()).collect();
-        let out = r.extend_embedded(kids, &ends)?;
+        let out = r.extend_embedded(&seqs, &ends)?;
         self.thought_tokens += (n * (self.qs.sampled + 2)) as u64;
         let h = r.be.to_host(&out.hidden)?;
         anyhow::ensure!(

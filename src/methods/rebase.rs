@@ -316,12 +316,7 @@ fn generate_steps<B: Backend>(
 ) -> Result<()> {
     match quiet {
         Some(qs) => {
-            let mut t = ThoughtStep {
-                qs,
-                seed: s.seed,
-                thought_tokens: 0,
-                vocab_limit: qs.base_vocab,
-            };
+            let mut t = ThoughtStep::new(qs, s.seed, s.quiet_mode);
             decode(
                 &mut p.runner,
                 p.tok,
