@@ -206,3 +206,93 @@ fn malformed_data_lines_are_reported_with_line_numbers() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn shards_merge_into_the_unsharded_report_and_overlaps_are_refused() {
+    let base = [
+        "eval",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "baseline,rebase",
+        "--votes",
+        "2",
+        "--width",
+        "2",
+        "--max-tokens",
+        "8",
+        "--answer-tokens",
+        "2",
+        "--step-tokens",
+        "4",
+        "--path-tokens",
+        "8",
+        "--seed",
+        "9",
+    ];
+    let whole = tmp("shard-whole");
+    let st = ponder()
+        .args(base)
+        .arg("--out")
+        .arg(&whole)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (s0, s1) = (tmp("shard0"), tmp("shard1"));
+    for (i, d) in [(0, &s0), (1, &s1)] {
+        let st = ponder()
+            .args(base)
+            .args(["--shard", &format!("{i}/2"), "--out"])
+            .arg(d)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let merged = tmp("shard-merged");
+    let out = ponder()
+        .arg("report")
+        .arg(&s0)
+        .arg(&s1)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = |d: &Path| -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap())
+                .unwrap();
+        for s in v.as_array_mut().unwrap() {
+            s.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !k.contains("seconds"));
+        }
+        v
+    };
+    assert_eq!(summary(&merged), summary(&whole));
+    let out = ponder()
+        .arg("report")
+        .arg(&s0)
+        .arg(&whole)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("both hold") && err.lines().count() == 1,
+        "{err}"
+    );
+    for d in [whole, s0, s1, merged] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
