@@ -45,7 +45,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         let mut ids = Vec::new();
         ids.extend(self.runner.model.cfg.bos_token_id);
         ids.extend(self.tok.encode(&format!("{question} "))?);
-        Ok(Branch {
+        let b = Branch {
             seq: self.runner.pool.create(),
             all: ids,
             gen_start: 0,
@@ -53,7 +53,14 @@ impl<'a, B: Backend> Prm<'a, B> {
             draws: 0,
             finish: None,
             text: String::new(),
-        })
+        };
+        // Cache the question once: every first-level child forks it instead of re-reading it.
+        if b.all.len() > 1 {
+            self.runner.be.set_phase(Phase::Prm);
+            self.tokens += (b.all.len() - 1) as u64;
+            forward_items(&mut self.runner, &[(b.seq, b.all[..b.all.len() - 1].to_vec())])?;
+        }
+        Ok(b)
     }
 
     /// The PRM text of a path of steps (each step's text as generated, without "Step k:").
