@@ -120,9 +120,10 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("cannot write kernels.rs: {e}")));
 }
 
+/// Ends the build with `msg` (nvcc's own output, verbatim, when it failed).
 fn fail(msg: &str) -> ! {
     eprintln!("{msg}");
-    panic!("{msg}");
+    std::process::exit(1);
 }
 
 /// `CUDA_COMPUTE_CAP` (default 90a) → (-gencode for SASS, -gencode for PTX).

@@ -1,8 +1,8 @@
 //! Flags shared by `solve`, `eval` and `sweep`, and building the engines from them.
-use super::{pick_cpu, Device};
+use super::Device;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
-use ponder::backend::cpu::Cpu;
+use ponder::backend::Backend;
 use ponder::generate::Runner;
 use ponder::methods::common::{Policy, Protocol, Settings};
 use ponder::methods::engines::Engines;
@@ -118,10 +118,6 @@ impl Opts {
         })
     }
 
-    pub fn backend(&self) -> Result<Cpu> {
-        pick_cpu(self.device)
-    }
-
     /// The policy model's directory (None for synthetic models), for Quiet-STaR's extras.
     pub fn model_dir(&self, cache: &Path) -> Option<PathBuf> {
         match self.model.as_deref() {
@@ -131,7 +127,12 @@ impl Opts {
         }
     }
 
-    pub fn load_prm(&self, be: &Cpu, cache: &Path, needed: bool) -> Result<Option<Loaded<Cpu>>> {
+    pub fn load_prm<B: Backend>(
+        &self,
+        be: &B,
+        cache: &Path,
+        needed: bool,
+    ) -> Result<Option<Loaded<B>>> {
         match (&self.prm, needed) {
             (Some(spec), true) => Ok(Some(load(be, Some(spec), cache)?)),
             _ => Ok(None),
@@ -139,15 +140,15 @@ impl Opts {
     }
 
     /// The engines for the given needs (a PRM, Quiet-STaR's extras).
-    pub fn engines<'a>(
+    pub fn engines<'a, B: Backend>(
         &self,
-        be: &'a Cpu,
-        m: &'a Loaded<Cpu>,
-        prm: Option<&'a Loaded<Cpu>>,
+        be: &'a B,
+        m: &'a Loaded<B>,
+        prm: Option<&'a Loaded<B>>,
         cache: &Path,
         needs_prm: bool,
         needs_quiet: bool,
-    ) -> Result<Engines<'a, Cpu>> {
+    ) -> Result<Engines<'a, B>> {
         let mut runner = Runner::new(be, &m.model, self.kv_pages, 16)?;
         if let Some(b) = self.max_batch {
             runner.max_batch = b.max(1);

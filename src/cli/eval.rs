@@ -1,6 +1,8 @@
 //! `ponder eval`, `ponder sweep` and `ponder report`.
 use super::common::Opts;
+use super::{with_backend, OnBackend};
 use anyhow::{bail, Context, Result};
+use ponder::backend::Backend;
 use ponder::eval::data::{load as load_data, parse_shard, select, Selection};
 use ponder::eval::report::{check_no_overlap, write_report};
 use ponder::eval::results::read_records;
@@ -94,33 +96,67 @@ fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
         shard: a.shard.as_deref().map(parse_shard).transpose()?,
     };
     let problems = select(&data, &sel)?;
-    let be = a.opts.backend()?;
-    let m = load(&be, a.opts.model.as_deref(), cache)?;
-    let needs_prm = methods.iter().any(|m| m.uses_prm());
-    let needs_quiet = methods.iter().any(|m| m.uses_thoughts());
-    let prm = a.opts.load_prm(&be, cache, needs_prm)?;
-    let mut e = a
-        .opts
-        .engines(&be, &m, prm.as_ref(), cache, needs_prm, needs_quiet)?;
-    let plan = Plan {
-        methods,
-        budgets,
-        settings,
-        model: m.name.clone(),
-        subset: a.subset.clone(),
-    };
-    eprintln!(
-        "ponder: {} problem(s) × {} run(s) on {} ({} CPU threads) → {}",
-        problems.len(),
-        plan.runs().len(),
-        m.name,
-        rayon::current_num_threads(),
-        a.out.display()
-    );
-    let records = run_eval(&mut e, &plan, &problems, &a.out, a.resume)?;
-    let md = write_report(&a.out, &records)?;
-    println!("{md}");
-    Ok(())
+    let device = a.opts.device;
+    with_backend(
+        device,
+        Eval {
+            a,
+            budgets,
+            problems,
+            methods,
+            settings,
+            cache: cache.to_path_buf(),
+        },
+    )
+}
+
+struct Eval {
+    a: EvalArgs,
+    budgets: Vec<usize>,
+    problems: Vec<ponder::eval::data::Problem>,
+    methods: Vec<Method>,
+    settings: ponder::methods::common::Settings,
+    cache: PathBuf,
+}
+
+impl OnBackend for Eval {
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        let Eval {
+            a,
+            budgets,
+            problems,
+            methods,
+            settings,
+            cache,
+        } = self;
+        let cache = cache.as_path();
+        let m = load(&be, a.opts.model.as_deref(), cache)?;
+        let needs_prm = methods.iter().any(|m| m.uses_prm());
+        let needs_quiet = methods.iter().any(|m| m.uses_thoughts());
+        let prm = a.opts.load_prm(&be, cache, needs_prm)?;
+        let mut e = a
+            .opts
+            .engines(&be, &m, prm.as_ref(), cache, needs_prm, needs_quiet)?;
+        let plan = Plan {
+            methods,
+            budgets,
+            settings,
+            model: m.name.clone(),
+            subset: a.subset.clone(),
+        };
+        eprintln!(
+            "ponder: {} problem(s) × {} run(s) on {} ({}) → {}",
+            problems.len(),
+            plan.runs().len(),
+            m.name,
+            be.name(),
+            a.out.display()
+        );
+        let records = run_eval(&mut e, &plan, &problems, &a.out, a.resume)?;
+        let md = write_report(&a.out, &records)?;
+        println!("{md}");
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]

@@ -1,5 +1,5 @@
 //! `ponder generate`: stream a completion of one prompt.
-use super::{pick_cpu, Device};
+use super::{with_backend, Device, OnBackend};
 use anyhow::{bail, Context, Result};
 use ponder::backend::Backend;
 use ponder::flops::{study_flops_per_token, Phase};
@@ -71,50 +71,70 @@ pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
         }
         (None, None) => bail!("give --prompt TEXT or --prompt-file FILE"),
     };
-    let be = pick_cpu(a.device)?;
-    let t_load = Instant::now();
-    let m = load(&be, a.model.as_deref(), cache)?;
-    let load_s = t_load.elapsed().as_secs_f64();
-    let text = if a.chat {
-        m.tok.chat_prompt(&prompt)?
-    } else {
-        prompt
-    };
-    let mut ids = m.tok.encode(&text)?;
-    if a.bos {
-        ids.insert(
-            0,
-            m.model
-                .cfg
-                .bos_token_id
-                .context("the model has no BOS token")?,
-        );
-    }
-    if ids.is_empty() {
-        bail!("the prompt is empty");
-    }
-    let pages = pages_needed(&[ids.len()], a.max_tokens, a.page_size);
-    let mut runner = Runner::new(&be, &m.model, pages, a.page_size)?;
-    let params = GenParams {
-        max_tokens: a.max_tokens,
-        sampling: Sampling {
-            temperature: a.temperature,
-            top_p: a.top_p,
+    let device = a.device;
+    with_backend(
+        device,
+        Generate {
+            a,
+            prompt,
+            cache: cache.to_path_buf(),
         },
-        seed: a.seed,
-        stop: a.stop.clone(),
-        ignore_eos: false,
-    };
-    let t0 = Instant::now();
-    let mut stdout = std::io::stdout();
-    let out = generate(&mut runner, &m.tok, &[ids.clone()], &params, |_, s| {
-        let _ = stdout.write_all(s.as_bytes());
-        let _ = stdout.flush();
-    })?;
-    println!();
-    let secs = t0.elapsed().as_secs_f64();
-    let n = out[0].ids.len();
-    eprintln!(
+    )
+}
+
+struct Generate {
+    a: Args,
+    prompt: String,
+    cache: PathBuf,
+}
+
+impl OnBackend for Generate {
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        let Generate { a, prompt, cache } = self;
+        let cache = cache.as_path();
+        let t_load = Instant::now();
+        let m = load(&be, a.model.as_deref(), cache)?;
+        let load_s = t_load.elapsed().as_secs_f64();
+        let text = if a.chat {
+            m.tok.chat_prompt(&prompt)?
+        } else {
+            prompt
+        };
+        let mut ids = m.tok.encode(&text)?;
+        if a.bos {
+            ids.insert(
+                0,
+                m.model
+                    .cfg
+                    .bos_token_id
+                    .context("the model has no BOS token")?,
+            );
+        }
+        if ids.is_empty() {
+            bail!("the prompt is empty");
+        }
+        let pages = pages_needed(&[ids.len()], a.max_tokens, a.page_size);
+        let mut runner = Runner::new(&be, &m.model, pages, a.page_size)?;
+        let params = GenParams {
+            max_tokens: a.max_tokens,
+            sampling: Sampling {
+                temperature: a.temperature,
+                top_p: a.top_p,
+            },
+            seed: a.seed,
+            stop: a.stop.clone(),
+            ignore_eos: false,
+        };
+        let t0 = Instant::now();
+        let mut stdout = std::io::stdout();
+        let out = generate(&mut runner, &m.tok, &[ids.clone()], &params, |_, s| {
+            let _ = stdout.write_all(s.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        println!();
+        let secs = t0.elapsed().as_secs_f64();
+        let n = out[0].ids.len();
+        eprintln!(
         "[{}: {} prompt + {} generated tokens in {:.2} s ({:.1} tok/s), load {:.2} s, finish {:?}]",
         m.name,
         ids.len(),
@@ -124,21 +144,21 @@ pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
         load_s,
         out[0].finish
     );
-    if a.flops {
-        let l = be
-            .ledger()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        eprint!("{}", l.table());
-        let c = &m.model.cfg;
-        let study = study_flops_per_token(
-            c.hidden_size as u64,
-            c.num_hidden_layers as u64,
-            c.num_attention_heads as u64,
-            c.intermediate_size as u64,
-        );
-        eprintln!(
+        if a.flops {
+            let l = be
+                .ledger()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            eprint!("{}", l.table());
+            let c = &m.model.cfg;
+            let study = study_flops_per_token(
+                c.hidden_size as u64,
+                c.num_hidden_layers as u64,
+                c.num_attention_heads as u64,
+                c.intermediate_size as u64,
+            );
+            eprintln!(
             "exact useful FLOPs: {} (prefill {}, decode {}, sample {}); the study's formula: {} ({} per generated token)",
             l.total().useful_flops,
             l.by_phase(Phase::Prefill).useful_flops,
@@ -147,6 +167,7 @@ pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
             study * n as u64,
             study
         );
+        }
+        Ok(())
     }
-    Ok(())
 }

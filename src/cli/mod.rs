@@ -7,6 +7,7 @@ mod solve;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ponder::backend::cpu::Cpu;
+use ponder::backend::Backend;
 use ponder::model::source::{cache_dir, ensure_default_model};
 use std::path::PathBuf;
 
@@ -74,9 +75,25 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-pub fn pick_cpu(d: Device) -> Result<Cpu> {
+/// A command body that runs on whichever backend `--device` picks.
+pub trait OnBackend {
+    fn run<B: Backend>(self, be: B) -> Result<()>;
+}
+
+/// `--device auto` takes CUDA when this build has it and a GPU answers, else the CPU.
+pub fn with_backend<U: OnBackend>(d: Device, body: U) -> Result<()> {
     match d {
-        Device::Cpu | Device::Auto => Ok(Cpu::new()),
-        Device::Cuda => bail!("--device cuda: this ponder was built without the cuda feature"),
+        Device::Cpu => body.run(Cpu::new()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => body.run(ponder::backend::cuda::Cuda::new(0)?),
+        #[cfg(feature = "cuda")]
+        Device::Auto => match ponder::backend::cuda::Cuda::new(0) {
+            Ok(be) => body.run(be),
+            Err(_) => body.run(Cpu::new()),
+        },
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => bail!("--device cuda: this ponder was built without the cuda feature (cargo build --release --features cuda)"),
+        #[cfg(not(feature = "cuda"))]
+        Device::Auto => body.run(Cpu::new()),
     }
 }

@@ -1,11 +1,13 @@
 //! `ponder solve`: one question, one method; prints `answer: …`, the votes or the tree, and
 //! the cost table.
 use super::common::Opts;
+use super::{with_backend, OnBackend};
 use anyhow::Result;
+use ponder::backend::Backend;
 use ponder::methods::common::Solution;
 use ponder::methods::engines::Method;
 use ponder::model::source::load;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,30 +26,48 @@ pub struct Args {
 }
 
 pub fn run(a: Args, cache: &Path) -> Result<()> {
-    let method = Method::parse(&a.method)?;
-    let settings = a.opts.settings()?;
-    let be = a.opts.backend()?;
-    let m = load(&be, a.opts.model.as_deref(), cache)?;
-    let prm = a.opts.load_prm(&be, cache, method.uses_prm())?;
-    let mut e = a.opts.engines(
-        &be,
-        &m,
-        prm.as_ref(),
-        cache,
-        method.uses_prm(),
-        method.uses_thoughts(),
-    )?;
-    let sol = e.solve(method, &a.question, &settings)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&sol)?);
-        return Ok(());
+    let device = a.opts.device;
+    with_backend(
+        device,
+        Solve {
+            a,
+            cache: cache.to_path_buf(),
+        },
+    )
+}
+
+struct Solve {
+    a: Args,
+    cache: PathBuf,
+}
+
+impl OnBackend for Solve {
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        let (a, cache) = (self.a, self.cache.as_path());
+        let method = Method::parse(&a.method)?;
+        let settings = a.opts.settings()?;
+        let m = load(&be, a.opts.model.as_deref(), cache)?;
+        let prm = a.opts.load_prm(&be, cache, method.uses_prm())?;
+        let mut e = a.opts.engines(
+            &be,
+            &m,
+            prm.as_ref(),
+            cache,
+            method.uses_prm(),
+            method.uses_thoughts(),
+        )?;
+        let sol = e.solve(method, &a.question, &settings)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&sol)?);
+            return Ok(());
+        }
+        print_solution(
+            &sol,
+            a.show_tree,
+            e.quiet.as_ref().map(|q| q.origin.as_str()),
+        );
+        Ok(())
     }
-    print_solution(
-        &sol,
-        a.show_tree,
-        e.quiet.as_ref().map(|q| q.origin.as_str()),
-    );
-    Ok(())
 }
 
 fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) {

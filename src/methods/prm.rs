@@ -58,7 +58,10 @@ impl<'a, B: Backend> Prm<'a, B> {
         if b.all.len() > 1 {
             self.runner.be.set_phase(Phase::Prm);
             self.tokens += (b.all.len() - 1) as u64;
-            forward_items(&mut self.runner, &[(b.seq, b.all[..b.all.len() - 1].to_vec())])?;
+            forward_items(
+                &mut self.runner,
+                &[(b.seq, b.all[..b.all.len() - 1].to_vec())],
+            )?;
         }
         Ok(b)
     }
