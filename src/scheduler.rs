@@ -42,6 +42,19 @@ pub struct Branch {
 }
 
 impl Branch {
+    /// A branch over `all` (nothing cached yet) drawing from `stream`.
+    pub fn new(seq: SeqId, all: Vec<u32>, stream: u64) -> Self {
+        Branch {
+            seq,
+            gen_start: all.len(),
+            all,
+            stream,
+            draws: 0,
+            finish: None,
+            text: String::new(),
+        }
+    }
+
     pub fn generated(&self) -> &[u32] {
         &self.all[self.gen_start..]
     }
@@ -123,15 +136,7 @@ pub fn fork<B: Backend>(
     Ok(kids
         .into_iter()
         .zip(streams)
-        .map(|(seq, &stream)| Branch {
-            seq,
-            all: parent.all.clone(),
-            gen_start: parent.all.len(),
-            stream,
-            draws: 0,
-            finish: None,
-            text: String::new(),
-        })
+        .map(|(seq, &stream)| Branch::new(seq, parent.all.clone(), stream))
         .collect())
 }
 
@@ -174,6 +179,23 @@ fn pages_for_step<B: Backend>(
     let ps = r.pool.page_size();
     let have = r.pool.pages(b.seq)?.len();
     Ok(b.all.len().div_ceil(ps).saturating_sub(have) + 1 + stepper.extra_pages(b, ps))
+}
+
+/// `decode` with an optional stepper (Quiet-STaR's thoughts); the plain model otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_with<B: Backend, S: Stepper<B>>(
+    r: &mut Runner<'_, B>,
+    tok: &Tokenizer,
+    stepper: Option<&mut S>,
+    branches: &mut [Branch],
+    rule: &StopRule,
+    sampling: Sampling,
+    seed: u64,
+) -> Result<()> {
+    match stepper {
+        Some(st) => decode(r, tok, st, branches, rule, sampling, seed),
+        None => decode(r, tok, &mut Plain, branches, rule, sampling, seed),
+    }
 }
 
 /// Frees the pages a sequence holds alone at its end, keeping the leading pages it shares (a

@@ -42,6 +42,18 @@ fn lines(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// summary.json without its wall-time columns (they differ between runs).
+fn summary(d: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+    for s in v.as_array_mut().unwrap() {
+        s.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.contains("seconds"));
+    }
+    v
+}
+
 /// The results without wall times, keyed and sorted, as comparable JSON.
 fn results(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
@@ -117,17 +129,6 @@ fn killed_and_resumed_equals_uninterrupted() {
     assert!(st.success());
     assert_eq!(results(&cut), results(&whole));
     // The report agrees too, but for wall times.
-    let summary = |d: &Path| -> serde_json::Value {
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap())
-                .unwrap();
-        for s in v.as_array_mut().unwrap() {
-            s.as_object_mut()
-                .unwrap()
-                .retain(|k, _| !k.contains("seconds"));
-        }
-        v
-    };
     assert_eq!(summary(&cut), summary(&whole));
     let _ = std::fs::remove_dir_all(&whole);
     let _ = std::fs::remove_dir_all(&cut);
@@ -266,17 +267,6 @@ fn shards_merge_into_the_unsharded_report_and_overlaps_are_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary = |d: &Path| -> serde_json::Value {
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap())
-                .unwrap();
-        for s in v.as_array_mut().unwrap() {
-            s.as_object_mut()
-                .unwrap()
-                .retain(|k, _| !k.contains("seconds"));
-        }
-        v
-    };
     assert_eq!(summary(&merged), summary(&whole));
     let out = ponder()
         .arg("report")

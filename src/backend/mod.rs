@@ -3,6 +3,8 @@
 //! backend's FLOP ledger, computed from the shapes it ran on.
 pub mod cpu;
 mod cpu_math;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod cpu_mix;
 
 use crate::flops::{Ledger, Phase};

@@ -2,15 +2,14 @@
 //! forked from one prefilled prompt (they share its pages), decoded together, each followed
 //! by the answer phase; the majority answer wins, ties to the earliest vote.
 use super::answer::{baseline_cut, first_integer, ANSWER_TRIGGER};
-use super::common::{FlopReport, Policy, Settings, Solution, Tally, Vote};
+use super::common::{Meter, Policy, Settings, Solution, Tally, Vote};
 use super::quiet_star::{QuietStar, ThoughtStep};
 use super::voting::majority;
 use crate::backend::Backend;
 use crate::rng::child_stream;
 use crate::sample::Sampling;
-use crate::scheduler::{decode, fork, prefill, set_tokens, Branch, Plain, Stepper, StopRule};
+use crate::scheduler::{decode_with, fork, prefill, set_tokens, Branch, StopRule};
 use anyhow::Result;
-use std::time::Instant;
 
 /// Runs the baseline (or, with `quiet`, Quiet-STaR) on one question.
 pub fn solve<B: Backend>(
@@ -19,58 +18,23 @@ pub fn solve<B: Backend>(
     question: &str,
     s: &Settings,
 ) -> Result<Solution> {
-    let t0 = Instant::now();
-    let before = p
-        .runner
-        .be
-        .ledger()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let meter = Meter::start(p);
     let mut tally = Tally::default();
     let prompt = format!("Q: {question}\nA: Let's think step by step.");
     let ids = p.encode_with_bos(&prompt)?;
     tally.prompt = ids.len() as u64;
-    let root = Branch {
-        seq: p.runner.pool.create(),
-        all: ids.clone(),
-        gen_start: ids.len(),
-        stream: 0,
-        draws: 0,
-        finish: None,
-        text: String::new(),
-    };
+    let root = Branch::new(p.runner.pool.create(), ids, 0);
     let res = run_votes(p, quiet, &root, &prompt, s, &mut tally);
     p.runner.pool.free(root.seq)?;
     let votes = res?;
     let answers: Vec<Option<String>> = votes.iter().map(|v| v.answer.clone()).collect();
     let answer = majority(&answers).map(|(a, _)| a);
-    let ledger = p
-        .runner
-        .be
-        .ledger()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .since(&before);
-    Ok(Solution {
-        method: if quiet.is_some() {
-            "quiet-star"
-        } else {
-            "baseline"
-        }
-        .into(),
-        answer,
-        votes,
-        tree: vec![],
-        prompt_tokens: tally.prompt,
-        generated_tokens: tally.generated,
-        thought_tokens: tally.thought,
-        prm_tokens: 0,
-        seconds: t0.elapsed().as_secs_f64(),
-        flops: FlopReport::from_ledger(&ledger),
-        study_flops: tally.study_tokens * p.study_per_token(),
-        prm: None,
-    })
+    let method = if quiet.is_some() {
+        "quiet-star"
+    } else {
+        "baseline"
+    };
+    Ok(meter.finish(p, method, answer, votes, vec![], tally, None))
 }
 
 fn run_votes<B: Backend>(
@@ -113,15 +77,10 @@ fn sample_votes<B: Backend>(
         fixed_length: s.fixed_lengths,
     };
     let mut thought = quiet.map(|qs| ThoughtStep::new(qs, s.seed, s.quiet_mode));
-    let mut plain = Plain;
-    let stepper: &mut dyn Stepper<B> = match thought.as_mut() {
-        Some(t) => t,
-        None => &mut plain,
-    };
-    decode(
+    decode_with(
         &mut p.runner,
         p.tok,
-        stepper,
+        thought.as_mut(),
         votes,
         &rule,
         sampling,
@@ -145,14 +104,10 @@ fn sample_votes<B: Backend>(
         max_tokens: s.answer_tokens,
         fixed_length: s.fixed_lengths,
     };
-    let stepper: &mut dyn Stepper<B> = match thought.as_mut() {
-        Some(t) => t,
-        None => &mut plain,
-    };
-    decode(
+    decode_with(
         &mut p.runner,
         p.tok,
-        stepper,
+        thought.as_mut(),
         votes,
         &answer_rule,
         sampling,

@@ -139,6 +139,63 @@ pub struct Tally {
     pub study_tokens: u64,
 }
 
+/// Measures one solve: wall time and the ledger's growth over it.
+pub struct Meter {
+    t0: std::time::Instant,
+    before: Ledger,
+}
+
+impl Meter {
+    pub fn start<B: Backend>(p: &Policy<'_, B>) -> Self {
+        let before = p
+            .runner
+            .be
+            .ledger()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Meter {
+            t0: std::time::Instant::now(),
+            before,
+        }
+    }
+
+    /// The solution with its costs filled in from the meter and the tally.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish<B: Backend>(
+        self,
+        p: &Policy<'_, B>,
+        method: &str,
+        answer: Option<String>,
+        votes: Vec<Vote>,
+        tree: Vec<TreeNode>,
+        tally: Tally,
+        prm: Option<String>,
+    ) -> Solution {
+        let ledger = p
+            .runner
+            .be
+            .ledger()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .since(&self.before);
+        Solution {
+            method: method.into(),
+            answer,
+            votes,
+            tree,
+            prompt_tokens: tally.prompt,
+            generated_tokens: tally.generated,
+            thought_tokens: tally.thought,
+            prm_tokens: tally.prm,
+            seconds: self.t0.elapsed().as_secs_f64(),
+            flops: FlopReport::from_ledger(&ledger),
+            study_flops: tally.study_tokens * p.study_per_token(),
+            prm,
+        }
+    }
+}
+
 /// The policy: a model with its KV pool and tokenizer.
 pub struct Policy<'a, B: Backend> {
     pub runner: Runner<'a, B>,

@@ -45,15 +45,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         let mut ids = Vec::new();
         ids.extend(self.runner.model.cfg.bos_token_id);
         ids.extend(self.tok.encode(&format!("{question} "))?);
-        let b = Branch {
-            seq: self.runner.pool.create(),
-            all: ids,
-            gen_start: 0,
-            stream: 0,
-            draws: 0,
-            finish: None,
-            text: String::new(),
-        };
+        let b = Branch::new(self.runner.pool.create(), ids, 0);
         // Cache the question once: every first-level child forks it instead of re-reading it.
         if b.all.len() > 1 {
             self.runner.be.set_phase(Phase::Prm);

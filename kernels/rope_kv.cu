@@ -1,0 +1,74 @@
+// RoPE (HF rotate-half: element i pairs with i + d/2, angle pos * theta^(-2i/d)) on q in place,
+// and on k while writing k and v into their KV pages, plus the page copies of fork / CoW.
+//
+// KV storage (bf16), K and V in separate buffers of the same layout:
+//     [layer][page][slot in page][kv head][head dim]
+// A token's slot = page * page_size + offset; `layer_off` = layer * pages * page_size.
+//
+// rope_store_kv: grid (n_tokens), block 128. q f32 [n, hq*hd] (rotated in place); k, v f32
+//   [n, hk*hd]; pos, slot u32 [n]; inv_freq f64 [hd/2] (computed on the host exactly as the
+//   CPU backend does). cos/sin are taken in f64 and rounded to f32, like the CPU.
+//   Per rotated pair 6 FLOPs (4 mul, 2 add); per token hd/2 sin + hd/2 cos.
+// kv_copy: grid (n_copies, layers), block 256. copies = (src page, dst page, len) u32 triples;
+//   copies len slots of every layer, K and V.
+#include "common.cuh"
+
+__device__ __forceinline__ void rotate(float* h, const float* c, const float* s, int half, int i) {
+    const float a = h[i], b = h[i + half];
+    h[i] = a * c[i] - b * s[i];
+    h[i + half] = b * c[i] + a * s[i];
+}
+
+extern "C" __global__ void rope_store_kv(float* __restrict__ q, const float* __restrict__ k,
+                                         const float* __restrict__ v, bf16* __restrict__ kc,
+                                         bf16* __restrict__ vc, const uint32_t* __restrict__ pos,
+                                         const uint32_t* __restrict__ slots,
+                                         const double* __restrict__ inv_freq, int hq, int hk,
+                                         int hd, long long layer_off) {
+    extern __shared__ float cs[];  // cos [hd/2], sin [hd/2], k row [hk*hd]
+    const int half = hd / 2;
+    float* cosv = cs;
+    float* sinv = cs + half;
+    float* krow = cs + hd;
+    const size_t t = blockIdx.x;
+    const double p = (double)pos[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double sn, cn;
+        sincos(p * inv_freq[i], &sn, &cn);
+        cosv[i] = (float)cn;
+        sinv[i] = (float)sn;
+    }
+    const int kd = hk * hd;
+    for (int i = threadIdx.x; i < kd; i += blockDim.x) krow[i] = k[t * kd + i];
+    __syncthreads();
+    float* qr = q + t * (size_t)hq * hd;
+    for (int j = threadIdx.x; j < hq * half; j += blockDim.x) {
+        const int h = j / half, i = j % half;
+        rotate(qr + h * hd, cosv, sinv, half, i);
+    }
+    for (int j = threadIdx.x; j < hk * half; j += blockDim.x) {
+        const int h = j / half, i = j % half;
+        rotate(krow + h * hd, cosv, sinv, half, i);
+    }
+    __syncthreads();
+    const size_t at = kv_offset(layer_off, slots[t], hk, 0, hd);
+    for (int i = threadIdx.x; i < kd; i += blockDim.x) {
+        kc[at + i] = f2bf(krow[i]);
+        vc[at + i] = f2bf(v[t * kd + i]);
+    }
+}
+
+extern "C" __global__ void kv_copy(bf16* __restrict__ kc, bf16* __restrict__ vc,
+                                   const uint32_t* __restrict__ copies, int page_size,
+                                   long long layer_stride, int row) {
+    const uint32_t src = copies[3 * blockIdx.x], dst = copies[3 * blockIdx.x + 1],
+                   len = copies[3 * blockIdx.x + 2];
+    const size_t base = (size_t)blockIdx.y * layer_stride * row;
+    const size_t s0 = base + (size_t)src * page_size * row;
+    const size_t d0 = base + (size_t)dst * page_size * row;
+    const size_t n = (size_t)len * row;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+        kc[d0 + i] = kc[s0 + i];
+        vc[d0 + i] = vc[s0 + i];
+    }
+}
