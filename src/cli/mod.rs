@@ -1,4 +1,5 @@
 //! Subcommands of the `ponder` binary; each file parses its flags and calls the library.
+mod bench;
 mod common;
 mod eval;
 mod generate;
@@ -44,6 +45,8 @@ enum Cmd {
     Sweep(eval::SweepArgs),
     /// Write the report of one or more results folders (shards are merged).
     Report(eval::ReportArgs),
+    /// Time decode or prefill, with GB/s and FLOP/s beside the roofline.
+    Bench(bench::Args),
     /// Convert a GGUF file (llama architecture) into an HF model directory.
     ImportGguf {
         file: PathBuf,
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Eval(a) => eval::eval(a, &cache),
         Cmd::Sweep(a) => eval::sweep(a, &cache),
         Cmd::Report(a) => eval::report(a),
+        Cmd::Bench(a) => bench::run(a, &cache),
         Cmd::ImportGguf { file, out } => {
             ponder::model::import::import_gguf(&file, &out)?;
             eprintln!("imported {} into {}", file.display(), out.display());

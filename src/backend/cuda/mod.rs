@@ -1,0 +1,439 @@
+//! The CUDA backend: kernels/*.cu (compiled by build.rs, embedded as fatbins) launched through
+//! cudarc's driver API on one stream, linear layers through cuBLAS (bf16 inputs, f32 compute
+//! and output). Weights and KV are bf16 on the device; activations are f32, except the ones
+//! that only feed a GEMM (norm outputs, SiLU·mul, attention output), which are bf16.
+//!
+//! Every op records into the ledger like the CPU backend: the same useful FLOPs for the same
+//! op and shapes (the CPU's formulas), executed FLOPs as the kernels really compute them (whole
+//! attention tiles, padding rows included), bytes with the device's element sizes. Ops with no
+//! CPU counterpart (`cast`, `concat`, `attn_merge`) have zero useful FLOPs. Layouts, launch
+//! shapes and what is still unverified on a GPU: docs/cuda.md.
+mod attn;
+mod mix;
+mod ops;
+mod sample;
+mod tensor;
+
+pub use tensor::{CudaKv, CudaTensor, CudaWeight, DBuf, DType};
+
+use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
+use crate::flops::{Counts, Ledger};
+use crate::kv::PageCopy;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[allow(dead_code)]
+mod images {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// Every kernel ponder launches, by the kernels/*.cu file that defines it.
+pub const FUNCTIONS: &[(&str, &[&str])] = &[
+    ("embed", &["embed_gather", "gather_rows_b32", "gather_rows_b16"]),
+    (
+        "elementwise",
+        &["add_f32", "cast_f32_bf16", "cast_bf16_f32", "fill_u32", "fill_u16"],
+    ),
+    ("silu_mul", &["silu_mul"]),
+    ("rmsnorm", &["rms_norm", "add_rms_norm"]),
+    ("rope_kv", &["rope_store_kv", "kv_copy"]),
+    ("mix", &["concat_bf16", "bias_relu", "talk_mix_out"]),
+    (
+        "attn_prefill",
+        &[
+            "attn_prefill_hd16",
+            "attn_prefill_hd32",
+            "attn_prefill_hd64",
+            "attn_prefill_hd128",
+        ],
+    ),
+    (
+        "attn_tree",
+        &[
+            "attn_prefix_hd16",
+            "attn_prefix_hd32",
+            "attn_prefix_hd64",
+            "attn_prefix_hd128",
+        ],
+    ),
+    ("attn_decode", &["attn_decode", "attn_merge"]),
+    ("sample", &["sample_rows"]),
+];
+
+/// The embedded kernel images: (kernels/NAME.cu stem, fatbin).
+pub fn kernel_images() -> &'static [(&'static str, &'static [u8])] {
+    images::KERNELS
+}
+
+/// The nvcc -gencode target the images hold SASS for (PTX of the plain arch rides along).
+pub fn kernel_target() -> &'static str {
+    images::TARGET
+}
+
+/// A kernel argument, passed by value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg {
+    /// A device pointer.
+    P(u64),
+    I(i32),
+    L(i64),
+    F(f32),
+    /// size_t.
+    Z(u64),
+}
+
+impl Arg {
+    fn as_ptr(&mut self) -> *mut c_void {
+        match self {
+            Arg::P(x) | Arg::Z(x) => x as *mut u64 as *mut c_void,
+            Arg::I(x) => x as *mut i32 as *mut c_void,
+            Arg::L(x) => x as *mut i64 as *mut c_void,
+            Arg::F(x) => x as *mut f32 as *mut c_void,
+        }
+    }
+}
+
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    funcs: HashMap<&'static str, CudaFunction>,
+    _modules: Vec<Arc<CudaModule>>,
+    ledger: Mutex<Ledger>,
+    poison: AtomicBool,
+    name: String,
+    sm_count: usize,
+    smem_optin: usize,
+    meta: Mutex<Option<(Vec<u64>, Arc<attn::BatchMeta>)>>,
+    inv_freq: Mutex<HashMap<(usize, u32), CudaSlice<f64>>>,
+}
+
+impl Cuda {
+    /// Opens GPU `ordinal`. Fails with one line (never panics) when the driver library, a
+    /// GPU, cuBLAS or a loadable kernel image is missing.
+    pub fn new(ordinal: usize) -> Result<Cuda> {
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { sys::is_culib_present() } {
+            bail!("no CUDA driver (libcuda.so.1 not found); use --device cpu");
+        }
+        let n = CudaContext::device_count()
+            .map_err(|e| anyhow!("the CUDA driver found no usable GPU ({e})"))?;
+        if n <= 0 || ordinal >= n as usize {
+            bail!("no CUDA GPU {ordinal} ({n} found)");
+        }
+        // SAFETY: as above, for cuBLAS.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            bail!("cuBLAS (libcublas.so.13) not found: install the CUDA 13 runtime libraries");
+        }
+        let ctx = CudaContext::new(ordinal).context("cannot create a CUDA context")?;
+        // One stream, stream-ordered allocation: cudarc's per-buffer events are not needed.
+        // SAFETY: called before any buffer exists; nothing is shared across streams.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
+        let blas = CudaBlas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
+        let name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
+        let attr = |a| ctx.attribute(a).map(|v| v.max(0) as usize);
+        use sys::CUdevice_attribute_enum as A;
+        let sm_count = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1);
+        let smem_optin = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let (major, minor) = ctx.compute_capability()?;
+        let mut funcs = HashMap::new();
+        let mut modules = Vec::new();
+        for (file, fns) in FUNCTIONS {
+            let image = images::KERNELS
+                .iter()
+                .find(|(n, _)| n == file)
+                .map(|(_, b)| *b)
+                .ok_or_else(|| anyhow!("kernels/{file}.cu was not built into this binary"))?;
+            let m = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot load kernels/{file}.cu ({}) on {name} (compute capability \
+                         {major}.{minor}): {e}; rebuild with CUDA_COMPUTE_CAP={major}{minor}",
+                        images::TARGET
+                    )
+                })?;
+            for f in *fns {
+                let func = m
+                    .load_function(f)
+                    .map_err(|e| anyhow!("kernel {f} missing from kernels/{file}.cu: {e}"))?;
+                funcs.insert(*f, func);
+            }
+            modules.push(m);
+        }
+        // attn_decode keeps its scores in dynamic shared memory: allow all the device has.
+        let dec = &funcs["attn_decode"];
+        dec.set_attribute(
+            sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem_optin as i32,
+        )?;
+        Ok(Cuda {
+            ctx,
+            stream,
+            blas,
+            funcs,
+            _modules: modules,
+            ledger: Mutex::new(Ledger::new()),
+            poison: AtomicBool::new(false),
+            name,
+            sm_count,
+            smem_optin,
+            meta: Mutex::new(None),
+            inv_freq: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits for everything queued so far (kernel faults surface here).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().context("CUDA stream")?;
+        Ok(())
+    }
+
+    /// When on, every fresh output buffer is filled with NaN before the kernel writes it, so
+    /// a tests sees any element a kernel forgot.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record(&self, op: &'static str, c: Counts) {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(op, c);
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Queues kernel `name`. A grid with a zero dimension launches nothing.
+    pub(crate) fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        let mut vals = args.to_vec();
+        let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(Arg::as_ptr).collect();
+        self.launch_raw(name, grid, block, smem, &mut ptrs)
+    }
+
+    /// Queues kernel `name` whose only argument is the struct `p` (by value).
+    pub(crate) fn launch_struct<T: Copy>(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        p: &T,
+    ) -> Result<()> {
+        let mut v = *p;
+        let mut ptrs = [&mut v as *mut T as *mut c_void];
+        self.launch_raw(name, grid, block, smem, &mut ptrs)
+    }
+
+    fn launch_raw(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        ptrs: &mut [*mut c_void],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| anyhow!("unknown kernel {name}"))?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `ptrs` point at values of the kernel's parameter types, in order (each
+        // call site mirrors its kernel's signature); they live until cuLaunchKernel returns,
+        // which copies them.
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                grid,
+                (block, 1, 1),
+                smem,
+                self.stream.cu_stream(),
+                ptrs,
+            )
+        }
+        .map_err(|e| anyhow!("launching {name}: {e}"))
+    }
+
+    /// A fresh f32 buffer (NaN-filled when poisoning is on).
+    pub(crate) fn alloc_f32(&self, n: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: device memory handed out uninitialised; every caller's kernel writes it.
+        let b = unsafe { self.stream.alloc::<f32>(n.max(1)) }?;
+        if self.poison.load(Ordering::Relaxed) {
+            let p = tensor::dptr(&b, &self.stream);
+            self.fill("fill_u32", p, 0x7fc0_0000, n)?;
+        }
+        Ok(b)
+    }
+
+    /// A fresh bf16 buffer (NaN-filled when poisoning is on).
+    pub(crate) fn alloc_bf16(&self, n: usize) -> Result<CudaSlice<u16>> {
+        // SAFETY: as in alloc_f32.
+        let b = unsafe { self.stream.alloc::<u16>(n.max(1)) }?;
+        if self.poison.load(Ordering::Relaxed) {
+            let p = tensor::dptr(&b, &self.stream);
+            self.fill("fill_u16", p, 0x7fc0, n)?;
+        }
+        Ok(b)
+    }
+
+    pub(crate) fn fill(&self, kernel: &str, p: u64, bits: u32, n: usize) -> Result<()> {
+        let args = [Arg::P(p), Arg::I(bits as i32), Arg::Z(n as u64)];
+        if kernel == "fill_u16" {
+            // fill_u16 takes a uint16_t: pass 4 bytes whose low half is the value (params are
+            // 4-byte aligned slots; the kernel reads the low 2 bytes on little-endian).
+            return self.launch(kernel, (grid_1d(n), 1, 1), 256, 0, &args);
+        }
+        self.launch(kernel, (grid_1d(n), 1, 1), 256, 0, &args)
+    }
+
+    pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
+        if v.is_empty() {
+            // SAFETY: a one-element placeholder that no kernel reads.
+            return Ok(unsafe { self.stream.alloc::<T>(1) }?);
+        }
+        Ok(self.stream.clone_htod(v)?)
+    }
+
+    pub(crate) fn ptr<T>(&self, b: &CudaSlice<T>) -> u64 {
+        tensor::dptr(b, &self.stream)
+    }
+}
+
+/// Blocks of 256 threads for a grid-stride loop over n elements.
+pub(crate) fn grid_1d(n: usize) -> u32 {
+    n.div_ceil(256).clamp(1, 1 << 16) as u32
+}
+
+impl Backend for Cuda {
+    type Tensor = CudaTensor;
+    type Weight = CudaWeight;
+    type Kv = CudaKv;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn ledger(&self) -> &Mutex<Ledger> {
+        &self.ledger
+    }
+    fn weight(&self, shape: &[usize], data: WeightData) -> Result<CudaWeight> {
+        self.weight_impl(shape, data)
+    }
+    fn tensor(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CudaTensor> {
+        self.tensor_impl(rows, cols, data)
+    }
+    fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        self.to_host_impl(t)
+    }
+    fn shape(&self, t: &CudaTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+    fn alloc_kv(&self, shape: KvShape) -> Result<CudaKv> {
+        self.alloc_kv_impl(shape)
+    }
+    fn copy_pages(&self, kv: &mut CudaKv, copies: &[PageCopy]) -> Result<()> {
+        self.copy_pages_impl(kv, copies)
+    }
+    fn embed(&self, table: &CudaWeight, ids: &[u32]) -> Result<CudaTensor> {
+        self.embed_impl(table, ids)
+    }
+    fn rms_norm(&self, x: &CudaTensor, w: &CudaWeight, eps: f32) -> Result<CudaTensor> {
+        self.rms_norm_impl(x, w, eps)
+    }
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaTensor,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        self.add_rms_norm_impl(residual, x, w, eps)
+    }
+    fn linear(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor> {
+        self.linear_impl(x, w)
+    }
+    fn rope_store_kv(
+        &self,
+        q: &mut CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        kv: &mut CudaKv,
+        layer: usize,
+        batch: &Batch,
+        dims: AttnDims,
+    ) -> Result<()> {
+        self.rope_store_kv_impl(q, k, v, kv, layer, batch, dims)
+    }
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        kv: &CudaKv,
+        layer: usize,
+        batch: &Batch,
+        dims: AttnDims,
+    ) -> Result<CudaTensor> {
+        self.attention_impl(q, kv, layer, batch, dims)
+    }
+    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
+        self.silu_mul_impl(gate, up)
+    }
+    fn add(&self, a: &mut CudaTensor, b: &CudaTensor) -> Result<()> {
+        self.add_impl(a, b)
+    }
+    fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
+        self.gather_rows_impl(x, rows)
+    }
+    fn talk_mix(
+        &self,
+        h_base: &CudaTensor,
+        h_end: &CudaTensor,
+        head: &TalkHead<Cuda>,
+    ) -> Result<CudaTensor> {
+        self.talk_mix_impl(h_base, h_end, head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs without a GPU: every kernel the backend looks up is in the embedded images (the
+    /// fatbins carry the entry names as plain text in their PTX and symbol tables).
+    #[test]
+    fn every_kernel_is_in_its_image() {
+        for (file, fns) in FUNCTIONS {
+            let (_, image) = images::KERNELS
+                .iter()
+                .find(|(n, _)| n == file)
+                .unwrap_or_else(|| panic!("kernels/{file}.cu not embedded"));
+            for f in *fns {
+                assert!(
+                    image.windows(f.len()).any(|w| w == f.as_bytes()),
+                    "{f} not found in kernels/{file}.cu's image"
+                );
+            }
+        }
+        assert!(images::TARGET.contains("sm_"));
+    }
+}

@@ -1,0 +1,185 @@
+//! `ponder bench decode|prefill`: timings with the roofline beside them. The bytes and FLOPs
+//! come from the ledger over the timed steps (what the ops really moved and computed); the
+//! H100 ceilings (3.1 TB/s, 790 TFLOP/s bf16) are printed as percentages on CUDA.
+use super::{with_backend, Device, OnBackend};
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use ponder::backend::Backend;
+use ponder::flops::Phase;
+use ponder::generate::Runner;
+use ponder::kv::SeqId;
+use ponder::model::source::load;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const HBM_BYTES_PER_S: f64 = 3.1e12;
+const BF16_FLOP_PER_S: f64 = 790e12;
+
+#[derive(Subcommand, Clone)]
+pub enum What {
+    /// Decode steps of `batch` branches forked from one shared `context`-token prefix.
+    Decode {
+        /// Batch sizes, comma-separated.
+        #[arg(long, default_value = "1,16")]
+        batch: String,
+        #[arg(long, default_value_t = 512)]
+        context: usize,
+        #[arg(long, default_value_t = 16)]
+        steps: usize,
+    },
+    /// One prefill of `tokens` tokens.
+    Prefill {
+        #[arg(long, default_value_t = 2048)]
+        tokens: usize,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+    /// HF model directory or synthetic:NAME; default: the bundled SmolLM2-135M-Instruct.
+    #[arg(long, global = true)]
+    model: Option<String>,
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    device: Device,
+}
+
+pub fn run(a: Args, cache: &Path) -> Result<()> {
+    with_backend(
+        a.device,
+        Bench {
+            what: a.what,
+            model: a.model,
+            cache: cache.to_path_buf(),
+        },
+    )
+}
+
+struct Bench {
+    what: What,
+    model: Option<String>,
+    cache: PathBuf,
+}
+
+impl OnBackend for Bench {
+    fn run<B: Backend>(self, be: B) -> Result<()> {
+        let m = load(&be, self.model.as_deref(), &self.cache)?;
+        let on_gpu = be.name() != "cpu";
+        let ids = |n: usize| -> Vec<u32> {
+            (0..n)
+                .map(|i| (i * 7919 % (m.model.cfg.vocab_size - 10) + 5) as u32)
+                .collect()
+        };
+        match self.what {
+            What::Decode {
+                batch,
+                context,
+                steps,
+            } => {
+                let batches: Vec<usize> = batch
+                    .split(',')
+                    .map(|b| {
+                        b.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&b| b > 0)
+                            .with_context(|| format!("bad batch size {b:?}"))
+                    })
+                    .collect::<Result<_>>()?;
+                if context == 0 || steps == 0 {
+                    bail!("--context and --steps must be at least 1");
+                }
+                println!(
+                    "decode on {} ({}), {context}-token shared prefix, {steps} steps",
+                    m.name,
+                    be.name()
+                );
+                println!(
+                    "{:>6} {:>10} {:>10} {:>10} {:>8}",
+                    "batch", "ms/step", "tokens/s", "GB/s", "% HBM"
+                );
+                for b in batches {
+                    let pages = (context + steps).div_ceil(16) + b * (steps.div_ceil(16) + 2) + 4;
+                    let mut r = Runner::new(&be, &m.model, pages, 16)?;
+                    let root = r.pool.create();
+                    be.set_phase(Phase::Prefill);
+                    r.extend(&[(root, &ids(context))])?;
+                    let (kids, copies) = r.pool.fork(root, b)?;
+                    be.copy_pages(&mut r.kv, &copies)?;
+                    be.set_phase(Phase::Decode);
+                    let tok = [42u32];
+                    let step: Vec<(SeqId, &[u32])> = kids.iter().map(|k| (*k, &tok[..])).collect();
+                    r.extend(&step)?; // warm-up
+                    let before = be
+                        .ledger()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    let t = Instant::now();
+                    for _ in 0..steps {
+                        let out = r.extend(&step)?;
+                        be.to_host(&out.logits)?; // the step is done when its logits are
+                    }
+                    let secs = t.elapsed().as_secs_f64() / steps as f64;
+                    let l = be
+                        .ledger()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .since(&before);
+                    let gbs = l.total().bytes as f64 / steps as f64 / secs;
+                    let pct = if on_gpu {
+                        format!("{:.1}", 100.0 * gbs / HBM_BYTES_PER_S)
+                    } else {
+                        "-".into()
+                    };
+                    println!(
+                        "{b:>6} {:>10.3} {:>10.1} {:>10.2} {pct:>8}",
+                        secs * 1e3,
+                        b as f64 / secs,
+                        gbs / 1e9
+                    );
+                }
+            }
+            What::Prefill { tokens } => {
+                if tokens == 0 {
+                    bail!("--tokens must be at least 1");
+                }
+                let mut r = Runner::new(&be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
+                let warm = r.pool.create();
+                be.set_phase(Phase::Prefill);
+                r.extend(&[(warm, &ids(tokens.min(64)))])?;
+                let s = r.pool.create();
+                let before = be
+                    .ledger()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let t = Instant::now();
+                let out = r.extend(&[(s, &ids(tokens))])?;
+                be.to_host(&out.logits)?;
+                let secs = t.elapsed().as_secs_f64();
+                let l = be
+                    .ledger()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .since(&before);
+                let tf = l.total().useful_flops as f64 / secs;
+                let pct = if on_gpu {
+                    format!(" ({:.1}% of 790)", 100.0 * tf / BF16_FLOP_PER_S)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "prefill of {tokens} tokens on {} ({}): {:.3} s, {:.1} tokens/s, {:.3} TFLOP/s useful{pct}",
+                    m.name,
+                    be.name(),
+                    secs,
+                    tokens as f64 / secs,
+                    tf / 1e12
+                );
+            }
+        }
+        Ok(())
+    }
+}
