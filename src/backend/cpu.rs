@@ -350,7 +350,7 @@ impl Backend for Cpu {
             kv.shape
         );
         let pos = batch.positions();
-        let slots = batch.slots();
+        let slots = batch.slots()?;
         let inv = inv_freq(hd, dims.rope_theta);
         q.data
             .par_chunks_mut(q.cols)

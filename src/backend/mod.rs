@@ -3,9 +3,9 @@
 //! backend's FLOP ledger, computed from the shapes it ran on.
 pub mod cpu;
 mod cpu_math;
+mod cpu_mix;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-mod cpu_mix;
 
 use crate::flops::{Ledger, Phase};
 use crate::kv::PageCopy;
@@ -48,9 +48,15 @@ impl Batch {
     }
 
     /// The KV slot (page · page_size + offset) every token row is written to.
-    pub fn slots(&self) -> Vec<u32> {
+    pub fn slots(&self) -> anyhow::Result<Vec<u32>> {
         let mut v = Vec::with_capacity(self.n_tokens());
-        for s in &self.seqs {
+        for (si, s) in self.seqs.iter().enumerate() {
+            anyhow::ensure!(
+                s.pages.len() * self.page_size >= s.pos_start + s.n_tokens,
+                "sequence {si} of the batch has {} pages for {} tokens",
+                s.pages.len(),
+                s.pos_start + s.n_tokens
+            );
             for i in 0..s.n_tokens {
                 let pos = s.pos_start + i;
                 v.push(
@@ -59,7 +65,7 @@ impl Batch {
                 );
             }
         }
-        v
+        Ok(v)
     }
 
     /// The first key position a query at `pos` may see.

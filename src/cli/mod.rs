@@ -5,7 +5,7 @@ mod eval;
 mod generate;
 mod solve;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use ponder::backend::cpu::Cpu;
 use ponder::backend::Backend;
@@ -96,7 +96,7 @@ pub fn with_backend<U: OnBackend>(d: Device, body: U) -> Result<()> {
             Err(_) => body.run(Cpu::new()),
         },
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda => bail!("--device cuda: this ponder was built without the cuda feature (cargo build --release --features cuda)"),
+        Device::Cuda => anyhow::bail!("--device cuda: this ponder was built without the cuda feature (cargo build --release --features cuda)"),
         #[cfg(not(feature = "cuda"))]
         Device::Auto => body.run(Cpu::new()),
     }

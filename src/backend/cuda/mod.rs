@@ -11,8 +11,10 @@
 mod attn;
 mod mix;
 mod ops;
+mod plan;
 mod sample;
 mod tensor;
+mod thought;
 
 pub use tensor::{CudaKv, CudaTensor, CudaWeight, DBuf, DType};
 
@@ -34,10 +36,19 @@ mod images {
 
 /// Every kernel ponder launches, by the kernels/*.cu file that defines it.
 pub const FUNCTIONS: &[(&str, &[&str])] = &[
-    ("embed", &["embed_gather", "gather_rows_b32", "gather_rows_b16"]),
+    (
+        "embed",
+        &["embed_gather", "gather_rows_b32", "gather_rows_b16"],
+    ),
     (
         "elementwise",
-        &["add_f32", "cast_f32_bf16", "cast_bf16_f32", "fill_u32", "fill_u16"],
+        &[
+            "add_f32",
+            "cast_f32_bf16",
+            "cast_bf16_f32",
+            "fill_u32",
+            "fill_u16",
+        ],
     ),
     ("silu_mul", &["silu_mul"]),
     ("rmsnorm", &["rms_norm", "add_rms_norm"]),
@@ -109,8 +120,16 @@ pub struct Cuda {
     name: String,
     sm_count: usize,
     smem_optin: usize,
-    meta: Mutex<Option<(Vec<u64>, Arc<attn::BatchMeta>)>>,
+    meta: Mutex<Option<(Vec<u64>, Arc<plan::BatchMeta>)>>,
     inv_freq: Mutex<HashMap<(usize, u32), CudaSlice<f64>>>,
+}
+
+/// Whether a CUDA driver and at least one GPU are present (never panics; false on any
+/// machine without them). Tests use it to skip rather than fail.
+pub fn gpu_available() -> bool {
+    // SAFETY: only tries to dlopen the driver library.
+    let driver = unsafe { sys::is_culib_present() };
+    driver && CudaContext::device_count().is_ok_and(|n| n > 0)
 }
 
 impl Cuda {
@@ -298,13 +317,10 @@ impl Cuda {
         Ok(b)
     }
 
+    /// Fills n elements at `p` with `bits` (fill_u32, or fill_u16 with the low 16 bits:
+    /// the driver copies a kernel parameter's own size, 2 bytes, from the low end).
     pub(crate) fn fill(&self, kernel: &str, p: u64, bits: u32, n: usize) -> Result<()> {
         let args = [Arg::P(p), Arg::I(bits as i32), Arg::Z(n as u64)];
-        if kernel == "fill_u16" {
-            // fill_u16 takes a uint16_t: pass 4 bytes whose low half is the value (params are
-            // 4-byte aligned slots; the kernel reads the low 2 bytes on little-endian).
-            return self.launch(kernel, (grid_1d(n), 1, 1), 256, 0, &args);
-        }
         self.launch(kernel, (grid_1d(n), 1, 1), 256, 0, &args)
     }
 

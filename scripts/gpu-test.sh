@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds the CUDA-enabled ponder and every test binary here (no GPU needed), and packs them into
+# the git-ignored gpu-bin/ with a gpu-bin/run.sh to run on a GPU machine:
+#     bash scripts/gpu-test.sh            # here
+#     (copy gpu-bin/ over) bash gpu-bin/run.sh   # there; logs go to $OUT/gpu-test if set
+# run.sh runs every test binary, then compute-sanitizer memcheck and racecheck over the
+# dual-backend tests (tests/backend_dual.rs), and prints a summary; it exits non-zero when
+# anything failed. Tests that fetch the default model need the network or a filled
+# $PONDER_CACHE; they fail on an offline GPU machine and are listed as such.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -z "${NVCC:-}" && -z "${CUDA_HOME:-}" ]] && ! command -v nvcc >/dev/null; then
+    bash scripts/setup-cuda.sh
+fi
+cargo build --release --features cuda
+log=$(mktemp)
+cargo test --release --features cuda --no-run 2>&1 | tee "$log"
+rm -rf gpu-bin
+mkdir -p gpu-bin/tests
+# Debug info stripped everywhere; symbols kept (readable backtraces) where the budget allows.
+strip_copy() { objcopy "${3:---strip-debug}" "$1" "$2" 2>/dev/null || cp "$1" "$2"; chmod +x "$2"; }
+strip_copy target/release/ponder gpu-bin/ponder
+# Lines like "Executable tests/forward.rs (target/release/deps/forward-0123abcd)" and
+# "Executable unittests src/lib.rs (target/release/deps/ponder-0123abcd)".
+sed -n 's/.*Executable \(.*\) (\(.*\))$/\1|\2/p' "$log" | while IFS='|' read -r src bin; do
+    case "$src" in
+        unittests*) name="unit-$(basename "${src#unittests }" .rs)" ;;
+        *) name=$(basename "$src" .rs) ;;
+    esac
+    if [[ "$name" == backend_dual ]]; then
+        strip_copy "$bin" "gpu-bin/tests/$name"
+    else
+        strip_copy "$bin" "gpu-bin/tests/$name" --strip-all
+    fi
+done
+rm -f "$log"
+cat > gpu-bin/run.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine, from anywhere. Logs: $OUT/gpu-test/ (else gpu-bin/logs/).
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+logs="${OUT:+$OUT/gpu-test}"; logs="${logs:-$here/logs}"
+mkdir -p "$logs"
+export PONDER_CACHE="${PONDER_CACHE:-$here/cache}"
+export RUST_BACKTRACE=1
+declare -a summary
+fail=0
+run() {  # name, command...
+    local name=$1; shift
+    echo "=== $name: $*"
+    if "$@" > "$logs/$name.log" 2>&1; then
+        summary+=("PASS $name"); tail -n 3 "$logs/$name.log"
+    else
+        summary+=("FAIL $name (see $logs/$name.log)"); fail=1; tail -n 40 "$logs/$name.log"
+    fi
+}
+{ nvidia-smi || true; } > "$logs/nvidia-smi.log" 2>&1
+for t in "$here"/tests/*; do
+    run "test-$(basename "$t")" "$t" --test-threads=1
+done
+run smoke-generate "$here/ponder" generate --model synthetic:tiny --device cuda \
+    --prompt "2+2=" --max-tokens 8 --temperature 0 --flops
+san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [[ -n "$san" ]]; then
+    for tool in memcheck racecheck; do
+        run "sanitizer-$tool" "$san" --tool "$tool" --error-exitcode 1 \
+            "$here/tests/backend_dual" --test-threads=1
+    done
+else
+    summary+=("SKIP compute-sanitizer (not found)")
+fi
+printf '%s\n' "${summary[@]}" | tee "$logs/summary.txt"
+exit $fail
+RUN
+chmod +x gpu-bin/run.sh
+du -sh gpu-bin
+size=$(du -sm gpu-bin | cut -f1)
+if (( size > 60 )); then
+    echo "error: gpu-bin/ is ${size} MiB, over the 60 MiB budget" >&2
+    exit 1
+fi
+ls -la gpu-bin gpu-bin/tests
