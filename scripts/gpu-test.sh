@@ -60,6 +60,10 @@ for t in "$here"/tests/*; do
 done
 run smoke-generate "$here/ponder" generate --model synthetic:tiny --device cuda \
     --prompt "2+2=" --max-tokens 8 --temperature 0 --flops
+# The benchmarks of the CUDA issue, Mistral-7B-shaped synthetic weights (GPU numbers owed).
+run bench-decode "$here/ponder" bench decode --model synthetic:mistral-7b --device cuda \
+    --batch 1,16 --context 512 --steps 32
+run bench-prefill "$here/ponder" bench prefill --model synthetic:mistral-7b --device cuda --tokens 2048
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [[ -n "$san" ]]; then
     for tool in memcheck racecheck; do
