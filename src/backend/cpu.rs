@@ -1,7 +1,8 @@
 //! The CPU backend: f32 compute, multi-threaded with rayon. It is the reference every other
 //! backend is tested against, so clarity wins over cleverness except in the two hot paths
 //! (`linear` and `attention`).
-use super::cpu_math::{axpy, dot};
+pub use super::cpu_math::{angles, inv_freq, rotate_half};
+use super::cpu_math::{axpy, dot, norm_row};
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
@@ -84,15 +85,7 @@ impl CpuKv {
 }
 
 pub(super) fn same_shape(a: &CpuTensor, b: &CpuTensor, op: &str) -> Result<()> {
-    ensure!(
-        a.rows == b.rows && a.cols == b.cols,
-        "{op}: shapes [{}, {}] and [{}, {}] differ",
-        a.rows,
-        a.cols,
-        b.rows,
-        b.cols
-    );
-    Ok(())
+    super::check_same_shape((a.rows, a.cols), (b.rows, b.cols), op)
 }
 
 impl Backend for Cpu {
@@ -334,21 +327,15 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let hd = dims.head_dim;
         let nt = batch.n_tokens();
-        ensure!(
-            q.rows == nt && q.cols == dims.heads * hd,
-            "rope: q is not [{nt}, heads*hd]"
-        );
-        ensure!(
-            k.rows == nt && v.rows == nt && k.cols == dims.kv_heads * hd && v.cols == k.cols,
-            "rope: k/v are not [{nt}, kv_heads*hd]"
-        );
-        ensure!(
-            kv.shape.kv_heads == dims.kv_heads
-                && kv.shape.head_dim == hd
-                && layer < kv.shape.layers,
-            "rope: KV storage shape {:?} does not fit layer {layer}",
-            kv.shape
-        );
+        super::check_rope_shapes(
+            (q.rows, q.cols),
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+            kv.shape,
+            layer,
+            batch,
+            dims,
+        )?;
         let pos = batch.positions();
         let slots = batch.slots()?;
         let inv = inv_freq(hd, dims.rope_theta);
@@ -531,39 +518,5 @@ impl Backend for Cpu {
         head: &TalkHead<Cpu>,
     ) -> Result<CpuTensor> {
         super::cpu_mix::talk_mix(self, h_base, h_end, head)
-    }
-}
-
-fn norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ss = dot(x, x);
-    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
-    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
-        *o = *v * inv * *g;
-    }
-}
-
-/// θ^(−2i/d) for i < d/2, in f64 so that long positions keep their precision.
-pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f64> {
-    (0..head_dim / 2)
-        .map(|i| (theta as f64).powf(-((2 * i) as f64) / head_dim as f64))
-        .collect()
-}
-
-pub fn angles(inv: &[f64], pos: u32) -> (Vec<f32>, Vec<f32>) {
-    inv.iter()
-        .map(|f| {
-            let a = pos as f64 * f;
-            (a.cos() as f32, a.sin() as f32)
-        })
-        .unzip()
-}
-
-/// HF's rotate-half RoPE: element i pairs with element i + d/2.
-pub fn rotate_half(h: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = h.len() / 2;
-    for i in 0..half {
-        let (a, b) = (h[i], h[i + half]);
-        h[i] = a * cos[i] - b * sin[i];
-        h[i + half] = b * cos[i] + a * sin[i];
     }
 }

@@ -78,6 +78,41 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     axpy_body(y, a, x)
 }
 
+/// out = x / rms(x) · w.
+pub fn norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss = dot(x, x);
+    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = *v * inv * *g;
+    }
+}
+
+/// θ^(−2i/d) for i < d/2, in f64 so that long positions keep their precision.
+pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f64> {
+    (0..head_dim / 2)
+        .map(|i| (theta as f64).powf(-((2 * i) as f64) / head_dim as f64))
+        .collect()
+}
+
+pub fn angles(inv: &[f64], pos: u32) -> (Vec<f32>, Vec<f32>) {
+    inv.iter()
+        .map(|f| {
+            let a = pos as f64 * f;
+            (a.cos() as f32, a.sin() as f32)
+        })
+        .unzip()
+}
+
+/// HF's rotate-half RoPE: element i pairs with element i + d/2.
+pub fn rotate_half(h: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = h.len() / 2;
+    for i in 0..half {
+        let (a, b) = (h[i], h[i + half]);
+        h[i] = a * cos[i] - b * sin[i];
+        h[i + half] = b * cos[i] + a * sin[i];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

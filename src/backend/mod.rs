@@ -90,6 +90,46 @@ impl Batch {
     }
 }
 
+/// `op`'s two operands must have the same [rows, cols].
+pub fn check_same_shape(a: (usize, usize), b: (usize, usize), op: &str) -> Result<()> {
+    anyhow::ensure!(
+        a == b,
+        "{op}: shapes [{}, {}] and [{}, {}] differ",
+        a.0,
+        a.1,
+        b.0,
+        b.1
+    );
+    Ok(())
+}
+
+/// The shapes `rope_store_kv` needs, checked the same way on every backend.
+#[allow(clippy::too_many_arguments)]
+pub fn check_rope_shapes(
+    q: (usize, usize),
+    k: (usize, usize),
+    v: (usize, usize),
+    kv: KvShape,
+    layer: usize,
+    batch: &Batch,
+    dims: AttnDims,
+) -> Result<()> {
+    let (hd, nt) = (dims.head_dim, batch.n_tokens());
+    anyhow::ensure!(
+        q == (nt, dims.heads * hd),
+        "rope: q is not [{nt}, heads*hd]"
+    );
+    anyhow::ensure!(
+        k == (nt, dims.kv_heads * hd) && v == k,
+        "rope: k/v are not [{nt}, kv_heads*hd]"
+    );
+    anyhow::ensure!(
+        kv.kv_heads == dims.kv_heads && kv.head_dim == hd && layer < kv.layers,
+        "rope: KV storage shape {kv:?} does not fit layer {layer}"
+    );
+    Ok(())
+}
+
 /// Shape of the paged KV storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvShape {

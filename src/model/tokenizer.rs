@@ -5,8 +5,10 @@ use std::path::Path;
 
 pub enum Kind {
     Hf(Box<tokenizers::Tokenizer>),
-    /// ids 0..3 are <unk>, <s>, </s>; id 3 + b is byte b; higher ids decode to a byte too
-    /// ((id − 3) mod 256), since random weights sample the whole vocabulary.
+    /// ids 0..3 are <unk>, <s>, </s>; id 3 + b is byte b. Ids that are not valid UTF-8 here
+    /// (ids ≥ 259, stray bytes, specials) decode to private-use characters U+100000 + id, which
+    /// encode back to the same id: random weights sample the whole vocabulary, and ids → text
+    /// → ids must be the identity so that re-prompting keeps the cached prefix.
     Bytes {
         vocab: usize,
     },
@@ -69,7 +71,14 @@ impl Tokenizer {
                 if *vocab < 259 {
                     bail!("byte tokenizer needs a vocabulary of at least 259, not {vocab}");
                 }
-                Ok(text.bytes().map(|b| b as u32 + 3).collect())
+                let mut ids = Vec::with_capacity(text.len());
+                for c in text.chars() {
+                    match (c as u32).checked_sub(ESCAPE_BASE) {
+                        Some(id) if (id as usize) < *vocab => ids.push(id),
+                        _ => ids.extend(c.to_string().bytes().map(|b| b as u32 + 3)),
+                    }
+                }
+                Ok(ids)
             }
         }
     }
@@ -80,14 +89,7 @@ impl Tokenizer {
             Kind::Hf(t) => t
                 .decode(ids, skip_special)
                 .map_err(|e| anyhow::anyhow!("cannot decode: {e}")),
-            Kind::Bytes { .. } => {
-                let bytes: Vec<u8> = ids
-                    .iter()
-                    .filter(|&&i| i >= 3 || !skip_special)
-                    .map(|&i| if i < 3 { b'?' } else { ((i - 3) % 256) as u8 })
-                    .collect();
-                Ok(String::from_utf8_lossy(&bytes).into_owned())
-            }
+            Kind::Bytes { .. } => Ok(decode_bytes(ids, skip_special)),
         }
     }
 
@@ -137,6 +139,37 @@ impl Tokenizer {
     }
 }
 
+/// Private-use plane 16: U+100000 + id stands for token `id` when it is not plain text.
+const ESCAPE_BASE: u32 = 0x10_0000;
+
+fn escape(id: u32) -> char {
+    char::from_u32(ESCAPE_BASE + id.min(0xFFFD)).unwrap_or('\u{FFFD}')
+}
+
+fn decode_bytes(ids: &[u32], skip_special: bool) -> String {
+    let mut out = String::new();
+    let mut run: Vec<u8> = Vec::new();
+    let flush = |run: &mut Vec<u8>, out: &mut String| {
+        for chunk in run.utf8_chunks() {
+            out.push_str(chunk.valid());
+            out.extend(chunk.invalid().iter().map(|&b| escape(b as u32 + 3)));
+        }
+        run.clear();
+    };
+    for &id in ids {
+        match id {
+            3..=258 => run.push((id - 3) as u8),
+            0..=2 if skip_special => {}
+            _ => {
+                flush(&mut run, &mut out);
+                out.push(escape(id));
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +180,10 @@ mod tests {
         let s = "Q: 3 + 4 = ?\nA: 7 — ok";
         let ids = t.encode(s).unwrap();
         assert_eq!(t.decode(&ids, true).unwrap(), s);
+        // Whatever a random model samples, ids → text → ids is the identity.
+        let sampled = [300u32, 0xE2 + 3, 40, 511, 0x80 + 3, 1, 72];
+        let text = t.decode(&sampled, false).unwrap();
+        assert_eq!(t.encode(&text).unwrap(), sampled);
         assert!(t.chat_prompt("hi").is_err());
     }
 }

@@ -95,21 +95,15 @@ impl Cuda {
     ) -> Result<()> {
         let hd = dims.head_dim;
         let nt = batch.n_tokens();
-        ensure!(
-            q.rows == nt && q.cols == dims.heads * hd,
-            "rope: q is not [{nt}, heads*hd]"
-        );
-        ensure!(
-            k.rows == nt && v.rows == nt && k.cols == dims.kv_heads * hd && v.cols == k.cols,
-            "rope: k/v are not [{nt}, kv_heads*hd]"
-        );
-        ensure!(
-            kv.shape.kv_heads == dims.kv_heads
-                && kv.shape.head_dim == hd
-                && layer < kv.shape.layers,
-            "rope: KV storage shape {:?} does not fit layer {layer}",
-            kv.shape
-        );
+        crate::backend::check_rope_shapes(
+            (q.rows, q.cols),
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+            kv.shape,
+            layer,
+            batch,
+            dims,
+        )?;
         let meta = self.batch_meta(batch, dims)?;
         let cap = kv.shape.pages * kv.shape.page_size;
         ensure!(

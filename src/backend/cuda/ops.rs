@@ -31,15 +31,7 @@ impl Deref for Held<'_> {
 }
 
 pub(crate) fn same_shape(a: &CudaTensor, b: &CudaTensor, op: &str) -> Result<()> {
-    ensure!(
-        a.rows == b.rows && a.cols == b.cols,
-        "{op}: shapes [{}, {}] and [{}, {}] differ",
-        a.rows,
-        a.cols,
-        b.rows,
-        b.cols
-    );
-    Ok(())
+    crate::backend::check_same_shape((a.rows, a.cols), (b.rows, b.cols), op)
 }
 
 pub(crate) fn to_bf16_bits(v: &[f32]) -> Vec<u16> {
