@@ -65,6 +65,7 @@ run bench-decode "$here/ponder" bench decode --model synthetic:mistral-7b --devi
     --batch 1,16 --context 512 --steps 32
 run bench-prefill "$here/ponder" bench prefill --model synthetic:mistral-7b --device cuda --tokens 2048
 run flops-audit bash "$here/flops-audit.sh" "$here/ponder"
+run profile bash "$here/profile.sh" "$here/ponder"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [[ -n "$san" ]]; then
     for tool in memcheck racecheck; do
@@ -78,7 +79,7 @@ printf '%s\n' "${summary[@]}" | tee "$logs/summary.txt"
 exit $fail
 RUN
 chmod +x gpu-bin/run.sh
-cp scripts/flops-audit.sh gpu-bin/
+cp scripts/flops-audit.sh scripts/profile.sh gpu-bin/
 du -sh gpu-bin
 size=$(du -sm gpu-bin | cut -f1)
 if (( size > 60 )); then
