@@ -102,15 +102,7 @@ impl Backend for Cpu {
     }
 
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<CpuWeight> {
-        let n: usize = shape.iter().product();
-        ensure!(
-            data.as_slice().len() == n,
-            "weight data does not match shape {shape:?}"
-        );
-        ensure!(
-            matches!(shape.len(), 1 | 2),
-            "weights are vectors or matrices, not {shape:?}"
-        );
+        crate::backend::check_weight_shape(shape, data.as_slice().len())?;
         let store = match data {
             WeightData::Mapped(m) => CpuStore::Mapped(m),
             WeightData::Host(c) => CpuStore::Owned(c.into_owned()),
@@ -373,7 +365,7 @@ impl Backend for Cpu {
         self.record(
             "rope_kv",
             Counts::exact(
-                6 * nt * (hq + hk) * (hd / 2),
+                crate::backend::rope_useful_flops(nt as usize, dims),
                 nt * (2 * hq + 4 * hk) * hd * F32,
                 nt * hd,
             ),

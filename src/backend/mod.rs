@@ -90,6 +90,23 @@ impl Batch {
     }
 }
 
+/// A parameter's shape: a vector or a matrix whose size matches its data.
+pub fn check_weight_shape(shape: &[usize], len: usize) -> Result<()> {
+    let n: usize = shape.iter().product();
+    anyhow::ensure!(len == n, "weight data does not match shape {shape:?}");
+    anyhow::ensure!(
+        matches!(shape.len(), 1 | 2),
+        "weights are vectors or matrices, not {shape:?}"
+    );
+    Ok(())
+}
+
+/// Useful FLOPs of rotating q and k for `nt` tokens: 6 per rotated pair (4 multiplies, 2
+/// adds), the same on every backend.
+pub fn rope_useful_flops(nt: usize, dims: AttnDims) -> u64 {
+    6 * nt as u64 * (dims.heads + dims.kv_heads) as u64 * (dims.head_dim / 2) as u64
+}
+
 /// `op`'s two operands must have the same [rows, cols].
 pub fn check_same_shape(a: (usize, usize), b: (usize, usize), op: &str) -> Result<()> {
     anyhow::ensure!(

@@ -2,7 +2,7 @@
 //! come from the ledger over the timed steps (what the ops really moved and computed); the
 //! H100 ceilings (3.1 TB/s, 790 TFLOP/s bf16) are printed as percentages on CUDA.
 use super::{with_backend, Device, OnBackend};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Subcommand;
 use ponder::backend::Backend;
 use ponder::flops::Phase;
@@ -77,16 +77,7 @@ impl OnBackend for Bench {
                 context,
                 steps,
             } => {
-                let batches: Vec<usize> = batch
-                    .split(',')
-                    .map(|b| {
-                        b.trim()
-                            .parse::<usize>()
-                            .ok()
-                            .filter(|&b| b > 0)
-                            .with_context(|| format!("bad batch size {b:?}"))
-                    })
-                    .collect::<Result<_>>()?;
+                let batches = super::parse_positive_list(&batch, "batch size")?;
                 if context == 0 || steps == 0 {
                     bail!("--context and --steps must be at least 1");
                 }

@@ -53,17 +53,7 @@ pub fn eval(a: EvalArgs, cache: &Path) -> Result<()> {
 }
 
 pub fn sweep(a: SweepArgs, cache: &Path) -> Result<()> {
-    let budgets: Vec<usize> = a
-        .budgets
-        .split(',')
-        .map(|b| {
-            b.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|&b| b > 0)
-                .with_context(|| format!("bad budget {b:?} in --budgets"))
-        })
-        .collect::<Result<_>>()?;
+    let budgets = super::parse_positive_list(&a.budgets, "budget")?;
     run(a.eval, budgets, cache)
 }
 

@@ -79,6 +79,21 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// "1,2,4": a comma-separated list of positive integers (`what` names it in errors).
+pub fn parse_positive_list(s: &str, what: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|b| {
+            b.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&b| b > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("bad {what} {b:?}: want positive integers, e.g. 1,2,4")
+                })
+        })
+        .collect()
+}
+
 /// A command body that runs on whichever backend `--device` picks.
 pub trait OnBackend {
     fn run<B: Backend>(self, be: B) -> Result<()>;

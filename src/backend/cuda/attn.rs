@@ -146,7 +146,7 @@ impl Cuda {
         self.record(
             "rope_kv",
             Counts::exact(
-                6 * nt * (hq + hk) * (hd / 2),
+                crate::backend::rope_useful_flops(nt as usize, dims),
                 nt * (2 * hq + 2 * hk) * hd * 4 + 2 * nt * hk * hd * 2 + 8 * nt,
                 nt * hd,
             ),

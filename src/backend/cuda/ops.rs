@@ -93,15 +93,7 @@ impl Cuda {
     }
 
     pub(super) fn weight_impl(&self, shape: &[usize], data: WeightData) -> Result<CudaWeight> {
-        let n: usize = shape.iter().product();
-        ensure!(
-            data.as_slice().len() == n,
-            "weight data does not match shape {shape:?}"
-        );
-        ensure!(
-            matches!(shape.len(), 1 | 2),
-            "weights are vectors or matrices, not {shape:?}"
-        );
+        crate::backend::check_weight_shape(shape, data.as_slice().len())?;
         let bits = to_bf16_bits(data.as_slice());
         Ok(CudaWeight {
             shape: shape.to_vec(),
