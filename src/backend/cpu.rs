@@ -254,13 +254,7 @@ impl Backend for Cpu {
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
-        let (m, k) = w.rows_cols();
-        ensure!(
-            w.shape.len() == 2 && x.cols == k,
-            "linear: input has {} columns, weight is {:?}",
-            x.cols,
-            w.shape
-        );
+        let (m, k) = super::check_linear_shape(x.cols, &w.shape)?;
         let n = x.rows;
         let wd = w.data();
         let mut out = vec![0.0f32; n * m];
@@ -445,7 +439,7 @@ impl Backend for Cpu {
         self.record(
             "attention",
             Counts::exact(
-                4 * hd * hq * pairs,
+                super::attention_useful_flops(pairs, dims),
                 (2 * nt as u64 * hq * hd + 2 * kv_rows * hk * hd) * F32,
                 hq * pairs,
             ),

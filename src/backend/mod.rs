@@ -107,6 +107,20 @@ pub fn rope_useful_flops(nt: usize, dims: AttnDims) -> u64 {
     6 * nt as u64 * (dims.heads + dims.kv_heads) as u64 * (dims.head_dim / 2) as u64
 }
 
+/// Useful FLOPs of attention over `pairs` allowed (query, key) pairs: 2·head_dim for QKᵀ and
+/// 2·head_dim for PV per pair and query head (flops.md), the same on every backend.
+pub fn attention_useful_flops(pairs: u64, dims: AttnDims) -> u64 {
+    4 * dims.head_dim as u64 * dims.heads as u64 * pairs
+}
+
+/// `linear(x, w)` needs w [out, in] with `in` equal to x's columns; returns (out, in).
+pub fn check_linear_shape(x_cols: usize, w_shape: &[usize]) -> Result<(usize, usize)> {
+    match *w_shape {
+        [m, k] if k == x_cols => Ok((m, k)),
+        _ => anyhow::bail!("linear: input has {x_cols} columns, weight is {w_shape:?}"),
+    }
+}
+
 /// `op`'s two operands must have the same [rows, cols].
 pub fn check_same_shape(a: (usize, usize), b: (usize, usize), op: &str) -> Result<()> {
     anyhow::ensure!(

@@ -224,7 +224,7 @@ impl Cuda {
                 "attention",
                 Counts {
                     calls: 1,
-                    useful_flops: 4 * hd64 * hq64 * meta.prefill_pairs,
+                    useful_flops: crate::backend::attention_useful_flops(meta.prefill_pairs, dims),
                     executed_flops: 4 * hd64 * hq64 * t * tile,
                     bytes: meta.prefill_rows * hq64 * hd64 * (4 + 2)
                         + t * BK as u64 * hd64 * 4 * hq64,
@@ -275,7 +275,7 @@ impl Cuda {
                 "attention",
                 Counts {
                     calls: 1,
-                    useful_flops: 4 * hd64 * hq64 * meta.prefix_pairs,
+                    useful_flops: crate::backend::attention_useful_flops(meta.prefix_pairs, dims),
                     executed_flops: 4 * hd64 * hk64 * t * tile,
                     bytes: meta.n_members * hq64 * (hd64 * 4 + (hd64 + 1) * 4)
                         + t * BK as u64 * hd64 * 4 * hk64,
@@ -326,7 +326,7 @@ impl Cuda {
             "attention",
             Counts {
                 calls: 1,
-                useful_flops: 4 * hd64 * hq64 * keys,
+                useful_flops: crate::backend::attention_useful_flops(keys, dims),
                 executed_flops: 4 * hd64 * hq64 * keys,
                 bytes: blocks * group as u64 * hd64 * 4 + keys * hk64 * hd64 * 4 + written,
                 transcendentals: keys * hq64

@@ -302,13 +302,7 @@ impl Cuda {
     /// view: yᵀ [m, n] = op(W)ᵀ [m, k] · xᵀ [k, n], with W row-major [m, k] as the transposed
     /// operand (lda = k) and x row-major [n, k] as the plain one (ldb = k).
     pub(super) fn linear_impl(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor> {
-        let (m, k) = w.rows_cols();
-        ensure!(
-            w.shape.len() == 2 && x.cols == k,
-            "linear: input has {} columns, weight is {:?}",
-            x.cols,
-            w.shape
-        );
+        let (m, k) = crate::backend::check_linear_shape(x.cols, &w.shape)?;
         let n = x.rows;
         ensure!(
             m.max(n).max(k) <= i32::MAX as usize,
