@@ -118,6 +118,58 @@ fn main() {
     ));
     std::fs::write(out.join("kernels.rs"), list)
         .unwrap_or_else(|e| fail(&format!("cannot write kernels.rs: {e}")));
+    build_nvtx_shim(&root, &out, &nvcc);
+}
+
+/// Compiles csrc/nvtx.c (NVTX ranges) with the host C compiler into a static library. The
+/// NVTX 3 headers sit beside nvcc's own (`include/nvtx3`, from the nvidia-nvtx wheel or any
+/// CUDA toolkit).
+fn build_nvtx_shim(root: &Path, out: &Path, nvcc: &Path) {
+    println!("cargo:rerun-if-changed=csrc");
+    println!("cargo:rerun-if-env-changed=CC");
+    let include = nvcc
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("include"))
+        .filter(|p| p.join("nvtx3/nvToolsExt.h").is_file())
+        .unwrap_or_else(|| {
+            fail(&format!(
+                "the NVTX 3 headers (include/nvtx3/nvToolsExt.h) are not beside {}: run \
+                 scripts/setup-cuda.sh, which installs them",
+                nvcc.display()
+            ))
+        });
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    let obj = out.join("nvtx.o");
+    let run = |cmd: &mut Command, what: &str| match cmd.output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => fail(&format!(
+            "{what} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => fail(&format!("cannot run {what}: {e}")),
+    };
+    run(
+        Command::new(&cc)
+            .args(["-O2", "-fPIC", "-c"])
+            .arg(format!("-I{}", include.display()))
+            .arg(root.join("csrc/nvtx.c"))
+            .arg("-o")
+            .arg(&obj),
+        &format!("{cc} on csrc/nvtx.c"),
+    );
+    run(
+        Command::new("ar")
+            .arg("rcs")
+            .arg(out.join("libponder_nvtx.a"))
+            .arg(&obj),
+        "ar",
+    );
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=ponder_nvtx");
+    println!("cargo:rustc-link-lib=dylib=dl");
 }
 
 /// Ends the build with `msg` (nvcc's own output, verbatim, when it failed).

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Profiles a short CUDA run of ponder: Nsight Systems (timeline) where nsys works, else Nsight
-# Compute (per-kernel details for the first launches), and says which it used.
+# Compute (per-kernel details for the first launches), and says which it used. Kernels sit
+# inside NVTX ranges named after the phase they serve (prefill, decode, thought, mix, prm,
+# sample; src/backend/cuda/nvtx.rs).
 #     bash scripts/profile.sh [path/to/ponder] [ponder args…]
 # Default run: 8 decode steps of 16 branches over a 512-token prefix, Mistral-7B shape.
 # Output under $OUT/profile if set, else ./profile-out. STATUS: never run yet (no GPU lent).
@@ -16,13 +18,15 @@ out="${OUT:+$OUT/profile}"; out="${out:-profile-out}"
 mkdir -p "$out"
 NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1 || true)
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1 || true)
-if [[ -n "$NSYS" ]] && "$NSYS" profile --trace=cuda,cublas --force-overwrite=true -o "$out/ponder" \
+if [[ -n "$NSYS" ]] && "$NSYS" profile --trace=cuda,cublas,nvtx --force-overwrite=true -o "$out/ponder" \
         "$PONDER" "${args[@]}" > "$out/run.log" 2>&1; then
     echo "profiler: nsys ($NSYS)"
     "$NSYS" stats --report cuda_gpu_kern_sum "$out/ponder.nsys-rep" | tee "$out/kernels.txt" | head -40
+    # The phase ranges (prefill, decode, thought, mix, prm, sample) the CUDA backend opens.
+    "$NSYS" stats --report nvtx_sum "$out/ponder.nsys-rep" | tee "$out/nvtx.txt" | head -20
 elif [[ -n "$NCU" ]]; then
     echo "profiler: ncu ($NCU) — nsys ${NSYS:+failed (see $out/run.log)}${NSYS:-not found}"
-    "$NCU" --launch-count 200 --set basic --csv --page details \
+    "$NCU" --launch-count 200 --set basic --csv --page details --nvtx \
         "$PONDER" "${args[@]}" > "$out/ncu.csv" 2> "$out/run.log"
     echo "per-kernel details: $out/ncu.csv"
 else

@@ -8,12 +8,13 @@
 #   nvvm/bin/cicc, nvvm/libdevice/                         (nvidia-nvvm)
 #   include/crt/, include/cuda_runtime.h, include/cuda_bf16.h (nvidia-cuda-crt, -runtime)
 #   include/cccl/                                           (nvidia-cuda-cccl)
+#   include/nvtx3/ (NVTX ranges, header-only)               (nvidia-nvtx)
 # nvcc.profile resolves cicc (../nvvm/bin), the includes and libdevice relative to nvcc itself,
 # so the wheel's nvcc works in place: no wrapper, no environment variables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
-      nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85)
+      nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-nvtx==13.0.85)
 ROOT=.cuda/py
 NVCC="$ROOT/nvidia/cu13/bin/nvcc"
 STAMP=.cuda/installed.txt
@@ -30,7 +31,7 @@ else
 fi
 for f in "$NVCC" "$ROOT/nvidia/cu13/bin/ptxas" "$ROOT/nvidia/cu13/nvvm/bin/cicc" \
          "$ROOT/nvidia/cu13/include/cuda_runtime.h" "$ROOT/nvidia/cu13/include/crt/host_defines.h" \
-         "$ROOT/nvidia/cu13/include/cccl/cuda/std/version"; do
+         "$ROOT/nvidia/cu13/include/cccl/cuda/std/version" "$ROOT/nvidia/cu13/include/nvtx3/nvToolsExt.h"; do
     [[ -e "$f" ]] || { echo "error: $f is missing after the install" >&2; exit 1; }
 done
 # A smoke test: one kernel to a cubin for sm_90a.

@@ -10,6 +10,7 @@
 //! shapes and what is still unverified on a GPU: docs/cuda.md.
 mod attn;
 mod mix;
+mod nvtx;
 mod ops;
 mod plan;
 mod sample;
@@ -122,6 +123,7 @@ pub struct Cuda {
     smem_optin: usize,
     meta: Mutex<Option<(Vec<u64>, Arc<plan::BatchMeta>)>>,
     inv_freq: Mutex<HashMap<(usize, u32), CudaSlice<f64>>>,
+    ranges: nvtx::PhaseRanges,
 }
 
 /// Whether a CUDA driver and at least one GPU are present (never panics; false on any
@@ -205,6 +207,7 @@ impl Cuda {
             smem_optin,
             meta: Mutex::new(None),
             inv_freq: Mutex::new(HashMap::new()),
+            ranges: nvtx::PhaseRanges::default(),
         })
     }
 
@@ -352,6 +355,13 @@ impl Backend for Cuda {
     }
     fn ledger(&self) -> &Mutex<Ledger> {
         &self.ledger
+    }
+    fn set_phase(&self, p: crate::flops::Phase) {
+        self.ranges.enter(p);
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_phase(p);
     }
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<CudaWeight> {
         self.weight_impl(shape, data)
