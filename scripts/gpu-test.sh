@@ -64,6 +64,7 @@ run smoke-generate "$here/ponder" generate --model synthetic:tiny --device cuda 
 run bench-decode "$here/ponder" bench decode --model synthetic:mistral-7b --device cuda \
     --batch 1,16 --context 512 --steps 32
 run bench-prefill "$here/ponder" bench prefill --model synthetic:mistral-7b --device cuda --tokens 2048
+run bench-attention "$here/ponder" bench attention --model synthetic:mistral-7b --device cuda
 run flops-audit bash "$here/flops-audit.sh" "$here/ponder"
 run profile bash "$here/profile.sh" "$here/ponder"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)

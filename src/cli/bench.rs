@@ -8,12 +8,13 @@ use ponder::backend::Backend;
 use ponder::flops::Phase;
 use ponder::generate::Runner;
 use ponder::kv::SeqId;
+use ponder::model::config::Config;
 use ponder::model::source::load;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const HBM_BYTES_PER_S: f64 = 3.1e12;
-const BF16_FLOP_PER_S: f64 = 790e12;
+pub(super) const HBM_BYTES_PER_S: f64 = 3.1e12;
+pub(super) const BF16_FLOP_PER_S: f64 = 790e12;
 
 #[derive(Subcommand, Clone)]
 pub enum What {
@@ -31,6 +32,29 @@ pub enum What {
     Prefill {
         #[arg(long, default_value_t = 2048)]
         tokens: usize,
+    },
+    /// Each attention kernel alone against its roofline: causal prefill, the Quiet-STaR
+    /// diagonal mask, paged decode, shared-prefix decode. Only the model's attention geometry
+    /// is used (no weights are loaded); default: Mistral-7B's.
+    Attention {
+        /// Causal case: tokens of the one sequence.
+        #[arg(long, default_value_t = 2048)]
+        tokens: usize,
+        /// Decode cases: sequences (branches).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Decode cases: keys per sequence (the shared prefix's length).
+        #[arg(long, default_value_t = 4096)]
+        context: usize,
+        /// Diagonal-mask case: positions per thought depth.
+        #[arg(long, default_value_t = 512)]
+        thought_len: usize,
+        /// Diagonal-mask case: depth of the timed queries (7 = the last of an 8-token thought).
+        #[arg(long, default_value_t = 7)]
+        depth: usize,
+        /// Timed runs per case (after one warm-up run).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
     },
 }
 
@@ -63,7 +87,27 @@ struct Bench {
 }
 
 impl OnBackend for Bench {
-    fn run<B: Backend>(self, be: B) -> Result<()> {
+    fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
+        if let What::Attention {
+            tokens,
+            batch,
+            context,
+            thought_len,
+            depth,
+            iters,
+        } = self.what
+        {
+            let (cfg, name) = geometry(self.model.as_deref())?;
+            let sizes = super::bench_attention::Sizes {
+                tokens,
+                batch,
+                context,
+                thought_len,
+                depth,
+                iters,
+            };
+            return super::bench_attention::run(&be, &cfg, &name, &sizes);
+        }
         let m = load(&be, self.model.as_deref(), &self.cache)?;
         let on_gpu = be.name() != "cpu";
         let ids = |n: usize| -> Vec<u32> {
@@ -132,6 +176,7 @@ impl OnBackend for Bench {
                     );
                 }
             }
+            What::Attention { .. } => unreachable!("handled above"),
             What::Prefill { tokens } => {
                 if tokens == 0 {
                     bail!("--tokens must be at least 1");
@@ -172,5 +217,18 @@ impl OnBackend for Bench {
             }
         }
         Ok(())
+    }
+}
+
+/// The attention geometry of `spec` without loading weights: a builtin synthetic config, an HF
+/// directory's config.json, or Mistral-7B's by default.
+fn geometry(spec: Option<&str>) -> Result<(Config, String)> {
+    let spec = spec.unwrap_or("synthetic:mistral-7b");
+    match spec.strip_prefix("synthetic:") {
+        Some(name) => Ok((Config::builtin(name)?, spec.to_string())),
+        None => Ok((
+            Config::from_file(&Path::new(spec).join("config.json"))?,
+            spec.to_string(),
+        )),
     }
 }

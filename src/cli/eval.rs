@@ -110,7 +110,7 @@ struct Eval {
 }
 
 impl OnBackend for Eval {
-    fn run<B: Backend>(self, be: B) -> Result<()> {
+    fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let Eval {
             a,
             budgets,

@@ -89,7 +89,7 @@ struct Generate {
 }
 
 impl OnBackend for Generate {
-    fn run<B: Backend>(self, be: B) -> Result<()> {
+    fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let Generate { a, prompt, cache } = self;
         let cache = cache.as_path();
         let t_load = Instant::now();

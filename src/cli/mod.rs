@@ -1,5 +1,6 @@
 //! Subcommands of the `ponder` binary; each file parses its flags and calls the library.
 mod bench;
+mod bench_attention;
 mod common;
 mod eval;
 mod generate;
@@ -96,7 +97,7 @@ pub fn parse_positive_list(s: &str, what: &str) -> Result<Vec<usize>> {
 
 /// A command body that runs on whichever backend `--device` picks.
 pub trait OnBackend {
-    fn run<B: Backend>(self, be: B) -> Result<()>;
+    fn run<B: Backend + 'static>(self, be: B) -> Result<()>;
 }
 
 /// `--device auto` takes CUDA when this build has it and a GPU answers, else the CPU.

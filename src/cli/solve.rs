@@ -42,7 +42,7 @@ struct Solve {
 }
 
 impl OnBackend for Solve {
-    fn run<B: Backend>(self, be: B) -> Result<()> {
+    fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let (a, cache) = (self.a, self.cache.as_path());
         let method = Method::parse(&a.method)?;
         let settings = a.opts.settings()?;
