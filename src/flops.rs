@@ -97,8 +97,12 @@ impl Ledger {
     }
 
     pub fn record(&mut self, op: &'static str, c: Counts) {
-        let key = (self.phase(), op);
-        self.entries.entry(key).or_default().add(&c);
+        self.record_in(self.phase(), op, c);
+    }
+
+    /// Records under phase `p`, whatever the current phase.
+    pub fn record_in(&mut self, p: Phase, op: &'static str, c: Counts) {
+        self.entries.entry((p, op)).or_default().add(&c);
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (Phase, &'static str, &Counts)> {

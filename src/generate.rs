@@ -2,21 +2,36 @@
 //! sequences through the forward pass; `generate` prefills many prompts together, then decodes
 //! every live sequence one token per step until EOS, a stop string or the token limit.
 use crate::backend::{Backend, Batch, KvShape, SeqSlice};
+use crate::batcher::{Batcher, Input};
 use crate::flops::Phase;
+use crate::kv::PageCopy;
 use crate::kv::{KvPool, SeqId};
 use crate::model::llama::{Model, Output};
 use crate::model::tokenizer::Tokenizer;
 use crate::sample::{sample, Sampling};
 use anyhow::{Context, Result};
+use std::sync::Mutex;
 
 /// A model, its backend and its KV cache (page tables + storage).
 pub struct Runner<'a, B: Backend> {
     pub be: &'a B,
     pub model: &'a Model<B>,
     pub pool: KvPool,
-    pub kv: B::Kv,
+    pub kv: KvStore<'a, B>,
     /// At most this many sequences per forward pass (the scheduler splits larger batches).
     pub max_batch: usize,
+}
+
+/// Where a runner's KV lives: storage of its own, or a range of pages of storage shared by
+/// the runners of several problems in flight, whose forward passes a batcher runs together.
+pub enum KvStore<'a, B: Backend> {
+    Own(B::Kv),
+    Shared {
+        kv: &'a Mutex<B::Kv>,
+        /// The first page of this runner's range: the pool's page p is the storage's base + p.
+        base: u32,
+        batcher: &'a Batcher<'a, B>,
+    },
 }
 
 impl<'a, B: Backend> Runner<'a, B> {
@@ -34,9 +49,80 @@ impl<'a, B: Backend> Runner<'a, B> {
             be,
             model,
             pool: KvPool::try_new(pages, page_size)?,
-            kv,
+            kv: KvStore::Own(kv),
             max_batch: usize::MAX,
         })
+    }
+
+    /// A runner over pages [base, base + pages) of `kv` (page size `page_size`), whose forward
+    /// passes go through `batcher`, to be run together with other runners' on the same storage.
+    pub fn shared(
+        be: &'a B,
+        model: &'a Model<B>,
+        kv: &'a Mutex<B::Kv>,
+        base: usize,
+        pages: usize,
+        page_size: usize,
+        batcher: &'a Batcher<'a, B>,
+    ) -> Result<Self> {
+        Ok(Runner {
+            be,
+            model,
+            pool: KvPool::try_new(pages, page_size)?,
+            kv: KvStore::Shared {
+                kv,
+                base: u32::try_from(base).context("KV page range out of bounds")?,
+                batcher,
+            },
+            max_batch: usize::MAX,
+        })
+    }
+
+    /// The first storage page of this runner's pool.
+    fn base(&self) -> u32 {
+        match &self.kv {
+            KvStore::Own(_) => 0,
+            KvStore::Shared { base, .. } => *base,
+        }
+    }
+
+    /// Performs the page copies the pool asked for (fork, copy-on-write) in the storage.
+    pub fn copy_pages(&mut self, copies: &[PageCopy]) -> Result<()> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        match &mut self.kv {
+            KvStore::Own(kv) => self.be.copy_pages(kv, copies),
+            KvStore::Shared { kv, base, .. } => {
+                let moved: Vec<PageCopy> = copies
+                    .iter()
+                    .map(|c| PageCopy {
+                        src: c.src + *base,
+                        dst: c.dst + *base,
+                        len: c.len,
+                    })
+                    .collect();
+                let mut g = kv.lock().unwrap_or_else(|e| e.into_inner());
+                self.be.copy_pages(&mut g, &moved)
+            }
+        }
+    }
+
+    /// Runs the forward pass of a reserved batch: here, or through the batcher together with
+    /// the other problems in flight.
+    fn run(&mut self, batch: Batch, input: Input) -> Result<Output<B>> {
+        match &mut self.kv {
+            KvStore::Own(kv) => match input {
+                Input::Ids(ids) => self.model.forward(self.be, kv, &batch, &ids),
+                Input::Rows(rows) => {
+                    let x = self
+                        .be
+                        .tensor(batch.n_tokens(), self.model.cfg.hidden_size, &rows)?;
+                    self.model.forward_embedded(self.be, kv, &batch, x)
+                }
+            },
+            KvStore::Shared { kv, batcher, .. } => batcher.forward(self.model, kv, batch, input),
+        }
     }
 
     /// Appends `tokens[i]` to sequence `seqs[i]` for every i, in one forward pass, and returns
@@ -45,7 +131,7 @@ impl<'a, B: Backend> Runner<'a, B> {
     pub fn extend(&mut self, items: &[(SeqId, &[u32])]) -> Result<Output<B>> {
         let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let batch = self.reserve(items.iter().map(|(s, t)| (*s, t.len())))?;
-        let out = self.model.forward(self.be, &mut self.kv, &batch, &ids)?;
+        let out = self.run(batch, Input::Ids(ids))?;
         self.commit(items.iter().map(|(s, t)| (*s, t.len())))?;
         Ok(out)
     }
@@ -59,10 +145,7 @@ impl<'a, B: Backend> Runner<'a, B> {
             "one embedding row per sequence"
         );
         let batch = self.reserve(seqs.iter().map(|s| (*s, 1)))?;
-        let x = self.be.tensor(seqs.len(), d, rows)?;
-        let out = self
-            .model
-            .forward_embedded(self.be, &mut self.kv, &batch, x)?;
+        let out = self.run(batch, Input::Rows(rows.to_vec()))?;
         self.commit(seqs.iter().map(|s| (*s, 1)))?;
         Ok(out)
     }
@@ -86,13 +169,14 @@ impl<'a, B: Backend> Runner<'a, B> {
                     return Err(e.into());
                 }
             };
-            self.be.copy_pages(&mut self.kv, &copies)?;
+            self.copy_pages(&copies)?;
             let pos_start = self.pool.len(s)?;
+            let base = self.base();
             seqs.push(SeqSlice {
                 token_start,
                 n_tokens: n,
                 pos_start,
-                pages: self.pool.pages(s)?.to_vec(),
+                pages: self.pool.pages(s)?.iter().map(|p| p + base).collect(),
             });
             token_start += n;
             done.push((s, n));
@@ -195,10 +279,7 @@ pub fn generate<B: Backend>(
         for (k, &i) in rows.iter().enumerate() {
             let u = crate::rng::uniform(p.seed, i as u64, step);
             let (id, cost) = sample(&logits[k * v..(k + 1) * v], vocab_limit, p.sampling, u);
-            r.be.ledger()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record("sample", cost);
+            r.be.charge("sample", cost);
             let l = &mut live[i];
             l.ids.push(id);
             if !p.ignore_eos && tok.eos.contains(&id) {

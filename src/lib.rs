@@ -1,5 +1,7 @@
 //! ponder: an inference engine that measures what it costs a language model to reason.
+pub mod account;
 pub mod backend;
+pub mod batcher;
 pub mod eval;
 pub mod flops;
 pub mod generate;

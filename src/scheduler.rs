@@ -132,7 +132,7 @@ pub fn fork<B: Backend>(
     streams: &[u64],
 ) -> Result<Vec<Branch>> {
     let (kids, copies) = r.pool.fork(parent.seq, streams.len())?;
-    r.be.copy_pages(&mut r.kv, &copies)?;
+    r.copy_pages(&copies)?;
     Ok(kids
         .into_iter()
         .zip(streams)
@@ -293,10 +293,7 @@ pub fn decode<B: Backend>(
             let u = crate::rng::uniform(seed, b.stream, b.draws);
             b.draws += 1;
             let (id, cost) = sample(&logits[k * v..(k + 1) * v], vocab_limit, sampling, u);
-            r.be.ledger()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record("sample", cost);
+            r.be.charge("sample", cost);
             if !rule.fixed_length && rule.stop_ids.contains(&id) {
                 b.finish = Some(Finish::Eos);
                 b.text = tok.decode(b.generated(), true)?;

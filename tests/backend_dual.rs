@@ -1063,7 +1063,7 @@ fn model_forward_tiny<B: Dual>(be: &B, tol: f32) -> Result<()> {
         outs.push(be.to_host(&o.logits)?);
         outs.push(be.to_host(&o.hidden)?);
         let (kids, copies) = r.pool.fork(a, 3)?;
-        be.copy_pages(&mut r.kv, &copies)?;
+        r.copy_pages(&copies)?;
         for step in 0..2u32 {
             let toks: Vec<[u32; 1]> = (0..4).map(|i| [(i * 101 + step * 7 + 5) % 500]).collect();
             let mut items: Vec<(ponder::kv::SeqId, &[u32])> =

@@ -124,7 +124,7 @@ fn forked_branches_continue_like_their_parent() {
     let parent = r.pool.create();
     r.extend(&[(parent, &prompt)]).unwrap();
     let (kids, copies) = r.pool.fork(parent, 3).unwrap();
-    be.copy_pages(&mut r.kv, &copies).unwrap();
+    r.copy_pages(&copies).unwrap();
     let next = [9u32, 77, 300];
     let items: Vec<(ponder::kv::SeqId, &[u32])> = kids
         .iter()

@@ -30,10 +30,7 @@ impl Cpu {
     }
 
     pub(super) fn record(&self, op: &'static str, c: Counts) {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(op, c);
+        self.charge(op, c);
     }
 }
 

@@ -7,7 +7,7 @@ mod cpu_mix;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::flops::{Ledger, Phase};
+use crate::flops::{Counts, Ledger, Phase};
 use crate::kv::PageCopy;
 use anyhow::Result;
 use std::sync::Mutex;
@@ -197,11 +197,17 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> &'static str;
     fn ledger(&self) -> &Mutex<Ledger>;
+    /// The phase this thread's following ops are charged to.
     fn set_phase(&self, p: Phase) {
-        self.ledger()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_phase(p);
+        crate::account::with_ledger(self.ledger(), |l| l.set_phase(p));
+    }
+    /// Charges `c` to `op` in this thread's ledger (its problem's account, else the backend's).
+    fn charge(&self, op: &'static str, c: Counts) {
+        crate::account::with_ledger(self.ledger(), |l| l.record(op, c));
+    }
+    /// A copy of the ledger this thread charges, to measure what follows with `since`.
+    fn snapshot(&self) -> Ledger {
+        crate::account::with_ledger(self.ledger(), |l| l.clone())
     }
 
     /// A parameter from host f32 values (the backend chooses its storage dtype).

@@ -141,7 +141,7 @@ impl OnBackend for Bench {
                     be.set_phase(Phase::Prefill);
                     r.extend(&[(root, &ids(context))])?;
                     let (kids, copies) = r.pool.fork(root, b)?;
-                    be.copy_pages(&mut r.kv, &copies)?;
+                    r.copy_pages(&copies)?;
                     be.set_phase(Phase::Decode);
                     let tok = [42u32];
                     let step: Vec<(SeqId, &[u32])> = kids.iter().map(|k| (*k, &tok[..])).collect();

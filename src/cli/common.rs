@@ -5,11 +5,14 @@ use clap::ValueEnum;
 use ponder::backend::Backend;
 use ponder::generate::Runner;
 use ponder::methods::common::{Policy, Protocol, Settings};
-use ponder::methods::engines::Engines;
+use ponder::methods::engines::{Engines, Fleet};
 use ponder::methods::prm::Prm;
 use ponder::methods::quiet_star::{Mode, QuietStar};
+use ponder::model::llama::Model;
 use ponder::model::source::{default_model_dir, load, Loaded};
+use ponder::model::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum ProtocolArg {
@@ -139,7 +142,7 @@ impl Opts {
         }
     }
 
-    /// The engines for the given needs (a PRM, Quiet-STaR's extras).
+    /// The engines for the given needs (a PRM, Quiet-STaR's extras), for one problem at a time.
     pub fn engines<'a, B: Backend>(
         &self,
         be: &'a B,
@@ -149,40 +152,81 @@ impl Opts {
         needs_prm: bool,
         needs_quiet: bool,
     ) -> Result<Engines<'a, B>> {
-        let mut runner = Runner::new(be, &m.model, self.kv_pages, 16)?;
-        if let Some(b) = self.max_batch {
-            runner.max_batch = b.max(1);
-        }
-        let policy = Policy {
-            runner,
-            tok: &m.tok,
-        };
-        let quiet = if needs_quiet {
-            let dir = self.model_dir(cache);
-            Some(QuietStar::new(
-                be,
-                &m.model,
-                &m.tok,
-                dir.as_deref(),
-                !self.keep_thought_embeddings,
-                self.n_ahead,
-            )?)
-        } else {
-            None
-        };
-        let prm = if needs_prm {
-            let (model, tok, name) = match prm {
-                Some(l) => (&l.model, &l.tok, l.name.clone()),
-                None => (&m.model, &m.tok, format!("{} (the policy itself)", m.name)),
-            };
-            let mut r = Runner::new(be, model, self.kv_pages, 16)?;
+        let runner = |model| -> Result<Runner<'a, B>> {
+            let mut r = Runner::new(be, model, self.kv_pages, PAGE_SIZE)?;
             if let Some(b) = self.max_batch {
                 r.max_batch = b.max(1);
             }
-            Some(Prm::new(r, tok, name)?)
-        } else {
-            None
+            Ok(r)
         };
-        Ok(Engines { policy, prm, quiet })
+        let prm = match needs_prm.then(|| prm_spec(m, prm)) {
+            Some((model, tok, name)) => Some(Prm::new(runner(model)?, tok, name)?),
+            None => None,
+        };
+        Ok(Engines {
+            policy: Policy {
+                runner: runner(&m.model)?,
+                tok: &m.tok,
+            },
+            prm,
+            quiet: self.quiet_star(be, m, cache, needs_quiet)?,
+        })
+    }
+
+    /// Quiet-STaR's extras (start/end embeddings, talk head) when a method needs them.
+    pub fn quiet_star<B: Backend>(
+        &self,
+        be: &B,
+        m: &Loaded<B>,
+        cache: &Path,
+        needed: bool,
+    ) -> Result<Option<Arc<QuietStar<B>>>> {
+        if !needed {
+            return Ok(None);
+        }
+        let dir = self.model_dir(cache);
+        Ok(Some(Arc::new(QuietStar::new(
+            be,
+            &m.model,
+            &m.tok,
+            dir.as_deref(),
+            !self.keep_thought_embeddings,
+            self.n_ahead,
+        )?)))
+    }
+
+    /// The storage and batcher of `n` problems in flight, each with --kv-pages pages per model.
+    pub fn fleet<'a, B: Backend>(
+        &self,
+        be: &'a B,
+        m: &Loaded<B>,
+        prm: Option<&Loaded<B>>,
+        needs_prm: bool,
+        n: usize,
+    ) -> Result<Fleet<'a, B>> {
+        let prm_model = needs_prm.then(|| prm.map_or(&m.model, |l| &l.model));
+        Fleet::new(
+            be,
+            &m.model,
+            prm_model,
+            n,
+            self.kv_pages,
+            PAGE_SIZE,
+            self.max_batch.unwrap_or(usize::MAX),
+        )
+    }
+}
+
+/// Tokens per KV page.
+pub const PAGE_SIZE: usize = 16;
+
+/// The PRM's model, tokenizer and report name: `--prm`, else the policy itself (said so).
+pub fn prm_spec<'a, B: Backend>(
+    m: &'a Loaded<B>,
+    prm: Option<&'a Loaded<B>>,
+) -> (&'a Model<B>, &'a Tokenizer, String) {
+    match prm {
+        Some(l) => (&l.model, &l.tok, l.name.clone()),
+        None => (&m.model, &m.tok, format!("{} (the policy itself)", m.name)),
     }
 }

@@ -1,5 +1,5 @@
 //! `ponder eval`, `ponder sweep` and `ponder report`.
-use super::common::Opts;
+use super::common::{prm_spec, Opts};
 use super::{with_backend, OnBackend};
 use anyhow::{bail, Context, Result};
 use ponder::backend::Backend;
@@ -35,6 +35,11 @@ pub struct EvalArgs {
     /// Continue the results already in --out (skipping problems already done).
     #[arg(long)]
     resume: bool,
+    /// Problems solved at once: their forward passes run as one batch, each with its own
+    /// --kv-pages pages per model. Answers are the same for any value; each problem's FLOPs
+    /// are its exact share of the shared passes, its seconds its share of their time.
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
     #[command(flatten)]
     opts: Opts,
 }
@@ -60,6 +65,9 @@ pub fn sweep(a: SweepArgs, cache: &Path) -> Result<()> {
 fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
     let methods = Method::parse_list(&a.method)?;
     let settings = a.opts.settings()?;
+    if a.in_flight == 0 {
+        bail!("--in-flight must be at least 1");
+    }
     let data = load_data(a.data.as_deref())?;
     if !data.malformed.is_empty() {
         let lines: Vec<String> = data
@@ -124,9 +132,6 @@ impl OnBackend for Eval {
         let needs_prm = methods.iter().any(|m| m.uses_prm());
         let needs_quiet = methods.iter().any(|m| m.uses_thoughts());
         let prm = a.opts.load_prm(&be, cache, needs_prm)?;
-        let mut e = a
-            .opts
-            .engines(&be, &m, prm.as_ref(), cache, needs_prm, needs_quiet)?;
         let plan = Plan {
             methods,
             budgets,
@@ -142,7 +147,30 @@ impl OnBackend for Eval {
             be.name(),
             a.out.display()
         );
-        let records = run_eval(&mut e, &plan, &problems, &a.out, a.resume)?;
+        let in_flight = a.in_flight.min(problems.len()).max(1);
+        let records = if in_flight == 1 {
+            let e = a
+                .opts
+                .engines(&be, &m, prm.as_ref(), cache, needs_prm, needs_quiet)?;
+            run_eval(&mut [e], None, &plan, &problems, &a.out, a.resume)?
+        } else {
+            let fleet = a.opts.fleet(&be, &m, prm.as_ref(), needs_prm, in_flight)?;
+            let quiet = a.opts.quiet_star(&be, &m, cache, needs_quiet)?;
+            let mut workers = (0..in_flight)
+                .map(|w| {
+                    let prm = needs_prm.then(|| prm_spec(&m, prm.as_ref()));
+                    fleet.engines(w, (&m.model, &m.tok), prm, quiet.clone())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            run_eval(
+                &mut workers,
+                Some(fleet.batcher()),
+                &plan,
+                &problems,
+                &a.out,
+                a.resume,
+            )?
+        };
         let md = write_report(&a.out, &records)?;
         println!("{md}");
         Ok(())

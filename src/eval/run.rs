@@ -3,14 +3,18 @@
 use super::data::Problem;
 use super::record::Record;
 use super::results::ResultsFile;
+use crate::account;
 use crate::backend::Backend;
+use crate::batcher::Batcher;
 use crate::methods::answer::normalise_number;
-use crate::methods::common::Settings;
+use crate::methods::common::{Settings, Solution};
 use crate::methods::engines::{Engines, Method};
 use crate::rng::mix64;
 use anyhow::Result;
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 pub struct Plan {
@@ -54,14 +58,18 @@ pub fn is_correct(pred: Option<&str>, gold: Option<&str>) -> bool {
 
 /// Runs the plan; problems already in `out`'s results (with --resume) are skipped. Each
 /// problem gets its own seed (from the run's seed and its row), so a resumed run gives the
-/// same answers as an uninterrupted one.
+/// same answers as an uninterrupted one. Each of `workers` solves one problem at a time; with
+/// several (and their `batcher`, see batcher.rs) that many problems are in flight and their
+/// forward passes run together. Results are appended as problems finish.
 pub fn run<B: Backend>(
-    e: &mut Engines<'_, B>,
+    workers: &mut [Engines<'_, B>],
+    batcher: Option<&Batcher<'_, B>>,
     plan: &Plan,
     problems: &[Problem],
     out: &Path,
     resume: bool,
 ) -> Result<Vec<Record>> {
+    anyhow::ensure!(!workers.is_empty(), "no worker to run the problems");
     let (mut file, mut records) = ResultsFile::open(out, resume)?;
     let done: HashSet<(String, usize, usize)> = records.iter().map(|r| r.key()).collect();
     for (method, budget) in plan.runs() {
@@ -76,48 +84,124 @@ pub fn run<B: Backend>(
             .iter()
             .filter(|p| !done.contains(&(method.name().to_string(), budget, p.index)))
             .collect();
-        let mut prev: Vec<&Record> = records
+        let prev: Vec<&Record> = records
             .iter()
             .filter(|r| r.method == method.name() && r.budget == budget)
-            .collect::<Vec<_>>();
-        let (mut correct, mut n) = (prev.iter().filter(|r| r.correct).count(), prev.len());
-        let mut flops: u64 = prev.iter().map(|r| r.flops).sum();
-        prev.clear();
-        let t0 = Instant::now();
-        for (k, p) in todo.iter().enumerate() {
-            let ps = Settings {
-                seed: mix64(plan.settings.seed ^ mix64(p.index as u64)),
-                ..s.clone()
-            };
-            let sol = e.solve(method, &p.question, &ps)?;
-            let ok = is_correct(sol.answer.as_deref(), p.gold.as_deref());
-            let rec = Record::new(
-                &sol,
-                budget,
-                p.index,
-                p.gold.clone(),
-                ok,
-                &plan.model,
-                plan.subset.as_deref(),
-                plan.settings.seed,
-            );
-            file.append(&rec)?;
-            n += 1;
-            correct += ok as usize;
-            flops += rec.flops;
-            let per = t0.elapsed().as_secs_f64() / (k + 1) as f64;
-            let left = per * (todo.len() - k - 1) as f64;
-            eprintln!(
-                "[{label}] {n}/{} acc {correct}/{n} ({:.2}%) {per:.2} s/problem, {:.3e} FLOPs so far, ETA {}",
-                n + todo.len() - k - 1,
-                100.0 * correct as f64 / n as f64,
-                flops as f64,
-                fmt_secs(left)
-            );
-            records.push(rec);
+            .collect();
+        let mut progress = Progress {
+            label,
+            correct: prev.iter().filter(|r| r.correct).count(),
+            n: prev.len(),
+            flops: prev.iter().map(|r| r.flops).sum(),
+            total: prev.len() + todo.len(),
+            t0: Instant::now(),
+            new: 0,
+        };
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = mpsc::channel::<(usize, Result<Solution>)>();
+        let n_workers = workers.len().min(todo.len());
+        if let Some(b) = batcher {
+            b.expect(n_workers);
+        }
+        let mut first_error = None;
+        std::thread::scope(|sc| {
+            for e in workers.iter_mut().take(n_workers) {
+                let (tx, todo, next, stop, s) = (tx.clone(), &todo, &next, &stop, &s);
+                sc.spawn(move || {
+                    let _turn = batcher.map(|b| b.enter());
+                    while !stop.load(Ordering::SeqCst) {
+                        let k = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(p) = todo.get(k) else { break };
+                        let ps = Settings {
+                            seed: mix64(plan.settings.seed ^ mix64(p.index as u64)),
+                            ..s.clone()
+                        };
+                        // The problem's own account: its costs, whatever else is in flight.
+                        let prev = account::install(Some(Default::default()));
+                        let res = e.solve(method, &p.question, &ps);
+                        account::install(prev);
+                        let failed = res.is_err();
+                        if tx.send((k, res)).is_err() || failed {
+                            stop.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            // Append each result as it arrives; after an error, keep those still in flight.
+            for (k, res) in rx {
+                let p = todo[k];
+                let sol = match res {
+                    Ok(sol) => sol,
+                    Err(e) => {
+                        first_error.get_or_insert(e.context(format!(
+                            "{} on row {}",
+                            method.name(),
+                            p.index
+                        )));
+                        continue;
+                    }
+                };
+                let ok = is_correct(sol.answer.as_deref(), p.gold.as_deref());
+                let rec = Record::new(
+                    &sol,
+                    budget,
+                    p.index,
+                    p.gold.clone(),
+                    ok,
+                    &plan.model,
+                    plan.subset.as_deref(),
+                    plan.settings.seed,
+                );
+                if let Err(e) = file.append(&rec) {
+                    stop.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+                progress.add(&rec);
+                records.push(rec);
+            }
+        });
+        if let Some(e) = first_error {
+            return Err(e);
         }
     }
     Ok(records)
+}
+
+/// The progress line of one (method, budget) run.
+struct Progress {
+    label: String,
+    correct: usize,
+    n: usize,
+    flops: u64,
+    total: usize,
+    t0: Instant,
+    new: usize,
+}
+
+impl Progress {
+    fn add(&mut self, rec: &Record) {
+        self.n += 1;
+        self.new += 1;
+        self.correct += rec.correct as usize;
+        self.flops += rec.flops;
+        let per = self.t0.elapsed().as_secs_f64() / self.new as f64;
+        let left = per * (self.total - self.n) as f64;
+        eprintln!(
+            "[{}] {}/{} acc {}/{} ({:.2}%) {per:.2} s/problem, {:.3e} FLOPs so far, ETA {}",
+            self.label,
+            self.n,
+            self.total,
+            self.correct,
+            self.n,
+            100.0 * self.correct as f64 / self.n as f64,
+            self.flops as f64,
+            fmt_secs(left)
+        );
+    }
 }
 
 fn fmt_secs(s: f64) -> String {

@@ -139,24 +139,21 @@ pub struct Tally {
     pub study_tokens: u64,
 }
 
-/// Measures one solve: wall time and the ledger's growth over it.
+/// Measures one solve: wall time and the growth of the ledger this thread charges. With
+/// several problems in flight the time is the problem's own: its thread's wall time, less
+/// its waits for shared forward passes, plus its share of their time (account.rs).
 pub struct Meter {
     t0: std::time::Instant,
     before: Ledger,
+    times: (f64, f64),
 }
 
 impl Meter {
     pub fn start<B: Backend>(p: &Policy<'_, B>) -> Self {
-        let before = p
-            .runner
-            .be
-            .ledger()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         Meter {
             t0: std::time::Instant::now(),
-            before,
+            before: p.runner.be.snapshot(),
+            times: crate::account::times(),
         }
     }
 
@@ -172,13 +169,10 @@ impl Meter {
         tally: Tally,
         prm: Option<String>,
     ) -> Solution {
-        let ledger = p
-            .runner
-            .be
-            .ledger()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .since(&self.before);
+        let ledger = p.runner.be.snapshot().since(&self.before);
+        let (waited, charged) = crate::account::times();
+        let seconds =
+            self.t0.elapsed().as_secs_f64() - (waited - self.times.0) + (charged - self.times.1);
         Solution {
             method: method.into(),
             answer,
@@ -188,7 +182,7 @@ impl Meter {
             generated_tokens: tally.generated,
             thought_tokens: tally.thought,
             prm_tokens: tally.prm,
-            seconds: self.t0.elapsed().as_secs_f64(),
+            seconds: seconds.max(0.0),
             flops: FlopReport::from_ledger(&ledger),
             study_flops: tally.study_tokens * p.study_per_token(),
             prm,

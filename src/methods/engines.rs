@@ -4,8 +4,13 @@ use super::common::{Policy, Settings, Solution};
 use super::prm::Prm;
 use super::quiet_star::QuietStar;
 use super::{baseline, rebase};
-use crate::backend::Backend;
+use crate::backend::{Backend, KvShape};
+use crate::batcher::Batcher;
+use crate::generate::Runner;
+use crate::model::llama::Model;
+use crate::model::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Method {
@@ -65,14 +70,116 @@ impl Method {
 pub struct Engines<'a, B: Backend> {
     pub policy: Policy<'a, B>,
     pub prm: Option<Prm<'a, B>>,
-    pub quiet: Option<QuietStar<B>>,
+    /// Shared by the workers of a fleet (read only).
+    pub quiet: Option<Arc<QuietStar<B>>>,
+}
+
+/// What several problems in flight share: one KV storage per model, each worker owning a
+/// range of `pages` pages of it, and the batcher that runs their forward passes together.
+pub struct Fleet<'a, B: Backend> {
+    be: &'a B,
+    batcher: Batcher<'a, B>,
+    policy_kv: Mutex<B::Kv>,
+    prm_kv: Option<Mutex<B::Kv>>,
+    workers: usize,
+    pages: usize,
+    page_size: usize,
+}
+
+impl<'a, B: Backend> Fleet<'a, B> {
+    /// Storage for `workers` pools of `pages` pages of `page_size` tokens, per model.
+    pub fn new(
+        be: &'a B,
+        policy: &Model<B>,
+        prm: Option<&Model<B>>,
+        workers: usize,
+        pages: usize,
+        page_size: usize,
+        max_batch: usize,
+    ) -> Result<Self> {
+        let total = workers
+            .checked_mul(pages)
+            .context("--in-flight × --kv-pages is too large")?;
+        let alloc = |m: &Model<B>| -> Result<Mutex<B::Kv>> {
+            let c = &m.cfg;
+            let kv = be
+                .alloc_kv(KvShape {
+                    layers: c.num_hidden_layers,
+                    pages: total,
+                    page_size,
+                    kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                })
+                .with_context(|| {
+                    format!("cannot allocate the KV cache of {workers} problems in flight")
+                })?;
+            Ok(Mutex::new(kv))
+        };
+        Ok(Fleet {
+            be,
+            batcher: Batcher::new(be, max_batch),
+            policy_kv: alloc(policy)?,
+            prm_kv: prm.map(alloc).transpose()?,
+            workers,
+            pages,
+            page_size,
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn batcher(&self) -> &Batcher<'a, B> {
+        &self.batcher
+    }
+
+    /// Worker `w`'s engines: pools over its page ranges, forward passes through the batcher.
+    pub fn engines(
+        &'a self,
+        w: usize,
+        policy: (&'a Model<B>, &'a Tokenizer),
+        prm: Option<(&'a Model<B>, &'a Tokenizer, String)>,
+        quiet: Option<Arc<QuietStar<B>>>,
+    ) -> Result<Engines<'a, B>> {
+        anyhow::ensure!(w < self.workers, "worker {w} of {}", self.workers);
+        let runner = |m: &'a Model<B>, kv: &'a Mutex<B::Kv>| {
+            Runner::shared(
+                self.be,
+                m,
+                kv,
+                w * self.pages,
+                self.pages,
+                self.page_size,
+                &self.batcher,
+            )
+        };
+        let prm = match prm {
+            Some((m, tok, name)) => {
+                let kv = self
+                    .prm_kv
+                    .as_ref()
+                    .context("the fleet has no PRM storage")?;
+                Some(Prm::new(runner(m, kv)?, tok, name)?)
+            }
+            None => None,
+        };
+        Ok(Engines {
+            policy: Policy {
+                runner: runner(policy.0, &self.policy_kv)?,
+                tok: policy.1,
+            },
+            prm,
+            quiet,
+        })
+    }
 }
 
 impl<B: Backend> Engines<'_, B> {
     /// Runs `method` on one question. `s.votes` / `s.width` carry the budget.
     pub fn solve(&mut self, method: Method, question: &str, s: &Settings) -> Result<Solution> {
         let quiet = if method.uses_thoughts() {
-            Some(self.quiet.as_ref().context("Quiet-STaR was not set up")?)
+            Some(self.quiet.as_deref().context("Quiet-STaR was not set up")?)
         } else {
             None
         };

@@ -76,7 +76,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         let mut kids = Vec::with_capacity(items.len());
         for (parent, text) in items {
             let (k, copies) = self.runner.pool.fork(parent.seq, 1)?;
-            self.runner.be.copy_pages(&mut self.runner.kv, &copies)?;
+            self.runner.copy_pages(&copies)?;
             let mut b = (*parent).clone();
             b.seq = k[0];
             let mut ids = Vec::new();

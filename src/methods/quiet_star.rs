@@ -194,7 +194,7 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
                 };
                 for &i in &positions {
                     let (k, copies) = r.pool.fork(b.seq, 1)?;
-                    r.be.copy_pages(&mut r.kv, &copies)?;
+                    r.copy_pages(&copies)?;
                     if self.mode == Mode::Parallel {
                         r.pool.truncate(k[0], i)?;
                     }
@@ -283,10 +283,7 @@ impl<B: Backend> ThoughtStep<'_, B> {
                         let u = uniform(self.seed, row.stream, row.counter + s as u64);
                         let (id, cost) =
                             sample(&logits[k * v..(k + 1) * v], self.qs.base_vocab, any, u);
-                        r.be.ledger()
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .record("sample", cost);
+                        r.be.charge("sample", cost);
                         next.push(id);
                     }
                     next

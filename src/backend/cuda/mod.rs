@@ -228,10 +228,7 @@ impl Cuda {
     }
 
     pub(crate) fn record(&self, op: &'static str, c: Counts) {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(op, c);
+        self.charge(op, c);
     }
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
@@ -358,10 +355,7 @@ impl Backend for Cuda {
     }
     fn set_phase(&self, p: crate::flops::Phase) {
         self.ranges.enter(p);
-        self.ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_phase(p);
+        crate::account::with_ledger(&self.ledger, |l| l.set_phase(p));
     }
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<CudaWeight> {
         self.weight_impl(shape, data)

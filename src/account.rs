@@ -1,0 +1,54 @@
+//! Per-problem accounts. When several problems are solved at once (`eval --in-flight N`), each
+//! worker thread installs its problem's account: the ops the thread runs are charged to that
+//! account's ledger instead of the backend's, and its phase is the thread's own. Forward passes
+//! shared by several problems are run by one thread and split among the problems afterwards
+//! (see batcher.rs). With no account installed everything goes to the backend's ledger.
+use crate::flops::Ledger;
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+
+/// One problem's costs so far.
+#[derive(Clone, Debug, Default)]
+pub struct Account {
+    pub ledger: Ledger,
+    /// Seconds this problem's thread spent waiting for shared forward passes.
+    pub waited: f64,
+    /// Seconds of shared forward passes charged to this problem (its share of each).
+    pub charged: f64,
+}
+
+pub type SharedAccount = Arc<Mutex<Account>>;
+
+thread_local! {
+    static CURRENT: RefCell<Option<SharedAccount>> = const { RefCell::new(None) };
+}
+
+/// Makes `a` this thread's account; returns the one it replaces.
+pub fn install(a: Option<SharedAccount>) -> Option<SharedAccount> {
+    CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), a))
+}
+
+/// This thread's account, if one is installed.
+pub fn current() -> Option<SharedAccount> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+pub fn lock(a: &SharedAccount) -> std::sync::MutexGuard<'_, Account> {
+    a.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the ledger this thread charges: its account's, else `fallback` (the backend's).
+pub fn with_ledger<R>(fallback: &Mutex<Ledger>, f: impl FnOnce(&mut Ledger) -> R) -> R {
+    match current() {
+        Some(a) => f(&mut lock(&a).ledger),
+        None => f(&mut fallback.lock().unwrap_or_else(|e| e.into_inner())),
+    }
+}
+
+/// (waited, charged) seconds of this thread's account; zeros without one.
+pub fn times() -> (f64, f64) {
+    current().map_or((0.0, 0.0), |a| {
+        let g = lock(&a);
+        (g.waited, g.charged)
+    })
+}

@@ -1,0 +1,412 @@
+//! Cross-problem batching. Several problems are solved at once, one worker thread each, every
+//! one with its own KV pool over its own range of pages of one shared KV storage. A worker's
+//! forward pass is not run at once: it waits here until every active worker is waiting too,
+//! and then all waiting passes on the same model run as one batch (the last worker to arrive
+//! runs it). So one step decodes the live branches of all problems in flight together, while
+//! each problem's own code — its scheduler, its pool, its preemption — stays as if it ran
+//! alone, and gives the same tokens (every op computes each row independently of the batch).
+//! Workers take turns: one at a time runs its own host code and ops (sampling, tokenizing,
+//! Quiet-STaR's mixing), handing the turn over while it waits for a pass — so the device and
+//! its library handles are never driven from two threads at once, and on the CPU the ops keep
+//! every core to themselves.
+//!
+//! Accounting: the shared pass is charged to a scratch ledger and then split among the
+//! problems, op by op, in proportion to what each op does per problem: matrix products by the
+//! rows and weights they multiply (tokens through the layers, one row per sequence through
+//! the LM head), attention by the (query, key) pairs it scores, row gathers by sequences, the
+//! rest by tokens. Useful FLOPs are linear in those quantities, so each problem gets exactly
+//! what its pass alone would count; the executed FLOPs and bytes of the GPU's tiles are
+//! apportioned the same way. Its wall time is split in proportion to useful FLOPs.
+use crate::account::{self, Account, SharedAccount};
+use crate::backend::Backend;
+use crate::backend::Batch;
+use crate::flops::{Counts, Ledger, Phase};
+use crate::model::llama::{Model, Output};
+use anyhow::Result;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A forward pass's input rows: token ids, or embedding rows (Quiet-STaR's thought markers).
+pub enum Input {
+    Ids(Vec<u32>),
+    Rows(Vec<f32>),
+}
+
+struct Request<'a, B: Backend> {
+    id: u64,
+    model: &'a Model<B>,
+    kv: &'a Mutex<B::Kv>,
+    batch: Batch,
+    input: Input,
+    account: Option<SharedAccount>,
+    phase: Phase,
+}
+
+struct State<'a, B: Backend> {
+    /// Workers that will submit a pass or leave; a batch runs when all of them wait.
+    active: usize,
+    /// A worker holds the turn (see the module's comment).
+    busy: bool,
+    running: bool,
+    next_id: u64,
+    pending: Vec<Request<'a, B>>,
+    done: HashMap<u64, Result<Output<B>, String>>,
+}
+
+pub struct Batcher<'a, B: Backend> {
+    be: &'a B,
+    /// At most this many sequences per combined pass.
+    max_batch: usize,
+    state: Mutex<State<'a, B>>,
+    cv: Condvar,
+}
+
+/// A worker's place in the batcher, holding the turn outside forward passes. Dropping it
+/// (however the worker ends: done, an error, a panic) gives up the turn and leaves, so that
+/// the others never wait for it.
+pub struct Membership<'b, 'a, B: Backend>(&'b Batcher<'a, B>);
+
+impl<B: Backend> Drop for Membership<'_, '_, B> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+impl<'a, B: Backend> Batcher<'a, B> {
+    pub fn new(be: &'a B, max_batch: usize) -> Self {
+        Batcher {
+            be,
+            max_batch: max_batch.max(1),
+            state: Mutex::new(State {
+                active: 0,
+                busy: false,
+                running: false,
+                next_id: 0,
+                pending: Vec::new(),
+                done: HashMap::new(),
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<'a, B>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Announces `n` workers before they start, so that no pass runs before all have entered.
+    pub fn expect(&self, n: usize) {
+        self.lock().active += n;
+    }
+
+    /// Called by an expected worker on its own thread: waits for the turn and holds it.
+    pub fn enter(&self) -> Membership<'_, 'a, B> {
+        let mut st = self.lock();
+        while st.busy {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.busy = true;
+        Membership(self)
+    }
+
+    fn leave(&self) {
+        let mut st = self.lock();
+        st.busy = false;
+        st.active = st.active.saturating_sub(1);
+        if !st.running && !st.pending.is_empty() && st.pending.len() >= st.active {
+            st = self.run_pending(st);
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Runs `batch` (reserved in a pool over `kv`) together with the other workers' passes.
+    pub fn forward(
+        &self,
+        model: &'a Model<B>,
+        kv: &'a Mutex<B::Kv>,
+        batch: Batch,
+        input: Input,
+    ) -> Result<Output<B>> {
+        let t0 = Instant::now();
+        let phase = account::with_ledger(self.be.ledger(), |l| l.phase());
+        let acct = account::current();
+        let mut st = self.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.pending.push(Request {
+            id,
+            model,
+            kv,
+            batch,
+            input,
+            account: acct.clone(),
+            phase,
+        });
+        st.busy = false;
+        self.cv.notify_all();
+        let out = loop {
+            if let Some(r) = st.done.remove(&id) {
+                break r;
+            }
+            if !st.running && st.pending.len() >= st.active {
+                st = self.run_pending(st);
+                continue;
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        };
+        while st.busy {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.busy = true;
+        drop(st);
+        if let Some(a) = acct {
+            account::lock(&a).waited += t0.elapsed().as_secs_f64();
+        }
+        out.map_err(anyhow::Error::msg)
+    }
+
+    /// Takes every pending pass, runs them (without the lock: all workers wait meanwhile),
+    /// posts the results and wakes the workers.
+    fn run_pending<'g>(
+        &'g self,
+        mut st: MutexGuard<'g, State<'a, B>>,
+    ) -> MutexGuard<'g, State<'a, B>> {
+        st.running = true;
+        let reqs = std::mem::take(&mut st.pending);
+        drop(st);
+        let results = self.execute(reqs);
+        let mut st = self.lock();
+        st.running = false;
+        st.done.extend(results);
+        self.cv.notify_all();
+        st
+    }
+
+    /// Groups the passes by model, storage and input kind, in chunks of at most max_batch
+    /// sequences, and runs each group as one pass.
+    fn execute(&self, reqs: Vec<Request<'a, B>>) -> Vec<(u64, Result<Output<B>, String>)> {
+        let mut groups: Vec<Vec<Request<'a, B>>> = Vec::new();
+        for r in reqs {
+            let fits = |g: &Vec<Request<'a, B>>| {
+                let h = &g[0];
+                std::ptr::eq(h.model, r.model)
+                    && std::ptr::eq(h.kv, r.kv)
+                    && matches!(
+                        (&h.input, &r.input),
+                        (Input::Ids(_), Input::Ids(_)) | (Input::Rows(_), Input::Rows(_))
+                    )
+                    && g.iter().map(|x| x.batch.seqs.len()).sum::<usize>() + r.batch.seqs.len()
+                        <= self.max_batch
+            };
+            match groups.iter_mut().find(|g| fits(g)) {
+                Some(g) => g.push(r),
+                None => groups.push(vec![r]),
+            }
+        }
+        let mut out = Vec::new();
+        for g in groups {
+            out.extend(self.run_group(g));
+        }
+        out
+    }
+
+    fn run_group(&self, g: Vec<Request<'a, B>>) -> Vec<(u64, Result<Output<B>, String>)> {
+        let scratch: SharedAccount = Arc::new(Mutex::new(Account::default()));
+        let prev = account::install(Some(scratch.clone()));
+        let t = Instant::now();
+        let res = self.combined_pass(&g);
+        let secs = t.elapsed().as_secs_f64();
+        account::install(prev);
+        let ledger = std::mem::take(&mut account::lock(&scratch).ledger);
+        self.split(&g, &ledger, secs);
+        match res {
+            Ok(outs) => g
+                .iter()
+                .map(|r| r.id)
+                .zip(outs.into_iter().map(Ok))
+                .collect(),
+            Err(e) => g.iter().map(|r| (r.id, Err(format!("{e:#}")))).collect(),
+        }
+    }
+
+    /// One forward pass over every request's sequences; each request gets its own rows back.
+    fn combined_pass(&self, g: &[Request<'a, B>]) -> Result<Vec<Output<B>>> {
+        let model = g[0].model;
+        let mut seqs = Vec::new();
+        let (mut ids, mut rows) = (Vec::new(), Vec::new());
+        for r in g {
+            let start = seqs
+                .iter()
+                .map(|s: &crate::backend::SeqSlice| s.n_tokens)
+                .sum::<usize>();
+            seqs.extend(r.batch.seqs.iter().map(|s| {
+                let mut s = s.clone();
+                s.token_start += start;
+                s
+            }));
+            match &r.input {
+                Input::Ids(v) => ids.extend_from_slice(v),
+                Input::Rows(v) => rows.extend_from_slice(v),
+            }
+        }
+        let batch = Batch {
+            seqs,
+            page_size: g[0].batch.page_size,
+            sliding_window: g[0].batch.sliding_window,
+        };
+        let mut kv = g[0].kv.lock().unwrap_or_else(|e| e.into_inner());
+        let out = match &g[0].input {
+            Input::Ids(_) => model.forward(self.be, &mut kv, &batch, &ids)?,
+            Input::Rows(_) => {
+                let x = self
+                    .be
+                    .tensor(batch.n_tokens(), model.cfg.hidden_size, &rows)?;
+                model.forward_embedded(self.be, &mut kv, &batch, x)?
+            }
+        };
+        drop(kv);
+        if g.len() == 1 {
+            return Ok(vec![out]);
+        }
+        let mut outs = Vec::with_capacity(g.len());
+        let mut first = 0;
+        for r in g {
+            let n = r.batch.seqs.len();
+            let sel: Vec<usize> = (first..first + n).collect();
+            outs.push(Output {
+                hidden: self.be.gather_rows(&out.hidden, &sel)?,
+                logits: self.be.gather_rows(&out.logits, &sel)?,
+            });
+            first += n;
+        }
+        Ok(outs)
+    }
+
+    /// Charges each request its share of the pass (see the module's comment), under the phase
+    /// it was submitted in.
+    fn split(&self, g: &[Request<'a, B>], ledger: &Ledger, secs: f64) {
+        let cfg = &g[0].model.cfg;
+        let (d, q, kvd, ff) = (
+            cfg.hidden_size as u128,
+            cfg.q_dim() as u128,
+            cfg.kv_dim() as u128,
+            cfg.intermediate_size as u128,
+        );
+        let per_token = cfg.num_hidden_layers as u128 * (d * (q + 2 * kvd) + q * d + 3 * d * ff);
+        let per_seq = cfg.vocab_size as u128 * d;
+        let basis = |r: &Request<'a, B>, op: &str| -> u128 {
+            let (t, s) = (r.batch.n_tokens() as u128, r.batch.seqs.len() as u128);
+            match op {
+                "matmul" => t * per_token + s * per_seq,
+                "attention" | "attn_merge" => r.batch.attention_pairs() as u128,
+                "gather" => s,
+                _ => t,
+            }
+        };
+        let mut shares: Vec<Ledger> = g.iter().map(|_| Ledger::new()).collect();
+        let mut useful = vec![0u128; g.len()];
+        for (_, op, c) in ledger.entries() {
+            let w: Vec<u128> = g.iter().map(|r| basis(r, op)).collect();
+            for (i, part) in split_counts(c, &w).into_iter().enumerate() {
+                useful[i] += part.useful_flops as u128;
+                shares[i].record_in(g[i].phase, op, part);
+            }
+        }
+        let total_useful: u128 = useful.iter().sum();
+        for (i, r) in g.iter().enumerate() {
+            let frac = if total_useful == 0 {
+                1.0 / g.len() as f64
+            } else {
+                useful[i] as f64 / total_useful as f64
+            };
+            match &r.account {
+                Some(a) => {
+                    let mut a = account::lock(a);
+                    a.ledger.merge(&shares[i]);
+                    a.charged += secs * frac;
+                }
+                None => self
+                    .be
+                    .ledger()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .merge(&shares[i]),
+            }
+        }
+    }
+}
+
+/// Splits every field of `c` in proportion to `w`: floors, the remainder to the largest
+/// weights' owners in turn, so the parts sum to `c` exactly. When a field is a multiple of
+/// the weights' sum (useful FLOPs are), every part is exact.
+fn split_counts(c: &Counts, w: &[u128]) -> Vec<Counts> {
+    let total: u128 = w.iter().sum();
+    let mut parts = vec![Counts::default(); w.len()];
+    if w.is_empty() {
+        return parts;
+    }
+    let field = |get: fn(&Counts) -> u64, set: fn(&mut Counts, u64), parts: &mut Vec<Counts>| {
+        let v = get(c) as u128;
+        if total == 0 {
+            set(&mut parts[0], v as u64);
+            return;
+        }
+        let mut given = 0u128;
+        for (i, &wi) in w.iter().enumerate() {
+            let p = v * wi / total;
+            set(&mut parts[i], p as u64);
+            given += p;
+        }
+        let mut order: Vec<usize> = (0..w.len()).collect();
+        order.sort_by(|&a, &b| w[b].cmp(&w[a]).then(a.cmp(&b)));
+        for &i in order.iter().cycle().take((v - given) as usize) {
+            let now = get(&parts[i]);
+            set(&mut parts[i], now + 1);
+        }
+    };
+    field(|c| c.calls, |c, v| c.calls = v, &mut parts);
+    field(|c| c.useful_flops, |c, v| c.useful_flops = v, &mut parts);
+    field(
+        |c| c.executed_flops,
+        |c, v| c.executed_flops = v,
+        &mut parts,
+    );
+    field(|c| c.bytes, |c, v| c.bytes = v, &mut parts);
+    field(
+        |c| c.transcendentals,
+        |c, v| c.transcendentals = v,
+        &mut parts,
+    );
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_sums_exactly_and_is_exact_on_multiples() {
+        let c = Counts {
+            calls: 3,
+            useful_flops: 2 * (5 + 7 + 11) * 9,
+            executed_flops: 1001,
+            bytes: 17,
+            transcendentals: 0,
+        };
+        let w = [5u128, 7, 11];
+        let p = split_counts(&c, &w);
+        let mut sum = Counts::default();
+        for x in &p {
+            sum.add(x);
+        }
+        assert_eq!(sum, c);
+        for (x, wi) in p.iter().zip(w) {
+            assert_eq!(x.useful_flops as u128, 2 * 9 * wi);
+        }
+        // Zero weights: everything to the first part.
+        let z = split_counts(&c, &[0, 0]);
+        assert_eq!(z[0], c);
+        assert_eq!(z[1], Counts::default());
+    }
+}
