@@ -20,6 +20,10 @@ pub struct Runner<'a, B: Backend> {
     pub kv: KvStore<'a, B>,
     /// At most this many sequences per forward pass (the scheduler splits larger batches).
     pub max_batch: usize,
+    /// Idle sequences whose KV is only a cache (their tokens are kept elsewhere), oldest
+    /// first: when the pool runs short the scheduler empties them (scheduler::make_room) and
+    /// whoever feeds them next recomputes. A sequence must leave this list before it is fed.
+    pub parked: Vec<SeqId>,
 }
 
 /// Where a runner's KV lives: storage of its own, or a range of pages of storage shared by
@@ -51,6 +55,7 @@ impl<'a, B: Backend> Runner<'a, B> {
             pool: KvPool::try_new(pages, page_size)?,
             kv: KvStore::Own(kv),
             max_batch: usize::MAX,
+            parked: Vec::new(),
         })
     }
 
@@ -75,6 +80,7 @@ impl<'a, B: Backend> Runner<'a, B> {
                 batcher,
             },
             max_batch: usize::MAX,
+            parked: Vec::new(),
         })
     }
 

@@ -27,6 +27,10 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
+            // For developers: the error's chain and, with RUST_LIB_BACKTRACE=1, where it began.
+            if std::env::var_os("PONDER_DEBUG").is_some() {
+                eprintln!("{e:?}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -79,7 +79,7 @@ pub fn forward_items<B: Backend>(
     let refs: Vec<(SeqId, &[u32])> = items.iter().map(|(s, t)| (*s, t.as_slice())).collect();
     match r.extend(&refs) {
         Ok(out) => Ok((r.be.to_host(&out.logits)?, r.be.to_host(&out.hidden)?)),
-        Err(e) if items.len() > 1 && e.downcast_ref::<KvError>().is_some_and(is_oom) => {
+        Err(e) if items.len() > 1 && is_oom(&e) => {
             let (a, b) = items.split_at(items.len() / 2);
             let (mut l, mut h) = forward_items(r, a)?;
             let (l2, h2) = forward_items(r, b)?;
@@ -87,12 +87,95 @@ pub fn forward_items<B: Backend>(
             h.extend(h2);
             Ok((l, h))
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // One sequence alone does not fit: empty idle caches, then try again.
+            if let Some(KvError::OutOfPages { needed, .. }) = e.downcast_ref::<KvError>() {
+                let before = r.pool.free_pages();
+                if make_room(r, *needed)? && r.pool.free_pages() > before {
+                    return forward_items(r, items);
+                }
+                if let [(seq, tokens)] = items {
+                    let len = r.pool.len(*seq)? + tokens.len();
+                    return Err(e.context(too_long(r, len)));
+                }
+            }
+            Err(e)
+        }
     }
 }
 
-fn is_oom(e: &KvError) -> bool {
-    matches!(e, KvError::OutOfPages { .. })
+/// The error for a sequence the whole pool cannot hold.
+fn too_long<B: Backend>(r: &Runner<'_, B>, tokens: usize) -> String {
+    format!(
+        "one sequence of {tokens} tokens does not fit in {} KV pages of {} tokens \
+         (raise --kv-pages)",
+        r.pool.n_pages(),
+        r.pool.page_size()
+    )
+}
+
+/// Whether `e` is the KV pool running out of pages.
+pub fn is_oom(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<KvError>(),
+        Some(KvError::OutOfPages { .. })
+    )
+}
+
+/// Marks `seq` idle: its KV is only a cache from now on (see `Runner::parked`).
+pub fn park<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId) {
+    let pool = &r.pool;
+    r.parked.retain(|&s| s != seq && pool.contains(s));
+    r.parked.push(seq);
+}
+
+/// Takes `seq` off the parked list: it is about to be fed.
+pub fn unpark<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId) {
+    r.parked.retain(|&s| s != seq);
+}
+
+/// Frees parked caches, oldest first, until `free` pages are free: first the pages each holds
+/// alone at its end (what it shares with others stays), then whole sequences (emptied, not
+/// forgotten: their owner feeds them again from the start). True when that many are free.
+pub fn make_room<B: Backend>(r: &mut Runner<'_, B>, free: usize) -> Result<bool> {
+    for whole in [false, true] {
+        let mut i = 0;
+        while r.pool.free_pages() < free && i < r.parked.len() {
+            let s = r.parked[i];
+            if !r.pool.contains(s) {
+                r.parked.remove(i);
+            } else if whole {
+                r.pool.truncate(s, 0)?;
+                r.parked.remove(i);
+            } else {
+                release_private_tail(r, s)?;
+                i += 1;
+            }
+        }
+    }
+    Ok(r.pool.free_pages() >= free)
+}
+
+/// `n` children of `seq` sharing its pages. When the pool has no room for their copies of
+/// the partial last page, they share only the full pages and feed the rest again.
+pub fn fork_seqs<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId, n: usize) -> Result<Vec<SeqId>> {
+    match r.pool.fork(seq, n) {
+        Ok((kids, copies)) => {
+            r.copy_pages(&copies)?;
+            Ok(kids)
+        }
+        Err(KvError::OutOfPages { .. }) => Ok(r.pool.fork_full_pages(seq, n)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Frees `seq` unless it is already gone (a leaf freed early, then a clean-up pass).
+pub fn release<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId) -> Result<()> {
+    if r.pool.contains(seq) {
+        r.pool.free(seq)?;
+    }
+    unpark(r, seq);
+    Ok(())
 }
 
 /// Points `b` at a new token path, keeping the longest common prefix already in its cache.
@@ -131,8 +214,7 @@ pub fn fork<B: Backend>(
     parent: &Branch,
     streams: &[u64],
 ) -> Result<Vec<Branch>> {
-    let (kids, copies) = r.pool.fork(parent.seq, streams.len())?;
-    r.copy_pages(&copies)?;
+    let kids = fork_seqs(r, parent.seq, streams.len())?;
     Ok(kids
         .into_iter()
         .zip(streams)
@@ -213,7 +295,8 @@ fn release_private_tail<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId) -> Result
 }
 
 /// Decodes all branches together until each meets its stop rule. When the KV pool cannot
-/// hold the next step of every branch, the branches with the highest indices are preempted
+/// hold the next step of every branch, finished branches and then parked caches give their
+/// pages back; if that is not enough, the branches with the highest indices are preempted
 /// (their pages freed) and wait; they resume by recomputing their path once room is back.
 /// Every op computes each row independently of the batch, so preemption changes only the
 /// cost, never the tokens.
@@ -263,14 +346,27 @@ pub fn decode<B: Backend>(
             }
             let victim = match evictable.pop() {
                 Some(i) => i,
+                None if make_room(r, need)? => break,
                 None if admitted.len() > 1 => admitted.pop().unwrap_or_default(),
                 None => {
-                    return Err(KvError::OutOfPages {
+                    // Last resort: waiting branches give back even the pages they share.
+                    let mut emptied = false;
+                    for (i, b) in branches.iter().enumerate() {
+                        if !admitted.contains(&i) && r.pool.len(b.seq)? > 0 {
+                            r.pool.truncate(b.seq, 0)?;
+                            emptied = true;
+                        }
+                    }
+                    if emptied {
+                        continue;
+                    }
+                    let b = &branches[admitted[0]];
+                    return Err(anyhow::Error::from(KvError::OutOfPages {
                         needed: need,
                         free: r.pool.free_pages(),
                         total: r.pool.n_pages(),
-                    }
-                    .into())
+                    })
+                    .context(too_long(r, b.all.len())));
                 }
             };
             release_private_tail(r, branches[victim].seq)?;

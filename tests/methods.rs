@@ -53,22 +53,44 @@ fn run_baseline(
 }
 
 fn run_rebase(be: &Cpu, m: &Loaded<Cpu>, quiet: bool, max_batch: usize, s: &Settings) -> Solution {
-    let mut runner = Runner::new(be, &m.model, 512, 4).unwrap();
+    try_rebase(be, m, quiet, max_batch, 512, s).unwrap()
+}
+
+/// REBASE with `pages` KV pages of 4 tokens for the policy and as many for the PRM.
+fn try_rebase(
+    be: &Cpu,
+    m: &Loaded<Cpu>,
+    quiet: bool,
+    max_batch: usize,
+    pages: usize,
+    s: &Settings,
+) -> anyhow::Result<Solution> {
+    let mut runner = Runner::new(be, &m.model, pages, 4).unwrap();
     runner.max_batch = max_batch;
     let mut p = Policy {
         runner,
         tok: &m.tok,
     };
     let mut prm = Prm::new(
-        Runner::new(be, &m.model, 512, 4).unwrap(),
+        Runner::new(be, &m.model, pages, 4).unwrap(),
         &m.tok,
         "policy".into(),
     )
     .unwrap();
     let qs = quiet.then(|| QuietStar::new(be, &m.model, &m.tok, None, true, 8).unwrap());
-    let sol = rebase::solve(&mut p, &mut prm, qs.as_ref(), Q, s).unwrap();
-    assert_eq!(p.runner.pool.free_pages(), 512);
-    assert_eq!(prm.runner.pool.free_pages(), 512);
+    let sol = rebase::solve(&mut p, &mut prm, qs.as_ref(), Q, s);
+    assert_eq!(
+        p.runner.pool.free_pages(),
+        pages,
+        "every policy page is returned"
+    );
+    assert_eq!(
+        prm.runner.pool.free_pages(),
+        pages,
+        "every PRM page is returned"
+    );
+    p.runner.pool.check_invariants().unwrap();
+    prm.runner.pool.check_invariants().unwrap();
     sol
 }
 
@@ -169,6 +191,53 @@ fn rebase_builds_a_tree_and_scores_it() {
             "{protocol:?}: batching changed the tree"
         );
         assert_eq!(sol.flops.useful, again.flops.useful);
+    }
+}
+
+#[test]
+fn rebase_with_a_tiny_pool_builds_the_same_tree() {
+    // Pools far too small for the whole tree: forks share only full pages, idle nodes' caches
+    // are emptied and recomputed, scoring runs in smaller groups, branches wait their turn.
+    let (be, m) = tiny();
+    for (quiet, protocol) in [
+        (false, Protocol::Seed),
+        (false, Protocol::Wu),
+        (true, Protocol::Seed),
+    ] {
+        let s = Settings {
+            protocol,
+            width: 4,
+            ..settings()
+        };
+        let roomy = run_rebase(&be, &m, quiet, usize::MAX, &s);
+        let (mut fits, mut recomputed) = (0, false);
+        for pages in [64, 48, 40, 36] {
+            match try_rebase(&be, &m, quiet, usize::MAX, pages, &s) {
+                Ok(tight) => {
+                    fits += 1;
+                    assert_eq!(texts(&roomy), texts(&tight), "{pages} pages, {protocol:?}");
+                    let scores = |x: &Solution| -> Vec<Vec<f64>> {
+                        x.votes.iter().map(|v| v.scores.clone()).collect()
+                    };
+                    assert_eq!(scores(&roomy), scores(&tight));
+                    assert_eq!(roomy.answer, tight.answer);
+                    assert!(tight.flops.useful >= roomy.flops.useful);
+                    recomputed |= tight.flops.useful > roomy.flops.useful;
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    assert!(msg.contains("raise --kv-pages"), "{pages} pages: {msg}");
+                }
+            }
+        }
+        assert!(
+            fits >= 2,
+            "{protocol:?} quiet={quiet}: only {fits} pool sizes fit"
+        );
+        assert!(
+            recomputed,
+            "the small pools never made anything be recomputed"
+        );
     }
 }
 

@@ -262,10 +262,26 @@ impl KvPool {
     /// that children can append right away without a later copy. Reserved, uncommitted room
     /// of `s` is not inherited. Atomic on `OutOfPages`.
     pub fn fork(&mut self, s: SeqId, n: usize) -> Result<(Vec<SeqId>, Vec<PageCopy>), KvError> {
+        self.fork_inner(s, n, true)
+    }
+
+    /// `n` children of `s` that share only its full pages: each is `s`'s length rounded down
+    /// to a page, so the fork takes no free page (the partial last page's tokens are fed
+    /// again by whoever extends a child). The fallback when the pool is too short for `fork`.
+    pub fn fork_full_pages(&mut self, s: SeqId, n: usize) -> Result<Vec<SeqId>, KvError> {
+        Ok(self.fork_inner(s, n, false)?.0)
+    }
+
+    fn fork_inner(
+        &mut self,
+        s: SeqId,
+        n: usize,
+        copy_partial: bool,
+    ) -> Result<(Vec<SeqId>, Vec<PageCopy>), KvError> {
         let ps = self.page_size;
         let seq = self.seq(s)?;
-        let len = seq.len;
-        let full = len / ps;
+        let full = seq.len / ps;
+        let len = if copy_partial { seq.len } else { full * ps };
         let partial = (len % ps != 0).then(|| seq.pages[full]);
         let needed = if partial.is_some() { n } else { 0 };
         if needed > self.free.len() {

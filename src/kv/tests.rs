@@ -266,3 +266,34 @@ fn bad_config() {
     assert_eq!(p.free_pages(), 0);
     ok(&p);
 }
+
+#[test]
+fn fork_of_full_pages_takes_no_free_page() {
+    let mut p = KvPool::new(3, 4);
+    let s = p.create();
+    p.append(s, 6).unwrap();
+    // One free page: too few for two copies of the partial page, enough for nothing else.
+    let filler = p.create();
+    p.append(filler, 4).unwrap();
+    assert_eq!(p.free_pages(), 0);
+    let kids = p.fork_full_pages(s, 2).unwrap();
+    assert_eq!(p.free_pages(), 0);
+    for &k in &kids {
+        assert_eq!(p.len(k), Ok(4), "rounded down to the full page");
+        assert_eq!(p.pages(k).unwrap(), &p.pages(s).unwrap()[..1]);
+    }
+    assert_eq!(p.refcount(p.pages(s).unwrap()[0]), 3);
+    ok(&p);
+    // A child grows by copy-on-write of nothing: its next page is its own.
+    p.free(filler).unwrap();
+    p.append(kids[0], 3).unwrap();
+    assert_eq!(p.len(kids[0]), Ok(7));
+    assert_eq!(p.len(s), Ok(6), "the parent is untouched");
+    ok(&p);
+    for k in kids {
+        p.free(k).unwrap();
+    }
+    p.free(s).unwrap();
+    assert_eq!(p.free_pages(), 3);
+    ok(&p);
+}

@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::flops::Phase;
 use crate::generate::Runner;
 use crate::model::tokenizer::Tokenizer;
-use crate::scheduler::{forward_items, set_tokens, Branch};
+use crate::scheduler::{fork_seqs, forward_items, is_oom, park, release, set_tokens, Branch};
 use anyhow::{Context, Result};
 
 pub const STEP_TAG: &str = " ки";
@@ -55,6 +55,7 @@ impl<'a, B: Backend> Prm<'a, B> {
                 &[(b.seq, b.all[..b.all.len() - 1].to_vec())],
             )?;
         }
+        park(&mut self.runner, b.seq);
         Ok(b)
     }
 
@@ -71,43 +72,86 @@ impl<'a, B: Backend> Prm<'a, B> {
     }
 
     /// Scores each (parent path, full path text): forks the parent, feeds what is new, and
-    /// returns the child paths with the last step's score.
+    /// returns the child paths with the last step's score. Scored paths are parked (their KV
+    /// is a cache for their own children). When the pool is short, the items are scored in
+    /// smaller groups; the scores do not change, only what is recomputed.
     pub fn score(&mut self, items: &[(&Branch, String)]) -> Result<Vec<(Branch, f64)>> {
-        let mut kids = Vec::with_capacity(items.len());
-        for (parent, text) in items {
-            let (k, copies) = self.runner.pool.fork(parent.seq, 1)?;
-            self.runner.copy_pages(&copies)?;
-            let mut b = (*parent).clone();
-            b.seq = k[0];
-            let mut ids = Vec::new();
-            ids.extend(self.runner.model.cfg.bos_token_id);
-            ids.extend(self.tok.encode(text)?);
-            set_tokens(&mut self.runner, &mut b, ids)?;
-            kids.push(b);
-        }
-        let mut feed = Vec::with_capacity(kids.len());
-        for b in &kids {
-            let cached = self.runner.pool.len(b.seq)?;
-            self.tokens += (b.all.len() - cached) as u64;
-            feed.push((b.seq, b.all[cached..].to_vec()));
-        }
-        self.runner.be.set_phase(Phase::Prm);
-        let (logits, _) = forward_items(&mut self.runner, &feed)?;
-        let v = logits.len() / kids.len().max(1);
-        let mut out = Vec::with_capacity(kids.len());
-        for (i, b) in kids.into_iter().enumerate() {
-            let row = &logits[i * v..(i + 1) * v];
-            let (lp, lm) = (
-                row[self.plus as usize] as f64,
-                row[self.minus as usize] as f64,
-            );
-            out.push((b, 1.0 / (1.0 + (lm - lp).exp())));
+        let mut out = Vec::with_capacity(items.len());
+        let mut group = items.len().max(1);
+        while out.len() < items.len() {
+            let part = &items[out.len()..(out.len() + group).min(items.len())];
+            match self.score_group(part) {
+                Ok(scored) => {
+                    for (b, _) in &scored {
+                        park(&mut self.runner, b.seq);
+                    }
+                    out.extend(scored);
+                }
+                Err(e) if group > 1 && is_oom(&e) => group = group.div_ceil(2),
+                Err(e) => {
+                    for (b, _) in &out {
+                        release(&mut self.runner, b.seq)?;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(out)
     }
 
+    /// `score` for one group, all or nothing: on an error its child paths are freed.
+    fn score_group(&mut self, items: &[(&Branch, String)]) -> Result<Vec<(Branch, f64)>> {
+        let mut kids: Vec<Branch> = Vec::with_capacity(items.len());
+        let res = self.feed_group(items, &mut kids);
+        match res {
+            Ok(scores) => Ok(kids.into_iter().zip(scores).collect()),
+            Err(e) => {
+                for b in &kids {
+                    release(&mut self.runner, b.seq)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn feed_group(
+        &mut self,
+        items: &[(&Branch, String)],
+        kids: &mut Vec<Branch>,
+    ) -> Result<Vec<f64>> {
+        for (parent, text) in items {
+            let mut b = (*parent).clone();
+            b.seq = fork_seqs(&mut self.runner, parent.seq, 1)?[0];
+            kids.push(b.clone());
+            let mut ids = Vec::new();
+            ids.extend(self.runner.model.cfg.bos_token_id);
+            ids.extend(self.tok.encode(text)?);
+            set_tokens(&mut self.runner, &mut b, ids)?;
+            *kids.last_mut().expect("just pushed") = b;
+        }
+        let mut feed = Vec::with_capacity(kids.len());
+        for b in kids.iter() {
+            let cached = self.runner.pool.len(b.seq)?;
+            feed.push((b.seq, b.all[cached..].to_vec()));
+        }
+        self.runner.be.set_phase(Phase::Prm);
+        let (logits, _) = forward_items(&mut self.runner, &feed)?;
+        self.tokens += feed.iter().map(|(_, t)| t.len() as u64).sum::<u64>();
+        let v = logits.len() / kids.len().max(1);
+        Ok((0..kids.len())
+            .map(|i| {
+                let row = &logits[i * v..(i + 1) * v];
+                let (lp, lm) = (
+                    row[self.plus as usize] as f64,
+                    row[self.minus as usize] as f64,
+                );
+                1.0 / (1.0 + (lm - lp).exp())
+            })
+            .collect())
+    }
+
+    /// Frees a path (already freed is fine).
     pub fn free(&mut self, b: &Branch) -> Result<()> {
-        self.runner.pool.free(b.seq)?;
-        Ok(())
+        release(&mut self.runner, b.seq)
     }
 }

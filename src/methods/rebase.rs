@@ -13,7 +13,9 @@ use crate::backend::Backend;
 use crate::generate::Finish;
 use crate::rng::child_stream;
 use crate::sample::Sampling;
-use crate::scheduler::{decode_with, fork, prefill, set_tokens, Branch, StopRule};
+use crate::scheduler::{
+    decode_with, fork, park, prefill, release, set_tokens, unpark, Branch, StopRule,
+};
 use anyhow::Result;
 
 struct Node {
@@ -78,7 +80,7 @@ pub fn solve<B: Backend>(
         &mut tally,
     );
     for n in open.iter().chain(leaves.iter()) {
-        p.runner.pool.free(n.policy.seq)?;
+        release(&mut p.runner, n.policy.seq)?;
         prm.free(&n.prm)?;
     }
     res?;
@@ -149,10 +151,6 @@ fn search<B: Backend>(
     tally: &mut Tally,
 ) -> Result<()> {
     let mut remaining = s.width;
-    let sampling = Sampling {
-        temperature: s.temperature,
-        top_p: 1.0,
-    };
     for depth in 0..s.max_depth {
         if remaining == 0 || open.is_empty() {
             break;
@@ -166,63 +164,29 @@ fn search<B: Backend>(
                 .collect();
             allocate(&scores, remaining, s.rebase_temperature)
         };
-        // Fork every parent into its children and set their prompts.
-        let mut kids: Vec<(usize, Branch, String)> = Vec::new();
-        for (pi, (node, &n)) in open.iter().zip(&counts).enumerate() {
-            if n == 0 {
-                continue;
+        let mut kids: Vec<Kid> = Vec::new();
+        let res = grow(
+            p, prm, quiet, question, s, open, &counts, depth, &mut kids, tally,
+        );
+        let scored = match res {
+            Ok(scored) => scored,
+            Err(e) => {
+                for k in &kids {
+                    release(&mut p.runner, k.branch.seq)?;
+                }
+                return Err(e);
             }
-            prefill(&mut p.runner, &[&node.policy])?;
-            let streams: Vec<u64> = (0..n as u64)
-                .map(|j| child_stream(node.policy.stream, j))
-                .collect();
-            for mut b in fork(&mut p.runner, &node.policy, &streams)? {
-                let ctx = match (s.protocol, depth) {
-                    (Protocol::Seed, d) if d > 0 => format!("{}\nStep {}:", node.context, d + 1),
-                    _ => node.context.clone(),
-                };
-                let ids = p.encode_with_bos(&ctx)?;
-                set_tokens(&mut p.runner, &mut b, ids)?;
-                kids.push((pi, b, ctx));
-            }
-        }
-        let limit = |pi: usize| {
-            s.step_tokens
-                .min(s.path_tokens.saturating_sub(open[pi].path_tokens))
         };
-        let rule = StopRule {
-            stop_ids: p.stop_ids(),
-            stop_strings: vec![format!("Step {}", depth + 2)],
-            cut: None,
-            max_tokens: kids.iter().map(|(pi, _, _)| limit(*pi)).max().unwrap_or(0),
-            fixed_length: s.fixed_lengths,
-        };
-        let mut branches: Vec<Branch> = kids.iter().map(|(_, b, _)| b.clone()).collect();
-        let res = generate_steps(p, quiet, &mut branches, &rule, sampling, s, tally);
-        if let Err(e) = res {
-            for b in &branches {
-                p.runner.pool.free(b.seq)?;
-            }
-            return Err(e);
-        }
-        // Score every new path with the PRM, on top of the parent's cached path.
-        let texts: Vec<String> = kids
-            .iter()
-            .zip(&branches)
-            .map(|((pi, _, _), b)| {
-                let mut steps = open[*pi].steps.clone();
-                steps.push(b.text.trim().to_string());
-                Prm::<B>::path_text(question, &steps)
-            })
-            .collect();
-        let items: Vec<(&Branch, String)> = kids
-            .iter()
-            .zip(texts)
-            .map(|((pi, _, _), t)| (&open[*pi].prm, t))
-            .collect();
-        let scored = prm.score(&items)?;
         let mut next = Vec::new();
-        for (((pi, _, ctx), b), (prm_b, score)) in kids.into_iter().zip(branches).zip(scored) {
+        for (
+            Kid {
+                parent: pi,
+                branch: b,
+                context: ctx,
+            },
+            (prm_b, score),
+        ) in kids.into_iter().zip(scored)
+        {
             let parent = &open[pi];
             let generated = b.generated().len();
             tally.generated += generated as u64;
@@ -259,23 +223,119 @@ fn search<B: Backend>(
                 path_tokens,
                 id,
             };
-            if dropped {
-                p.runner.pool.free(node.policy.seq)?;
+            if dropped || leaf {
+                // A leaf needs no KV: only its steps and scores are read from here on.
+                release(&mut p.runner, node.policy.seq)?;
                 prm.free(&node.prm)?;
-            } else if leaf {
+            } else {
+                park(&mut p.runner, node.policy.seq);
+            }
+            if leaf && !dropped {
                 remaining = remaining.saturating_sub(1);
                 leaves.push(node);
-            } else {
+            } else if !dropped {
                 next.push(node);
             }
         }
         for n in open.drain(..) {
-            p.runner.pool.free(n.policy.seq)?;
+            release(&mut p.runner, n.policy.seq)?;
             prm.free(&n.prm)?;
         }
         *open = next;
     }
     Ok(())
+}
+
+/// A child of an open node being grown by one step.
+struct Kid {
+    parent: usize,
+    branch: Branch,
+    /// The policy context it was prompted with.
+    context: String,
+}
+
+/// Forks every open node into its `counts` children, generates one step for all of them
+/// together and scores the new paths with the PRM. The children land in `kids` as they are
+/// made, so that the caller can free them if this fails.
+#[allow(clippy::too_many_arguments)]
+fn grow<B: Backend>(
+    p: &mut Policy<'_, B>,
+    prm: &mut Prm<'_, B>,
+    quiet: Option<&QuietStar<B>>,
+    question: &str,
+    s: &Settings,
+    open: &[Node],
+    counts: &[usize],
+    depth: usize,
+    kids: &mut Vec<Kid>,
+    tally: &mut Tally,
+) -> Result<Vec<(Branch, f64)>> {
+    for (pi, (node, &n)) in open.iter().zip(counts).enumerate() {
+        if n == 0 {
+            continue;
+        }
+        unpark(&mut p.runner, node.policy.seq);
+        prefill(&mut p.runner, &[&node.policy])?;
+        let streams: Vec<u64> = (0..n as u64)
+            .map(|j| child_stream(node.policy.stream, j))
+            .collect();
+        let forked = fork(&mut p.runner, &node.policy, &streams)?;
+        // The children hold what they need of the parent's pages.
+        park(&mut p.runner, node.policy.seq);
+        let context = match (s.protocol, depth) {
+            (Protocol::Seed, d) if d > 0 => format!("{}\nStep {}:", node.context, d + 1),
+            _ => node.context.clone(),
+        };
+        let ids = p.encode_with_bos(&context)?;
+        for mut b in forked {
+            kids.push(Kid {
+                parent: pi,
+                branch: b.clone(),
+                context: context.clone(),
+            });
+            set_tokens(&mut p.runner, &mut b, ids.clone())?;
+            // Until the step is decoded, a child's cache may make room for the next parent.
+            park(&mut p.runner, b.seq);
+            kids.last_mut().expect("just pushed").branch = b;
+        }
+    }
+    for k in kids.iter() {
+        unpark(&mut p.runner, k.branch.seq);
+    }
+    let limit = |pi: usize| {
+        s.step_tokens
+            .min(s.path_tokens.saturating_sub(open[pi].path_tokens))
+    };
+    let rule = StopRule {
+        stop_ids: p.stop_ids(),
+        stop_strings: vec![format!("Step {}", depth + 2)],
+        cut: None,
+        max_tokens: kids.iter().map(|k| limit(k.parent)).max().unwrap_or(0),
+        fixed_length: s.fixed_lengths,
+    };
+    let mut branches: Vec<Branch> = kids.iter().map(|k| k.branch.clone()).collect();
+    let res = generate_steps(p, quiet, &mut branches, &rule, sampling(s), s, tally);
+    for (k, b) in kids.iter_mut().zip(branches) {
+        k.branch = b;
+    }
+    res?;
+    // Score every new path with the PRM, on top of the parent's cached path.
+    let items: Vec<(&Branch, String)> = kids
+        .iter()
+        .map(|k| {
+            let mut steps = open[k.parent].steps.clone();
+            steps.push(k.branch.text.trim().to_string());
+            (&open[k.parent].prm, Prm::<B>::path_text(question, &steps))
+        })
+        .collect();
+    prm.score(&items)
+}
+
+fn sampling(s: &Settings) -> Sampling {
+    Sampling {
+        temperature: s.temperature,
+        top_p: 1.0,
+    }
 }
 
 fn generate_steps<B: Backend>(
