@@ -195,12 +195,17 @@ fn search<B: Backend>(
             steps.push(b.text.trim().to_string());
             let path_tokens = parent.path_tokens + generated;
             let full = steps.join("\n");
-            let leaf = b.finish == Some(Finish::Eos)
-                || path_tokens >= s.path_tokens
-                || match s.protocol {
-                    Protocol::Seed => study_is_leaf(&b.text),
-                    Protocol::Wu => wu_is_leaf(&full),
-                };
+            // With fixed lengths the text and the scores mean nothing (synthetic weights): the
+            // rules that end a path early on them are off, and every path runs to the path
+            // limit, so the tree replays the protocol's whole token budget.
+            let leaf = path_tokens >= s.path_tokens
+                || (!s.fixed_lengths
+                    && (b.finish == Some(Finish::Eos)
+                        || match s.protocol {
+                            Protocol::Seed => study_is_leaf(&b.text),
+                            Protocol::Wu => wu_is_leaf(&full),
+                        }));
+            let low = s.protocol == Protocol::Seed && score <= 0.1 && !s.fixed_lengths;
             let id = tree.len();
             tree.push(TreeNode {
                 depth: depth + 1,
@@ -208,7 +213,7 @@ fn search<B: Backend>(
                 text: b.text.clone(),
                 score: Some(score),
                 leaf,
-                dropped: !score.is_finite() || (s.protocol == Protocol::Seed && score <= 0.1),
+                dropped: !score.is_finite() || low,
                 tokens: generated,
             });
             let dropped = tree[id].dropped;
