@@ -29,6 +29,11 @@ sed -n 's/.*Executable \(.*\) (\(.*\))$/\1|\2/p' "$log" | while IFS='|' read -r 
         unittests*) name="unit-$(basename "${src#unittests }" .rs)" ;;
         *) name=$(basename "$src" .rs) ;;
     esac
+    # These read the real default model (fetched with pip): a GPU machine without network
+    # cannot run them, and leaving them out keeps the bundle under its size budget.
+    if [[ "$name" =~ ^(gguf_import|loading|real_model)$ ]]; then
+        continue
+    fi
     if [[ "$name" == backend_dual ]]; then
         strip_copy "$bin" "gpu-bin/tests/$name"
     else
@@ -36,12 +41,19 @@ sed -n 's/.*Executable \(.*\) (\(.*\))$/\1|\2/p' "$log" | while IFS='|' read -r 
     fi
 done
 rm -f "$log"
+# The criterion kernel benches (benches/kernels.rs), run by run.sh's bench group.
+cargo bench --features cuda --bench kernels --no-run 2>&1 | tee "$log"
+bench=$(sed -n 's/.*Executable benches\/kernels.rs (\(.*\))$/\1/p' "$log" | tail -1)
+[[ -n "$bench" ]] || { echo "error: no kernels bench binary in cargo's output" >&2; exit 1; }
+strip_copy "$bench" gpu-bin/kernels-bench --strip-all
+rm -f "$log"
 cat > gpu-bin/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs on the GPU machine, from anywhere:  bash gpu-bin/run.sh [GROUP...]
 # Groups (default: all, in this order; each fits one 10-minute device call):
-#   tests     every test binary (the dual-backend tests compare CUDA with the CPU)
-#   bench     bench decode / prefill / attention on Mistral-7B-shaped synthetic weights
+#   tests     every bundled test binary (the dual-backend tests compare CUDA with the CPU)
+#   bench     bench decode / prefill / attention on Mistral-7B-shaped synthetic weights, and
+#             the criterion kernel benches (kernels-bench)
 #   eval      the four methods end to end: eval --fixed-lengths on synthetic:mistral-7b
 #   audit     flops-audit.sh (ledger vs Nsight Compute) and profile.sh (nsys or ncu)
 #   sanitize  compute-sanitizer memcheck and racecheck over the dual-backend tests
@@ -70,21 +82,19 @@ run() {  # name, command...
 for g in "${groups[@]}"; do case "$g" in
 tests)
     for t in "$here"/tests/*; do
-        name=$(basename "$t")
-        # These read the real default model, fetched with pip: not possible offline.
-        if [[ "$name" =~ ^(gguf_import|loading|real_model)$ && ! -d "$PONDER_CACHE/models" ]]; then
-            summary+=("SKIP test-$name (needs the default model; no $PONDER_CACHE/models)")
-            continue
-        fi
-        run "test-$name" "$t" --test-threads=1
+        run "test-$(basename "$t")" "$t" --test-threads=1
     done
+    summary+=("SKIP tests gguf_import, loading, real_model (they need the real default model: not bundled)")
     run smoke-generate "$here/ponder" generate --model synthetic:tiny --device cuda \
         --prompt "2+2=" --max-tokens 8 --temperature 0 --flops ;;
 bench)
     run bench-decode "$here/ponder" bench decode --model synthetic:mistral-7b --device cuda \
         --batch 1,16 --context 512 --steps 32
     run bench-prefill "$here/ponder" bench prefill --model synthetic:mistral-7b --device cuda --tokens 2048
-    run bench-attention "$here/ponder" bench attention --model synthetic:mistral-7b --device cuda ;;
+    run bench-attention "$here/ponder" bench attention --model synthetic:mistral-7b --device cuda
+    # criterion, every kernel alone on Mistral-7B shapes (the CUDA groups only).
+    run bench-kernels env CRITERION_HOME="$logs/criterion" PONDER_BENCH_BACKENDS=cuda \
+        "$here/kernels-bench" --bench ;;
 eval)
     # The study's token budgets replayed (every vote, step and thought to its limit), two
     # problems in flight so the batcher's shared passes run on the GPU too.

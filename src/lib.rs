@@ -2,6 +2,7 @@
 pub mod account;
 pub mod backend;
 pub mod batcher;
+pub mod bench_cases;
 pub mod eval;
 pub mod flops;
 pub mod generate;

@@ -137,11 +137,17 @@ fn fixed_lengths_run_every_vote_to_its_limit() {
     // REBASE: every path runs to the path limit (steps of 12, 12, 12 and 4 tokens), whatever
     // the text or the scores say, so the tree generates width × path limit tokens.
     for protocol in [Protocol::Seed, Protocol::Wu] {
-        let s = Settings { protocol, ..s.clone() };
+        let s = Settings {
+            protocol,
+            ..s.clone()
+        };
         let tree = run_rebase(&be, &m, false, usize::MAX, &s);
         assert_eq!(tree.generated_tokens, 5 * 40, "{protocol:?}");
         assert_eq!(tree.votes.len(), 5);
-        assert!(tree.votes.iter().all(|v| v.tokens == 40 && v.scores.len() == 4));
+        assert!(tree
+            .votes
+            .iter()
+            .all(|v| v.tokens == 40 && v.scores.len() == 4));
         // The study charges 96 tokens per expansion, path-cumulative: 96·(1+2+3+4) per path.
         assert_eq!(tree.study_flops, 5 * 96 * 10 * per);
     }

@@ -6,13 +6,11 @@
 //! with, not a formula of this file.
 use super::bench::{BF16_FLOP_PER_S, HBM_BYTES_PER_S};
 use anyhow::{bail, Result};
-use ponder::backend::{AttnDims, Backend, Batch, KvShape, SeqSlice};
+use ponder::backend::{AttnDims, Backend};
+use ponder::bench_cases as cases;
 use ponder::flops::{Counts, Phase};
 use ponder::model::config::Config;
-use ponder::rng::fill_uniform;
 use std::time::Instant;
-
-const PAGE: usize = 16;
 
 /// The sizes of the four cases.
 pub struct Sizes {
@@ -26,54 +24,6 @@ pub struct Sizes {
     pub thought_len: usize,
     pub depth: usize,
     pub iters: usize,
-}
-
-/// A sequence's new tokens at `pos` over `pages`.
-fn slice(token_start: usize, n: usize, pos: usize, pages: Vec<u32>) -> SeqSlice {
-    SeqSlice {
-        token_start,
-        n_tokens: n,
-        pos_start: pos,
-        pages,
-    }
-}
-
-fn batch(seqs: Vec<SeqSlice>) -> Batch {
-    let mut start = 0;
-    let seqs = seqs
-        .into_iter()
-        .map(|mut s| {
-            s.token_start = start;
-            start += s.n_tokens;
-            s
-        })
-        .collect();
-    Batch {
-        seqs,
-        page_size: PAGE,
-        sliding_window: None,
-    }
-}
-
-fn pages(first: usize, n_tokens: usize) -> Vec<u32> {
-    (first..first + n_tokens.div_ceil(PAGE))
-        .map(|p| p as u32)
-        .collect()
-}
-
-/// Writes random K/V for every token of `fill` (one sequence at a time, to bound the memory
-/// of the q rows rope_store_kv also rotates).
-fn fill_kv<B: Backend>(be: &B, kv: &mut B::Kv, fill: &Batch, d: AttnDims) -> Result<()> {
-    for (i, s) in fill.seqs.iter().enumerate() {
-        let b = batch(vec![s.clone()]);
-        let n = s.n_tokens;
-        let (qd, kd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
-        let mut q = be.tensor(n, qd, &vec![0.0; n * qd])?;
-        let k = be.tensor(n, kd, &fill_uniform(2 * i as u64 + 1, n * kd, 1.0))?;
-        let v = be.tensor(n, kd, &fill_uniform(2 * i as u64 + 2, n * kd, 1.0))?;
-        be.rope_store_kv(&mut q, &k, &v, kv, 0, &b, d)?;
-    }
-    Ok(())
 }
 
 /// Runs `f` once to warm up, then `iters` times; returns seconds per run and the ledger's
@@ -131,23 +81,8 @@ pub fn run<B: Backend + 'static>(be: &B, cfg: &Config, name: &str, s: &Sizes) ->
     if [s.tokens, s.batch, s.context, s.thought_len, s.iters].contains(&0) {
         bail!("--tokens, --batch, --context, --thought-len and --iters must be at least 1");
     }
-    let d = AttnDims {
-        heads: cfg.num_attention_heads,
-        kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim,
-        rope_theta: cfg.rope_theta,
-    };
+    let d = cases::attn_dims(cfg);
     let on_gpu = be.name() != "cpu";
-    let (qd, kd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
-    let kv_of = |n_pages: usize| {
-        be.alloc_kv(KvShape {
-            layers: 1,
-            pages: n_pages,
-            page_size: PAGE,
-            kv_heads: d.kv_heads,
-            head_dim: d.head_dim,
-        })
-    };
     println!(
         "attention on {name} ({}): {} query heads, {} KV heads, head_dim {}; {} timed runs each",
         be.name(),
@@ -161,82 +96,33 @@ pub fn run<B: Backend + 'static>(be: &B, cfg: &Config, name: &str, s: &Sizes) ->
         "case", "shape", "ms", "TFLOP/s", "GB/s", "roofline"
     );
     be.set_phase(Phase::Prefill);
-
-    // Causal prefill: every query of one sequence over its own keys.
-    let b = batch(vec![slice(0, s.tokens, 0, pages(0, s.tokens))]);
-    let mut kv = kv_of(s.tokens.div_ceil(PAGE))?;
-    fill_kv(be, &mut kv, &b, d)?;
-    let q = be.tensor(s.tokens, qd, &fill_uniform(7, s.tokens * qd, 1.0))?;
-    let (secs, c) = time(be, s.iters, || be.attention(&q, &kv, 0, &b, d))?;
-    row(
-        "causal",
-        &format!("{} tokens", s.tokens),
-        secs,
-        c,
-        false,
-        on_gpu,
-    );
-    drop((kv, q));
+    let c = cases::causal(be, d, s.tokens)?;
+    let (secs, n) = time(be, s.iters, || c.run(be, d))?;
+    row("causal", &c.shape, secs, n, false, on_gpu);
+    drop(c);
 
     // The diagonal mask of Quiet-STaR's parallel thoughts (a kernel of the CUDA backend).
     thought_case(be, d, s, on_gpu)?;
 
-    // Paged decode: one new token per sequence, each over its own `context` keys.
     be.set_phase(Phase::Decode);
-    // The query is the last of `context` tokens already in the cache: it sees all of them.
-    let per = s.context.div_ceil(PAGE);
-    let own = |i: usize| pages(i * per, s.context);
-    let fill = batch(
-        (0..s.batch)
-            .map(|i| slice(0, s.context, 0, own(i)))
-            .collect(),
-    );
-    let mut kv = kv_of(s.batch * per)?;
-    fill_kv(be, &mut kv, &fill, d)?;
-    let step = batch(
-        (0..s.batch)
-            .map(|i| slice(0, 1, s.context - 1, own(i)))
-            .collect(),
-    );
-    let q = be.tensor(s.batch, qd, &fill_uniform(8, s.batch * qd, 1.0))?;
-    let (secs, c) = time(be, s.iters, || be.attention(&q, &kv, 0, &step, d))?;
-    let shape = format!("{} seqs x {} keys", s.batch, s.context);
-    row("paged-decode", &shape, secs, c, true, on_gpu);
-    drop((kv, q));
+    let c = cases::paged_decode(be, d, s.batch, s.context)?;
+    let (secs, n) = time(be, s.iters, || c.run(be, d))?;
+    row("paged-decode", &c.shape, secs, n, true, on_gpu);
+    drop(c);
 
-    // Shared prefix: `batch` branches forked from one `context`-token prefix, each with 32
-    // tokens of its own (the shape of votes and REBASE children).
-    let tail: usize = 32;
-    let prefix = pages(0, s.context);
-    let np = prefix.len();
-    let own_pages = tail.div_ceil(PAGE);
-    // The prefix fills whole pages, so the branches' own tokens start on a page of their own.
-    let ctx = np * PAGE;
-    let branch = |i: usize| -> Vec<u32> {
-        let mut p = prefix.clone();
-        p.extend(pages(np + i * own_pages, tail));
-        p
-    };
-    let mut fills = vec![slice(0, ctx, 0, prefix.clone())];
-    fills.extend((0..s.batch).map(|i| slice(0, tail, ctx, branch(i))));
-    let mut kv = kv_of(np + s.batch * own_pages)?;
-    fill_kv(be, &mut kv, &batch(fills), d)?;
-    let step = batch(
-        (0..s.batch)
-            .map(|i| slice(0, 1, ctx + tail - 1, branch(i)))
-            .collect(),
-    );
-    let q = be.tensor(s.batch, qd, &fill_uniform(9, s.batch * qd, 1.0))?;
-    let (secs, c) = time(be, s.iters, || be.attention(&q, &kv, 0, &step, d))?;
-    let shape = format!("{} x ({ctx} shared + {tail})", s.batch);
-    row("shared-prefix", &shape, secs, c, true, on_gpu);
+    let tail = 32;
+    let c = cases::shared_prefix(be, d, s.batch, s.context, tail)?;
+    let (secs, n) = time(be, s.iters, || c.run(be, d))?;
+    row("shared-prefix", &c.shape, secs, n, true, on_gpu);
     // What reading the prefix once per branch would cost, beside what the kernels were charged.
+    let ctx = s.context.div_ceil(cases::PAGE) * cases::PAGE;
+    let kd = d.kv_heads * d.head_dim;
     let per_branch = (s.batch * (ctx + tail)) as f64 * kd as f64 * 2.0 * kv_elem_bytes(on_gpu);
     println!(
         "{:<14} K/V read per branch would be {:.1} MB; the kernels were charged {:.1} MB",
         "",
         per_branch / 1e6,
-        c.bytes as f64 / 1e6
+        n.bytes as f64 / 1e6
     );
     Ok(())
 }
@@ -258,17 +144,12 @@ fn thought_case<B: Backend + 'static>(be: &B, d: AttnDims, s: &Sizes, on_gpu: bo
     };
     let (l, depth) = (s.thought_len, s.depth);
     let keys = (depth + 1) * l;
-    let p = pages(0, keys);
-    let mut kv = cuda.alloc_kv(KvShape {
-        layers: 1,
-        pages: p.len(),
-        page_size: PAGE,
-        kv_heads: d.kv_heads,
-        head_dim: d.head_dim,
-    })?;
-    fill_kv(cuda, &mut kv, &batch(vec![slice(0, keys, 0, p.clone())]), d)?;
+    let p = cases::pages(0, keys);
+    let mut kv = cases::alloc_kv(cuda, d, p.len())?;
+    let fill = cases::batch(vec![cases::slice(0, keys, 0, p.clone())]);
+    cases::fill_kv(cuda, &mut kv, &fill, d)?;
     let qd = d.heads * d.head_dim;
-    let q = cuda.tensor(l, qd, &fill_uniform(10, l * qd, 1.0))?;
+    let q = cuda.tensor(l, qd, &ponder::rng::fill_uniform(10, l * qd, 1.0))?;
     let (secs, c) = time(cuda, s.iters, || {
         cuda.thought_attention(&q, &kv, 0, &p, l, depth, None, d)
     })?;

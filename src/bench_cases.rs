@@ -1,0 +1,173 @@
+//! Inputs for timing kernels alone, built the same way on every backend: the attention cases
+//! of `ponder bench attention` and of the criterion kernel benches (benches/kernels.rs). Each
+//! case is a query tensor, a one-layer paged KV cache filled with random keys and values, and
+//! the batch layout to run `Backend::attention` on.
+use crate::backend::{AttnDims, Backend, Batch, KvShape, SeqSlice};
+use crate::model::config::Config;
+use crate::rng::fill_uniform;
+use anyhow::Result;
+
+/// Tokens per KV page in every case.
+pub const PAGE: usize = 16;
+
+/// The attention geometry of a model.
+pub fn attn_dims(cfg: &Config) -> AttnDims {
+    AttnDims {
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        rope_theta: cfg.rope_theta,
+    }
+}
+
+/// A sequence's `n` new tokens at position `pos` over `pages`.
+pub fn slice(token_start: usize, n: usize, pos: usize, pages: Vec<u32>) -> SeqSlice {
+    SeqSlice {
+        token_start,
+        n_tokens: n,
+        pos_start: pos,
+        pages,
+    }
+}
+
+/// A batch of `seqs`, their token ranges laid end to end.
+pub fn batch(seqs: Vec<SeqSlice>) -> Batch {
+    let mut start = 0;
+    let seqs = seqs
+        .into_iter()
+        .map(|mut s| {
+            s.token_start = start;
+            start += s.n_tokens;
+            s
+        })
+        .collect();
+    Batch {
+        seqs,
+        page_size: PAGE,
+        sliding_window: None,
+    }
+}
+
+/// The consecutive pages from `first` that hold `n_tokens`.
+pub fn pages(first: usize, n_tokens: usize) -> Vec<u32> {
+    (first..first + n_tokens.div_ceil(PAGE))
+        .map(|p| p as u32)
+        .collect()
+}
+
+/// A one-layer KV cache of `n_pages` pages.
+pub fn alloc_kv<B: Backend>(be: &B, d: AttnDims, n_pages: usize) -> Result<B::Kv> {
+    be.alloc_kv(KvShape {
+        layers: 1,
+        pages: n_pages,
+        page_size: PAGE,
+        kv_heads: d.kv_heads,
+        head_dim: d.head_dim,
+    })
+}
+
+/// Writes random K/V for every token of `fill` (one sequence at a time, to bound the memory
+/// of the q rows rope_store_kv also rotates).
+pub fn fill_kv<B: Backend>(be: &B, kv: &mut B::Kv, fill: &Batch, d: AttnDims) -> Result<()> {
+    for (i, s) in fill.seqs.iter().enumerate() {
+        let b = batch(vec![s.clone()]);
+        let n = s.n_tokens;
+        let (qd, kd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+        let mut q = be.tensor(n, qd, &vec![0.0; n * qd])?;
+        let k = be.tensor(n, kd, &fill_uniform(2 * i as u64 + 1, n * kd, 1.0))?;
+        let v = be.tensor(n, kd, &fill_uniform(2 * i as u64 + 2, n * kd, 1.0))?;
+        be.rope_store_kv(&mut q, &k, &v, kv, 0, &b, d)?;
+    }
+    Ok(())
+}
+
+/// One attention launch to time: `be.attention(&q, &kv, 0, &batch, d)`.
+pub struct AttnCase<B: Backend> {
+    pub q: B::Tensor,
+    pub kv: B::Kv,
+    pub batch: Batch,
+    /// The shape in words, for tables.
+    pub shape: String,
+}
+
+impl<B: Backend> AttnCase<B> {
+    pub fn run(&self, be: &B, d: AttnDims) -> Result<B::Tensor> {
+        be.attention(&self.q, &self.kv, 0, &self.batch, d)
+    }
+}
+
+/// Causal prefill: every query of one `tokens`-token sequence over its own keys.
+pub fn causal<B: Backend>(be: &B, d: AttnDims, tokens: usize) -> Result<AttnCase<B>> {
+    let b = batch(vec![slice(0, tokens, 0, pages(0, tokens))]);
+    let mut kv = alloc_kv(be, d, tokens.div_ceil(PAGE))?;
+    fill_kv(be, &mut kv, &b, d)?;
+    let qd = d.heads * d.head_dim;
+    Ok(AttnCase {
+        q: be.tensor(tokens, qd, &fill_uniform(7, tokens * qd, 1.0))?,
+        kv,
+        batch: b,
+        shape: format!("{tokens} tokens"),
+    })
+}
+
+/// Paged decode: one new token for each of `seqs` sequences, each over its own `context` keys
+/// (the query is the last of them).
+pub fn paged_decode<B: Backend>(
+    be: &B,
+    d: AttnDims,
+    seqs: usize,
+    context: usize,
+) -> Result<AttnCase<B>> {
+    let per = context.div_ceil(PAGE);
+    let own = |i: usize| pages(i * per, context);
+    let fill = batch((0..seqs).map(|i| slice(0, context, 0, own(i))).collect());
+    let mut kv = alloc_kv(be, d, seqs * per)?;
+    fill_kv(be, &mut kv, &fill, d)?;
+    let qd = d.heads * d.head_dim;
+    Ok(AttnCase {
+        q: be.tensor(seqs, qd, &fill_uniform(8, seqs * qd, 1.0))?,
+        kv,
+        batch: batch(
+            (0..seqs)
+                .map(|i| slice(0, 1, context - 1, own(i)))
+                .collect(),
+        ),
+        shape: format!("{seqs} seqs x {context} keys"),
+    })
+}
+
+/// Shared prefix: `branches` branches forked from one `context`-token prefix (rounded up to
+/// whole pages), each with `tail` tokens of its own: the shape of votes and REBASE children.
+pub fn shared_prefix<B: Backend>(
+    be: &B,
+    d: AttnDims,
+    branches: usize,
+    context: usize,
+    tail: usize,
+) -> Result<AttnCase<B>> {
+    let prefix = pages(0, context);
+    let np = prefix.len();
+    let own_pages = tail.div_ceil(PAGE);
+    // The prefix fills whole pages, so the branches' own tokens start on a page of their own.
+    let ctx = np * PAGE;
+    let branch = |i: usize| -> Vec<u32> {
+        let mut p = prefix.clone();
+        p.extend(pages(np + i * own_pages, tail));
+        p
+    };
+    let mut fills = vec![slice(0, ctx, 0, prefix.clone())];
+    fills.extend((0..branches).map(|i| slice(0, tail, ctx, branch(i))));
+    let mut kv = alloc_kv(be, d, np + branches * own_pages)?;
+    fill_kv(be, &mut kv, &batch(fills), d)?;
+    let qd = d.heads * d.head_dim;
+    Ok(AttnCase {
+        q: be.tensor(branches, qd, &fill_uniform(9, branches * qd, 1.0))?,
+        kv,
+        batch: batch(
+            (0..branches)
+                .map(|i| slice(0, 1, ctx + tail - 1, branch(i)))
+                .collect(),
+        ),
+        shape: format!("{branches} x ({ctx} shared + {tail})"),
+    })
+}
