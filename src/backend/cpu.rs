@@ -2,7 +2,7 @@
 //! backend is tested against, so clarity wins over cleverness except in the two hot paths
 //! (`linear` and `attention`).
 pub use super::cpu_math::{angles, inv_freq, rotate_half};
-use super::cpu_math::{axpy, dot, norm_row};
+use super::cpu_math::{axpy, dot, dot4, norm_row};
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
@@ -266,16 +266,27 @@ impl Backend for Cpu {
                 .par_chunks_mut(BLOCK * n)
                 .enumerate()
                 .for_each(|(b, o)| {
+                    let rows = o.len() / n;
+                    let w = |jj: usize| {
+                        let j = b * BLOCK + jj;
+                        &wd[j * k..(j + 1) * k]
+                    };
                     for i0 in (0..n).step_by(TILE) {
                         let i1 = (i0 + TILE).min(n);
-                        for (jj, orow) in o.chunks_mut(n).enumerate() {
-                            let j = b * BLOCK + jj;
-                            let wr = &wd[j * k..(j + 1) * k];
-                            for (ov, xr) in orow[i0..i1]
-                                .iter_mut()
-                                .zip(x.data[i0 * k..i1 * k].chunks(k))
-                            {
-                                *ov = dot(xr, wr);
+                        // Four weight rows at a time (dot4 gives dot's bits), then the rest.
+                        let quads = rows / 4 * 4;
+                        for jj in (0..quads).step_by(4) {
+                            let ws = [w(jj), w(jj + 1), w(jj + 2), w(jj + 3)];
+                            for i in i0..i1 {
+                                let v = dot4(&x.data[i * k..(i + 1) * k], ws);
+                                for (r, val) in v.into_iter().enumerate() {
+                                    o[(jj + r) * n + i] = val;
+                                }
+                            }
+                        }
+                        for jj in quads..rows {
+                            for i in i0..i1 {
+                                o[jj * n + i] = dot(&x.data[i * k..(i + 1) * k], w(jj));
                             }
                         }
                     }
@@ -407,12 +418,23 @@ impl Backend for Cpu {
                 for qh in 0..group {
                     let h = g * group + qh;
                     let qv = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
-                    let mut mx = f32::NEG_INFINITY;
-                    for (s, j) in scores.iter_mut().zip(first..=pos) {
+                    let key = |j: usize| {
                         let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
-                        *s = dot(qv, &kv.k[at..at + hd]) * scale;
-                        mx = mx.max(*s);
+                        &kv.k[at..at + hd]
+                    };
+                    // Four keys at a time (dot4 gives dot's bits), then the rest.
+                    let quads = scores.len() / 4 * 4;
+                    for i in (0..quads).step_by(4) {
+                        let j = first + i;
+                        let v = dot4(qv, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
+                        for (s, x) in scores[i..i + 4].iter_mut().zip(v) {
+                            *s = x * scale;
+                        }
                     }
+                    for (i, s) in scores.iter_mut().enumerate().skip(quads) {
+                        *s = dot(qv, key(first + i)) * scale;
+                    }
+                    let mx = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0f32;
                     for s in scores.iter_mut() {
                         *s = (*s - mx).exp();

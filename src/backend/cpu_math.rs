@@ -30,6 +30,44 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + s
 }
 
+/// Four `dot_body`s of `a` with `b[0..4]` at once, each output bit for bit the same as
+/// `dot_body(a, b[r])`: every lane accumulates the same products in the same order, the tail
+/// and the pairwise sum are the same. Four independent chains keep the FMA units busy where
+/// one chain waits on its own latency, and each chunk of `a` is loaded once for four rows.
+#[inline(always)]
+fn dot4_body(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    let n = b.iter().fold(a.len(), |n, r| n.min(r.len()));
+    let a = &a[..n];
+    let b = b.map(|r| &r[..n]);
+    let mut acc = [[0.0f32; 16]; 4];
+    let full = n / 16 * 16;
+    for c in (0..full).step_by(16) {
+        let x: &[f32; 16] = a[c..c + 16].try_into().expect("16 lanes");
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let y: &[f32; 16] = b[r][c..c + 16].try_into().expect("16 lanes");
+            for l in 0..16 {
+                accr[l] = x[l].mul_add(y[l], accr[l]);
+            }
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for (r, accr) in acc.iter_mut().enumerate() {
+        let mut s = 0.0f32;
+        for (x, y) in a[full..].iter().zip(&b[r][full..]) {
+            s = x.mul_add(*y, s);
+        }
+        let mut w = 16;
+        while w > 1 {
+            w /= 2;
+            for l in 0..w {
+                accr[l] += accr[l + w];
+            }
+        }
+        out[r] = accr[0] + s;
+    }
+    out
+}
+
 #[inline(always)]
 fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
     for (yv, xv) in y.iter_mut().zip(x) {
@@ -41,6 +79,48 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_body(a, b)
+}
+
+/// `dot4_body` in AVX2 registers: lanes 0..8 and 8..16 of each row's accumulator are two
+/// ymm registers, so the four rows keep eight independent FMA chains in flight.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = b.iter().fold(a.len(), |n, r| n.min(r.len()));
+    let full = n / 16 * 16;
+    let (pa, pb) = (a.as_ptr(), b.map(|r| r.as_ptr()));
+    let mut lo = [_mm256_setzero_ps(); 4];
+    let mut hi = [_mm256_setzero_ps(); 4];
+    let mut c = 0;
+    while c < full {
+        // SAFETY: c + 16 <= full <= the length of `a` and of every row.
+        let (x0, x1) = (_mm256_loadu_ps(pa.add(c)), _mm256_loadu_ps(pa.add(c + 8)));
+        for r in 0..4 {
+            lo[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pb[r].add(c)), lo[r]);
+            hi[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pb[r].add(c + 8)), hi[r]);
+        }
+        c += 16;
+    }
+    let mut out = [0.0f32; 4];
+    for r in 0..4 {
+        let mut acc = [0.0f32; 16];
+        _mm256_storeu_ps(acc.as_mut_ptr(), lo[r]);
+        _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi[r]);
+        let mut s = 0.0f32;
+        for (x, y) in a[full..n].iter().zip(&b[r][full..n]) {
+            s = x.mul_add(*y, s);
+        }
+        let mut w = 16;
+        while w > 1 {
+            w /= 2;
+            for l in 0..w {
+                acc[l] += acc[l + w];
+            }
+        }
+        out[r] = acc[0] + s;
+    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -65,6 +145,17 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         return unsafe { dot_avx2(a, b) };
     }
     dot_body(a, b)
+}
+
+/// `[dot(a, b[0]), …, dot(a, b[3])]`, bit for bit, faster.
+#[inline]
+pub fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `dot`.
+        return unsafe { dot4_avx2(a, b) };
+    }
+    dot4_body(a, b)
 }
 
 /// y += a·x.
@@ -116,6 +207,21 @@ pub fn rotate_half(h: &mut [f32], cos: &[f32], sin: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot4_is_four_dots_bit_for_bit() {
+        for n in [0usize, 1, 15, 16, 17, 64, 100, 576, 1000] {
+            let a = crate::rng::fill_uniform(1, n, 3.0);
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|r| crate::rng::fill_uniform(2 + r, n, 1.0))
+                .collect();
+            let got = dot4(&a, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+            for r in 0..4 {
+                assert_eq!(got[r].to_bits(), dot(&a, &rows[r]).to_bits(), "n={n} r={r}");
+                assert_eq!(got[r].to_bits(), dot_body(&a, &rows[r]).to_bits(), "n={n}");
+            }
+        }
+    }
 
     #[test]
     fn dot_and_axpy_match_plain_loops() {
