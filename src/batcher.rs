@@ -213,11 +213,17 @@ impl<'a, B: Backend> Batcher<'a, B> {
 
     fn run_group(&self, g: Vec<Request<'a, B>>) -> Vec<(u64, Result<Output<B>, String>)> {
         let scratch: SharedAccount = Arc::new(Mutex::new(Account::default()));
+        // The running thread's own phase, restored after the pass: the pass runs under the
+        // phase of its first request (the backend's profiler ranges follow it; the ledger
+        // split below charges each request under its own phase).
+        let own = account::with_ledger(self.be.ledger(), |l| l.phase());
         let prev = account::install(Some(scratch.clone()));
+        self.be.set_phase(g[0].phase);
         let t = Instant::now();
         let res = self.combined_pass(&g);
         let secs = t.elapsed().as_secs_f64();
         account::install(prev);
+        self.be.set_phase(own);
         let ledger = std::mem::take(&mut account::lock(&scratch).ledger);
         self.split(&g, &ledger, secs);
         match res {

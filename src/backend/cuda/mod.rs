@@ -207,7 +207,7 @@ impl Cuda {
             smem_optin,
             meta: Mutex::new(None),
             inv_freq: Mutex::new(HashMap::new()),
-            ranges: nvtx::PhaseRanges::default(),
+            ranges: nvtx::PhaseRanges,
         })
     }
 
