@@ -15,11 +15,18 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
             acc[l] = x[l].mul_add(y[l], acc[l]);
         }
     }
+    finish(&mut acc, ra, rb)
+}
+
+/// The end of every dot product: the tail past the last full 16-lane chunk as one sequential
+/// FMA chain, then the lanes summed pairwise, in a fixed order (so results depend neither on
+/// threading nor on which kernel variant ran).
+#[inline(always)]
+fn finish(acc: &mut [f32; 16], a_tail: &[f32], b_tail: &[f32]) -> f32 {
     let mut s = 0.0f32;
-    for (x, y) in ra.iter().zip(rb) {
+    for (x, y) in a_tail.iter().zip(b_tail) {
         s = x.mul_add(*y, s);
     }
-    // Pairwise sum of the lanes: fixed order, so results do not depend on threading.
     let mut w = 16;
     while w > 1 {
         w /= 2;
@@ -52,18 +59,7 @@ fn dot4_body(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     }
     let mut out = [0.0f32; 4];
     for (r, accr) in acc.iter_mut().enumerate() {
-        let mut s = 0.0f32;
-        for (x, y) in a[full..].iter().zip(&b[r][full..]) {
-            s = x.mul_add(*y, s);
-        }
-        let mut w = 16;
-        while w > 1 {
-            w /= 2;
-            for l in 0..w {
-                accr[l] += accr[l + w];
-            }
-        }
-        out[r] = accr[0] + s;
+        out[r] = finish(accr, &a[full..], &b[r][full..]);
     }
     out
 }
@@ -107,18 +103,7 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
         let mut acc = [0.0f32; 16];
         _mm256_storeu_ps(acc.as_mut_ptr(), lo[r]);
         _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi[r]);
-        let mut s = 0.0f32;
-        for (x, y) in a[full..n].iter().zip(&b[r][full..n]) {
-            s = x.mul_add(*y, s);
-        }
-        let mut w = 16;
-        while w > 1 {
-            w /= 2;
-            for l in 0..w {
-                acc[l] += acc[l + w];
-            }
-        }
-        out[r] = acc[0] + s;
+        out[r] = finish(&mut acc, &a[full..n], &b[r][full..n]);
     }
     out
 }
