@@ -70,7 +70,7 @@ fn row(case: &str, shape: &str, secs: f64, c: Counts, memory_bound: bool, on_gpu
         (true, false) => format!("{:.1}% of 790 TFLOP/s", 100.0 * tf / BF16_FLOP_PER_S),
     };
     println!(
-        "{case:<14} {shape:<30} {:>10.3} {:>10.3} {:>10.1} {pct:>20}",
+        "{case:<14} {shape:<30} {:>10.3} {:>10.3} {:>10.3} {pct:>20}",
         secs * 1e3,
         tf / 1e12,
         gbs / 1e9
