@@ -96,7 +96,7 @@ pub fn forward_items<B: Backend>(
                 }
                 if let [(seq, tokens)] = items {
                     let len = r.pool.len(*seq)? + tokens.len();
-                    return Err(e.context(too_long(r, len)));
+                    return Err(e.context(too_long(r, len, None)));
                 }
             }
             Err(e)
@@ -104,10 +104,14 @@ pub fn forward_items<B: Backend>(
     }
 }
 
-/// The error for a sequence the whole pool cannot hold.
-fn too_long<B: Backend>(r: &Runner<'_, B>, tokens: usize) -> String {
+/// The error for a sequence the whole pool cannot hold; `step` is the pages its next step
+/// needs beyond those it holds (thought branches included), when known.
+fn too_long<B: Backend>(r: &Runner<'_, B>, tokens: usize, step: Option<usize>) -> String {
+    let step = step.map_or(String::new(), |p| {
+        format!(" and {p} more pages for its next step")
+    });
     format!(
-        "one sequence of {tokens} tokens does not fit in {} KV pages of {} tokens \
+        "one sequence of {tokens} tokens{step} does not fit in {} KV pages of {} tokens \
          (raise --kv-pages)",
         r.pool.n_pages(),
         r.pool.page_size()
@@ -366,7 +370,7 @@ pub fn decode<B: Backend>(
                         free: r.pool.free_pages(),
                         total: r.pool.n_pages(),
                     })
-                    .context(too_long(r, b.all.len())));
+                    .context(too_long(r, b.all.len(), Some(need))));
                 }
             };
             release_private_tail(r, branches[victim].seq)?;
