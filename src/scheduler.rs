@@ -256,15 +256,21 @@ impl<B: Backend> Stepper<B> for Plain {
 }
 
 /// Pages a branch needs for its next step: its growth, one for a copy-on-write of a shared
-/// partial page, and the stepper's extra.
+/// partial last page, and the stepper's extra.
 fn pages_for_step<B: Backend>(
     r: &Runner<'_, B>,
     b: &Branch,
     stepper: &dyn Stepper<B>,
 ) -> Result<usize> {
     let ps = r.pool.page_size();
-    let have = r.pool.pages(b.seq)?.len();
-    Ok(b.all.len().div_ceil(ps).saturating_sub(have) + 1 + stepper.extra_pages(b, ps))
+    let pages = r.pool.pages(b.seq)?;
+    let cached = r.pool.len(b.seq)?;
+    // Appending into a partly filled page that another sequence shares copies it first.
+    let cow = match pages.last() {
+        Some(&p) if cached % ps != 0 && r.pool.refcount(p) > 1 => 1,
+        _ => 0,
+    };
+    Ok(b.all.len().div_ceil(ps).saturating_sub(pages.len()) + cow + stepper.extra_pages(b, ps))
 }
 
 /// `decode` with an optional stepper (Quiet-STaR's thoughts); the plain model otherwise.
