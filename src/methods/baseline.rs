@@ -8,7 +8,7 @@ use super::voting::majority;
 use crate::backend::Backend;
 use crate::rng::child_stream;
 use crate::sample::Sampling;
-use crate::scheduler::{decode_with, fork, prefill, set_tokens, Branch, StopRule};
+use crate::scheduler::{decode_with, fork, park, prefill, release, set_tokens, Branch, StopRule};
 use anyhow::Result;
 
 /// Runs the baseline (or, with `quiet`, Quiet-STaR) on one question.
@@ -25,7 +25,7 @@ pub fn solve<B: Backend>(
     tally.prompt = ids.len() as u64;
     let root = Branch::new(p.runner.pool.create(), ids, 0);
     let res = run_votes(p, quiet, &root, &prompt, s, &mut tally);
-    p.runner.pool.free(root.seq)?;
+    release(&mut p.runner, root.seq)?;
     let votes = res?;
     let answers: Vec<Option<String>> = votes.iter().map(|v| v.answer.clone()).collect();
     let answer = majority(&answers).map(|(a, _)| a);
@@ -50,6 +50,8 @@ fn run_votes<B: Backend>(
         .map(|v| child_stream(s.seed, v))
         .collect();
     let mut votes = fork(&mut p.runner, root, &streams)?;
+    // The votes hold what they need of the prompt's pages; the rest may make room.
+    park(&mut p.runner, root.seq);
     let res = sample_votes(p, quiet, &mut votes, prompt, s, tally);
     for v in &votes {
         p.runner.pool.free(v.seq)?;

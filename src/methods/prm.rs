@@ -50,10 +50,14 @@ impl<'a, B: Backend> Prm<'a, B> {
         if b.all.len() > 1 {
             self.runner.be.set_phase(Phase::Prm);
             self.tokens += (b.all.len() - 1) as u64;
-            forward_items(
+            let fed = forward_items(
                 &mut self.runner,
                 &[(b.seq, b.all[..b.all.len() - 1].to_vec())],
-            )?;
+            );
+            if let Err(e) = fed {
+                release(&mut self.runner, b.seq)?;
+                return Err(e);
+            }
         }
         park(&mut self.runner, b.seq);
         Ok(b)

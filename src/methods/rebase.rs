@@ -56,9 +56,10 @@ pub fn solve<B: Backend>(
     };
     let ids = p.encode_with_bos(&context)?;
     tally.prompt = ids.len() as u64;
+    let prm_root = prm.root(question)?;
     let root_policy = Branch::new(p.runner.pool.create(), ids, child_stream(s.seed, 0x7ee));
     let root = Node {
-        prm: prm.root(question)?,
+        prm: prm_root,
         policy: root_policy,
         context,
         steps: vec![],
