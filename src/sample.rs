@@ -32,19 +32,8 @@ pub fn sample(logits: &[f32], limit: usize, s: Sampling, u: f64) -> (u32, Counts
     let total: f64 = w.iter().sum();
     let cost = Counts::exact(3 * v, v * 4, v);
     if s.top_p < 1.0 {
-        let mut idx: Vec<u32> = (0..l.len() as u32).collect();
-        // Stable order (weight desc, id asc) so the kept set is deterministic.
-        idx.sort_by(|&a, &b| w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b)));
         let target = s.top_p.max(0.0) as f64 * total;
-        let mut kept = 0.0;
-        let mut n = 0;
-        for &i in &idx {
-            kept += w[i as usize];
-            n += 1;
-            if kept >= target {
-                break;
-            }
-        }
+        let (idx, n, kept) = nucleus(&w, target);
         let mut r = u * kept;
         for &i in &idx[..n] {
             r -= w[i as usize];
@@ -66,6 +55,38 @@ pub fn sample(logits: &[f32], limit: usize, s: Sampling, u: f64) -> (u32, Counts
         }
     }
     (last as u32, cost)
+}
+
+/// The nucleus: ids in order of weight (descending, ties by id), how many of them it takes
+/// for their weights, summed in that order, to reach `target`, and that sum. Only the head of
+/// the order is sorted: the k heaviest are selected and sorted, k growing fourfold until they
+/// hold the target. The order is total, so that head is exactly the head of a full sort, and
+/// the result is the full sort's bit for bit (a test).
+fn nucleus(w: &[f64], target: f64) -> (Vec<u32>, usize, f64) {
+    let order = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
+    let mut k = 256;
+    loop {
+        let mut idx: Vec<u32> = (0..w.len() as u32).collect();
+        let head = if k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, order);
+            k
+        } else {
+            idx.len()
+        };
+        idx[..head].sort_by(order);
+        let mut kept = 0.0;
+        for (n, &i) in idx[..head].iter().enumerate() {
+            kept += w[i as usize];
+            if kept >= target {
+                return (idx, n + 1, kept);
+            }
+        }
+        if head == idx.len() {
+            // Rounding left the sum of every weight just under the target: keep them all.
+            return (idx, head, kept);
+        }
+        k *= 4;
+    }
 }
 
 pub fn argmax(l: &[f32]) -> u32 {
@@ -103,6 +124,39 @@ mod tests {
         }
         for (c, p) in counts.iter().zip([0.1, 0.2, 0.7]) {
             assert!((*c as f64 / n as f64 - p).abs() < 0.015, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn nucleus_is_the_full_sorts_head_bit_for_bit() {
+        // The plain algorithm: sort everything, then take the head.
+        let full = |w: &[f64], target: f64| {
+            let mut idx: Vec<u32> = (0..w.len() as u32).collect();
+            idx.sort_by(|&a, &b| w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b)));
+            let (mut kept, mut n) = (0.0, 0);
+            for &i in &idx {
+                kept += w[i as usize];
+                n += 1;
+                if kept >= target {
+                    break;
+                }
+            }
+            (idx[..n].to_vec(), kept)
+        };
+        for (seed, len) in [(1u64, 10usize), (2, 300), (3, 5000), (4, 49152)] {
+            let logits = crate::rng::fill_uniform(seed, len, 6.0);
+            // Many ties too: quantised weights.
+            let tied: Vec<f32> = logits.iter().map(|x| (x * 2.0).round()).collect();
+            for l in [&logits, &tied] {
+                let w: Vec<f64> = l.iter().map(|&x| (x as f64).exp()).collect();
+                let total: f64 = w.iter().sum();
+                for p in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999999, 1.0] {
+                    let (want, want_kept) = full(&w, p * total);
+                    let (idx, n, kept) = nucleus(&w, p * total);
+                    assert_eq!(&idx[..n], &want[..], "len {len} p {p}");
+                    assert_eq!(kept.to_bits(), want_kept.to_bits());
+                }
+            }
         }
     }
 
