@@ -188,6 +188,13 @@ fn host_sampling(c: &mut Criterion, model: &str, cfg: &Config) {
     for (name, s) in [
         ("sample_argmax/1", Sampling::GREEDY),
         (
+            "sample_temperature/1",
+            Sampling {
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+        ),
+        (
             "sample_top_p/1",
             Sampling {
                 temperature: 1.0,
