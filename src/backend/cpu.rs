@@ -2,7 +2,7 @@
 //! backend is tested against, so clarity wins over cleverness except in the two hot paths
 //! (`linear` and `attention`).
 pub use super::cpu_math::{angles, inv_freq, rotate_half};
-use super::cpu_math::{axpy, dot, dot4, norm_row};
+use super::cpu_math::{axpy, dot, dot2x4, dot3x4, dot4, norm_row};
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
@@ -275,13 +275,32 @@ impl Backend for Cpu {
                         let i1 = (i0 + TILE).min(n);
                         // Four weight rows at a time (dot4 gives dot's bits), then the rest.
                         let quads = rows / 4 * 4;
+                        let xr = |i: usize| &x.data[i * k..(i + 1) * k];
                         for jj in (0..quads).step_by(4) {
                             let ws = [w(jj), w(jj + 1), w(jj + 2), w(jj + 3)];
-                            for i in i0..i1 {
-                                let v = dot4(&x.data[i * k..(i + 1) * k], ws);
+                            let mut put = |i: usize, v: [f32; 4]| {
                                 for (r, val) in v.into_iter().enumerate() {
                                     o[(jj + r) * n + i] = val;
                                 }
+                            };
+                            // Input rows three at a time, then two, then one: each output is
+                            // still dot's bits (dot3x4 / dot2x4 / dot4 give the same).
+                            let mut i = i0;
+                            while i + 3 <= i1 {
+                                let v = dot3x4([xr(i), xr(i + 1), xr(i + 2)], ws);
+                                for (d, vi) in v.into_iter().enumerate() {
+                                    put(i + d, vi);
+                                }
+                                i += 3;
+                            }
+                            if i + 2 <= i1 {
+                                let v = dot2x4([xr(i), xr(i + 1)], ws);
+                                put(i, v[0]);
+                                put(i + 1, v[1]);
+                                i += 2;
+                            }
+                            if i < i1 {
+                                put(i, dot4(xr(i), ws));
                             }
                         }
                         for jj in quads..rows {

@@ -132,6 +132,72 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_body(a, b)
 }
 
+/// `M` rows of `a` against four rows `b`, every output bit for bit `dot_body(a[i], b[r])`.
+/// Lanes 0..8 and 8..16 of a dot product's accumulator are independent chains, so they are
+/// computed one half after the other: each half keeps M × 4 ymm accumulators and loads M + 4
+/// vectors for M × 4 FMAs (dot4 loads 10 for 8), and both halves meet in `finish`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows4_avx2<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f32; 4]; M] {
+    use std::arch::x86_64::*;
+    let n = a
+        .iter()
+        .chain(b.iter())
+        .fold(usize::MAX, |n, r| n.min(r.len()));
+    let full = n / 16 * 16;
+    let (pa, pb) = (a.map(|r| r.as_ptr()), b.map(|r| r.as_ptr()));
+    let mut lanes = [[[0.0f32; 16]; 4]; M];
+    for half in [0, 8] {
+        let mut acc = [[_mm256_setzero_ps(); 4]; M];
+        let mut c = half;
+        while c < full {
+            // SAFETY: c + 8 <= full <= the length of every row.
+            let x: [__m256; M] = std::array::from_fn(|i| _mm256_loadu_ps(pa[i].add(c)));
+            for r in 0..4 {
+                let w = _mm256_loadu_ps(pb[r].add(c));
+                for i in 0..M {
+                    acc[i][r] = _mm256_fmadd_ps(x[i], w, acc[i][r]);
+                }
+            }
+            c += 16;
+        }
+        for i in 0..M {
+            for r in 0..4 {
+                _mm256_storeu_ps(lanes[i][r].as_mut_ptr().add(half), acc[i][r]);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 4]; M];
+    for i in 0..M {
+        for r in 0..4 {
+            out[i][r] = finish(&mut lanes[i][r], &a[i][full..n], &b[r][full..n]);
+        }
+    }
+    out
+}
+
+/// `dot4` for two rows of `a` at once: `[dot4(a[0], b), dot4(a[1], b)]`, bit for bit.
+#[inline]
+pub fn dot2x4(a: [&[f32]; 2], b: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `dot`.
+        return unsafe { dot_rows4_avx2::<2>(a, b) };
+    }
+    [dot4_body(a[0], b), dot4_body(a[1], b)]
+}
+
+/// `dot4` for three rows of `a` at once, bit for bit.
+#[inline]
+pub fn dot3x4(a: [&[f32]; 3], b: [&[f32]; 4]) -> [[f32; 4]; 3] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `dot`.
+        return unsafe { dot_rows4_avx2::<3>(a, b) };
+    }
+    a.map(|x| dot4_body(x, b))
+}
+
 /// `[dot(a, b[0]), …, dot(a, b[3])]`, bit for bit, faster.
 #[inline]
 pub fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
@@ -204,6 +270,35 @@ mod tests {
             for r in 0..4 {
                 assert_eq!(got[r].to_bits(), dot(&a, &rows[r]).to_bits(), "n={n} r={r}");
                 assert_eq!(got[r].to_bits(), dot_body(&a, &rows[r]).to_bits(), "n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_blocks_are_dot4_bit_for_bit() {
+        for n in [0usize, 1, 8, 15, 16, 17, 40, 64, 100, 576, 1000] {
+            let x: Vec<Vec<f32>> = (0..3)
+                .map(|i| crate::rng::fill_uniform(10 + i, n, 2.0))
+                .collect();
+            let w: Vec<Vec<f32>> = (0..4)
+                .map(|r| crate::rng::fill_uniform(20 + r, n, 1.0))
+                .collect();
+            let ws = [&w[0][..], &w[1][..], &w[2][..], &w[3][..]];
+            let two = dot2x4([&x[0], &x[1]], ws);
+            let three = dot3x4([&x[0], &x[1], &x[2]], ws);
+            for i in 0..3 {
+                let want = dot4(&x[i], ws);
+                for r in 0..4 {
+                    assert_eq!(
+                        three[i][r].to_bits(),
+                        want[r].to_bits(),
+                        "n={n} i={i} r={r}"
+                    );
+                    assert_eq!(want[r].to_bits(), dot_body(&x[i], ws[r]).to_bits());
+                    if i < 2 {
+                        assert_eq!(two[i][r].to_bits(), want[r].to_bits(), "n={n}");
+                    }
+                }
             }
         }
     }
