@@ -57,7 +57,8 @@ cat > gpu-bin/run.sh <<'RUN'
 #   eval      the four methods end to end: eval --fixed-lengths on synthetic:mistral-7b
 #   audit     flops-audit.sh (ledger vs Nsight Compute) and profile.sh (nsys or ncu)
 #   sanitize  compute-sanitizer memcheck and racecheck over the dual-backend tests
-# Logs: $OUT/gpu-test/ (else gpu-bin/logs/); a summary at the end; non-zero exit on a failure.
+# Logs: $OUT/gpu-test/ (else gpu-bin/logs/); a summary at the end, and summary.md (every
+# log as one markdown page, by gpu-summary.py); non-zero exit on a failure.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 logs="${OUT:+$OUT/gpu-test}"; logs="${logs:-$here/logs}"
@@ -118,10 +119,14 @@ sanitize)
 *) echo "unknown group: $g (tests, bench, eval, audit, sanitize)" >&2; exit 2 ;;
 esac; done
 printf '%s\n' "${summary[@]}" | tee "$logs/summary.txt"
+# Every log of this folder as one markdown page, for docs/BENCHMARKS.md.
+if command -v python3 >/dev/null; then
+    python3 "$here/gpu-summary.py" "$logs" > "$logs/summary.md" || echo "gpu-summary.py failed" >&2
+fi
 exit $fail
 RUN
 chmod +x gpu-bin/run.sh
-cp scripts/flops-audit.sh scripts/profile.sh gpu-bin/
+cp scripts/flops-audit.sh scripts/profile.sh scripts/gpu-summary.py gpu-bin/
 du -sh gpu-bin
 size=$(du -sm gpu-bin | cut -f1)
 if (( size > 60 )); then
