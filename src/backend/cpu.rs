@@ -311,10 +311,24 @@ impl Backend for Cpu {
                     }
                 });
         }
-        for j in 0..m {
-            for i in 0..n {
-                out[i * m + j] = out_t[j * n + i];
-            }
+        // Back to row-major, in parallel over blocks of output rows, a few columns at a time so
+        // that the strided reads of out_t stay within cache lines already fetched.
+        const ROWS: usize = 16;
+        if n > 0 && m > 0 {
+            out.par_chunks_mut(ROWS * m)
+                .enumerate()
+                .for_each(|(b, chunk)| {
+                    let i0 = b * ROWS;
+                    let rows = chunk.len() / m;
+                    for j0 in (0..m).step_by(ROWS) {
+                        for j in j0..(j0 + ROWS).min(m) {
+                            let col = &out_t[j * n + i0..j * n + i0 + rows];
+                            for (i, v) in col.iter().enumerate() {
+                                chunk[i * m + j] = *v;
+                            }
+                        }
+                    }
+                });
         }
         let (n, m, k) = (n as u64, m as u64, k as u64);
         self.record(
