@@ -271,11 +271,11 @@ impl Backend for Cpu {
                         let j = b * BLOCK + jj;
                         &wd[j * k..(j + 1) * k]
                     };
+                    let xr = |i: usize| &x.data[i * k..(i + 1) * k];
+                    // Four weight rows at a time (dot4 gives dot's bits), then the rest.
+                    let quads = rows / 4 * 4;
                     for i0 in (0..n).step_by(TILE) {
                         let i1 = (i0 + TILE).min(n);
-                        // Four weight rows at a time (dot4 gives dot's bits), then the rest.
-                        let quads = rows / 4 * 4;
-                        let xr = |i: usize| &x.data[i * k..(i + 1) * k];
                         for jj in (0..quads).step_by(4) {
                             let ws = [w(jj), w(jj + 1), w(jj + 2), w(jj + 3)];
                             let mut put = |i: usize, v: [f32; 4]| {
@@ -305,7 +305,7 @@ impl Backend for Cpu {
                         }
                         for jj in quads..rows {
                             for i in i0..i1 {
-                                o[jj * n + i] = dot(&x.data[i * k..(i + 1) * k], w(jj));
+                                o[jj * n + i] = dot(xr(i), w(jj));
                             }
                         }
                     }

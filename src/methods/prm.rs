@@ -124,14 +124,14 @@ impl<'a, B: Backend> Prm<'a, B> {
         kids: &mut Vec<Branch>,
     ) -> Result<Vec<f64>> {
         for (parent, text) in items {
-            let mut b = (*parent).clone();
-            b.seq = fork_seqs(&mut self.runner, parent.seq, 1)?[0];
-            kids.push(b.clone());
             let mut ids = Vec::new();
             ids.extend(self.runner.model.cfg.bos_token_id);
             ids.extend(self.tok.encode(text)?);
-            set_tokens(&mut self.runner, &mut b, ids)?;
-            *kids.last_mut().expect("just pushed") = b;
+            let mut b = (*parent).clone();
+            b.seq = fork_seqs(&mut self.runner, parent.seq, 1)?[0];
+            kids.push(b);
+            let kid = kids.last_mut().expect("just pushed");
+            set_tokens(&mut self.runner, kid, ids)?;
         }
         let mut feed = Vec::with_capacity(kids.len());
         for b in kids.iter() {

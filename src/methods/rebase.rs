@@ -280,6 +280,11 @@ fn grow<B: Backend>(
         if n == 0 {
             continue;
         }
+        let context = match (s.protocol, depth) {
+            (Protocol::Seed, d) if d > 0 => format!("{}\nStep {}:", node.context, d + 1),
+            _ => node.context.clone(),
+        };
+        let ids = p.encode_with_bos(&context)?;
         unpark(&mut p.runner, node.policy.seq);
         prefill(&mut p.runner, &[&node.policy])?;
         let streams: Vec<u64> = (0..n as u64)
@@ -288,21 +293,16 @@ fn grow<B: Backend>(
         let forked = fork(&mut p.runner, &node.policy, &streams)?;
         // The children hold what they need of the parent's pages.
         park(&mut p.runner, node.policy.seq);
-        let context = match (s.protocol, depth) {
-            (Protocol::Seed, d) if d > 0 => format!("{}\nStep {}:", node.context, d + 1),
-            _ => node.context.clone(),
-        };
-        let ids = p.encode_with_bos(&context)?;
-        for mut b in forked {
+        for b in forked {
             kids.push(Kid {
                 parent: pi,
-                branch: b.clone(),
+                branch: b,
                 context: context.clone(),
             });
-            set_tokens(&mut p.runner, &mut b, ids.clone())?;
+            let kid = &mut kids.last_mut().expect("just pushed").branch;
+            set_tokens(&mut p.runner, kid, ids.clone())?;
             // Until the step is decoded, a child's cache may make room for the next parent.
-            park(&mut p.runner, b.seq);
-            kids.last_mut().expect("just pushed").branch = b;
+            park(&mut p.runner, kid.seq);
         }
     }
     for k in kids.iter() {
