@@ -83,7 +83,7 @@ fn tensor<B: Backend>(be: &B, rows: usize, cols: usize, seed: u64) -> B::Tensor 
 
 fn kernels<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), model: &str, cfg: &Config) {
     let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
-    let dims: AttnDims = cases::attn_dims(cfg);
+    let dims: AttnDims = cfg.attn_dims();
     let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
     let mut g = c.benchmark_group(format!("{}/{model}", be.name()));
     g.sample_size(10).measurement_time(Duration::from_secs(3));

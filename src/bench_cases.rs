@@ -3,22 +3,11 @@
 //! case is a query tensor, a one-layer paged KV cache filled with random keys and values, and
 //! the batch layout to run `Backend::attention` on.
 use crate::backend::{AttnDims, Backend, Batch, KvShape, SeqSlice};
-use crate::model::config::Config;
 use crate::rng::fill_uniform;
 use anyhow::Result;
 
 /// Tokens per KV page in every case.
 pub const PAGE: usize = 16;
-
-/// The attention geometry of a model.
-pub fn attn_dims(cfg: &Config) -> AttnDims {
-    AttnDims {
-        heads: cfg.num_attention_heads,
-        kv_heads: cfg.num_key_value_heads,
-        head_dim: cfg.head_dim,
-        rope_theta: cfg.rope_theta,
-    }
-}
 
 /// A sequence's `n` new tokens at position `pos` over `pages`.
 pub fn slice(token_start: usize, n: usize, pos: usize, pages: Vec<u32>) -> SeqSlice {
@@ -121,18 +110,34 @@ pub fn paged_decode<B: Backend>(
     let per = context.div_ceil(PAGE);
     let own = |i: usize| pages(i * per, context);
     let fill = batch((0..seqs).map(|i| slice(0, context, 0, own(i))).collect());
-    let mut kv = alloc_kv(be, d, seqs * per)?;
-    fill_kv(be, &mut kv, &fill, d)?;
-    let qd = d.heads * d.head_dim;
+    let step = (0..seqs).map(|i| (own(i), context - 1)).collect();
+    let shape = format!("{seqs} seqs x {context} keys");
+    decode_step(be, d, seqs * per, &fill, step, 8, shape)
+}
+
+/// A decode step after `fill` wrote the cache (`n_pages` pages): one query per (pages, position)
+/// of `step`, from random rows drawn with `seed`.
+fn decode_step<B: Backend>(
+    be: &B,
+    d: AttnDims,
+    n_pages: usize,
+    fill: &Batch,
+    step: Vec<(Vec<u32>, usize)>,
+    seed: u64,
+    shape: String,
+) -> Result<AttnCase<B>> {
+    let mut kv = alloc_kv(be, d, n_pages)?;
+    fill_kv(be, &mut kv, fill, d)?;
+    let (n, qd) = (step.len(), d.heads * d.head_dim);
     Ok(AttnCase {
-        q: be.tensor(seqs, qd, &fill_uniform(8, seqs * qd, 1.0))?,
+        q: be.tensor(n, qd, &fill_uniform(seed, n * qd, 1.0))?,
         kv,
         batch: batch(
-            (0..seqs)
-                .map(|i| slice(0, 1, context - 1, own(i)))
+            step.into_iter()
+                .map(|(p, pos)| slice(0, 1, pos, p))
                 .collect(),
         ),
-        shape: format!("{seqs} seqs x {context} keys"),
+        shape,
     })
 }
 
@@ -157,17 +162,15 @@ pub fn shared_prefix<B: Backend>(
     };
     let mut fills = vec![slice(0, ctx, 0, prefix.clone())];
     fills.extend((0..branches).map(|i| slice(0, tail, ctx, branch(i))));
-    let mut kv = alloc_kv(be, d, np + branches * own_pages)?;
-    fill_kv(be, &mut kv, &batch(fills), d)?;
-    let qd = d.heads * d.head_dim;
-    Ok(AttnCase {
-        q: be.tensor(branches, qd, &fill_uniform(9, branches * qd, 1.0))?,
-        kv,
-        batch: batch(
-            (0..branches)
-                .map(|i| slice(0, 1, ctx + tail - 1, branch(i)))
-                .collect(),
-        ),
-        shape: format!("{branches} x ({ctx} shared + {tail})"),
-    })
+    let step = (0..branches).map(|i| (branch(i), ctx + tail - 1)).collect();
+    let shape = format!("{branches} x ({ctx} shared + {tail})");
+    decode_step(
+        be,
+        d,
+        np + branches * own_pages,
+        &batch(fills),
+        step,
+        9,
+        shape,
+    )
 }

@@ -81,7 +81,7 @@ pub fn run<B: Backend + 'static>(be: &B, cfg: &Config, name: &str, s: &Sizes) ->
     if [s.tokens, s.batch, s.context, s.thought_len, s.iters].contains(&0) {
         bail!("--tokens, --batch, --context, --thought-len and --iters must be at least 1");
     }
-    let d = cases::attn_dims(cfg);
+    let d = cfg.attn_dims();
     let on_gpu = be.name() != "cpu";
     println!(
         "attention on {name} ({}): {} query heads, {} KV heads, head_dim {}; {} timed runs each",

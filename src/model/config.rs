@@ -170,6 +170,15 @@ impl Config {
     pub fn gqa_group(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+    /// The attention geometry the backends' attention and RoPE kernels take.
+    pub fn attn_dims(&self) -> crate::backend::AttnDims {
+        crate::backend::AttnDims {
+            heads: self.num_attention_heads,
+            kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            rope_theta: self.rope_theta,
+        }
+    }
 
     /// Parameter count (embedding and LM head counted once each when untied).
     pub fn n_params(&self) -> u64 {

@@ -95,12 +95,7 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn dims(&self) -> AttnDims {
-        AttnDims {
-            heads: self.cfg.num_attention_heads,
-            kv_heads: self.cfg.num_key_value_heads,
-            head_dim: self.cfg.head_dim,
-            rope_theta: self.cfg.rope_theta,
-        }
+        self.cfg.attn_dims()
     }
 
     pub fn lm_head(&self) -> &B::Weight {
