@@ -2,7 +2,7 @@
 //! backend is tested against, so clarity wins over cleverness except in the two hot paths
 //! (`linear` and `attention`).
 pub use super::cpu_math::{angles, inv_freq, rotate_half};
-use super::cpu_math::{axpy, dot, dot2x4, dot3x4, dot4, norm_row};
+use super::cpu_math::{axpy, dot, dot4, dot_rows4, norm_row};
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
@@ -284,17 +284,17 @@ impl Backend for Cpu {
                                 }
                             };
                             // Input rows three at a time, then two, then one: each output is
-                            // still dot's bits (dot3x4 / dot2x4 / dot4 give the same).
+                            // still dot's bits (dot_rows4 and dot4 give the same).
                             let mut i = i0;
                             while i + 3 <= i1 {
-                                let v = dot3x4([xr(i), xr(i + 1), xr(i + 2)], ws);
+                                let v = dot_rows4([xr(i), xr(i + 1), xr(i + 2)], ws);
                                 for (d, vi) in v.into_iter().enumerate() {
                                     put(i + d, vi);
                                 }
                                 i += 3;
                             }
                             if i + 2 <= i1 {
-                                let v = dot2x4([xr(i), xr(i + 1)], ws);
+                                let v = dot_rows4([xr(i), xr(i + 1)], ws);
                                 put(i, v[0]);
                                 put(i + 1, v[1]);
                                 i += 2;

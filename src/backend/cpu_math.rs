@@ -176,24 +176,13 @@ unsafe fn dot_rows4_avx2<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f3
     out
 }
 
-/// `dot4` for two rows of `a` at once: `[dot4(a[0], b), dot4(a[1], b)]`, bit for bit.
+/// `dot4` for `M` rows of `a` at once: `[dot4(a[0], b), …]`, bit for bit.
 #[inline]
-pub fn dot2x4(a: [&[f32]; 2], b: [&[f32]; 4]) -> [[f32; 4]; 2] {
+pub fn dot_rows4<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f32; 4]; M] {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: as in `dot`.
-        return unsafe { dot_rows4_avx2::<2>(a, b) };
-    }
-    [dot4_body(a[0], b), dot4_body(a[1], b)]
-}
-
-/// `dot4` for three rows of `a` at once, bit for bit.
-#[inline]
-pub fn dot3x4(a: [&[f32]; 3], b: [&[f32]; 4]) -> [[f32; 4]; 3] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: as in `dot`.
-        return unsafe { dot_rows4_avx2::<3>(a, b) };
+        return unsafe { dot_rows4_avx2(a, b) };
     }
     a.map(|x| dot4_body(x, b))
 }
@@ -284,8 +273,8 @@ mod tests {
                 .map(|r| crate::rng::fill_uniform(20 + r, n, 1.0))
                 .collect();
             let ws = [&w[0][..], &w[1][..], &w[2][..], &w[3][..]];
-            let two = dot2x4([&x[0], &x[1]], ws);
-            let three = dot3x4([&x[0], &x[1], &x[2]], ws);
+            let two = dot_rows4([&x[0][..], &x[1]], ws);
+            let three = dot_rows4([&x[0][..], &x[1], &x[2]], ws);
             for i in 0..3 {
                 let want = dot4(&x[i], ws);
                 for r in 0..4 {
