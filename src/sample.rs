@@ -64,9 +64,9 @@ pub fn sample(logits: &[f32], limit: usize, s: Sampling, u: f64) -> (u32, Counts
 /// the result is the full sort's bit for bit (a test).
 fn nucleus(w: &[f64], target: f64) -> (Vec<u32>, usize, f64) {
     let order = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
+    let mut idx: Vec<u32> = (0..w.len() as u32).collect();
     let mut k = 256;
     loop {
-        let mut idx: Vec<u32> = (0..w.len() as u32).collect();
         let head = if k < idx.len() {
             idx.select_nth_unstable_by(k - 1, order);
             k
