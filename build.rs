@@ -6,12 +6,16 @@
 //! architecture (compute_90 for 90a) so that newer GPUs can JIT it. `$OUT_DIR/kernels.rs`
 //! lists them as `KERNELS: &[(&str, &[u8])]` for src/backend/cuda/. nvcc is found through
 //! `NVCC`, `CUDA_HOME`/`CUDA_PATH`, `PATH`, /usr/local/cuda, or the project-local toolkit
-//! that scripts/setup-cuda.sh installs under .cuda/.
+//! that scripts/setup-cuda.sh installs under .cuda/. The same files are also compiled for the
+//! CPU by the host C++ compiler, for the CUDA emulator (build/emu.rs, csrc/emu).
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+#[path = "build/emu.rs"]
+mod emu;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -28,6 +32,7 @@ fn main() {
         println!("cargo:rerun-if-env-changed={v}");
     }
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=build");
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let nvcc = find_nvcc(&root).unwrap_or_else(|| {
@@ -50,57 +55,21 @@ fn main() {
         .map(String::from)
         .collect();
 
-    // Compile in parallel: a small work queue over the available cores.
-    let next = AtomicUsize::new(0);
-    let errors = Mutex::new(Vec::<String>::new());
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(sources.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(src) = sources.get(i) else { break };
-                let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-                let dst = out.join(format!("{stem}.fatbin"));
-                let mut cmd = Command::new(&nvcc);
-                cmd.arg("-fatbin")
-                    .args(["-O3", "-lineinfo", "-std=c++17", "--expt-relaxed-constexpr"])
-                    .arg(format!("-I{}", kdir.display()))
-                    .args(["-gencode", &sass])
-                    .args(["-gencode", &ptx])
-                    .args(&extra)
-                    .arg("-o")
-                    .arg(&dst)
-                    .arg(src);
-                match cmd.output() {
-                    Ok(o) if o.status.success() => {
-                        for line in String::from_utf8_lossy(&o.stderr).lines() {
-                            if !line.trim().is_empty() {
-                                println!("cargo:warning={line}");
-                            }
-                        }
-                    }
-                    Ok(o) => errors.lock().unwrap().push(format!(
-                        "nvcc failed on {} ({}):\n{}{}",
-                        src.display(),
-                        o.status,
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )),
-                    Err(e) => errors
-                        .lock()
-                        .unwrap()
-                        .push(format!("cannot run {}: {e}", nvcc.display())),
-                }
-            });
-        }
+    parallel(&sources, |src| {
+        let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+        let dst = out.join(format!("{stem}.fatbin"));
+        let mut cmd = Command::new(&nvcc);
+        cmd.arg("-fatbin")
+            .args(["-O3", "-lineinfo", "-std=c++17", "--expt-relaxed-constexpr"])
+            .arg(format!("-I{}", kdir.display()))
+            .args(["-gencode", &sass])
+            .args(["-gencode", &ptx])
+            .args(&extra)
+            .arg("-o")
+            .arg(&dst)
+            .arg(src);
+        run_checked(&mut cmd, &format!("nvcc on {}", src.display()))
     });
-    let errors = errors.into_inner().unwrap();
-    if !errors.is_empty() {
-        fail(&errors.join("\n"));
-    }
 
     let mut list = String::from(
         "/// Every kernels/*.cu, compiled by build.rs: (file stem, fatbin image).\n\
@@ -119,6 +88,67 @@ fn main() {
     std::fs::write(out.join("kernels.rs"), list)
         .unwrap_or_else(|e| fail(&format!("cannot write kernels.rs: {e}")));
     build_nvtx_shim(&root, &out, &nvcc);
+    emu::build(&root, &out, &sources);
+}
+
+/// Runs `job` over `items` on a small work queue over the available cores; ends the build
+/// with every failure's message.
+fn parallel<T: Sync>(items: &[T], job: impl Fn(&T) -> Result<(), String> + Sync) {
+    let next = AtomicUsize::new(0);
+    let errors = Mutex::new(Vec::<String>::new());
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = items.get(i) else { break };
+                if let Err(e) = job(item) {
+                    errors.lock().unwrap().push(e);
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap();
+    if !errors.is_empty() {
+        fail(&errors.join("\n"));
+    }
+}
+
+/// Runs `cmd`; its warnings become cargo warnings, a failure its whole output.
+fn run_checked(cmd: &mut Command, what: &str) -> Result<(), String> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => {
+            for line in String::from_utf8_lossy(&o.stderr).lines() {
+                if !line.trim().is_empty() {
+                    println!("cargo:warning={line}");
+                }
+            }
+            Ok(())
+        }
+        Ok(o) => Err(format!(
+            "{what} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run {what}: {e}")),
+    }
+}
+
+/// Runs `cmd` and returns its stdout, or ends the build.
+fn run_output(cmd: &mut Command, what: &str) -> String {
+    match cmd.output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => fail(&format!(
+            "{what} failed ({}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => fail(&format!("cannot run {what}: {e}")),
+    }
 }
 
 /// Compiles csrc/nvtx.c (NVTX ranges) with the host C compiler into a static library. The

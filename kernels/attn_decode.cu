@@ -40,7 +40,7 @@ struct DecodeParams {
 };
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode(const DecodeParams P) {
-    extern __shared__ float sm[];
+    DYNAMIC_SMEM(float, sm);
     const int G = P.group, HD = P.hd, HP = HD / 2, lanes = DEC_THREADS / HP;
     float* qs = sm;                    // [G][HD]
     float* sc = qs + G * HD;           // [G][chunk]

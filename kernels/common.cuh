@@ -8,6 +8,14 @@ typedef __nv_bfloat16 bf16;
 
 #define NEG_INF (__int_as_float(0xff800000))
 
+// The launch's dynamic shared memory as `T name[]` (the CPU emulator, csrc/emu, hands out a
+// buffer of its own instead).
+#ifdef PONDER_EMU
+#define DYNAMIC_SMEM(T, name) T* const name = (T*)::emu::dyn_smem
+#else
+#define DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
 

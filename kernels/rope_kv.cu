@@ -25,7 +25,7 @@ extern "C" __global__ void rope_store_kv(float* __restrict__ q, const float* __r
                                          const uint32_t* __restrict__ slots,
                                          const double* __restrict__ inv_freq, int hq, int hk,
                                          int hd, long long layer_off) {
-    extern __shared__ float cs[];  // cos [hd/2], sin [hd/2], k row [hk*hd]
+    DYNAMIC_SMEM(float, cs);  // cos [hd/2], sin [hd/2], k row [hk*hd]
     const int half = hd / 2;
     float* cosv = cs;
     float* sinv = cs + half;

@@ -101,6 +101,18 @@ macro_rules! dual_test {
                 #[cfg(not(feature = "cuda"))]
                 println!("skipped: no CUDA GPU (built without the cuda feature)");
             }
+            /// The CUDA backend's host code and kernels on the CPU (docs/cuda-emulator.md).
+            #[test]
+            fn cuda_emu() {
+                #[cfg(feature = "cuda")]
+                {
+                    let be = ponder::backend::cuda::Cuda::emulated().unwrap();
+                    be.set_poison(true);
+                    super::$body(&be, super::GPU_TOL).unwrap();
+                }
+                #[cfg(not(feature = "cuda"))]
+                println!("skipped: the CUDA emulator is built with the cuda feature");
+            }
         }
     )*};
 }
@@ -854,14 +866,26 @@ fn naive_sample(l: &[f32], limit: usize, s: Sampling, u: f64) -> u32 {
 }
 
 fn op_sampling<B: Dual>(be: &B, _tol: f32) -> Result<()> {
-    let (rows, v, limit) = (5, 300, 290);
+    // A row narrower than the device's 1024-thread block, and one wider (each thread then
+    // scans several ids, so its own tie rule matters too).
+    sampling_case(be, (5, 300, 290), 4.0, 12)?;
+    sampling_case(be, (2, 3000, 2900), 0.5, 3)
+}
+
+/// `shape` = (rows, vocabulary, limit); logits in [-6, 6] on a grid of 1/`grid`.
+fn sampling_case<B: Dual>(
+    be: &B,
+    (rows, v, limit): (usize, usize, usize),
+    grid: f32,
+    draws: u64,
+) -> Result<()> {
     // Logits on a coarse grid: many exact ties, which the id order must break.
     let mut logits: Vec<f32> = rnd(51, rows * v, 6.0)
         .iter()
-        .map(|x| (x * 4.0).round() / 4.0)
+        .map(|x| (x * grid).round() / grid)
         .collect();
-    logits[2 * v + 7] = 40.0; // a dominant token
-    logits[3 * v + 295] = 90.0; // past the limit: never chosen
+    logits[(rows - 1) * v + 7] = 40.0; // a dominant token
+    logits[(rows / 2) * v + limit + 5] = 90.0; // past the limit: never chosen
     let t = be.tensor(rows, v, &logits)?;
     let settings = [
         Sampling::GREEDY,
@@ -883,7 +907,7 @@ fn op_sampling<B: Dual>(be: &B, _tol: f32) -> Result<()> {
         },
     ];
     for (si, s) in settings.iter().enumerate() {
-        for draw in 0..12u64 {
+        for draw in 0..draws {
             let u: Vec<f64> = (0..rows as u64)
                 .map(|r| ponder::rng::uniform(5, r * 16 + si as u64, draw))
                 .collect();

@@ -93,6 +93,9 @@ impl Backend for Cpu {
     fn name(&self) -> &'static str {
         "cpu"
     }
+    fn device_label(&self) -> String {
+        format!("cpu: {} threads", rayon::current_num_threads())
+    }
 
     fn ledger(&self) -> &Mutex<Ledger> {
         &self.ledger

@@ -196,6 +196,11 @@ pub trait Backend: Send + Sync {
     type Kv: Send + Sync;
 
     fn name(&self) -> &'static str;
+    /// What ran the work, for reports: the backend and its device (a GPU's name, the CPU
+    /// threads), since times per question mean nothing without it.
+    fn device_label(&self) -> String {
+        self.name().to_string()
+    }
     fn ledger(&self) -> &Mutex<Ledger>;
     /// The phase this thread's following ops are charged to.
     fn set_phase(&self, p: Phase) {

@@ -88,6 +88,12 @@ struct Bench {
 
 impl OnBackend for Bench {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
+        if be.name() == "cuda-emu" {
+            println!(
+                "note: the CUDA emulator runs the kernels on the CPU; its times and roofline \
+                 shares say nothing about a GPU"
+            );
+        }
         if let What::Attention {
             tokens,
             batch,

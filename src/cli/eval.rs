@@ -137,6 +137,7 @@ impl OnBackend for Eval {
             budgets,
             settings,
             model: m.name.clone(),
+            device: be.device_label(),
             subset: a.subset.clone(),
         };
         eprintln!(

@@ -32,6 +32,9 @@ pub enum Device {
     Auto,
     Cpu,
     Cuda,
+    /// The CUDA backend on the CUDA emulator: kernels/*.cu compiled for the CPU (slow; for
+    /// checking the CUDA code without a GPU, docs/cuda-emulator.md).
+    CudaEmu,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +114,10 @@ pub fn with_backend<U: OnBackend>(d: Device, body: U) -> Result<()> {
             Ok(be) => body.run(be),
             Err(_) => body.run(Cpu::new()),
         },
+        #[cfg(feature = "cuda")]
+        Device::CudaEmu => body.run(ponder::backend::cuda::Cuda::emulated()?),
+        #[cfg(not(feature = "cuda"))]
+        Device::CudaEmu => anyhow::bail!("--device cuda-emu: this ponder was built without the cuda feature (cargo build --release --features cuda)"),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => anyhow::bail!("--device cuda: this ponder was built without the cuda feature (cargo build --release --features cuda)"),
         #[cfg(not(feature = "cuda"))]

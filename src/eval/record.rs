@@ -36,6 +36,10 @@ pub struct Record {
     pub prm_tokens: u64,
     pub votes: Vec<VoteRecord>,
     pub model: String,
+    /// The backend and device that ran it (Backend::device_label); "" in files written
+    /// before ponder recorded it.
+    #[serde(default)]
+    pub device: String,
     pub prm: Option<String>,
     /// "seed42-128" when the study's subset was selected.
     pub subset: Option<String>,
@@ -51,6 +55,7 @@ impl Record {
         gold: Option<String>,
         correct: bool,
         model: &str,
+        device: &str,
         subset: Option<&str>,
         seed: u64,
     ) -> Self {
@@ -81,6 +86,7 @@ impl Record {
                 })
                 .collect(),
             model: model.to_string(),
+            device: device.to_string(),
             prm: sol.prm.clone(),
             subset: subset.map(String::from),
             seed,

@@ -53,6 +53,9 @@ pub struct Summary {
     pub prm: Option<String>,
     /// The policy model (distinct values joined by "; " if the records differ).
     pub model: String,
+    /// The backend and device (distinct values joined by "; "; "" if never recorded).
+    #[serde(default)]
+    pub device: String,
 }
 
 /// Where a method sorts: the study's four first, in its order, then the rest alphabetically.
@@ -136,6 +139,11 @@ fn summarize_group(method: &str, budget: usize, rs: &[&Record]) -> Summary {
             Some(join_distinct(prms.into_iter()))
         },
         model: join_distinct(rs.iter().map(|r| r.model.as_str())),
+        device: join_distinct(
+            rs.iter()
+                .map(|r| r.device.as_str())
+                .filter(|d| !d.is_empty()),
+        ),
     }
 }
 
@@ -214,7 +222,7 @@ pub fn summary_csv(summaries: &[Summary]) -> String {
     let mut out = String::from(
         "method,budget,n,correct,accuracy,mean_seconds,median_seconds,mean_flops,\
          mean_flops_executed,mean_study_flops,mean_generated_tokens,mean_thought_tokens,\
-         mean_prm_tokens,mean_prompt_tokens,accuracy_per_tflop,prm,model",
+         mean_prm_tokens,mean_prompt_tokens,accuracy_per_tflop,prm,model,device",
     );
     for p in &phases {
         write!(out, ",{}", csv_field(&format!("flops_{p}"))).unwrap();
@@ -223,7 +231,7 @@ pub fn summary_csv(summaries: &[Summary]) -> String {
     for s in summaries {
         write!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             csv_field(&s.method),
             s.budget,
             s.n,
@@ -241,6 +249,7 @@ pub fn summary_csv(summaries: &[Summary]) -> String {
             s.accuracy_per_tflop,
             csv_field(s.prm.as_deref().unwrap_or("")),
             csv_field(&s.model),
+            csv_field(&s.device),
         )
         .unwrap();
         for p in &phases {

@@ -23,6 +23,8 @@ pub struct Plan {
     pub budgets: Vec<usize>,
     pub settings: Settings,
     pub model: String,
+    /// Backend::device_label of the backend running it.
+    pub device: String,
     pub subset: Option<String>,
 }
 
@@ -152,6 +154,7 @@ pub fn run<B: Backend>(
                     p.gold.clone(),
                     ok,
                     &plan.model,
+                    &plan.device,
                     plan.subset.as_deref(),
                     plan.settings.seed,
                 );

@@ -9,7 +9,7 @@
 //! The work lists depend only on the batch and the dims, so they are built and uploaded once
 //! per forward pass and reused by every layer.
 use super::plan::{window_arg, BatchMeta, BK, BQ, DEC_THREADS};
-use super::tensor::{dptr, CudaKv, CudaTensor, DType};
+use super::tensor::{CudaKv, CudaTensor, DType};
 use super::{Arg, Cuda};
 use crate::backend::{AttnDims, Batch};
 use crate::flops::Counts;
@@ -79,7 +79,7 @@ impl Cuda {
             let v = crate::backend::cpu::inv_freq(hd, theta);
             e.insert(self.upload(&v)?);
         }
-        Ok(self.ptr(&cache[&key]))
+        Ok(cache[&key].ptr())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -115,7 +115,6 @@ impl Cuda {
         let k = self.as_dtype(k, DType::F32)?;
         let v = self.as_dtype(v, DType::F32)?;
         let inv = self.inv_freq_ptr(hd, dims.rope_theta)?;
-        let s = self.stream();
         let smem = 4 * (hd + dims.kv_heads * hd);
         self.launch(
             "rope_store_kv",
@@ -123,13 +122,13 @@ impl Cuda {
             128,
             smem as u32,
             &[
-                Arg::P(q.ptr(s)),
-                Arg::P(k.ptr(s)),
-                Arg::P(v.ptr(s)),
-                Arg::P(dptr(&kv.k, s)),
-                Arg::P(dptr(&kv.v, s)),
-                Arg::P(self.ptr(&meta.pos)),
-                Arg::P(self.ptr(&meta.slots)),
+                Arg::P(q.ptr()),
+                Arg::P(k.ptr()),
+                Arg::P(v.ptr()),
+                Arg::P(kv.k.ptr()),
+                Arg::P(kv.v.ptr()),
+                Arg::P(meta.pos.ptr()),
+                Arg::P(meta.slots.ptr()),
                 Arg::P(inv),
                 Arg::I(dims.heads as i32),
                 Arg::I(dims.kv_heads as i32),
@@ -161,11 +160,10 @@ impl Cuda {
         layer: usize,
         dims: AttnDims,
     ) -> FlashParams {
-        let s = self.stream();
         FlashParams {
-            q: q.ptr(s),
-            kc: dptr(&kv.k, s),
-            vc: dptr(&kv.v, s),
+            q: q.ptr(),
+            kc: kv.k.ptr(),
+            vc: kv.v.ptr(),
             layer_off: kv.layer_off(layer),
             scale: 1.0 / (dims.head_dim as f32).sqrt(),
             q_stride: q.cols as i32,
@@ -206,17 +204,16 @@ impl Cuda {
         );
         let q = self.as_dtype(q, DType::F32)?;
         let out = self.bf16_tensor(nt, hq * hd)?;
-        let s = self.stream();
         let mut fp = self.flash_params(&q, kv, layer, dims);
-        fp.pages = self.ptr(&meta.pages);
-        fp.out = out.ptr(s);
+        fp.pages = meta.pages.ptr();
+        fp.out = out.ptr();
         fp.window = window_arg(batch.sliding_window);
         let (hq64, hd64) = (hq as u64, hd as u64);
         let tile = (BQ * BK) as u64;
 
         if meta.n_prefill > 0 {
             let mut p = fp;
-            p.items = self.ptr(&meta.prefill);
+            p.items = meta.prefill.ptr();
             let name = format!("attn_prefill_hd{hd}");
             self.launch_struct(&name, (meta.n_prefill as u32, hq as u32, 1), 128, 0, &p)?;
             let t = meta.prefill_tiles;
@@ -259,12 +256,12 @@ impl Cuda {
         let lse = self.alloc_f32(parts)?;
         if meta.n_prefix > 0 {
             // Items that are no tree member never write the prefix slot: mark it empty.
-            self.fill("fill_u32", self.ptr(&lse), 0xff80_0000, parts)?;
+            self.fill("fill_u32", lse.ptr(), 0xff80_0000, parts)?;
             let mut p = fp;
-            p.items = self.ptr(&meta.prefix);
-            p.members = self.ptr(&meta.members);
-            p.o_part = self.ptr(&o_part);
-            p.lse_part = self.ptr(&lse);
+            p.items = meta.prefix.ptr();
+            p.members = meta.members.ptr();
+            p.o_part = o_part.ptr();
+            p.lse_part = lse.ptr();
             p.n_slots = meta.n_slots as i32;
             p.window = 0;
             let name = format!("attn_prefix_hd{hd}");
@@ -283,16 +280,15 @@ impl Cuda {
                 },
             );
         }
-        let s = self.stream();
         let p = DecodeParams {
-            q: q.ptr(s),
+            q: q.ptr(),
             kc: fp.kc,
             vc: fp.vc,
             pages: fp.pages,
-            items: self.ptr(&meta.decode),
-            out: out.ptr(s),
-            o_part: self.ptr(&o_part),
-            lse_part: self.ptr(&lse),
+            items: meta.decode.ptr(),
+            out: out.ptr(),
+            o_part: o_part.ptr(),
+            lse_part: lse.ptr(),
             layer_off: fp.layer_off,
             scale: fp.scale,
             q_stride: fp.q_stride,
@@ -345,10 +341,10 @@ impl Cuda {
                 64,
                 0,
                 &[
-                    Arg::P(self.ptr(&o_part)),
-                    Arg::P(self.ptr(&lse)),
-                    Arg::P(self.ptr(&meta.decode)),
-                    Arg::P(out.ptr(s)),
+                    Arg::P(o_part.ptr()),
+                    Arg::P(lse.ptr()),
+                    Arg::P(meta.decode.ptr()),
+                    Arg::P(out.ptr()),
                     Arg::I(meta.n_slots as i32),
                     Arg::I(hq as i32),
                     Arg::I(hd as i32),

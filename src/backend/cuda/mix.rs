@@ -1,7 +1,7 @@
 //! Quiet-STaR's mixing head on the device (kernels/mix.cu around three cuBLAS GEMMs), with
 //! the CPU backend's semantics and useful-FLOP records (src/backend/cpu_mix.rs).
 use super::ops::same_shape;
-use super::tensor::{dptr, CudaTensor, CudaWeight, DType};
+use super::tensor::{CudaTensor, CudaWeight, DType};
 use super::{grid_1d, Arg, Cuda};
 use crate::backend::{Backend, TalkHead};
 use crate::flops::Counts;
@@ -18,7 +18,6 @@ impl Cuda {
         let (n, d) = (h_base.rows, h_base.cols);
         let base = self.as_dtype(h_base, DType::F32)?;
         let end = self.as_dtype(h_end, DType::F32)?;
-        let s = self.stream();
         let cat = self.bf16_tensor(n, 2 * d)?;
         self.launch(
             "concat_bf16",
@@ -26,9 +25,9 @@ impl Cuda {
             256,
             0,
             &[
-                Arg::P(base.ptr(s)),
-                Arg::P(end.ptr(s)),
-                Arg::P(cat.ptr(s)),
+                Arg::P(base.ptr()),
+                Arg::P(end.ptr()),
+                Arg::P(cat.ptr()),
                 Arg::I(d as i32),
             ],
         )?;
@@ -50,10 +49,10 @@ impl Cuda {
             256,
             0,
             &[
-                Arg::P(base.ptr(s)),
-                Arg::P(end.ptr(s)),
-                Arg::P(w.ptr(s)),
-                Arg::P(out.ptr(s)),
+                Arg::P(base.ptr()),
+                Arg::P(end.ptr()),
+                Arg::P(w.ptr()),
+                Arg::P(out.ptr()),
                 Arg::I(d as i32),
             ],
         )?;
@@ -71,16 +70,15 @@ impl Cuda {
         let x = self.as_dtype(x, DType::F32)?;
         let out = self.bf16_tensor(x.rows, x.cols)?;
         let n = x.len();
-        let s = self.stream();
         self.launch(
             "bias_relu",
             (grid_1d(n), 1, 1),
             256,
             0,
             &[
-                Arg::P(x.ptr(s)),
-                Arg::P(dptr(&b.buf, s)),
-                Arg::P(out.ptr(s)),
+                Arg::P(x.ptr()),
+                Arg::P(b.buf.ptr()),
+                Arg::P(out.ptr()),
                 Arg::I(x.cols as i32),
                 Arg::Z(n as u64),
             ],

@@ -9,6 +9,8 @@
 //! CPU counterpart (`cast`, `concat`, `attn_merge`) have zero useful FLOPs. Layouts, launch
 //! shapes and what is still unverified on a GPU: docs/cuda.md.
 mod attn;
+mod device;
+mod emu;
 mod mix;
 mod nvtx;
 mod ops;
@@ -17,14 +19,15 @@ mod sample;
 mod tensor;
 mod thought;
 
+pub use device::{DSlice, Elem};
 pub use tensor::{CudaKv, CudaTensor, CudaWeight, DBuf, DType};
 
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
-use anyhow::{anyhow, bail, Context, Result};
-use cudarc::cublas::CudaBlas;
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use anyhow::{anyhow, Result};
+use cudarc::driver::{sys, CudaContext};
+use device::Device;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,18 +114,14 @@ impl Arg {
 }
 
 pub struct Cuda {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
-    funcs: HashMap<&'static str, CudaFunction>,
-    _modules: Vec<Arc<CudaModule>>,
+    dev: Device,
     ledger: Mutex<Ledger>,
     poison: AtomicBool,
     name: String,
     sm_count: usize,
     smem_optin: usize,
     meta: Mutex<Option<(Vec<u64>, Arc<plan::BatchMeta>)>>,
-    inv_freq: Mutex<HashMap<(usize, u32), CudaSlice<f64>>>,
+    inv_freq: Mutex<HashMap<(usize, u32), DSlice<f64>>>,
     ranges: nvtx::PhaseRanges,
 }
 
@@ -134,37 +133,21 @@ pub fn gpu_available() -> bool {
     driver && CudaContext::device_count().is_ok_and(|n| n > 0)
 }
 
+/// attn_decode keeps its scores in dynamic shared memory: it may use all the device allows.
+const BIG_SMEM_KERNELS: &[&str] = &["attn_decode"];
+
 impl Cuda {
     /// Opens GPU `ordinal`. Fails with one line (never panics) when the driver library, a
     /// GPU, cuBLAS or a loadable kernel image is missing.
     pub fn new(ordinal: usize) -> Result<Cuda> {
-        // SAFETY: only tries to dlopen the driver library.
-        if !unsafe { sys::is_culib_present() } {
-            bail!("no CUDA driver (libcuda.so.1 not found); use --device cpu");
-        }
-        let n = CudaContext::device_count()
-            .map_err(|e| anyhow!("the CUDA driver found no usable GPU ({e})"))?;
-        if n <= 0 || ordinal >= n as usize {
-            bail!("no CUDA GPU {ordinal} ({n} found)");
-        }
-        // SAFETY: as above, for cuBLAS.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            bail!("cuBLAS (libcublas.so.13) not found: install the CUDA 13 runtime libraries");
-        }
-        let ctx = CudaContext::new(ordinal).context("cannot create a CUDA context")?;
-        // One stream, stream-ordered allocation: cudarc's per-buffer events are not needed.
-        // SAFETY: called before any buffer exists; nothing is shared across streams.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
-        let blas = CudaBlas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
+        let mut gpu = Device::open_gpu(ordinal)?;
+        let ctx = gpu.ctx.clone();
         let name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
         let attr = |a| ctx.attribute(a).map(|v| v.max(0) as usize);
         use sys::CUdevice_attribute_enum as A;
         let sm_count = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1);
         let smem_optin = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
         let (major, minor) = ctx.compute_capability()?;
-        let mut funcs = HashMap::new();
-        let mut modules = Vec::new();
         for (file, fns) in FUNCTIONS {
             let image = images::KERNELS
                 .iter()
@@ -184,22 +167,50 @@ impl Cuda {
                 let func = m
                     .load_function(f)
                     .map_err(|e| anyhow!("kernel {f} missing from kernels/{file}.cu: {e}"))?;
-                funcs.insert(*f, func);
+                gpu.funcs.insert(*f, func);
             }
-            modules.push(m);
+            gpu._modules.push(m);
         }
-        // attn_decode keeps its scores in dynamic shared memory: allow all the device has.
-        let dec = &funcs["attn_decode"];
-        dec.set_attribute(
-            sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem_optin as i32,
-        )?;
-        Ok(Cuda {
-            ctx,
-            stream,
-            blas,
-            funcs,
-            _modules: modules,
+        for k in BIG_SMEM_KERNELS {
+            gpu.funcs[k].set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_optin as i32,
+            )?;
+        }
+        Ok(Self::with_device(
+            Device::Gpu(Box::new(gpu)),
+            name,
+            sm_count,
+            smem_optin,
+        ))
+    }
+
+    /// The CUDA backend on the CUDA emulator (docs/cuda-emulator.md): the same host code and
+    /// the same kernels/*.cu, compiled for the CPU, with an H100's SM count and shared-memory
+    /// limits. Slow; for checking the backend on machines without a GPU.
+    pub fn emulated() -> Result<Cuda> {
+        for (file, fns) in FUNCTIONS {
+            for f in *fns {
+                anyhow::ensure!(
+                    emu::has_kernel(f),
+                    "kernel {f} missing from the emulator's build of kernels/{file}.cu"
+                );
+            }
+        }
+        for k in BIG_SMEM_KERNELS {
+            emu::set_max_dynamic_smem(k, emu::SMEM_OPTIN)?;
+        }
+        Ok(Self::with_device(
+            Device::Emu,
+            "CUDA emulator (kernels/*.cu on the CPU, H100 limits)".into(),
+            emu::SM_COUNT,
+            emu::SMEM_OPTIN,
+        ))
+    }
+
+    fn with_device(dev: Device, name: String, sm_count: usize, smem_optin: usize) -> Cuda {
+        Cuda {
+            dev,
             ledger: Mutex::new(Ledger::new()),
             poison: AtomicBool::new(false),
             name,
@@ -208,7 +219,12 @@ impl Cuda {
             meta: Mutex::new(None),
             inv_freq: Mutex::new(HashMap::new()),
             ranges: nvtx::PhaseRanges,
-        })
+        }
+    }
+
+    /// Whether this backend runs on the CUDA emulator rather than a GPU.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.dev, Device::Emu)
     }
 
     pub fn device_name(&self) -> &str {
@@ -217,8 +233,7 @@ impl Cuda {
 
     /// Waits for everything queued so far (kernel faults surface here).
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().context("CUDA stream")?;
-        Ok(())
+        self.dev.synchronize()
     }
 
     /// When on, every fresh output buffer is filled with NaN before the kernel writes it, so
@@ -231,8 +246,8 @@ impl Cuda {
         self.charge(op, c);
     }
 
-    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    pub(crate) fn dev(&self) -> &Device {
+        &self.dev
     }
 
     /// Queues kernel `name`. A grid with a zero dimension launches nothing.
@@ -274,45 +289,23 @@ impl Cuda {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        let f = self
-            .funcs
-            .get(name)
-            .ok_or_else(|| anyhow!("unknown kernel {name}"))?;
-        self.ctx.bind_to_thread()?;
-        // SAFETY: `ptrs` point at values of the kernel's parameter types, in order (each
-        // call site mirrors its kernel's signature); they live until cuLaunchKernel returns,
-        // which copies them.
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                grid,
-                (block, 1, 1),
-                smem,
-                self.stream.cu_stream(),
-                ptrs,
-            )
-        }
-        .map_err(|e| anyhow!("launching {name}: {e}"))
+        self.dev.launch(name, grid, block, smem, ptrs)
     }
 
     /// A fresh f32 buffer (NaN-filled when poisoning is on).
-    pub(crate) fn alloc_f32(&self, n: usize) -> Result<CudaSlice<f32>> {
-        // SAFETY: device memory handed out uninitialised; every caller's kernel writes it.
-        let b = unsafe { self.stream.alloc::<f32>(n.max(1)) }?;
+    pub(crate) fn alloc_f32(&self, n: usize) -> Result<DSlice<f32>> {
+        let b = self.dev.alloc::<f32>(n)?;
         if self.poison.load(Ordering::Relaxed) {
-            let p = tensor::dptr(&b, &self.stream);
-            self.fill("fill_u32", p, 0x7fc0_0000, n)?;
+            self.fill("fill_u32", b.ptr(), 0x7fc0_0000, n)?;
         }
         Ok(b)
     }
 
     /// A fresh bf16 buffer (NaN-filled when poisoning is on).
-    pub(crate) fn alloc_bf16(&self, n: usize) -> Result<CudaSlice<u16>> {
-        // SAFETY: as in alloc_f32.
-        let b = unsafe { self.stream.alloc::<u16>(n.max(1)) }?;
+    pub(crate) fn alloc_bf16(&self, n: usize) -> Result<DSlice<u16>> {
+        let b = self.dev.alloc::<u16>(n)?;
         if self.poison.load(Ordering::Relaxed) {
-            let p = tensor::dptr(&b, &self.stream);
-            self.fill("fill_u16", p, 0x7fc0, n)?;
+            self.fill("fill_u16", b.ptr(), 0x7fc0, n)?;
         }
         Ok(b)
     }
@@ -324,16 +317,8 @@ impl Cuda {
         self.launch(kernel, (grid_1d(n), 1, 1), 256, 0, &args)
     }
 
-    pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
-        if v.is_empty() {
-            // SAFETY: a one-element placeholder that no kernel reads.
-            return Ok(unsafe { self.stream.alloc::<T>(1) }?);
-        }
-        Ok(self.stream.clone_htod(v)?)
-    }
-
-    pub(crate) fn ptr<T>(&self, b: &CudaSlice<T>) -> u64 {
-        tensor::dptr(b, &self.stream)
+    pub(crate) fn upload<T: Elem>(&self, v: &[T]) -> Result<DSlice<T>> {
+        self.dev.upload(v)
     }
 }
 
@@ -348,7 +333,14 @@ impl Backend for Cuda {
     type Kv = CudaKv;
 
     fn name(&self) -> &'static str {
-        "cuda"
+        if self.is_emulated() {
+            "cuda-emu"
+        } else {
+            "cuda"
+        }
+    }
+    fn device_label(&self) -> String {
+        format!("{}: {}", self.name(), self.name)
     }
     fn ledger(&self) -> &Mutex<Ledger> {
         &self.ledger

@@ -1,14 +1,13 @@
 //! The CUDA backend's non-attention ops: storage, embedding, norms, linear (cuBLAS),
 //! elementwise ops, row gather and KV page copies.
-use super::tensor::{dptr, CudaKv, CudaTensor, CudaWeight, DBuf, DType};
+use super::emu::Gemm;
+use super::tensor::{CudaKv, CudaTensor, CudaWeight, DBuf, DType};
 use super::{grid_1d, Arg, Cuda};
 use crate::backend::{KvShape, WeightData};
 use crate::flops::Counts;
 use crate::kv::PageCopy;
 use anyhow::{bail, ensure, Result};
-use cudarc::cublas::sys as cb;
 use rayon::prelude::*;
-use std::ffi::c_void;
 use std::ops::Deref;
 
 const F32: u64 = 4;
@@ -64,13 +63,12 @@ impl Cuda {
             DType::F32 => (self.f32_tensor(t.rows, t.cols)?, "cast_bf16_f32"),
             DType::Bf16 => (self.bf16_tensor(t.rows, t.cols)?, "cast_f32_bf16"),
         };
-        let s = self.stream();
         self.launch(
             kernel,
             (grid_1d(n), 1, 1),
             256,
             0,
-            &[Arg::P(t.ptr(s)), Arg::P(out.ptr(s)), Arg::Z(n as u64)],
+            &[Arg::P(t.ptr()), Arg::P(out.ptr()), Arg::Z(n as u64)],
         )?;
         self.record("cast", Counts::exact(0, n as u64 * (F32 + BF16), 0));
         Ok(out)
@@ -118,15 +116,14 @@ impl Cuda {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let s = self.stream();
         Ok(match &t.buf {
             DBuf::F32(b) => {
-                let mut v = s.clone_dtoh(b)?;
+                let mut v = self.dev().download(b)?;
                 v.truncate(n);
                 v
             }
             DBuf::Bf16(b) => {
-                let v = s.clone_dtoh(b)?;
+                let v = self.dev().download(b)?;
                 v[..n]
                     .iter()
                     .map(|x| half::bf16::from_bits(*x).to_f32())
@@ -146,13 +143,12 @@ impl Cuda {
             shape.pages * shape.page_size <= u32::MAX as usize,
             "KV cache of {shape:?} has more slots than u32 indexes"
         );
-        let s = self.stream();
         let (k, v) = if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
             (self.alloc_bf16(n)?, self.alloc_bf16(n)?)
         } else {
             (
-                s.alloc_zeros::<u16>(n.max(1))?,
-                s.alloc_zeros::<u16>(n.max(1))?,
+                self.dev().alloc_zeros::<u16>(n)?,
+                self.dev().alloc_zeros::<u16>(n)?,
             )
         };
         Ok(CudaKv { shape, k, v })
@@ -175,16 +171,15 @@ impl Cuda {
             return Ok(());
         }
         let list = self.upload(&triples)?;
-        let st = self.stream();
         self.launch(
             "kv_copy",
             (copies.len() as u32, s.layers as u32, 1),
             256,
             0,
             &[
-                Arg::P(dptr(&kv.k, st)),
-                Arg::P(dptr(&kv.v, st)),
-                Arg::P(self.ptr(&list)),
+                Arg::P(kv.k.ptr()),
+                Arg::P(kv.v.ptr()),
+                Arg::P(list.ptr()),
                 Arg::I(s.page_size as i32),
                 Arg::L((s.pages * s.page_size) as i64),
                 Arg::I(row as i32),
@@ -205,16 +200,15 @@ impl Cuda {
         }
         let out = self.f32_tensor(ids.len(), d)?;
         let dev_ids = self.upload(ids)?;
-        let s = self.stream();
         self.launch(
             "embed_gather",
             (ids.len() as u32, 1, 1),
             256,
             0,
             &[
-                Arg::P(dptr(&table.buf, s)),
-                Arg::P(self.ptr(&dev_ids)),
-                Arg::P(out.ptr(s)),
+                Arg::P(table.buf.ptr()),
+                Arg::P(dev_ids.ptr()),
+                Arg::P(out.ptr()),
                 Arg::I(d as i32),
             ],
         )?;
@@ -238,16 +232,15 @@ impl Cuda {
         );
         let x = self.as_dtype(x, DType::F32)?;
         let out = self.bf16_tensor(x.rows, x.cols)?;
-        let s = self.stream();
         self.launch(
             "rms_norm",
             (x.rows as u32, 1, 1),
             256,
             0,
             &[
-                Arg::P(x.ptr(s)),
-                Arg::P(dptr(&w.buf, s)),
-                Arg::P(out.ptr(s)),
+                Arg::P(x.ptr()),
+                Arg::P(w.buf.ptr()),
+                Arg::P(out.ptr()),
                 Arg::I(x.cols as i32),
                 Arg::F(eps),
             ],
@@ -275,17 +268,16 @@ impl Cuda {
         self.make_f32(residual)?;
         let x = self.as_dtype(x, DType::F32)?;
         let out = self.bf16_tensor(x.rows, x.cols)?;
-        let s = self.stream();
         self.launch(
             "add_rms_norm",
             (x.rows as u32, 1, 1),
             256,
             0,
             &[
-                Arg::P(residual.ptr(s)),
-                Arg::P(x.ptr(s)),
-                Arg::P(dptr(&w.buf, s)),
-                Arg::P(out.ptr(s)),
+                Arg::P(residual.ptr()),
+                Arg::P(x.ptr()),
+                Arg::P(w.buf.ptr()),
+                Arg::P(out.ptr()),
                 Arg::I(x.cols as i32),
                 Arg::F(eps),
             ],
@@ -311,35 +303,21 @@ impl Cuda {
         let xb = self.as_dtype(x, DType::Bf16)?;
         let out = self.f32_tensor(n, m)?;
         if n > 0 && m > 0 && k > 0 {
-            let s = self.stream();
-            let (alpha, beta) = (1.0f32, 0.0f32);
-            self.ctx.bind_to_thread()?;
-            // SAFETY: device pointers of live buffers of the sizes given (checked above); the
-            // handle is bound to this backend's stream.
-            unsafe {
-                cudarc::cublas::result::gemm_ex(
-                    *self.blas.handle(),
-                    cb::cublasOperation_t::CUBLAS_OP_T,
-                    cb::cublasOperation_t::CUBLAS_OP_N,
-                    m as i32,
-                    n as i32,
-                    k as i32,
-                    &alpha as *const f32 as *const c_void,
-                    dptr(&w.buf, s) as *const c_void,
-                    cb::cudaDataType_t::CUDA_R_16BF,
-                    k as i32,
-                    xb.ptr(s) as *const c_void,
-                    cb::cudaDataType_t::CUDA_R_16BF,
-                    k as i32,
-                    &beta as *const f32 as *const c_void,
-                    out.ptr(s) as *mut c_void,
-                    cb::cudaDataType_t::CUDA_R_32F,
-                    m as i32,
-                    cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| anyhow::anyhow!("cuBLAS gemm [{n}x{k}]·[{m}x{k}]ᵀ: {e}"))?;
+            self.dev()
+                .gemm_bf16(Gemm {
+                    trans_a: true,
+                    trans_b: false,
+                    m: m as i32,
+                    n: n as i32,
+                    k: k as i32,
+                    a: w.buf.ptr(),
+                    lda: k as i32,
+                    b: xb.ptr(),
+                    ldb: k as i32,
+                    c: out.ptr(),
+                    ldc: m as i32,
+                })
+                .map_err(|e| anyhow::anyhow!("cuBLAS gemm [{n}x{k}]·[{m}x{k}]ᵀ: {e}"))?;
         }
         let (n, m, k) = (n as u64, m as u64, k as u64);
         // Executed = useful: cuBLAS picks its own tiles; their padding is not visible here
@@ -357,16 +335,15 @@ impl Cuda {
         let u = self.as_dtype(up, DType::F32)?;
         let out = self.bf16_tensor(g.rows, g.cols)?;
         let n = g.len();
-        let s = self.stream();
         self.launch(
             "silu_mul",
             (grid_1d(n), 1, 1),
             256,
             0,
             &[
-                Arg::P(g.ptr(s)),
-                Arg::P(u.ptr(s)),
-                Arg::P(out.ptr(s)),
+                Arg::P(g.ptr()),
+                Arg::P(u.ptr()),
+                Arg::P(out.ptr()),
                 Arg::Z(n as u64),
             ],
         )?;
@@ -380,13 +357,12 @@ impl Cuda {
         self.make_f32(a)?;
         let b = self.as_dtype(b, DType::F32)?;
         let n = a.len();
-        let s = self.stream();
         self.launch(
             "add_f32",
             (grid_1d(n), 1, 1),
             256,
             0,
-            &[Arg::P(a.ptr(s)), Arg::P(b.ptr(s)), Arg::Z(n as u64)],
+            &[Arg::P(a.ptr()), Arg::P(b.ptr()), Arg::Z(n as u64)],
         )?;
         let n = n as u64;
         self.record("add", Counts::exact(n, 3 * n * F32, 0));
@@ -406,16 +382,15 @@ impl Cuda {
             DType::Bf16 => (self.bf16_tensor(rows.len(), x.cols)?, "gather_rows_b16"),
         };
         let dev = self.upload(&idx)?;
-        let s = self.stream();
         self.launch(
             kernel,
             (rows.len() as u32, 1, 1),
             256,
             0,
             &[
-                Arg::P(x.ptr(s)),
-                Arg::P(self.ptr(&dev)),
-                Arg::P(out.ptr(s)),
+                Arg::P(x.ptr()),
+                Arg::P(dev.ptr()),
+                Arg::P(out.ptr()),
                 Arg::I(x.cols as i32),
             ],
         )?;

@@ -1,10 +1,10 @@
 //! The work lists of a batch for the attention kernels (which sequence goes to which kernel,
 //! tiles, splits, shared prefixes), built once per batch and dims and cached: every layer of a
 //! forward pass reuses them. See attn.rs for the kernels they feed.
+use super::device::DSlice;
 use super::Cuda;
 use crate::backend::{AttnDims, Batch};
 use anyhow::{bail, ensure, Result};
-use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
 pub(crate) const BQ: usize = 64;
@@ -18,26 +18,26 @@ pub(crate) const DEC_MAXG: usize = 16;
 /// Per-batch device work lists (see the module comment).
 pub(crate) struct BatchMeta {
     pub(crate) max_slot: usize,
-    pub(crate) pos: CudaSlice<u32>,
-    pub(crate) slots: CudaSlice<u32>,
-    pub(crate) pages: CudaSlice<u32>,
-    pub(crate) prefill: CudaSlice<i32>,
+    pub(crate) pos: DSlice<u32>,
+    pub(crate) slots: DSlice<u32>,
+    pub(crate) pages: DSlice<u32>,
+    pub(crate) prefill: DSlice<i32>,
     pub(crate) n_prefill: usize,
     pub(crate) prefill_rows: u64,
     pub(crate) prefill_tiles: u64,
     pub(crate) prefill_pairs: u64,
-    pub(crate) decode: CudaSlice<i32>,
+    pub(crate) decode: DSlice<i32>,
     pub(crate) n_decode: usize,
     pub(crate) decode_keys: u64,
     pub(crate) splits: usize,
     pub(crate) chunk: usize,
     pub(crate) n_slots: usize,
     pub(crate) direct: bool,
-    pub(crate) prefix: CudaSlice<i32>,
+    pub(crate) prefix: DSlice<i32>,
     pub(crate) n_prefix: usize,
     pub(crate) prefix_tiles: u64,
     pub(crate) prefix_pairs: u64,
-    pub(crate) members: CudaSlice<i32>,
+    pub(crate) members: DSlice<i32>,
     pub(crate) n_members: u64,
 }
 

@@ -52,16 +52,15 @@ impl Cuda {
         let scratch = if greedy {
             None
         } else {
-            // SAFETY: scratch the kernel writes before reading.
-            Some(unsafe { self.stream().alloc::<f64>(rows * limit) }?)
+            // Scratch the kernel writes before reading.
+            Some(self.dev().alloc::<f64>(rows * limit)?)
         };
         let out = self.upload(&vec![0u32; rows])?;
-        let st = self.stream();
         let p = SampleParams {
-            logits: l.ptr(st),
-            u: self.ptr(&dev_u),
-            w: scratch.as_ref().map_or(0, |b| self.ptr(b)),
-            out: self.ptr(&out),
+            logits: l.ptr(),
+            u: dev_u.ptr(),
+            w: scratch.as_ref().map_or(0, |b| b.ptr()),
+            out: out.ptr(),
             inv_t: if greedy {
                 0.0
             } else {
@@ -73,7 +72,7 @@ impl Cuda {
             greedy: greedy as i32,
         };
         self.launch_struct("sample_rows", (rows as u32, 1, 1), 1024, 0, &p)?;
-        let ids = st.clone_dtoh(&out)?;
+        let ids = self.dev().download(&out)?;
         let v = limit as u64;
         for _ in 0..rows {
             // The CPU sampler's own cost model (src/sample.rs), per row.

@@ -1,7 +1,7 @@
 //! Device storage of the CUDA backend: activations (f32, or bf16 where they only feed a GEMM),
 //! parameters (bf16) and the paged KV cache (bf16). bf16 travels as raw u16 bits.
 use super::super::KvShape;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use super::device::DSlice;
 
 /// Element type of a device activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,8 +20,8 @@ impl DType {
 }
 
 pub enum DBuf {
-    F32(CudaSlice<f32>),
-    Bf16(CudaSlice<u16>),
+    F32(DSlice<f32>),
+    Bf16(DSlice<u16>),
 }
 
 /// A row-major [rows, cols] activation on the device.
@@ -51,10 +51,10 @@ impl CudaTensor {
     /// Raw device address (kernels get plain pointers; everything runs on one stream, and
     /// buffers are freed stream-ordered, so a pointer stays valid for the launches queued
     /// while its owner lives).
-    pub fn ptr(&self, s: &CudaStream) -> u64 {
+    pub fn ptr(&self) -> u64 {
         match &self.buf {
-            DBuf::F32(b) => dptr(b, s),
-            DBuf::Bf16(b) => dptr(b, s),
+            DBuf::F32(b) => b.ptr(),
+            DBuf::Bf16(b) => b.ptr(),
         }
     }
 }
@@ -62,7 +62,7 @@ impl CudaTensor {
 /// A parameter: bf16 on the device.
 pub struct CudaWeight {
     pub shape: Vec<usize>,
-    pub buf: CudaSlice<u16>,
+    pub buf: DSlice<u16>,
 }
 
 impl CudaWeight {
@@ -85,8 +85,8 @@ impl CudaWeight {
 /// CPU backend's (so that page copies and slots mean the same on both).
 pub struct CudaKv {
     pub shape: KvShape,
-    pub k: CudaSlice<u16>,
-    pub v: CudaSlice<u16>,
+    pub k: DSlice<u16>,
+    pub v: DSlice<u16>,
 }
 
 impl CudaKv {
@@ -94,9 +94,4 @@ impl CudaKv {
     pub fn layer_off(&self, layer: usize) -> i64 {
         (layer * self.shape.pages * self.shape.page_size) as i64
     }
-}
-
-pub fn dptr<T>(b: &CudaSlice<T>, s: &CudaStream) -> u64 {
-    let (p, _sync) = b.device_ptr(s);
-    p
 }

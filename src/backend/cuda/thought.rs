@@ -76,9 +76,9 @@ impl Cuda {
         let dev_items = self.upload(&items)?;
         let dev_pages = self.upload(pages)?;
         let mut p = self.flash_params(&q, kv, layer, dims);
-        p.items = self.ptr(&dev_items);
-        p.pages = self.ptr(&dev_pages);
-        p.out = out.ptr(self.stream());
+        p.items = dev_items.ptr();
+        p.pages = dev_pages.ptr();
+        p.out = out.ptr();
         p.window = window_arg(window);
         p.mode = 1;
         p.tl = l as i32;
@@ -121,9 +121,8 @@ impl Cuda {
         );
         let at = (kv.layer_off(layer) as usize + slot0) * row;
         let (kb, vb) = (to_bf16_bits(k), to_bf16_bits(v));
-        let s = self.stream().clone();
-        s.memcpy_htod(&kb, &mut kv.k.slice_mut(at..at + kb.len()))?;
-        s.memcpy_htod(&vb, &mut kv.v.slice_mut(at..at + vb.len()))?;
+        self.dev().write_at(&mut kv.k, at, &kb)?;
+        self.dev().write_at(&mut kv.v, at, &vb)?;
         Ok(())
     }
 }

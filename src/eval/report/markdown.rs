@@ -228,6 +228,22 @@ pub fn render(records: &[Record], summaries: &[Summary]) -> String {
         }
     )
     .unwrap();
+    let devices = join_distinct(
+        records
+            .iter()
+            .map(|r| r.device.as_str())
+            .filter(|d| !d.is_empty()),
+    );
+    writeln!(
+        out,
+        "- Ran on: {}",
+        if devices.is_empty() {
+            "— (not recorded)".into()
+        } else {
+            cell(&devices)
+        }
+    )
+    .unwrap();
     let mut prms: Vec<(String, Vec<String>)> = Vec::new();
     for s in summaries {
         if let Some(p) = &s.prm {

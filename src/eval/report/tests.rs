@@ -32,6 +32,7 @@ fn rec(
         prm_tokens: 0,
         votes: Vec::new(),
         model: "tiny".into(),
+        device: "cpu: 2 threads".into(),
         prm: None,
         subset: None,
         seed: 42,

@@ -1,0 +1,300 @@
+//! Where the CUDA backend's buffers live and its kernels run: a real GPU (cudarc's driver API
+//! on one stream, cuBLAS for the GEMMs) or the CUDA emulator (emu.rs: the same kernels/*.cu
+//! compiled for the host by build.rs, buffers in host memory, cuBLAS's GEMM computed on the
+//! CPU). Everything above this file — work lists, launch shapes, kernel arguments, the FLOP
+//! ledger — is one code path for both, so the emulator tests it on machines without a GPU.
+use super::emu;
+use anyhow::{anyhow, Context, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, ValidAsZeroBits,
+};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Element types of device buffers (any bit pattern valid, so poisoned memory is sound).
+pub trait Elem: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {}
+impl<T: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static> Elem for T {}
+
+/// A device buffer: GPU memory, or the emulator's host memory.
+pub enum DSlice<T> {
+    Gpu(CudaSlice<T>),
+    Host(HostBuf<T>),
+}
+
+impl<T> DSlice<T> {
+    pub fn len(&self) -> usize {
+        match self {
+            DSlice::Gpu(b) => b.len(),
+            DSlice::Host(h) => h.len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The address kernels get (everything runs on one stream in order, and buffers are
+    /// freed stream-ordered, so it stays valid for the launches queued while `self` lives).
+    pub fn ptr(&self) -> u64 {
+        match self {
+            DSlice::Gpu(b) => b.device_ptr(b.stream()).0,
+            DSlice::Host(h) => h.ptr.as_ptr() as u64,
+        }
+    }
+}
+
+/// Host memory standing in for a device allocation: 256-byte aligned like cudaMalloc's, so
+/// a kernel's vector loads are aligned exactly when they would be on a GPU. Kernels write it
+/// through raw addresses, so no Rust reference to its contents is ever held.
+pub struct HostBuf<T> {
+    ptr: NonNull<T>,
+    len: usize,
+}
+
+// SAFETY: plain memory owned by this value; access goes through raw pointers, in launch order.
+unsafe impl<T: Send> Send for HostBuf<T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for HostBuf<T> {}
+
+impl<T: Elem> HostBuf<T> {
+    fn layout(len: usize) -> std::alloc::Layout {
+        let bytes = len.max(1) * std::mem::size_of::<T>().max(1);
+        std::alloc::Layout::from_size_align(bytes, 256).expect("buffer layout")
+    }
+
+    /// `len` elements of `byte` repeated (0xff: NaN for floats, like an unwritten buffer
+    /// under poisoning; 0: zeros).
+    fn filled(len: usize, byte: u8) -> Result<HostBuf<T>> {
+        let layout = Self::layout(len);
+        // SAFETY: layout has non-zero size.
+        let p = unsafe {
+            if byte == 0 {
+                std::alloc::alloc_zeroed(layout)
+            } else {
+                std::alloc::alloc(layout)
+            }
+        };
+        let ptr = NonNull::new(p as *mut T)
+            .ok_or_else(|| anyhow!("out of host memory for a {len}-element buffer"))?;
+        if byte != 0 {
+            // SAFETY: the allocation holds layout.size() bytes.
+            unsafe { std::ptr::write_bytes(p, byte, layout.size()) };
+        }
+        Ok(HostBuf { ptr, len })
+    }
+}
+
+impl<T> Drop for HostBuf<T> {
+    fn drop(&mut self) {
+        let bytes = self.len.max(1) * std::mem::size_of::<T>().max(1);
+        let layout = std::alloc::Layout::from_size_align(bytes, 256).expect("buffer layout");
+        // SAFETY: allocated in `filled` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout) };
+    }
+}
+
+/// A real GPU: context, the one stream, cuBLAS, the loaded kernels.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    pub funcs: HashMap<&'static str, CudaFunction>,
+    pub _modules: Vec<Arc<CudaModule>>,
+}
+
+pub enum Device {
+    Gpu(Box<Gpu>),
+    Emu,
+}
+
+impl Device {
+    pub fn alloc<T: Elem>(&self, n: usize) -> Result<DSlice<T>> {
+        Ok(match self {
+            // SAFETY: handed out uninitialised; every caller's kernel writes it first.
+            Device::Gpu(g) => DSlice::Gpu(unsafe { g.stream.alloc::<T>(n.max(1)) }?),
+            Device::Emu => DSlice::Host(HostBuf::filled(n, 0xff)?),
+        })
+    }
+
+    pub fn alloc_zeros<T: Elem>(&self, n: usize) -> Result<DSlice<T>> {
+        Ok(match self {
+            Device::Gpu(g) => DSlice::Gpu(g.stream.alloc_zeros::<T>(n.max(1))?),
+            Device::Emu => DSlice::Host(HostBuf::filled(n, 0)?),
+        })
+    }
+
+    pub fn upload<T: Elem>(&self, v: &[T]) -> Result<DSlice<T>> {
+        match self {
+            Device::Gpu(g) if !v.is_empty() => Ok(DSlice::Gpu(g.stream.clone_htod(v)?)),
+            _ => {
+                let mut b = self.alloc::<T>(v.len())?;
+                self.write_at(&mut b, 0, v)?;
+                Ok(b)
+            }
+        }
+    }
+
+    pub fn download<T: Elem>(&self, b: &DSlice<T>) -> Result<Vec<T>> {
+        match (self, b) {
+            (Device::Gpu(g), DSlice::Gpu(b)) => Ok(g.stream.clone_dtoh(b)?),
+            (Device::Emu, DSlice::Host(h)) => {
+                let mut v = vec![T::default(); h.len];
+                // SAFETY: h holds h.len elements; no launch runs concurrently on this backend
+                // (launches are synchronous in the emulator).
+                unsafe { std::ptr::copy_nonoverlapping(h.ptr.as_ptr(), v.as_mut_ptr(), h.len) };
+                Ok(v)
+            }
+            _ => Err(anyhow!("a buffer of another device")),
+        }
+    }
+
+    /// Copies `v` into `b[at..at + v.len()]`.
+    pub fn write_at<T: Elem>(&self, b: &mut DSlice<T>, at: usize, v: &[T]) -> Result<()> {
+        anyhow::ensure!(
+            at + v.len() <= b.len(),
+            "write past the end of a device buffer"
+        );
+        if v.is_empty() {
+            return Ok(());
+        }
+        match (self, b) {
+            (Device::Gpu(g), DSlice::Gpu(b)) => {
+                g.stream
+                    .memcpy_htod(v, &mut b.slice_mut(at..at + v.len()))?;
+                Ok(())
+            }
+            (Device::Emu, DSlice::Host(h)) => {
+                // SAFETY: bounds checked above.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), h.ptr.as_ptr().add(at), v.len())
+                };
+                Ok(())
+            }
+            _ => Err(anyhow!("a buffer of another device")),
+        }
+    }
+
+    /// Queues (GPU) or runs (emulator) kernel `name`; `ptrs` point at its arguments in order.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        ptrs: &mut [*mut c_void],
+    ) -> Result<()> {
+        match self {
+            Device::Gpu(g) => {
+                let f = g
+                    .funcs
+                    .get(name)
+                    .ok_or_else(|| anyhow!("unknown kernel {name}"))?;
+                g.ctx.bind_to_thread()?;
+                // SAFETY: `ptrs` point at values of the kernel's parameter types, in order
+                // (each call site mirrors its kernel's signature); they live until
+                // cuLaunchKernel returns, which copies them.
+                unsafe {
+                    result::launch_kernel(
+                        f.cu_function(),
+                        grid,
+                        (block, 1, 1),
+                        smem,
+                        g.stream.cu_stream(),
+                        ptrs,
+                    )
+                }
+                .map_err(|e| anyhow!("launching {name}: {e}"))
+            }
+            Device::Emu => emu::launch(name, grid, block, smem, ptrs),
+        }
+    }
+
+    /// Column-major C[m×n] = op(A)·op(B) (cuBLAS gemm_ex: bf16 A and B, f32 compute and C,
+    /// alpha 1, beta 0).
+    pub fn gemm_bf16(&self, g: emu::Gemm) -> Result<()> {
+        match self {
+            Device::Gpu(gpu) => {
+                use cudarc::cublas::sys as cb;
+                let op = |t: bool| {
+                    if t {
+                        cb::cublasOperation_t::CUBLAS_OP_T
+                    } else {
+                        cb::cublasOperation_t::CUBLAS_OP_N
+                    }
+                };
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                gpu.ctx.bind_to_thread()?;
+                // SAFETY: device pointers of live buffers of the sizes the caller checked; the
+                // handle is bound to this backend's stream.
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        *gpu.blas.handle(),
+                        op(g.trans_a),
+                        op(g.trans_b),
+                        g.m,
+                        g.n,
+                        g.k,
+                        &alpha as *const f32 as *const c_void,
+                        g.a as *const c_void,
+                        cb::cudaDataType_t::CUDA_R_16BF,
+                        g.lda,
+                        g.b as *const c_void,
+                        cb::cudaDataType_t::CUDA_R_16BF,
+                        g.ldb,
+                        &beta as *const f32 as *const c_void,
+                        g.c as *mut c_void,
+                        cb::cudaDataType_t::CUDA_R_32F,
+                        g.ldc,
+                        cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .map_err(|e| anyhow!("cuBLAS gemm: {e}"))
+            }
+            // SAFETY: the caller passes addresses of live emulator buffers of the sizes the
+            // shapes imply (checked before the call).
+            Device::Emu => unsafe { emu::gemm(&g) },
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        if let Device::Gpu(g) = self {
+            g.stream.synchronize().context("CUDA stream")?;
+        }
+        Ok(())
+    }
+
+    /// Opens GPU `ordinal`'s context, stream and cuBLAS (the caller loads the kernels).
+    pub fn open_gpu(ordinal: usize) -> Result<Gpu> {
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { sys::is_culib_present() } {
+            anyhow::bail!("no CUDA driver (libcuda.so.1 not found); use --device cpu");
+        }
+        let n = CudaContext::device_count()
+            .map_err(|e| anyhow!("the CUDA driver found no usable GPU ({e})"))?;
+        if n <= 0 || ordinal >= n as usize {
+            anyhow::bail!("no CUDA GPU {ordinal} ({n} found)");
+        }
+        // SAFETY: as above, for cuBLAS.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            anyhow::bail!(
+                "cuBLAS (libcublas.so.13) not found: install the CUDA 13 runtime libraries"
+            );
+        }
+        let ctx = CudaContext::new(ordinal).context("cannot create a CUDA context")?;
+        // One stream, stream-ordered allocation: cudarc's per-buffer events are not needed.
+        // SAFETY: called before any buffer exists; nothing is shared across streams.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
+        let blas = CudaBlas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            blas,
+            funcs: HashMap::new(),
+            _modules: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! The whole CUDA backend on the CUDA emulator (docs/cuda-emulator.md), through the CLI, on
+//! machines without a GPU: every method end to end (`ponder solve --device cuda-emu`) and an
+//! evaluation with two problems in flight (their forward passes batched on the backend).
+//!
+//! The CUDA backend holds weights and KV in bf16, the CPU backend in f32, so the sampled
+//! tokens differ; with `--fixed-lengths` the amount of work does not: the prompt, generated
+//! and thought token counts and the study's formula must equal the CPU backend's. (Exact
+//! useful FLOPs of the same shapes are compared op by op in tests/backend_dual.rs; here the
+//! texts differ, and with them e.g. the trailing whitespace the answer phase trims.)
+#![cfg(feature = "cuda")]
+use serde_json::Value;
+use std::process::Command;
+
+const Q: &str = "Tom has 3 apples and buys 4 more. How many apples does he have?";
+
+fn ponder(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(args)
+        .output()
+        .expect("run ponder");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn solve(method: &str, device: &str) -> Value {
+    let (ok, stdout, stderr) = ponder(&[
+        "solve",
+        "--method",
+        method,
+        "--model",
+        "synthetic:tiny",
+        "--device",
+        device,
+        "--fixed-lengths",
+        "--votes",
+        "2",
+        "--width",
+        "3",
+        "--max-tokens",
+        "12",
+        "--answer-tokens",
+        "4",
+        "--step-tokens",
+        "6",
+        "--path-tokens",
+        "18",
+        "--question",
+        Q,
+        "--json",
+    ]);
+    assert!(ok, "{method} on {device} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{method} on {device}: {e}: {stdout}"))
+}
+
+#[test]
+fn every_method_runs_on_the_emulated_cuda_backend_with_the_cpu_workload() {
+    for method in ["baseline", "quiet-star", "rebase", "combined"] {
+        let cpu = solve(method, "cpu");
+        let emu = solve(method, "cuda-emu");
+        assert_eq!(emu["method"], method);
+        for key in [
+            "prompt_tokens",
+            "generated_tokens",
+            "thought_tokens",
+            "study_flops",
+        ] {
+            assert_eq!(emu[key], cpu[key], "{method}: {key}");
+        }
+        let n = |v: &Value| v.as_array().map_or(0, |a| a.len());
+        let (votes, leaves) = (&emu["votes"], &emu["leaves"]);
+        assert_eq!(n(votes) + n(leaves), n(&cpu["votes"]) + n(&cpu["leaves"]));
+        assert!(n(votes) + n(leaves) > 0, "{method}: no votes or leaves");
+        for phase in ["prefill", "decode", "sample"] {
+            assert!(
+                emu["flops"]["useful_by_phase"][phase].as_u64().unwrap() > 0,
+                "{method}: no {phase} FLOPs on the emulator"
+            );
+        }
+        if method == "quiet-star" || method == "combined" {
+            assert!(emu["thought_tokens"].as_u64().unwrap() > 0);
+            assert!(emu["flops"]["useful_by_phase"]["mix"].as_u64().unwrap() > 0);
+        }
+        if method == "rebase" || method == "combined" {
+            assert!(emu["prm_tokens"].as_u64().unwrap() > 0);
+        }
+    }
+}
+
+#[test]
+fn an_evaluation_with_problems_in_flight_runs_on_the_emulated_cuda_backend() {
+    let dir = std::env::temp_dir().join(format!("ponder-emu-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.to_string_lossy().into_owned();
+    let (ok, _, stderr) = ponder(&[
+        "eval",
+        "--device",
+        "cuda-emu",
+        "--model",
+        "synthetic:tiny",
+        "--quick",
+        "--limit",
+        "2",
+        "--in-flight",
+        "2",
+        "--method",
+        "baseline,rebase",
+        "--out",
+        &out,
+    ]);
+    assert!(ok, "eval failed: {stderr}");
+    let results = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    let rows: Vec<Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "2 problems × 2 methods");
+    for r in &rows {
+        assert!(r["flops"].as_u64().unwrap_or(0) > 0, "{r}");
+    }
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    assert!(
+        summary.contains("cuda-emu"),
+        "the summary names the backend"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
