@@ -23,7 +23,9 @@ pub fn build(root: &Path, out: &Path, sources: &[PathBuf]) {
 
     let mut table = Vec::new();
     let mut units = Vec::new();
-    for src in sources {
+    // The kernels, and the emulator's own test kernels (never built by nvcc).
+    let selftest = emu.join("selftest.cu");
+    for src in sources.iter().chain([&selftest]) {
         let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
         let mut scan = Command::new(&cxx);
         base_args(&mut scan);

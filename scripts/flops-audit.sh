@@ -22,7 +22,7 @@ for m in ${FP32//,/ } $TENSOR; do
     grep -q "$base" "$logs/metrics.txt" || echo "warning: $base is not listed by this ncu; its column will be empty" >&2
 done
 # A prefill of 64 tokens and 4 decode steps on synthetic:tiny; --flops prints the ledger by op.
-"$NCU" --csv --page raw --metrics "$FP32,$TENSOR" \
+"$NCU" --clock-control none --csv --page raw --metrics "$FP32,$TENSOR" \
     "$PONDER" generate --model synthetic:tiny --device cuda --prompt "$(printf 'x%.0s' {1..64})" \
     --max-tokens 4 --temperature 0 --flops > "$logs/ncu.csv" 2> "$logs/ledger.txt"
 python3 - "$logs/ncu.csv" "$logs/ledger.txt" <<'PY'

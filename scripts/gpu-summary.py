@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turns the logs of gpu-bin/run.sh into one markdown page, ready to be checked and copied
+"""Turns the logs of gpu-bin/run.sh (scripts/gpu-run.sh) into one markdown page, ready to be checked and copied
 into docs/BENCHMARKS.md: the GPU, the pass/fail summary, every benchmark's output verbatim,
 criterion's medians and throughputs as a table, and the fixed-length evaluation's report.
 Nothing is computed here beyond picking lines out, so nothing can be rounded up.
@@ -54,7 +54,8 @@ def main():
     summary = read(logs / "summary.txt")
     if summary:
         fenced("Summary", summary, out)
-    for name in ["bench-decode", "bench-prefill", "bench-attention", "smoke-generate"]:
+    for name in ["roofline", "bench-decode", "bench-prefill", "bench-attention", "smoke-tiny",
+                 "smoke-mistral"]:
         text = read(logs / f"{name}.log")
         if text:
             fenced(name, text[-6000:], out)
@@ -75,6 +76,12 @@ def main():
         out.append(report.rstrip() + "\n")
     elif read(logs / "eval-mistral.log"):
         fenced("eval-mistral (no report written)", read(logs / "eval-mistral.log")[-4000:], out)
+    dual = read(logs / "dual-tests.log")
+    if dual:
+        lines = [l for l in dual.splitlines()
+                 if re.search(r"FAILED|panicked|test result|^failures", l)]
+        fenced("dual-backend tests, CUDA half (failures and the result line)",
+               "\n".join(lines) or dual[-3000:], out)
     for name in ["flops-audit", "profile", "sanitizer-memcheck", "sanitizer-racecheck"]:
         text = read(logs / f"{name}.log")
         if text:

@@ -5,7 +5,8 @@
 # sample; src/backend/cuda/nvtx.rs).
 #     bash scripts/profile.sh [path/to/ponder] [ponder args…]
 # Default run: 8 decode steps of 16 branches over a 512-token prefix, Mistral-7B shape.
-# Output under $OUT/profile if set, else ./profile-out. STATUS: never run yet (no GPU lent).
+# Output under $OUT/profile if set, else ./profile-out. ncu leaves the clocks alone
+# (--clock-control none, METHOD.md). STATUS: never run yet (no GPU lent).
 set -euo pipefail
 PONDER=${1:-./gpu-bin/ponder}
 [[ -x "$PONDER" ]] || PONDER=./target/release/ponder
@@ -18,7 +19,7 @@ out="${OUT:+$OUT/profile}"; out="${out:-profile-out}"
 mkdir -p "$out"
 NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1 || true)
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1 || true)
-if [[ -n "$NSYS" ]] && "$NSYS" profile --trace=cuda,cublas,nvtx --force-overwrite=true -o "$out/ponder" \
+if [[ -n "$NSYS" ]] && timeout 45 "$NSYS" profile --trace=cuda,cublas,nvtx --force-overwrite=true -o "$out/ponder" \
         "$PONDER" "${args[@]}" > "$out/run.log" 2>&1; then
     echo "profiler: nsys ($NSYS)"
     "$NSYS" stats --report cuda_gpu_kern_sum "$out/ponder.nsys-rep" | tee "$out/kernels.txt" | head -40
@@ -26,7 +27,7 @@ if [[ -n "$NSYS" ]] && "$NSYS" profile --trace=cuda,cublas,nvtx --force-overwrit
     "$NSYS" stats --report nvtx_sum "$out/ponder.nsys-rep" | tee "$out/nvtx.txt" | head -20
 elif [[ -n "$NCU" ]]; then
     echo "profiler: ncu ($NCU) — nsys ${NSYS:+failed (see $out/run.log)}${NSYS:-not found}"
-    "$NCU" --launch-count 200 --set basic --csv --page details --nvtx \
+    "$NCU" --clock-control none --launch-count 200 --set basic --csv --page details --nvtx \
         "$PONDER" "${args[@]}" > "$out/ncu.csv" 2> "$out/run.log"
     echo "per-kernel details: $out/ncu.csv"
 else

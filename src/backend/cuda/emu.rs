@@ -149,3 +149,159 @@ pub unsafe fn gemm(g: &Gemm) -> Result<()> {
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The emulator's own semantics, on csrc/emu/selftest.cu's kernels.
+    use super::*;
+
+    fn run(name: &str, grid: u32, block: u32, smem: u32, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let mut addrs: Vec<u64> = bufs.iter_mut().map(|b| b.as_mut_ptr() as u64).collect();
+        let mut ptrs: Vec<*mut c_void> = addrs
+            .iter_mut()
+            .map(|a| a as *mut u64 as *mut c_void)
+            .collect();
+        launch(name, (grid, 1, 1), block, smem, &mut ptrs)
+    }
+
+    fn bytes<T>(v: &mut [T]) -> &mut [u8] {
+        // SAFETY: plain integers and floats, viewed as their bytes.
+        unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v))
+        }
+    }
+
+    #[test]
+    fn shuffles_follow_cuda_semantics() {
+        let mut out = vec![-1i32; 64 * 4];
+        run("emu_test_shfl", 1, 64, 0, &mut [bytes(&mut out)]).unwrap();
+        for t in 0..64i32 {
+            let (lane, base) = (t % 32, t - t % 32);
+            let o = &out[4 * t as usize..4 * t as usize + 4];
+            assert_eq!(o[0], base + (lane ^ 5), "xor 5, thread {t}");
+            assert_eq!(o[1], if lane >= 3 { t - 3 } else { t }, "up 3, thread {t}");
+            assert_eq!(
+                o[2],
+                if lane + 7 < 32 { t + 7 } else { t },
+                "down 7, thread {t}"
+            );
+            assert_eq!(o[3], base + (lane ^ 2), "xor 2 in width 8, thread {t}");
+        }
+    }
+
+    #[test]
+    fn mma_is_a_16x8x16_product_in_the_ptx_fragment_layout() {
+        // A 16x16, B 16x8 (bf16-exact small integers / 8), C 16x8.
+        let a: Vec<f32> = (0..256)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let b: Vec<f32> = (0..128)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 8.0)
+            .collect();
+        let c: Vec<f32> = (0..128).map(|i| (i % 9) as f32 - 4.0).collect();
+        let bits = |x: f32| half::bf16::from_f32(x).to_bits() as u32;
+        let pack = |lo: f32, hi: f32| bits(lo) | (bits(hi) << 16);
+        let (mut fa, mut fb, mut fc) = (vec![0u32; 128], vec![0u32; 64], vec![0f32; 128]);
+        for l in 0..32 {
+            let (g, t) = (l / 4, l % 4);
+            let at = |r: usize, k: usize| a[r * 16 + k];
+            fa[4 * l] = pack(at(g, 2 * t), at(g, 2 * t + 1));
+            fa[4 * l + 1] = pack(at(g + 8, 2 * t), at(g + 8, 2 * t + 1));
+            fa[4 * l + 2] = pack(at(g, 2 * t + 8), at(g, 2 * t + 9));
+            fa[4 * l + 3] = pack(at(g + 8, 2 * t + 8), at(g + 8, 2 * t + 9));
+            let bt = |k: usize, n: usize| b[k * 8 + n];
+            fb[2 * l] = pack(bt(2 * t, g), bt(2 * t + 1, g));
+            fb[2 * l + 1] = pack(bt(2 * t + 8, g), bt(2 * t + 9, g));
+            for (e, (r, n)) in [
+                (g, 2 * t),
+                (g, 2 * t + 1),
+                (g + 8, 2 * t),
+                (g + 8, 2 * t + 1),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                fc[4 * l + e] = c[r * 8 + n];
+            }
+        }
+        let mut d = vec![f32::NAN; 128];
+        run(
+            "emu_test_mma",
+            1,
+            32,
+            0,
+            &mut [
+                bytes(&mut fa),
+                bytes(&mut fb),
+                bytes(&mut fc),
+                bytes(&mut d),
+            ],
+        )
+        .unwrap();
+        for l in 0..32 {
+            let (g, t) = (l / 4, l % 4);
+            for (e, (r, n)) in [
+                (g, 2 * t),
+                (g, 2 * t + 1),
+                (g + 8, 2 * t),
+                (g + 8, 2 * t + 1),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let want =
+                    c[r * 8 + n] + (0..16).map(|k| a[r * 16 + k] * b[k * 8 + n]).sum::<f32>();
+                assert_eq!(d[4 * l + e], want, "D[{r}][{n}] (lane {l})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_barrier_orders_every_write_before_every_read_of_its_block() {
+        let mut out = vec![-1i32; 3 * 128];
+        run("emu_test_barrier", 3, 128, 0, &mut [bytes(&mut out)]).unwrap();
+        for b in 0..3 {
+            for t in 0..128 {
+                assert_eq!(out[b * 128 + t], (127 - t) as i32 + 1000 * b as i32);
+            }
+        }
+    }
+
+    #[test]
+    fn dynamic_shared_memory_starts_poisoned_and_is_bounded() {
+        let mut out = vec![0u32; 2];
+        run("emu_test_dynsmem", 2, 32, 64, &mut [bytes(&mut out)]).unwrap();
+        assert_eq!(out, [u32::MAX, u32::MAX]);
+        let e = run(
+            "emu_test_dynsmem",
+            1,
+            32,
+            48 * 1024 + 4,
+            &mut [bytes(&mut out)],
+        );
+        assert!(e.unwrap_err().to_string().contains("dynamic shared memory"));
+    }
+
+    #[test]
+    fn deadlocks_and_bad_collectives_are_errors() {
+        let mut out = vec![0i32; 64];
+        let msg = |r: Result<()>| r.unwrap_err().to_string();
+        let e = msg(run("emu_test_deadlock", 1, 64, 0, &mut [bytes(&mut out)]));
+        assert!(e.contains("deadlock"), "{e}");
+        let e = msg(run("emu_test_shfl_any", 1, 48, 0, &mut [bytes(&mut out)]));
+        assert!(e.contains("partial warp"), "{e}");
+        let e = msg(run(
+            "emu_test_exited_lane",
+            1,
+            32,
+            0,
+            &mut [bytes(&mut out)],
+        ));
+        assert!(e.contains("exited"), "{e}");
+        run("emu_test_shfl_any", 1, 64, 0, &mut [bytes(&mut out)]).unwrap();
+        let e = msg(run("no_such_kernel", 1, 32, 0, &mut []));
+        assert!(e.contains("no kernel named"), "{e}");
+        let e = msg(run("emu_test_shfl_any", 1, 2048, 0, &mut [bytes(&mut out)]));
+        assert!(e.contains("threads"), "{e}");
+    }
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The GPU session's script, copied into the bundle as gpu-bin/run.sh by scripts/gpu-test.sh.
+# On the GPU machine:   bash gpu-bin/run.sh [STEP...]
+#
+# A session has 15 minutes of device time, machine start included, so everything runs in one
+# call, most important first, inside a budget (PONDER_GPU_BUDGET seconds, default 480): each
+# step gets at most its own cap and what is left of the budget, and a step that cannot get
+# its minimum is skipped and listed as such. Steps, in order:
+#   info        nvidia-smi; the measured ceilings (roofline.py: copy bandwidth, bf16 GEMM)
+#   dual        the dual-backend tests, CUDA half (each kernel and the forward pass vs the CPU)
+#   smoke       generate on synthetic:tiny and on synthetic:mistral-7b (weight upload time)
+#   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B)
+#   eval        the four methods, --fixed-lengths, synthetic:mistral-7b, 2 problems in flight
+#   sanitize    compute-sanitizer memcheck and racecheck over the dual-backend CUDA tests
+#   audit       flops-audit.sh (ledger vs Nsight Compute) and profile.sh (nsys, else ncu)
+#   kernels     the criterion kernel benches (CUDA instances)
+# Output: $OUT/summary.md (everything, by gpu-summary.py), $OUT/summary.txt and
+# $OUT/logs.tar.gz (every log); without $OUT, gpu-bin/logs/. The summary table prints last.
+#
+# A rehearsal without a GPU checks every command line of it before device time is spent:
+#   PONDER_GPU_DEVICE=cuda-emu PONDER_GPU_MODEL=synthetic:tiny bash gpu-bin/run.sh smoke bench eval
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${OUT:-$here/logs}"
+logs="$(mktemp -d)/gpu-test"
+mkdir -p "$logs" "$out"
+export PONDER_CACHE="${PONDER_CACHE:-$here/cache}"
+export RUST_BACKTRACE=1
+budget=${PONDER_GPU_BUDGET:-480}
+start=$SECONDS
+steps=("$@"); [[ ${#steps[@]} -eq 0 ]] && steps=(info dual smoke bench eval sanitize audit kernels)
+declare -a summary
+fail=0
+P="$here/ponder"
+DEV=${PONDER_GPU_DEVICE:-cuda}
+M=(--model "${PONDER_GPU_MODEL:-synthetic:mistral-7b}" --device "$DEV")
+
+# run NAME CAP MIN command...: at most CAP seconds (and what is left of the budget).
+run() {
+    local name=$1 cap=$2 min=$3; shift 3
+    local left=$((budget - (SECONDS - start)))
+    (( cap > left )) && cap=$left
+    if (( cap < min )); then
+        summary+=("SKIP $name (budget: ${left}s left, needs ${min}s)"); return
+    fi
+    echo "=== $name (cap ${cap}s): $*"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$cap" "$@" > "$logs/$name.log" 2>&1
+    local rc=$?
+    if (( rc == 0 )); then
+        summary+=("PASS $name ($((SECONDS - t0)) s)"); tail -n 3 "$logs/$name.log"
+    elif (( rc == 124 || rc == 137 )); then
+        summary+=("TIME $name (stopped at its ${cap}s cap; partial log)"); fail=1
+        tail -n 15 "$logs/$name.log"
+    else
+        summary+=("FAIL $name (exit $rc after $((SECONDS - t0)) s)"); fail=1
+        tail -n 40 "$logs/$name.log"
+    fi
+}
+dual=("$here/tests/backend_dual" --skip cuda_emu --skip ::cpu --test-threads=1)
+san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+
+for s in "${steps[@]}"; do case "$s" in
+info)
+    { nvidia-smi || true; } > "$logs/nvidia-smi.log" 2>&1
+    head -n 12 "$logs/nvidia-smi.log"
+    run roofline 90 20 python3 "$here/roofline.py" ;;
+dual)
+    run dual-tests 150 20 "${dual[@]}" ;;
+smoke)
+    run smoke-tiny 30 5 "$P" generate --model synthetic:tiny --device "$DEV" \
+        --prompt "2+2=" --max-tokens 8 --temperature 0 --flops
+    run smoke-mistral 120 30 "$P" generate "${M[@]}" --prompt "2+2=" --max-tokens 16 \
+        --temperature 0 ;;
+bench)
+    run bench-decode 120 40 "$P" bench decode "${M[@]}" --batch 1,16 --context 512 --steps 32
+    run bench-prefill 100 40 "$P" bench prefill "${M[@]}" --tokens 2048
+    run bench-attention 90 20 "$P" bench attention "${M[@]}" ;;
+eval)
+    # The study's token budgets replayed (every vote, step and thought to its limit); the
+    # cheap methods first, so that a cap still leaves their results (results.jsonl is
+    # durable; the report is written from whatever finished).
+    rm -rf "$logs/eval-mistral"
+    run eval-mistral 200 60 "$P" eval "${M[@]}" --fixed-lengths \
+        --method baseline,rebase,combined,quiet-star --limit 2 --in-flight 2 --votes 6 \
+        --width 3 --kv-pages 1024 --out "$logs/eval-mistral"
+    [[ -s "$logs/eval-mistral/results.jsonl" ]] &&
+        run eval-report 30 5 "$P" report "$logs/eval-mistral" ;;
+sanitize)
+    if [[ -n "$san" ]]; then
+        for tool in memcheck racecheck; do
+            run "sanitizer-$tool" 120 30 "$san" --tool "$tool" --error-exitcode 1 "${dual[@]}"
+        done
+    else
+        summary+=("SKIP compute-sanitizer (not found)")
+    fi ;;
+audit)
+    run flops-audit 90 30 bash "$here/flops-audit.sh" "$P"
+    run profile 60 30 bash "$here/profile.sh" "$P" ;;
+kernels)
+    run bench-kernels 120 30 env CRITERION_HOME="$logs/criterion" PONDER_BENCH_BACKENDS=cuda \
+        "$here/kernels-bench" --bench --warm-up-time 0.5 --measurement-time 1 ;;
+*) echo "unknown step: $s (info dual smoke bench eval sanitize audit kernels)" >&2; exit 2 ;;
+esac; done
+summary+=("total $((SECONDS - start)) s of a ${budget} s budget")
+printf '%s\n' "${summary[@]}" > "$logs/summary.txt"
+python3 "$here/gpu-summary.py" "$logs" > "$logs/summary.md" 2>/dev/null || echo "gpu-summary.py failed" >&2
+cp "$logs/summary.txt" "$logs/summary.md" "$out/" 2>/dev/null
+tar -czf "$out/logs.tar.gz" -C "$(dirname "$logs")" gpu-test
+echo "--- summary (logs: $out/summary.md, $out/logs.tar.gz)"
+cat "$logs/summary.txt"
+exit $fail
