@@ -95,8 +95,9 @@ sanitize)
         summary+=("SKIP compute-sanitizer (not found)")
     fi ;;
 audit)
-    run flops-audit 90 30 bash "$here/flops-audit.sh" "$P"
-    run profile 60 30 bash "$here/profile.sh" "$P" ;;
+    # Their own outputs go into the log folder (so into logs.tar.gz), not beside summary.md.
+    run flops-audit 90 30 env OUT="$logs" bash "$here/flops-audit.sh" "$P"
+    run profile 60 30 env OUT="$logs" bash "$here/profile.sh" "$P" ;;
 kernels)
     run bench-kernels 120 30 env CRITERION_HOME="$logs/criterion" PONDER_BENCH_BACKENDS=cuda \
         "$here/kernels-bench" --bench --warm-up-time 0.5 --measurement-time 1 ;;

@@ -231,7 +231,8 @@ pub struct Completion {
 struct Live {
     seq: SeqId,
     ids: Vec<u32>,
-    text_len_sent: usize,
+    /// The decoded text that has been streamed (see `next_piece`).
+    sent: String,
     done: Option<Finish>,
     text: String,
 }
@@ -260,7 +261,7 @@ pub fn generate<B: Backend>(
         .map(|_| Live {
             seq: r.pool.create(),
             ids: vec![],
-            text_len_sent: 0,
+            sent: String::new(),
             done: None,
             text: String::new(),
         })
@@ -304,9 +305,9 @@ pub fn generate<B: Backend>(
             } else {
                 safe_prefix(&l.text, &p.stop)
             };
-            if safe > l.text_len_sent {
-                on_text(i, &l.text[l.text_len_sent..safe]);
-                l.text_len_sent = safe;
+            if let Some(new) = next_piece(&l.text, &l.sent, safe) {
+                on_text(i, new);
+                l.sent = l.text[..safe].to_string();
             }
         }
         step += 1;
@@ -343,6 +344,23 @@ pub fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
         .min()
 }
 
+/// What to stream next, up to `safe` bytes of `text`: what follows `sent` when `text` still
+/// starts with it; when earlier text changed under it (the byte tokenizer escapes a trailing
+/// incomplete UTF-8 sequence, which becomes a character once its last byte arrives), what
+/// follows their longest common prefix — already-streamed text cannot be taken back, so the
+/// stream then holds the old characters once, and `Completion::text` is what counts.
+fn next_piece<'a>(text: &'a str, sent: &str, safe: usize) -> Option<&'a str> {
+    let common = if text.starts_with(sent) {
+        sent.len()
+    } else {
+        text.char_indices()
+            .zip(sent.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(text.len().min(sent.len()), |((i, _), _)| i)
+    };
+    (safe > common).then(|| &text[common..safe])
+}
+
 /// How much of `text` can be shown now: not a trailing replacement character (an incomplete
 /// UTF-8 sequence) and not a tail that could be the start of a stop string.
 fn safe_prefix(text: &str, stop: &[String]) -> usize {
@@ -364,6 +382,27 @@ fn safe_prefix(text: &str, stop: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_bytes_for_test(ids: &[u32]) -> String {
+        crate::model::tokenizer::Tokenizer::bytes(512)
+            .decode(ids, true)
+            .unwrap()
+    }
+
+    #[test]
+    fn streaming_never_slices_text_that_changed_under_it() {
+        assert_eq!(next_piece("abc", "ab", 3), Some("c"));
+        assert_eq!(next_piece("abc", "abc", 3), None);
+        // Seen on the CUDA emulator: the escape of a lone 0xD3 byte streamed, then 0x97
+        // arrived and the text became "ӗ…": the old code sliced the new text at the old
+        // length, inside a character, and panicked.
+        let lone = decode_bytes_for_test(&[0xD3 + 3]);
+        let both = decode_bytes_for_test(&[0xD3 + 3, 0x97 + 3, 400]);
+        assert!(both.starts_with('ӗ') && !both.starts_with(lone.as_str()));
+        assert_eq!(next_piece(&both, &lone, both.len()), Some(both.as_str()));
+        assert_eq!(next_piece("ab\u{100169}", "ax", 6), Some("b\u{100169}"));
+        assert_eq!(next_piece("ab", "abc", 2), None);
+    }
 
     #[test]
     fn stop_strings_cut_and_hold_back() {
