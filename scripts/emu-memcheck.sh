@@ -30,12 +30,13 @@ run() {
         return 1
     fi
 }
-# Two at a time: valgrind runs a process's threads one at a time.
-pids=()
+# Two at a time (valgrind runs a process's threads one at a time), the next as soon as one ends.
+running=0
 for t in $tests; do
-    run "$t" & pids+=($!)
-    if (( ${#pids[@]} >= 2 )); then wait "${pids[0]}" || fail=1; pids=("${pids[@]:1}"); fi
+    run "$t" &
+    running=$((running + 1))
+    if (( running >= 2 )); then wait -n || fail=1; running=$((running - 1)); fi
 done
-for p in "${pids[@]}"; do wait "$p" || fail=1; done
+while (( running > 0 )); do wait -n || fail=1; running=$((running - 1)); done
 if (( fail )); then echo "memcheck: errors (logs in target/emu-memcheck/)"; exit 1; fi
 echo "memcheck: no errors in $(echo "$tests" | wc -w) test(s)"
