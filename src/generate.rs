@@ -8,7 +8,7 @@ use crate::kv::PageCopy;
 use crate::kv::{KvPool, SeqId};
 use crate::model::llama::{Model, Output};
 use crate::model::tokenizer::Tokenizer;
-use crate::sample::{sample, Sampling};
+use crate::sample::Sampling;
 use anyhow::{Context, Result};
 use std::sync::Mutex;
 
@@ -280,13 +280,13 @@ pub fn generate<B: Backend>(
     let mut rows: Vec<usize> = (0..live.len()).collect();
     let mut step = 0u64;
     while !rows.is_empty() && p.max_tokens > 0 {
-        let logits = r.be.to_host(&out.logits)?;
-        let v = logits.len() / rows.len();
         r.be.set_phase(Phase::Sample);
-        for (k, &i) in rows.iter().enumerate() {
-            let u = crate::rng::uniform(p.seed, i as u64, step);
-            let (id, cost) = sample(&logits[k * v..(k + 1) * v], vocab_limit, p.sampling, u);
-            r.be.charge("sample", cost);
+        let u: Vec<f64> = rows
+            .iter()
+            .map(|&i| crate::rng::uniform(p.seed, i as u64, step))
+            .collect();
+        let ids = r.be.sample_rows(&out.logits, vocab_limit, p.sampling, &u)?;
+        for (&i, id) in rows.iter().zip(ids) {
             let l = &mut live[i];
             l.ids.push(id);
             if !p.ignore_eos && tok.eos.contains(&id) {

@@ -7,8 +7,9 @@ use crate::backend::Backend;
 use crate::flops::Phase;
 use crate::generate::{first_stop, Finish, Runner};
 use crate::kv::{KvError, SeqId};
+use crate::model::llama::Output;
 use crate::model::tokenizer::Tokenizer;
-use crate::sample::{sample, Sampling};
+use crate::sample::Sampling;
 use anyhow::Result;
 
 /// When a branch stops generating.
@@ -67,32 +68,57 @@ pub fn forward_items<B: Backend>(
     r: &mut Runner<'_, B>,
     items: &[(SeqId, Vec<u32>)],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
+    let parts = forward_parts(r, items, &|be: &B, out: Output<B>| {
+        Ok((be.to_host(&out.logits)?, be.to_host(&out.hidden)?))
+    })?;
+    let (mut l, mut h) = (Vec::new(), Vec::new());
+    for (l2, h2) in parts {
+        l.extend(l2);
+        h.extend(h2);
+    }
+    Ok((l, h))
+}
+
+/// `forward_items`' last-token logits left on the device: one tensor per batch the items were
+/// run in (in item order), for sampling where they are.
+pub fn forward_logits<B: Backend>(
+    r: &mut Runner<'_, B>,
+    items: &[(SeqId, Vec<u32>)],
+) -> Result<Vec<B::Tensor>> {
+    forward_parts(r, items, &|_: &B, out: Output<B>| Ok(out.logits))
+}
+
+type TakeOut<'a, B, T> = &'a dyn Fn(&B, Output<B>) -> Result<T>;
+
+/// Runs `items` in as few batches as `max_batch` and the pool allow, keeping `take` of each
+/// batch's output, in item order.
+fn forward_parts<B: Backend, T>(
+    r: &mut Runner<'_, B>,
+    items: &[(SeqId, Vec<u32>)],
+    take: TakeOut<'_, B, T>,
+) -> Result<Vec<T>> {
     if items.len() > r.max_batch.max(1) {
-        let (mut l, mut h) = (Vec::new(), Vec::new());
+        let mut parts = Vec::new();
         for chunk in items.chunks(r.max_batch.max(1)) {
-            let (l2, h2) = forward_items(r, chunk)?;
-            l.extend(l2);
-            h.extend(h2);
+            parts.extend(forward_parts(r, chunk, take)?);
         }
-        return Ok((l, h));
+        return Ok(parts);
     }
     let refs: Vec<(SeqId, &[u32])> = items.iter().map(|(s, t)| (*s, t.as_slice())).collect();
     match r.extend(&refs) {
-        Ok(out) => Ok((r.be.to_host(&out.logits)?, r.be.to_host(&out.hidden)?)),
+        Ok(out) => Ok(vec![take(r.be, out)?]),
         Err(e) if items.len() > 1 && is_oom(&e) => {
             let (a, b) = items.split_at(items.len() / 2);
-            let (mut l, mut h) = forward_items(r, a)?;
-            let (l2, h2) = forward_items(r, b)?;
-            l.extend(l2);
-            h.extend(h2);
-            Ok((l, h))
+            let mut parts = forward_parts(r, a, take)?;
+            parts.extend(forward_parts(r, b, take)?);
+            Ok(parts)
         }
         Err(e) => {
             // One sequence alone does not fit: empty idle caches, then try again.
             if let Some(KvError::OutOfPages { needed, .. }) = e.downcast_ref::<KvError>() {
                 let before = r.pool.free_pages();
                 if make_room(r, *needed)? && r.pool.free_pages() > before {
-                    return forward_items(r, items);
+                    return forward_parts(r, items, take);
                 }
                 if let [(seq, tokens)] = items {
                     let len = r.pool.len(*seq)? + tokens.len();
@@ -226,10 +252,12 @@ pub fn fork<B: Backend>(
         .collect())
 }
 
-/// Produces next-token logits for the live branches (one row each, on the host): the plain
-/// model, or Quiet-STaR with a thought before each token.
+/// Produces next-token logits for the live branches, one row each, on the backend (sampled
+/// there; only the ids come back): the plain model, or Quiet-STaR with a thought before each
+/// token. The rows may come in several tensors, in branch order.
 pub trait Stepper<B: Backend> {
-    fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>>;
+    fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch])
+        -> Result<Vec<B::Tensor>>;
     /// Ids at or above this are never sampled (added tokens such as thought markers).
     fn vocab_limit(&self) -> Option<usize> {
         None
@@ -244,14 +272,18 @@ pub trait Stepper<B: Backend> {
 pub struct Plain;
 
 impl<B: Backend> Stepper<B> for Plain {
-    fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>> {
+    fn logits(
+        &mut self,
+        r: &mut Runner<'_, B>,
+        live: &mut [&mut Branch],
+    ) -> Result<Vec<B::Tensor>> {
         let mut items = Vec::with_capacity(live.len());
         for b in live.iter() {
             let cached = r.pool.len(b.seq)?;
             items.push((b.seq, b.all[cached..].to_vec()));
         }
         r.be.set_phase(Phase::Decode);
-        Ok(forward_items(r, &items)?.0)
+        forward_logits(r, &items)
     }
 }
 
@@ -392,14 +424,20 @@ pub fn decode<B: Backend>(
             .filter(|(i, _)| admitted.contains(i))
             .map(|(_, b)| b)
             .collect();
-        let logits = stepper.logits(r, &mut live)?;
-        let v = logits.len() / live.len();
+        let parts = stepper.logits(r, &mut live)?;
         r.be.set_phase(Phase::Sample);
-        for (k, b) in live.iter_mut().enumerate() {
-            let u = crate::rng::uniform(seed, b.stream, b.draws);
+        let mut ids = Vec::with_capacity(live.len());
+        for part in &parts {
+            let (rows, _) = r.be.shape(part);
+            let u: Vec<f64> = live[ids.len()..ids.len() + rows]
+                .iter()
+                .map(|b| crate::rng::uniform(seed, b.stream, b.draws))
+                .collect();
+            ids.extend(r.be.sample_rows(part, vocab_limit, sampling, &u)?);
+        }
+        anyhow::ensure!(ids.len() == live.len(), "one logits row per live branch");
+        for (b, id) in live.iter_mut().zip(ids) {
             b.draws += 1;
-            let (id, cost) = sample(&logits[k * v..(k + 1) * v], vocab_limit, sampling, u);
-            r.be.charge("sample", cost);
             if !rule.fixed_length && rule.stop_ids.contains(&id) {
                 b.finish = Some(Finish::Eos);
                 b.text = tok.decode(b.generated(), true)?;

@@ -21,7 +21,7 @@ const CPU_TOL: f32 = 1e-4;
 #[cfg(feature = "cuda")]
 const GPU_TOL: f32 = 2e-2;
 
-/// What a body needs beyond the trait: the CUDA-only ops (None on the CPU).
+/// What a body needs beyond the trait: the CUDA-only op (None on the CPU).
 trait Dual: Backend + Sized {
     #[allow(clippy::too_many_arguments)]
     fn thought(
@@ -34,15 +34,6 @@ trait Dual: Backend + Sized {
         _window: Option<usize>,
         _dims: AttnDims,
     ) -> Option<Result<Vec<f32>>> {
-        None
-    }
-    fn sample_rows(
-        &self,
-        _logits: &Self::Tensor,
-        _limit: usize,
-        _s: Sampling,
-        _u: &[f64],
-    ) -> Option<Result<Vec<u32>>> {
         None
     }
 }
@@ -65,15 +56,6 @@ impl Dual for ponder::backend::cuda::Cuda {
             self.thought_attention(q, kv, 0, pages, l, depth, window, dims)
                 .and_then(|t| self.to_host(&t)),
         )
-    }
-    fn sample_rows(
-        &self,
-        logits: &Self::Tensor,
-        limit: usize,
-        s: Sampling,
-        u: &[f64],
-    ) -> Option<Result<Vec<u32>>> {
-        Some(self.sample(logits, limit, s, u))
     }
 }
 
@@ -919,9 +901,9 @@ fn sampling_case<B: Dual>(
                 assert_eq!(cpu[r], want, "CPU sampler vs reference, {s:?} row {r}");
                 assert!((cpu[r] as usize) < limit);
             }
-            if let Some(got) = be.sample_rows(&t, limit, *s, &u) {
-                assert_eq!(got?, cpu, "device sampler vs CPU, {s:?} draw {draw}");
-            }
+            // Backend::sample_rows: on the host for the CPU, on the device for CUDA.
+            let got = be.sample_rows(&t, limit, *s, &u)?;
+            assert_eq!(got, cpu, "{} sampler vs CPU, {s:?} draw {draw}", be.name());
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use crate::model::llama::{Model, ParamSource, Synthetic};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Weights;
 use crate::rng::{child_stream, uniform};
-use crate::sample::{sample, Sampling};
+use crate::sample::Sampling;
 use crate::scheduler::{forward_items, Branch, Stepper};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -170,9 +170,12 @@ struct Row {
 }
 
 impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
-    fn logits(&mut self, r: &mut Runner<'_, B>, live: &mut [&mut Branch]) -> Result<Vec<f32>> {
+    fn logits(
+        &mut self,
+        r: &mut Runner<'_, B>,
+        live: &mut [&mut Branch],
+    ) -> Result<Vec<B::Tensor>> {
         let d = r.model.cfg.hidden_size;
-        let v = r.model.cfg.vocab_size;
         // 1. The real token(s): hidden state without a thought.
         let mut items = Vec::with_capacity(live.len());
         for b in live.iter() {
@@ -237,11 +240,14 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
         let hb = r.be.tensor(n, d, &h_base)?;
         let he = r.be.tensor(n, d, &h_end)?;
         let mixed = r.be.talk_mix(&hb, &he, &self.qs.head)?;
-        let logits = r.be.to_host(&r.be.linear(&mixed, r.model.lm_head())?)?;
-        Ok(last_rows
-            .iter()
-            .flat_map(|&k| logits[k * v..(k + 1) * v].iter().copied())
-            .collect())
+        let logits = r.be.linear(&mixed, r.model.lm_head())?;
+        // Incremental mode: one row per branch, already in order. Parallel: each branch's
+        // last position.
+        if last_rows.iter().copied().eq(0..n) {
+            Ok(vec![logits])
+        } else {
+            Ok(vec![r.be.gather_rows(&logits, &last_rows)?])
+        }
     }
 
     fn vocab_limit(&self) -> Option<usize> {
@@ -275,18 +281,12 @@ impl<B: Backend> ThoughtStep<'_, B> {
             let next: Vec<u32> = match &self.forced {
                 Some(f) => (0..n).map(|k| f[k * self.qs.sampled + s]).collect(),
                 None => {
-                    let logits = r.be.to_host(&out.logits)?;
-                    let v = logits.len() / n;
                     r.be.set_phase(Phase::Sample);
-                    let mut next = Vec::with_capacity(n);
-                    for (k, row) in rows.iter().enumerate() {
-                        let u = uniform(self.seed, row.stream, row.counter + s as u64);
-                        let (id, cost) =
-                            sample(&logits[k * v..(k + 1) * v], self.qs.base_vocab, any, u);
-                        r.be.charge("sample", cost);
-                        next.push(id);
-                    }
-                    next
+                    let u: Vec<f64> = rows
+                        .iter()
+                        .map(|row| uniform(self.seed, row.stream, row.counter + s as u64))
+                        .collect();
+                    r.be.sample_rows(&out.logits, self.qs.base_vocab, any, &u)?
                 }
             };
             r.be.set_phase(Phase::Thought);

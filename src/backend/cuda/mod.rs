@@ -416,6 +416,15 @@ impl Backend for Cuda {
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
         self.gather_rows_impl(x, rows)
     }
+    fn sample_rows(
+        &self,
+        logits: &CudaTensor,
+        limit: usize,
+        s: crate::sample::Sampling,
+        u: &[f64],
+    ) -> Result<Vec<u32>> {
+        self.sample(logits, limit, s, u)
+    }
     fn talk_mix(
         &self,
         h_base: &CudaTensor,
