@@ -189,6 +189,17 @@ mod tests {
         }
     }
 
+    /// (row, column) of lane `l`'s four C/D elements (PTX ISA, m16n8k16 f32 accumulators).
+    fn c_fragment(l: usize) -> [(usize, usize); 4] {
+        let (g, t) = (l / 4, l % 4);
+        [
+            (g, 2 * t),
+            (g, 2 * t + 1),
+            (g + 8, 2 * t),
+            (g + 8, 2 * t + 1),
+        ]
+    }
+
     #[test]
     fn mma_is_a_16x8x16_product_in_the_ptx_fragment_layout() {
         // A 16x16, B 16x8 (bf16-exact small integers / 8), C 16x8.
@@ -212,15 +223,7 @@ mod tests {
             let bt = |k: usize, n: usize| b[k * 8 + n];
             fb[2 * l] = pack(bt(2 * t, g), bt(2 * t + 1, g));
             fb[2 * l + 1] = pack(bt(2 * t + 8, g), bt(2 * t + 9, g));
-            for (e, (r, n)) in [
-                (g, 2 * t),
-                (g, 2 * t + 1),
-                (g + 8, 2 * t),
-                (g + 8, 2 * t + 1),
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (e, (r, n)) in c_fragment(l).into_iter().enumerate() {
                 fc[4 * l + e] = c[r * 8 + n];
             }
         }
@@ -239,16 +242,7 @@ mod tests {
         )
         .unwrap();
         for l in 0..32 {
-            let (g, t) = (l / 4, l % 4);
-            for (e, (r, n)) in [
-                (g, 2 * t),
-                (g, 2 * t + 1),
-                (g + 8, 2 * t),
-                (g + 8, 2 * t + 1),
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (e, (r, n)) in c_fragment(l).into_iter().enumerate() {
                 let want =
                     c[r * 8 + n] + (0..16).map(|k| a[r * 16 + k] * b[k * 8 + n]).sum::<f32>();
                 assert_eq!(d[4 * l + e], want, "D[{r}][{n}] (lane {l})");
