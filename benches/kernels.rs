@@ -7,7 +7,8 @@
 //! timing: bytes for memory-bound kernels (criterion prints GiB/s), useful FLOPs for
 //! compute-bound ones (criterion's "elem/s" are FLOP/s). The CUDA timings wait for the stream
 //! after each batch of iterations, so they include every launch's whole run.
-//! PONDER_BENCH_BACKENDS (default "cpu,cuda") picks the backends.
+//! PONDER_BENCH_BACKENDS (default "cpu,cuda"; "cuda-emu" adds the CUDA emulator) picks the
+//! backends.
 //!     cargo bench --bench kernels [-- FILTER]
 //!     PONDER_BENCH_BACKENDS=cuda cargo bench --features cuda --bench kernels
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -217,7 +218,7 @@ fn host_sampling(c: &mut Criterion, model: &str, cfg: &Config) {
 fn wanted(backend: &str) -> bool {
     std::env::var("PONDER_BENCH_BACKENDS")
         .map(|v| v.split(',').any(|b| b.trim() == backend))
-        .unwrap_or(true)
+        .unwrap_or(backend != "cuda-emu")
 }
 
 fn all(c: &mut Criterion) {
@@ -228,26 +229,32 @@ fn all(c: &mut Criterion) {
         host_sampling(c, &model, &cfg);
     }
     #[cfg(feature = "cuda")]
-    if wanted("cuda") {
-        cuda(c);
+    {
+        use ponder::backend::cuda::{gpu_available, Cuda};
+        if wanted("cuda") {
+            if gpu_available() {
+                cuda(c, &Cuda::new(0).expect("CUDA"), "mistral-7b");
+            } else {
+                eprintln!("CUDA kernels skipped: no GPU");
+            }
+        }
+        // The same benches on the CUDA emulator (opt-in): CPU times, for rehearsing this
+        // code without a GPU, e.g. `PONDER_BENCH_BACKENDS=cuda-emu kernels-bench --bench --test`.
+        if wanted("cuda-emu") {
+            cuda(c, &Cuda::emulated().expect("CUDA emulator"), "tiny");
+        }
     }
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(c: &mut Criterion) {
-    use ponder::backend::cuda::{gpu_available, Cuda};
-    if !gpu_available() {
-        eprintln!("CUDA kernels skipped: no GPU");
-        return;
-    }
-    let be = Cuda::new(0).expect("CUDA");
-    let (model, cfg) = config("mistral-7b");
+fn cuda(c: &mut Criterion, be: &ponder::backend::cuda::Cuda, default_model: &str) {
+    let (model, cfg) = config(default_model);
     let sync = || be.synchronize().expect("CUDA stream");
-    kernels(c, &be, &sync, &model, &cfg);
+    kernels(c, be, &sync, &model, &cfg);
     // Device sampling: 16 rows of the vocabulary, only the ids come back.
-    let logits = tensor(&be, ROWS, cfg.vocab_size, 21);
+    let logits = tensor(be, ROWS, cfg.vocab_size, 21);
     let u: Vec<f64> = (0..ROWS).map(|i| (i as f64 + 0.5) / ROWS as f64).collect();
-    let mut g = c.benchmark_group(format!("cuda/{model}"));
+    let mut g = c.benchmark_group(format!("{}/{model}", be.name()));
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Bytes((4 * ROWS * cfg.vocab_size) as u64));
     let top_p = Sampling {

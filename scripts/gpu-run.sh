@@ -18,7 +18,7 @@
 # $OUT/logs.tar.gz (every log); without $OUT, gpu-bin/logs/. The summary table prints last.
 #
 # A rehearsal without a GPU checks every command line of it before device time is spent:
-#   PONDER_GPU_DEVICE=cuda-emu PONDER_GPU_MODEL=synthetic:tiny bash gpu-bin/run.sh smoke bench eval
+#   PONDER_GPU_DEVICE=cuda-emu PONDER_GPU_MODEL=synthetic:tiny bash gpu-bin/run.sh smoke bench eval kernels
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/logs}"
@@ -99,8 +99,11 @@ audit)
     run flops-audit 90 30 env OUT="$logs" bash "$here/flops-audit.sh" "$P"
     run profile 60 30 env OUT="$logs" bash "$here/profile.sh" "$P" ;;
 kernels)
-    run bench-kernels 120 30 env CRITERION_HOME="$logs/criterion" PONDER_BENCH_BACKENDS=cuda \
-        "$here/kernels-bench" --bench --warm-up-time 0.5 --measurement-time 1 ;;
+    # (Rehearsed on the emulator, each bench runs once: criterion's --test.)
+    timing=(--warm-up-time 0.5 --measurement-time 1)
+    [[ "$DEV" == cuda-emu ]] && timing=(--test)
+    run bench-kernels 120 30 env CRITERION_HOME="$logs/criterion" PONDER_BENCH_BACKENDS="$DEV" \
+        "$here/kernels-bench" --bench "${timing[@]}" ;;
 *) echo "unknown step: $s (info dual smoke bench eval sanitize audit kernels)" >&2; exit 2 ;;
 esac; done
 summary+=("total $((SECONDS - start)) s of a ${budget} s budget")

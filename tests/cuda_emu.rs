@@ -127,3 +127,37 @@ fn an_evaluation_with_problems_in_flight_runs_on_the_emulated_cuda_backend() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same work costs the same exact useful FLOPs on both backends, end to end: 24 greedy
+/// tokens after the same prompt (the token values may differ, the shapes do not).
+#[test]
+fn generate_costs_the_same_useful_flops_on_both_backends() {
+    let run = |device: &str| {
+        let (ok, _, stderr) = ponder(&[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--device",
+            device,
+            "--prompt",
+            "The answer is",
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--flops",
+        ]);
+        assert!(ok, "generate on {device}: {stderr}");
+        assert!(
+            stderr.contains("24 generated tokens") && stderr.contains("finish Length"),
+            "{device} did not run to the limit: {stderr}"
+        );
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("exact useful FLOPs:"))
+            .unwrap_or_else(|| panic!("no FLOP line: {stderr}"))
+            .to_string();
+        line.split(';').next().unwrap().to_string()
+    };
+    assert_eq!(run("cuda-emu"), run("cpu"));
+}
