@@ -199,13 +199,6 @@ void switch_away() {
 
 void yield() { switch_away(); }
 
-void release_block_barrier_if_complete() {
-    if (L->bar_arrived > 0 && L->bar_arrived == L->live) {
-        L->bar_arrived = 0;
-        ++L->bar_gen;
-    }
-}
-
 void fiber_main() {
     Launch* l = L;
     Fiber* f = l->cur;
@@ -218,8 +211,14 @@ void fiber_main() {
         l->failed = true;
         l->error = "thread " + std::to_string(f->linear) +
                    " exited while other lanes of its warp wait in a warp collective";
+    } else if (l->bar_arrived > 0) {
+        // CUDA: "__syncthreads() is allowed in conditional code but only if the conditional
+        // evaluates identically across the entire thread block". Recent GPUs happen to let
+        // exited threads count as arrived; ponder's kernels must not rely on it.
+        l->failed = true;
+        l->error = "thread " + std::to_string(f->linear) +
+                   " exited while other threads of its block wait at __syncthreads";
     }
-    release_block_barrier_if_complete();
     if (l->failed) ctx_switch(f->ctx, l->sched);
     switch_away();  // never resumed
     abort();
@@ -284,6 +283,9 @@ bool run_block(Launch& l, unsigned block) {
 void syncthreads() {
     Launch& l = *L;
     Fiber* f = l.cur;
+    if (l.live < (int)l.fibers.size())
+        fail("__syncthreads after other threads of the block exited (a barrier in code that "
+             "not every thread of the block reaches)");
     if (++l.bar_arrived == l.live) {
         l.bar_arrived = 0;
         ++l.bar_gen;

@@ -56,3 +56,10 @@ extern "C" __global__ void emu_test_exited_lane(int* out) {
     if (threadIdx.x == 0) return;
     out[threadIdx.x] = __shfl_xor_sync(FULL, (int)threadIdx.x, 1);
 }
+
+// Block 64: the second warp leaves before the barrier the first warp waits at.
+extern "C" __global__ void emu_test_barrier_after_exit(int* out) {
+    if (threadIdx.x >= 32) return;
+    __syncthreads();
+    out[threadIdx.x] = 1;
+}

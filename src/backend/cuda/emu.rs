@@ -292,6 +292,14 @@ mod tests {
             &mut [bytes(&mut out)],
         ));
         assert!(e.contains("exited"), "{e}");
+        let e = msg(run(
+            "emu_test_barrier_after_exit",
+            1,
+            64,
+            0,
+            &mut [bytes(&mut out)],
+        ));
+        assert!(e.contains("__syncthreads"), "{e}");
         run("emu_test_shfl_any", 1, 64, 0, &mut [bytes(&mut out)]).unwrap();
         let e = msg(run("no_such_kernel", 1, 32, 0, &mut []));
         assert!(e.contains("no kernel named"), "{e}");
