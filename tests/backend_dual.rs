@@ -95,6 +95,21 @@ macro_rules! dual_test {
                 #[cfg(not(feature = "cuda"))]
                 println!("skipped: the CUDA emulator is built with the cuda feature");
             }
+            /// The same, each block's threads run last first between barriers: a read of
+            /// another thread's write without a barrier between them gives wrong results in
+            /// one of the two orders.
+            #[test]
+            fn cuda_emu_reverse() {
+                #[cfg(feature = "cuda")]
+                {
+                    use ponder::backend::cuda::{Cuda, EmuOrder};
+                    let be = Cuda::emulated_in(EmuOrder::Reverse).unwrap();
+                    be.set_poison(true);
+                    super::$body(&be, super::GPU_TOL).unwrap();
+                }
+                #[cfg(not(feature = "cuda"))]
+                println!("skipped: the CUDA emulator is built with the cuda feature");
+            }
         }
     )*};
 }

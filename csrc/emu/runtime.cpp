@@ -3,8 +3,11 @@
 // only at __syncthreads and warp collectives. See cuda_emu.h for what it models and what not.
 //
 // Entry points (C ABI, called from src/backend/cuda/emu.rs):
-//   ponder_emu_launch(name, grid, block, smem, args, err, errlen): 0, or 1 with a one-line
-//     message in err (unknown kernel, bad launch shape, deadlock, a bad collective).
+//   ponder_emu_launch(name, grid, block, smem, reverse, args, err, errlen): 0, or 1 with a
+//     one-line message in err (unknown kernel, bad launch shape, deadlock, a bad collective).
+//     `reverse` runs each block's fibers last thread first: between two barriers every thread
+//     then sees the others' writes in the opposite order, so a missing barrier that the
+//     forward order hides (a read of what a lower thread wrote) gives wrong results.
 //   ponder_emu_set_max_dynamic_smem(name, bytes): the CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_
 //     SIZE_BYTES of the real driver (default 48 KiB, at most the H100's 227 KiB opt-in).
 //   ponder_emu_has_kernel(name).
@@ -145,6 +148,7 @@ struct Launch {
     int live;
     int bar_arrived;
     uint64_t bar_gen;
+    bool reverse;  // fiber order: thread 0 first, or the last thread first
     bool failed;
     std::string error;
 };
@@ -185,7 +189,7 @@ void switch_away() {
     Fiber* me = l.cur;
     const int n = (int)l.fibers.size();
     for (int k = 1; k <= n; ++k) {
-        Fiber& f = l.fibers[(me->linear + k) % n];
+        Fiber& f = l.fibers[l.reverse ? (me->linear - k + n) % n : (me->linear + k) % n];
         if (&f != me && runnable(l, f)) {
             f.state = READY;
             l.cur = &f;
@@ -198,6 +202,26 @@ void switch_away() {
 }
 
 void yield() { switch_away(); }
+
+// After a rendezvous completes: the fibers it released run in the launch's order from its
+// start (thread 0 first, or the last thread first), the one that completed it included, so
+// the order between two barriers is the same whoever arrived last.
+void restart_in_order() {
+    Launch& l = *L;
+    Fiber* me = l.cur;
+    const int n = (int)l.fibers.size();
+    for (int k = 0; k < n; ++k) {
+        Fiber& f = l.fibers[l.reverse ? n - 1 - k : k];
+        if (!runnable(l, f)) continue;
+        f.state = READY;
+        if (&f == me) return;
+        l.cur = &f;
+        cur_tid = &f.tid;
+        ctx_switch(me->ctx, f.ctx);
+        return;
+    }
+    ctx_switch(me->ctx, l.sched);
+}
 
 void fiber_main() {
     Launch* l = L;
@@ -265,9 +289,10 @@ bool run_block(Launch& l, unsigned block) {
         f.state = READY;
         ctx_init(f.ctx, stacks.v[i], kStack, fiber_main);
     }
-    l.cur = &l.fibers[0];
-    cur_tid = &l.fibers[0].tid;
-    ctx_switch(l.sched, l.fibers[0].ctx);
+    Fiber& first = l.reverse ? l.fibers.back() : l.fibers.front();
+    l.cur = &first;
+    cur_tid = &first.tid;
+    ctx_switch(l.sched, first.ctx);
     // Back here once no fiber can run: all exited, a failure, or a deadlock.
     if (l.failed) return false;
     for (const Fiber& f : l.fibers) {
@@ -286,14 +311,15 @@ void syncthreads() {
     if (l.live < (int)l.fibers.size())
         fail("__syncthreads after other threads of the block exited (a barrier in code that "
              "not every thread of the block reaches)");
+    f->state = WAIT_BLOCK;
+    f->wait_gen = l.bar_gen;
     if (++l.bar_arrived == l.live) {
         l.bar_arrived = 0;
         ++l.bar_gen;
-        return;
+        restart_in_order();
+    } else {
+        yield();
     }
-    f->state = WAIT_BLOCK;
-    f->wait_gen = l.bar_gen;
-    yield();
 }
 
 // The rendezvous of a warp collective: deposits this lane's n bytes, waits until all 32 lanes
@@ -311,12 +337,13 @@ static unsigned char (*rendezvous(unsigned mask, const void* in, size_t n))[64] 
     const uint64_t g = w.gen;
     unsigned char(*buf)[64] = w.buf[g & 1];
     memcpy(buf[f->linear & 31], in, n);
+    f->state = WAIT_WARP;
+    f->wait_gen = g;
     if (++w.arrived == 32) {
         w.arrived = 0;
         ++w.gen;
+        restart_in_order();
     } else {
-        f->state = WAIT_WARP;
-        f->wait_gen = g;
         yield();
     }
     return buf;
@@ -401,8 +428,8 @@ extern "C" int ponder_emu_set_max_dynamic_smem(const char* name, unsigned bytes)
 }
 
 extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz,
-                                 unsigned block, unsigned smem, void** args, char* err,
-                                 size_t errlen) {
+                                 unsigned block, unsigned smem, int reverse, void** args,
+                                 char* err, size_t errlen) {
     using namespace emu;
     const EmuKernel* k = find(name);
     if (!k) return emu_error(err, errlen, std::string("no kernel named ") + name);
@@ -430,6 +457,7 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
     unsigned char* base = (unsigned char*)(((uintptr_t)shm.data() + 15) & ~(uintptr_t)15);
     Launch l{};
     l.thunk = k->thunk;
+    l.reverse = reverse != 0;
     l.args = args;
     L = &l;
     dyn_smem = base;

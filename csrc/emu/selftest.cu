@@ -63,3 +63,12 @@ extern "C" __global__ void emu_test_barrier_after_exit(int* out) {
     __syncthreads();
     out[threadIdx.x] = 1;
 }
+
+// Block 64: a missing barrier between a write and another thread's read of it. Thread t reads
+// what thread t-1 wrote: the forward order happens to satisfy that, the reverse one does not.
+extern "C" __global__ void emu_test_racy_shift(int* out, int base) {
+    __shared__ int s[64];
+    const int t = threadIdx.x;
+    s[t] = base + t;
+    out[t] = t > 0 ? s[t - 1] : base - 1;  // no __syncthreads() before the read: a race
+}

@@ -106,7 +106,7 @@ pub struct Gpu {
 
 pub enum Device {
     Gpu(Box<Gpu>),
-    Emu,
+    Emu(emu::Order),
 }
 
 impl Device {
@@ -114,14 +114,14 @@ impl Device {
         Ok(match self {
             // SAFETY: handed out uninitialised; every caller's kernel writes it first.
             Device::Gpu(g) => DSlice::Gpu(unsafe { g.stream.alloc::<T>(n.max(1)) }?),
-            Device::Emu => DSlice::Host(HostBuf::filled(n, 0xff)?),
+            Device::Emu(_) => DSlice::Host(HostBuf::filled(n, 0xff)?),
         })
     }
 
     pub fn alloc_zeros<T: Elem>(&self, n: usize) -> Result<DSlice<T>> {
         Ok(match self {
             Device::Gpu(g) => DSlice::Gpu(g.stream.alloc_zeros::<T>(n.max(1))?),
-            Device::Emu => DSlice::Host(HostBuf::filled(n, 0)?),
+            Device::Emu(_) => DSlice::Host(HostBuf::filled(n, 0)?),
         })
     }
 
@@ -139,7 +139,7 @@ impl Device {
     pub fn download<T: Elem>(&self, b: &DSlice<T>) -> Result<Vec<T>> {
         match (self, b) {
             (Device::Gpu(g), DSlice::Gpu(b)) => Ok(g.stream.clone_dtoh(b)?),
-            (Device::Emu, DSlice::Host(h)) => {
+            (Device::Emu(_), DSlice::Host(h)) => {
                 let mut v = vec![T::default(); h.len];
                 // SAFETY: h holds h.len elements; no launch runs concurrently on this backend
                 // (launches are synchronous in the emulator).
@@ -165,7 +165,7 @@ impl Device {
                     .memcpy_htod(v, &mut b.slice_mut(at..at + v.len()))?;
                 Ok(())
             }
-            (Device::Emu, DSlice::Host(h)) => {
+            (Device::Emu(_), DSlice::Host(h)) => {
                 // SAFETY: bounds checked above.
                 unsafe {
                     std::ptr::copy_nonoverlapping(v.as_ptr(), h.ptr.as_ptr().add(at), v.len())
@@ -207,7 +207,7 @@ impl Device {
                 }
                 .map_err(|e| anyhow!("launching {name}: {e}"))
             }
-            Device::Emu => emu::launch(name, grid, block, smem, ptrs),
+            Device::Emu(order) => emu::launch(name, grid, block, smem, *order, ptrs),
         }
     }
 
@@ -255,7 +255,7 @@ impl Device {
             }
             // SAFETY: the caller passes addresses of live emulator buffers of the sizes the
             // shapes imply (checked before the call).
-            Device::Emu => unsafe { emu::gemm(&g) },
+            Device::Emu(_) => unsafe { emu::gemm(&g) },
         }
     }
 

@@ -16,6 +16,7 @@ extern "C" {
         gz: u32,
         block: u32,
         smem: u32,
+        reverse: i32,
         args: *mut *mut c_void,
         err: *mut c_char,
         errlen: usize,
@@ -51,12 +52,23 @@ pub fn set_max_dynamic_smem(name: &str, bytes: usize) -> Result<()> {
     Ok(())
 }
 
+/// In which order the emulator runs a block's threads between barriers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Thread 0 first.
+    Forward,
+    /// The last thread first: exposes a read of another thread's write that lacks a barrier
+    /// and that the forward order happens to satisfy.
+    Reverse,
+}
+
 /// Runs kernel `name` to completion on this thread.
 pub fn launch(
     name: &str,
     grid: (u32, u32, u32),
     block: u32,
     smem: u32,
+    order: Order,
     ptrs: &mut [*mut c_void],
 ) -> Result<()> {
     let c = cname(name)?;
@@ -71,6 +83,7 @@ pub fn launch(
             grid.2,
             block,
             smem,
+            (order == Order::Reverse) as i32,
             ptrs.as_mut_ptr(),
             err.as_mut_ptr(),
             err.len(),
@@ -161,7 +174,33 @@ mod tests {
             .iter_mut()
             .map(|a| a as *mut u64 as *mut c_void)
             .collect();
-        launch(name, (grid, 1, 1), block, smem, &mut ptrs)
+        launch(name, (grid, 1, 1), block, smem, Order::Forward, &mut ptrs)
+    }
+
+    #[test]
+    fn the_reverse_order_exposes_a_race_the_forward_order_hides() {
+        let shifted = |order: Order, base: i32| {
+            let mut out = vec![0i32; 64];
+            let mut p = out.as_mut_ptr() as u64;
+            let mut b = base;
+            let mut ptrs = [
+                &mut p as *mut u64 as *mut c_void,
+                &mut b as *mut i32 as *mut c_void,
+            ];
+            launch("emu_test_racy_shift", (1, 1, 1), 64, 0, order, &mut ptrs).unwrap();
+            out
+        };
+        let want = |base: i32| (0..64).map(|t| base + t - 1).collect::<Vec<i32>>();
+        assert_eq!(
+            shifted(Order::Forward, 0),
+            want(0),
+            "forward hides the race"
+        );
+        // Each thread reads its lower neighbour's slot before that neighbour ran: the values
+        // of the previous launch (base 0), not this one's.
+        let rev = shifted(Order::Reverse, 1000);
+        assert_ne!(rev, want(1000), "reverse exposes the race");
+        assert_eq!(rev[63], 62, "thread 63 read launch 1's value");
     }
 
     fn bytes<T>(v: &mut [T]) -> &mut [u8] {

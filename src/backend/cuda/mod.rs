@@ -20,6 +20,7 @@ mod tensor;
 mod thought;
 
 pub use device::{DSlice, Elem};
+pub use emu::Order as EmuOrder;
 pub use tensor::{CudaKv, CudaTensor, CudaWeight, DBuf, DType};
 
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
@@ -189,6 +190,12 @@ impl Cuda {
     /// the same kernels/*.cu, compiled for the CPU, with an H100's SM count and shared-memory
     /// limits. Slow; for checking the backend on machines without a GPU.
     pub fn emulated() -> Result<Cuda> {
+        Self::emulated_in(EmuOrder::Forward)
+    }
+
+    /// `emulated`, running each block's threads in `order` between barriers (the reverse
+    /// order exposes reads of other threads' writes that lack a barrier).
+    pub fn emulated_in(order: EmuOrder) -> Result<Cuda> {
         for (file, fns) in FUNCTIONS {
             for f in *fns {
                 anyhow::ensure!(
@@ -200,9 +207,15 @@ impl Cuda {
         for k in BIG_SMEM_KERNELS {
             emu::set_max_dynamic_smem(k, emu::SMEM_OPTIN)?;
         }
+        let label = match order {
+            EmuOrder::Forward => "CUDA emulator (kernels/*.cu on the CPU, H100 limits)",
+            EmuOrder::Reverse => {
+                "CUDA emulator (kernels/*.cu on the CPU, H100 limits, threads in reverse order)"
+            }
+        };
         Ok(Self::with_device(
-            Device::Emu,
-            "CUDA emulator (kernels/*.cu on the CPU, H100 limits)".into(),
+            Device::Emu(order),
+            label.into(),
             emu::SM_COUNT,
             emu::SMEM_OPTIN,
         ))
@@ -224,7 +237,7 @@ impl Cuda {
 
     /// Whether this backend runs on the CUDA emulator rather than a GPU.
     pub fn is_emulated(&self) -> bool {
-        matches!(self.dev, Device::Emu)
+        matches!(self.dev, Device::Emu(_))
     }
 
     pub fn device_name(&self) -> &str {
