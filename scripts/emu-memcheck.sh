@@ -4,12 +4,12 @@
 # global-memory access shows as a valgrind error. The CPU-side stand-in for
 # `compute-sanitizer --tool memcheck`, which needs a GPU (gpu-bin/run.sh sanitize runs that).
 # Slow (valgrind is ~50x): about half an hour on two cores. Usage:
-#   scripts/emu-memcheck.sh [TEST_FILTER]        default: every body's cuda_emu instance
+#   scripts/emu-memcheck.sh [TEST_FILTER]        default (::cuda_emu$): every body on the emulator, forward order
 # Logs: target/emu-memcheck/*.log; exit status 1 if any body reports an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "error: valgrind is not installed" >&2; exit 2; }
-filter="${1:-cuda_emu}"
+filter="${1:-::cuda_emu$}"
 bin=$(cargo test --release --features cuda --no-run --test backend_dual --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
