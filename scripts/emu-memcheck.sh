@@ -3,7 +3,7 @@
 # body on the emulated CUDA backend, so that a kernel's out-of-bounds or uninitialised
 # global-memory access shows as a valgrind error. The CPU-side stand-in for
 # `compute-sanitizer --tool memcheck`, which needs a GPU (gpu-bin/run.sh sanitize runs that).
-# Slow (valgrind is ~50x): about half an hour on two cores. Usage:
+# Slow (valgrind is ~50x): about 25 minutes on two cores, most of it the sampler's body. Usage:
 #   scripts/emu-memcheck.sh [TEST_FILTER]        default (::cuda_emu$): every body on the emulator, forward order
 # Logs: target/emu-memcheck/*.log; exit status 1 if any body reports an error.
 set -euo pipefail
