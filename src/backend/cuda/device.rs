@@ -177,6 +177,7 @@ impl Device {
     }
 
     /// Queues (GPU) or runs (emulator) kernel `name`; `ptrs` point at its arguments in order.
+    /// A grid with a zero dimension launches nothing.
     pub fn launch(
         &self,
         name: &str,
@@ -185,6 +186,9 @@ impl Device {
         smem: u32,
         ptrs: &mut [*mut c_void],
     ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
         match self {
             Device::Gpu(g) => {
                 let f = g

@@ -274,7 +274,7 @@ impl Cuda {
     ) -> Result<()> {
         let mut vals = args.to_vec();
         let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(Arg::as_ptr).collect();
-        self.launch_raw(name, grid, block, smem, &mut ptrs)
+        self.dev.launch(name, grid, block, smem, &mut ptrs)
     }
 
     /// Queues kernel `name` whose only argument is the struct `p` (by value).
@@ -288,21 +288,7 @@ impl Cuda {
     ) -> Result<()> {
         let mut v = *p;
         let mut ptrs = [&mut v as *mut T as *mut c_void];
-        self.launch_raw(name, grid, block, smem, &mut ptrs)
-    }
-
-    fn launch_raw(
-        &self,
-        name: &str,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: u32,
-        ptrs: &mut [*mut c_void],
-    ) -> Result<()> {
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
-            return Ok(());
-        }
-        self.dev.launch(name, grid, block, smem, ptrs)
+        self.dev.launch(name, grid, block, smem, &mut ptrs)
     }
 
     /// A fresh f32 buffer (NaN-filled when poisoning is on).
