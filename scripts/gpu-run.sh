@@ -64,7 +64,12 @@ for s in "${steps[@]}"; do case "$s" in
 info)
     { nvidia-smi || true; } > "$logs/nvidia-smi.log" 2>&1
     head -n 12 "$logs/nvidia-smi.log"
-    run roofline 90 20 python3 "$here/roofline.py" ;;
+    run roofline 90 20 python3 "$here/roofline.py"
+    # ponder bench prints its rates against these too (beside hardware.md's H100 figures).
+    bw=$(sed -n 's/^measured copy bandwidth: \([0-9.]*\) TB\/s.*/\1/p' "$logs/roofline.log")
+    tf=$(sed -n 's/^measured bf16 GEMM: \([0-9.]*\) TFLOP\/s.*/\1/p' "$logs/roofline.log")
+    [[ -n "$bw" ]] && export PONDER_MEASURED_TBPS=$bw
+    [[ -n "$tf" ]] && export PONDER_MEASURED_TFLOPS=$tf ;;
 dual)
     run dual-tests 150 20 "${dual[@]}" ;;
 smoke)

@@ -1,6 +1,7 @@
 //! `ponder bench decode|prefill`: timings with the roofline beside them. The bytes and FLOPs
 //! come from the ledger over the timed steps (what the ops really moved and computed); the
-//! H100 ceilings (3.1 TB/s, 790 TFLOP/s bf16) are printed as percentages on CUDA.
+//! H100 ceilings (3.1 TB/s, 790 TFLOP/s bf16) are printed as percentages on CUDA, and the
+//! measured ones too when PONDER_MEASURED_TBPS / PONDER_MEASURED_TFLOPS give them.
 use super::{with_backend, Device, OnBackend};
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -10,11 +11,47 @@ use ponder::generate::Runner;
 use ponder::kv::SeqId;
 use ponder::model::config::Config;
 use ponder::model::source::load;
+use ponder::sample::Sampling;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub(super) const HBM_BYTES_PER_S: f64 = 3.1e12;
 pub(super) const BF16_FLOP_PER_S: f64 = 790e12;
+
+/// The ceilings measured on this machine, when given (gpu-bin/run.sh exports them from
+/// roofline.py: the lent GPU may not be hardware.md's H100): (bytes/s, FLOP/s).
+pub(super) fn measured_ceilings() -> (Option<f64>, Option<f64>) {
+    let get = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .map(|x| x * 1e12)
+    };
+    (get("PONDER_MEASURED_TBPS"), get("PONDER_MEASURED_TFLOPS"))
+}
+
+/// " (x% of the measured y TB/s)" for a rate in bytes/s, or "" without a measurement.
+pub(super) fn of_measured_bw(bytes_per_s: f64) -> String {
+    measured_ceilings().0.map_or(String::new(), |m| {
+        format!(
+            " ({:.1}% of the measured {:.3} TB/s)",
+            100.0 * bytes_per_s / m,
+            m / 1e12
+        )
+    })
+}
+
+/// " (x% of the measured y TFLOP/s)" for a rate in FLOP/s, or "" without a measurement.
+pub(super) fn of_measured_flops(flop_per_s: f64) -> String {
+    measured_ceilings().1.map_or(String::new(), |m| {
+        format!(
+            " ({:.1}% of the measured {:.1} TFLOP/s)",
+            100.0 * flop_per_s / m,
+            m / 1e12
+        )
+    })
+}
 
 #[derive(Subcommand, Clone)]
 pub enum What {
@@ -158,9 +195,12 @@ impl OnBackend for Bench {
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
                     let t = Instant::now();
+                    // A step as the engine runs it: the forward pass, then the next ids
+                    // sampled where the logits are (greedy; only the ids come back).
+                    let (u, vocab) = (vec![0.5; b], m.model.cfg.vocab_size);
                     for _ in 0..steps {
                         let out = r.extend(&step)?;
-                        be.to_host(&out.logits)?; // the step is done when its logits are
+                        be.sample_rows(&out.logits, vocab, Sampling::GREEDY, &u)?;
                     }
                     let secs = t.elapsed().as_secs_f64() / steps as f64;
                     let l = be
@@ -169,13 +209,16 @@ impl OnBackend for Bench {
                         .unwrap_or_else(|e| e.into_inner())
                         .since(&before);
                     let gbs = l.total().bytes as f64 / steps as f64 / secs;
-                    let pct = if on_gpu {
-                        format!("{:.1}", 100.0 * gbs / HBM_BYTES_PER_S)
+                    let (pct, meas) = if on_gpu {
+                        (
+                            format!("{:.1}", 100.0 * gbs / HBM_BYTES_PER_S),
+                            of_measured_bw(gbs),
+                        )
                     } else {
-                        "-".into()
+                        ("-".into(), String::new())
                     };
                     println!(
-                        "{b:>6} {:>10.3} {:>10.1} {:>10.2} {pct:>8}",
+                        "{b:>6} {:>10.3} {:>10.1} {:>10.2} {pct:>8}{meas}",
                         secs * 1e3,
                         b as f64 / secs,
                         gbs / 1e9
@@ -208,7 +251,11 @@ impl OnBackend for Bench {
                     .since(&before);
                 let tf = l.total().useful_flops as f64 / secs;
                 let pct = if on_gpu {
-                    format!(" ({:.1}% of 790)", 100.0 * tf / BF16_FLOP_PER_S)
+                    format!(
+                        " ({:.1}% of 790){}",
+                        100.0 * tf / BF16_FLOP_PER_S,
+                        of_measured_flops(tf)
+                    )
                 } else {
                     String::new()
                 };

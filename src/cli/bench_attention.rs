@@ -4,7 +4,7 @@
 //! shared prefix) are bound by reading the KV cache: GB/s against 3.1 TB/s. FLOPs and bytes
 //! are the ledger's counts over the timed launches, so they are what the kernels were charged
 //! with, not a formula of this file.
-use super::bench::{BF16_FLOP_PER_S, HBM_BYTES_PER_S};
+use super::bench::{of_measured_bw, of_measured_flops, BF16_FLOP_PER_S, HBM_BYTES_PER_S};
 use anyhow::{bail, Result};
 use ponder::backend::{AttnDims, Backend};
 use ponder::bench_cases as cases;
@@ -66,8 +66,16 @@ fn row(case: &str, shape: &str, secs: f64, c: Counts, memory_bound: bool, on_gpu
     let (tf, gbs) = (c.useful_flops as f64 / secs, c.bytes as f64 / secs);
     let pct = match (on_gpu, memory_bound) {
         (false, _) => "-".to_string(),
-        (true, true) => format!("{:.1}% of 3.1 TB/s", 100.0 * gbs / HBM_BYTES_PER_S),
-        (true, false) => format!("{:.1}% of 790 TFLOP/s", 100.0 * tf / BF16_FLOP_PER_S),
+        (true, true) => format!(
+            "{:.1}% of 3.1 TB/s{}",
+            100.0 * gbs / HBM_BYTES_PER_S,
+            of_measured_bw(gbs)
+        ),
+        (true, false) => format!(
+            "{:.1}% of 790 TFLOP/s{}",
+            100.0 * tf / BF16_FLOP_PER_S,
+            of_measured_flops(tf)
+        ),
     };
     println!(
         "{case:<14} {shape:<30} {:>10.3} {:>10.3} {:>10.3} {pct:>20}",
