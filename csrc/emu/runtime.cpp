@@ -181,46 +181,42 @@ bool runnable(const Launch& l, const Fiber& f) {
     }
 }
 
-// Hands the CPU straight to the next runnable fiber after the current one (round robin), or
-// back to the scheduler when there is none: then every fiber has exited, or the block is
-// deadlocked. Going fiber to fiber halves the switches of a barrier.
-void switch_away() {
+// Makes `f` the running fiber, suspending the current one (unless it is `f`).
+void resume(Fiber& f) {
+    Fiber* me = L->cur;
+    f.state = READY;
+    if (&f == me) return;
+    L->cur = &f;
+    cur_tid = &f.tid;
+    ctx_switch(me->ctx, f.ctx);
+}
+
+// Suspends the current fiber: hands the CPU straight to the next runnable fiber after it in
+// the launch's order (round robin), or back to the scheduler when there is none: then every
+// fiber has exited, or the block is deadlocked. Going fiber to fiber halves the switches of
+// a barrier.
+void yield() {
     Launch& l = *L;
     Fiber* me = l.cur;
     const int n = (int)l.fibers.size();
-    for (int k = 1; k <= n; ++k) {
+    for (int k = 1; k < n; ++k) {
         Fiber& f = l.fibers[l.reverse ? (me->linear - k + n) % n : (me->linear + k) % n];
-        if (&f != me && runnable(l, f)) {
-            f.state = READY;
-            l.cur = &f;
-            cur_tid = &f.tid;
-            ctx_switch(me->ctx, f.ctx);
-            return;
-        }
+        if (runnable(l, f)) return resume(f);
     }
     ctx_switch(me->ctx, l.sched);
 }
-
-void yield() { switch_away(); }
 
 // After a rendezvous completes: the fibers it released run in the launch's order from its
 // start (thread 0 first, or the last thread first), the one that completed it included, so
 // the order between two barriers is the same whoever arrived last.
 void restart_in_order() {
     Launch& l = *L;
-    Fiber* me = l.cur;
     const int n = (int)l.fibers.size();
     for (int k = 0; k < n; ++k) {
         Fiber& f = l.fibers[l.reverse ? n - 1 - k : k];
-        if (!runnable(l, f)) continue;
-        f.state = READY;
-        if (&f == me) return;
-        l.cur = &f;
-        cur_tid = &f.tid;
-        ctx_switch(me->ctx, f.ctx);
-        return;
+        if (runnable(l, f)) return resume(f);
     }
-    ctx_switch(me->ctx, l.sched);
+    ctx_switch(l.cur->ctx, l.sched);
 }
 
 void fiber_main() {
@@ -244,7 +240,7 @@ void fiber_main() {
                    " exited while other threads of its block wait at __syncthreads";
     }
     if (l->failed) ctx_switch(f->ctx, l->sched);
-    switch_away();  // never resumed
+    yield();  // never resumed
     abort();
 }
 

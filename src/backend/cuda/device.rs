@@ -58,12 +58,14 @@ unsafe impl<T: Send> Send for HostBuf<T> {}
 // SAFETY: as above.
 unsafe impl<T: Sync> Sync for HostBuf<T> {}
 
-impl<T: Elem> HostBuf<T> {
+impl<T> HostBuf<T> {
     fn layout(len: usize) -> std::alloc::Layout {
         let bytes = len.max(1) * std::mem::size_of::<T>().max(1);
         std::alloc::Layout::from_size_align(bytes, 256).expect("buffer layout")
     }
+}
 
+impl<T: Elem> HostBuf<T> {
     /// `len` elements of `byte` repeated (0xff: NaN for floats, like an unwritten buffer
     /// under poisoning; 0: zeros).
     fn filled(len: usize, byte: u8) -> Result<HostBuf<T>> {
@@ -88,10 +90,8 @@ impl<T: Elem> HostBuf<T> {
 
 impl<T> Drop for HostBuf<T> {
     fn drop(&mut self) {
-        let bytes = self.len.max(1) * std::mem::size_of::<T>().max(1);
-        let layout = std::alloc::Layout::from_size_align(bytes, 256).expect("buffer layout");
         // SAFETY: allocated in `filled` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout) };
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) };
     }
 }
 
