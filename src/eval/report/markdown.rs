@@ -214,36 +214,33 @@ fn study_section(out: &mut String, summaries: &[Summary]) {
     out.push('\n');
 }
 
+/// "- {label}: v1; v2\n" over the distinct `values`, or `none` without any.
+fn distinct_item<'a>(label: &str, values: impl Iterator<Item = &'a str>, none: &str) -> String {
+    let joined = join_distinct(values);
+    let shown = if joined.is_empty() {
+        none.to_string()
+    } else {
+        cell(&joined)
+    };
+    format!("- {label}: {shown}\n")
+}
+
 /// The text of `report.md`.
 pub fn render(records: &[Record], summaries: &[Summary]) -> String {
     let mut out = String::from("# ponder: GSM8K comparison of reasoning methods\n\n");
-    let models = join_distinct(records.iter().map(|r| r.model.as_str()));
-    writeln!(
-        out,
-        "- Model: {}",
-        if models.is_empty() {
-            "—".into()
-        } else {
-            cell(&models)
-        }
-    )
-    .unwrap();
-    let devices = join_distinct(
+    out.push_str(&distinct_item(
+        "Model",
+        records.iter().map(|r| r.model.as_str()),
+        "—",
+    ));
+    out.push_str(&distinct_item(
+        "Ran on",
         records
             .iter()
             .map(|r| r.device.as_str())
             .filter(|d| !d.is_empty()),
-    );
-    writeln!(
-        out,
-        "- Ran on: {}",
-        if devices.is_empty() {
-            "— (not recorded)".into()
-        } else {
-            cell(&devices)
-        }
-    )
-    .unwrap();
+        "— (not recorded)",
+    ));
     let mut prms: Vec<(String, Vec<String>)> = Vec::new();
     for s in summaries {
         if let Some(p) = &s.prm {
