@@ -16,7 +16,7 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "backend_dual":
         print(m["executable"])')
-[[ -x "$bin" ]] || { echo "error: cannot build tests/backend_dual.rs" >&2; exit 2; }
+[[ -x "$bin" ]] || { echo "error: cannot build tests/backend_dual/" >&2; exit 2; }
 mkdir -p target/emu-memcheck
 tests=$("$bin" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter")
 fail=0

@@ -6,7 +6,7 @@
 #     device run, carry gpu-bin:  bash gpu-bin/run.sh     # there; results under $OUT
 # run.sh does everything in one call inside a time budget, most important first (its header
 # lists the steps). Only the binaries that touch the GPU travel: the dual-backend tests
-# (tests/backend_dual.rs) and the criterion kernel benches; the other tests are the CPU
+# (tests/backend_dual/) and the criterion kernel benches; the other tests are the CPU
 # backend's and run in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ mkdir -p gpu-bin/tests
 # Debug info stripped everywhere; symbols kept (readable backtraces) where the budget allows.
 strip_copy() { objcopy "${3:---strip-debug}" "$1" "$2" 2>/dev/null || cp "$1" "$2"; chmod +x "$2"; }
 strip_copy target/release/ponder gpu-bin/ponder
-bin=$(sed -n 's/.*Executable tests\/backend_dual.rs (\(.*\))$/\1/p' "$log" | tail -1)
+bin=$(sed -n 's/.*Executable tests\/backend_dual\/main.rs (\(.*\))$/\1/p' "$log" | tail -1)
 [[ -n "$bin" ]] || { echo "error: no backend_dual test binary in cargo's output" >&2; exit 1; }
 strip_copy "$bin" gpu-bin/tests/backend_dual
 rm -f "$log"

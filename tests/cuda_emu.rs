@@ -5,7 +5,7 @@
 //! The CUDA backend holds weights and KV in bf16, the CPU backend in f32, so the sampled
 //! tokens differ; with `--fixed-lengths` the amount of work does not: the prompt, generated
 //! and thought token counts and the study's formula must equal the CPU backend's. (Exact
-//! useful FLOPs of the same shapes are compared op by op in tests/backend_dual.rs; here the
+//! useful FLOPs of the same shapes are compared op by op in tests/backend_dual/; here the
 //! texts differ, and with them e.g. the trailing whitespace the answer phase trims.)
 #![cfg(feature = "cuda")]
 use serde_json::Value;

@@ -1,0 +1,389 @@
+//! RoPE with the KV write, prefill, decode (split) and shared-prefix tree attention, page copies and the Quiet-STaR thought mask, against one naive attention reference.
+use super::*;
+
+/// An attention scenario: batches that only write K/V (`fills`, in order), then one batch
+/// (`main`) that writes its K/V and attends. Entries are (pos_start, n_tokens, page table).
+pub(crate) struct Scenario {
+    d: AttnDims,
+    ps: usize,
+    window: Option<usize>,
+    pages: usize,
+    fills: Vec<Vec<(usize, usize, Vec<u32>)>>,
+    main: Vec<(usize, usize, Vec<u32>)>,
+    seed: u64,
+}
+
+pub(crate) fn batch_of(
+    seqs: &[(usize, usize, Vec<u32>)],
+    ps: usize,
+    window: Option<usize>,
+) -> Batch {
+    let mut t = 0;
+    let seqs = seqs
+        .iter()
+        .map(|(p, n, pages)| {
+            let s = SeqSlice {
+                token_start: t,
+                n_tokens: *n,
+                pos_start: *p,
+                pages: pages.clone(),
+            };
+            t += n;
+            s
+        })
+        .collect();
+    Batch {
+        seqs,
+        page_size: ps,
+        sliding_window: window,
+    }
+}
+
+pub(crate) const LAYER: usize = 1;
+
+/// Runs the scenario on `be`: returns (q after RoPE, attention output, ledger of `main`).
+pub(crate) fn run_scenario<B: Backend>(
+    be: &B,
+    sc: &Scenario,
+) -> Result<(Vec<f32>, Vec<f32>, Ledger)> {
+    let d = sc.d;
+    let (qd, kd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    let mut kv = be.alloc_kv(KvShape {
+        layers: 2,
+        pages: sc.pages,
+        page_size: sc.ps,
+        kv_heads: d.kv_heads,
+        head_dim: d.head_dim,
+    })?;
+    let mut seed = sc.seed;
+    let mut step = |seqs: &[(usize, usize, Vec<u32>)], attend: bool| -> Result<_> {
+        let b = batch_of(seqs, sc.ps, sc.window);
+        let n = b.n_tokens();
+        seed += 3;
+        let mut q = be.tensor(n, qd, &rnd(seed, n * qd, 1.0))?;
+        let k = be.tensor(n, kd, &rnd(seed + 1, n * kd, 1.0))?;
+        let v = be.tensor(n, kd, &rnd(seed + 2, n * kd, 1.0))?;
+        clear(be);
+        be.rope_store_kv(&mut q, &k, &v, &mut kv, LAYER, &b, d)?;
+        if !attend {
+            return Ok(None);
+        }
+        let out = be.attention(&q, &kv, LAYER, &b, d)?;
+        Ok(Some((be.to_host(&q)?, be.to_host(&out)?)))
+    };
+    for f in &sc.fills {
+        step(f, false)?;
+    }
+    let (q, out) = step(&sc.main, true)?.expect("attended");
+    Ok((q, out, ledger(be)))
+}
+
+/// The same scenario on the host, in f64: (rotated q, attention output).
+pub(crate) fn reference(sc: &Scenario) -> (Vec<f32>, Vec<f32>) {
+    let d = sc.d;
+    let (hd, qd, kd) = (d.head_dim, d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    let mut slots: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; sc.pages * sc.ps];
+    let slot = |pages: &[u32], p: usize| pages[p / sc.ps] as usize * sc.ps + p % sc.ps;
+    let mut seed = sc.seed;
+    let mut result = (vec![], vec![]);
+    let all: Vec<_> = sc
+        .fills
+        .iter()
+        .map(|f| (f, false))
+        .chain([(&sc.main, true)])
+        .collect();
+    for (seqs, attend) in all {
+        let n: usize = seqs.iter().map(|s| s.1).sum();
+        seed += 3;
+        let (mut q, k, v) = (
+            rnd(seed, n * qd, 1.0),
+            rnd(seed + 1, n * kd, 1.0),
+            rnd(seed + 2, n * kd, 1.0),
+        );
+        let mut t = 0;
+        for (p0, cnt, pages) in seqs {
+            for i in 0..*cnt {
+                let pos = p0 + i;
+                rope_row(
+                    &mut q[(t + i) * qd..(t + i + 1) * qd],
+                    hd,
+                    pos,
+                    d.rope_theta,
+                );
+                let mut kr = k[(t + i) * kd..(t + i + 1) * kd].to_vec();
+                rope_row(&mut kr, hd, pos, d.rope_theta);
+                slots[slot(pages, pos)] = Some((kr, v[(t + i) * kd..(t + i + 1) * kd].to_vec()));
+            }
+            t += cnt;
+        }
+        if !attend {
+            continue;
+        }
+        let b = batch_of(seqs, sc.ps, sc.window);
+        let mut out = Vec::with_capacity(n * qd);
+        for (p0, cnt, pages) in seqs {
+            for i in 0..*cnt {
+                let pos = p0 + i;
+                let first = b.first_visible(pos);
+                let (mut ks, mut vs) = (vec![], vec![]);
+                for j in first..=pos {
+                    let (kr, vr) = slots[slot(pages, j)].as_ref().expect("key written");
+                    ks.extend_from_slice(kr);
+                    vs.extend_from_slice(vr);
+                }
+                let keys: Vec<usize> = (0..=pos - first).collect();
+                let row = out.len() / qd;
+                out.extend(naive_attn_row(
+                    &q[row * qd..(row + 1) * qd],
+                    &ks,
+                    &vs,
+                    &keys,
+                    d,
+                ));
+            }
+        }
+        result = (q, out);
+    }
+    result
+}
+
+pub(crate) fn check_scenario<B: Backend>(
+    be: &B,
+    tol: f32,
+    sc: &Scenario,
+    what: &str,
+) -> Result<()> {
+    let (q, out, l) = run_scenario(be, sc)?;
+    let (_, _, lc) = run_scenario(&Cpu::new(), sc)?;
+    assert_same_useful(&l, &lc);
+    let (wq, wout) = reference(sc);
+    assert_close(&q, &wq, tol.max(1e-5), &format!("{what}: rotated q"));
+    assert_close(&out, &wout, tol, &format!("{what}: attention"));
+    Ok(())
+}
+
+/// Page ids handed out in a scrambled order, so that tables are never contiguous.
+pub(crate) struct Pages(usize);
+impl Pages {
+    const N: usize = 400;
+    fn take(&mut self, n: usize) -> Vec<u32> {
+        let v = (self.0..self.0 + n).map(|i| ((i * 37 + 11) % Self::N) as u32);
+        self.0 += n;
+        v.collect()
+    }
+}
+
+pub(crate) fn op_rope_and_prefill_attention<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    for (hq, hk, hd, ps, window) in [
+        (4, 2, 16, 8, None),
+        (6, 2, 64, 16, Some(20)),
+        (8, 8, 32, 4, None),
+        (8, 2, 128, 16, None),
+    ] {
+        let mut pg = Pages(0);
+        let (a, b, c) = (pg.take(100usize.div_ceil(ps)), pg.take(1), pg.take(1));
+        let sc = Scenario {
+            d: dims(hq, hk, hd),
+            ps,
+            window,
+            pages: Pages::N,
+            fills: vec![vec![(0, 30, a.clone())]],
+            // A continued prefill over two query tiles, a fresh prompt, a first token, nothing.
+            main: vec![(30, 70, a), (0, 5.min(ps), b), (0, 1, c), (0, 0, vec![])],
+            seed: 100 + hd as u64,
+        };
+        check_scenario(
+            be,
+            tol,
+            &sc,
+            &format!("prefill hq{hq} hk{hk} hd{hd} ps{ps}"),
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn op_decode_attention_long<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    for window in [None, Some(257)] {
+        let mut pg = Pages(0);
+        let (a, b) = (pg.take(63), pg.take(19));
+        let sc = Scenario {
+            d: dims(8, 2, 64),
+            ps: 16,
+            window,
+            pages: Pages::N,
+            fills: vec![vec![(0, 1000, a.clone()), (0, 300, b.clone())]],
+            main: vec![(1000, 1, a), (300, 1, b)],
+            seed: 7,
+        };
+        check_scenario(be, tol, &sc, &format!("decode window {window:?}"))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn op_tree_attention<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    for (hq, hk, hd) in [(8, 2, 64), (16, 4, 128), (4, 2, 16)] {
+        let mut pg = Pages(0);
+        let shared = pg.take(9); // 144 keys, every page full
+        let own: Vec<Vec<u32>> = (0..3)
+            .map(|_| [shared.clone(), pg.take(2)].concat())
+            .collect();
+        let other = pg.take(3);
+        let sc = Scenario {
+            d: dims(hq, hk, hd),
+            ps: 16,
+            window: None,
+            pages: Pages::N,
+            fills: vec![
+                vec![(0, 144, shared.clone()), (0, 40, other.clone())],
+                vec![(144, 5, own[1].clone()), (144, 20, own[2].clone())],
+            ],
+            main: vec![
+                (144, 1, own[0].clone()),
+                (0, 3, other.clone()),
+                (149, 1, own[1].clone()),
+                (164, 1, own[2].clone()),
+            ],
+            seed: 11,
+        };
+        check_scenario(be, tol, &sc, &format!("tree hq{hq} hk{hk} hd{hd}"))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn op_copy_pages<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    let d = dims(4, 2, 16);
+    let (qd, kd) = (64, 32);
+    fn run<B: Backend>(be: &B, d: AttnDims, qd: usize, kd: usize) -> Result<Vec<f32>> {
+        let mut kv = be.alloc_kv(KvShape {
+            layers: 2,
+            pages: 8,
+            page_size: 8,
+            kv_heads: 2,
+            head_dim: 16,
+        })?;
+        let fill = batch_of(&[(0, 12, vec![2, 3])], 8, None);
+        let mut q = be.tensor(12, qd, &rnd(31, 12 * qd, 1.0))?;
+        let (k, v) = (rnd(32, 12 * kd, 1.0), rnd(33, 12 * kd, 1.0));
+        be.rope_store_kv(
+            &mut q,
+            &be.tensor(12, kd, &k)?,
+            &be.tensor(12, kd, &v)?,
+            &mut kv,
+            LAYER,
+            &fill,
+            d,
+        )?;
+        let copies = [
+            PageCopy {
+                src: 3,
+                dst: 5,
+                len: 4,
+            },
+            PageCopy {
+                src: 2,
+                dst: 6,
+                len: 8,
+            },
+        ];
+        be.copy_pages(&mut kv, &copies)?;
+        // The same next token on the original pages and on the copies.
+        let b = batch_of(&[(12, 1, vec![2, 3]), (12, 1, vec![6, 5])], 8, None);
+        let qr = rnd(34, qd, 1.0);
+        let (kr, vr) = (rnd(35, kd, 1.0), rnd(36, kd, 1.0));
+        let two = |x: &[f32]| [x, x].concat();
+        let mut q = be.tensor(2, qd, &two(&qr))?;
+        be.rope_store_kv(
+            &mut q,
+            &be.tensor(2, kd, &two(&kr))?,
+            &be.tensor(2, kd, &two(&vr))?,
+            &mut kv,
+            LAYER,
+            &b,
+            d,
+        )?;
+        be.to_host(&be.attention(&q, &kv, LAYER, &b, d)?)
+    }
+    clear(be);
+    let got = run(be, d, qd, kd)?;
+    let cpu = Cpu::new();
+    let want = run(&cpu, d, qd, kd)?;
+    assert_same_useful(&ledger(be), &ledger(&cpu));
+    assert_eq!(got[..qd], got[qd..], "attention over copied pages differs");
+    assert_close(&got[..qd], &want[..qd], tol, "copy_pages");
+    Ok(())
+}
+
+/// Quiet-STaR's thought-diagonal mask. Keys of depth d' and position j lie at d'·L + j.
+/// Everywhere: the naive predicate reference equals the trait's attention over page-size-1
+/// tables that list exactly the allowed keys (the incremental view). With CUDA: the
+/// diagonal-mask kernel equals the reference, with and without a sliding window.
+pub(crate) fn op_thought_mask_attention<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    for (hq, hk, hd, l, depth) in [(4, 2, 16, 70, 3), (8, 2, 64, 33, 1)] {
+        let d = dims(hq, hk, hd);
+        let (qd, kd, n) = (hq * hd, hk * hd, (depth + 1) * l);
+        let mut kv = be.alloc_kv(KvShape {
+            layers: 1,
+            pages: n,
+            page_size: 1,
+            kv_heads: hk,
+            head_dim: hd,
+        })?;
+        let all: Vec<u32> = (0..n as u32).collect();
+        let fill = batch_of(&[(0, n, all.clone())], 1, None);
+        let (k, v) = (rnd(41, n * kd, 1.0), rnd(42, n * kd, 1.0));
+        let mut scratch = be.tensor(n, qd, &vec![0.0; n * qd])?;
+        be.rope_store_kv(
+            &mut scratch,
+            &be.tensor(n, kd, &k)?,
+            &be.tensor(n, kd, &v)?,
+            &mut kv,
+            0,
+            &fill,
+            d,
+        )?;
+        let mut kh = k.clone();
+        for (p, r) in kh.chunks_mut(kd).enumerate() {
+            rope_row(r, hd, p, d.rope_theta);
+        }
+        let q = rnd(43, l * qd, 1.0);
+        let reference = |window: Option<usize>| -> Vec<f32> {
+            let mut out = Vec::new();
+            for i in 0..l {
+                let first = window.map_or(0, |w| (i + 1).saturating_sub(w));
+                let mut keys: Vec<usize> = (first..=i).collect();
+                keys.extend((1..=depth).map(|dd| dd * l + i));
+                out.extend(naive_attn_row(&q[i * qd..(i + 1) * qd], &kh, &v, &keys, d));
+            }
+            out
+        };
+        // The incremental view through the trait.
+        let seqs: Vec<(usize, usize, Vec<u32>)> = (0..l)
+            .map(|i| {
+                let mut t: Vec<u32> = (0..=i as u32).collect();
+                t.extend((1..=depth).map(|dd| (dd * l + i) as u32));
+                (i + depth, 1, t)
+            })
+            .collect();
+        let b = batch_of(&seqs, 1, None);
+        let qt = be.tensor(l, qd, &q)?;
+        clear(be);
+        let inc = be.to_host(&be.attention(&qt, &kv, 0, &b, d)?)?;
+        let inc_flops = ledger(be).total().useful_flops;
+        assert_close(
+            &inc,
+            &reference(None),
+            tol,
+            "thought mask: incremental view",
+        );
+        for window in [None, Some(20)] {
+            clear(be);
+            if let Some(got) = be.thought(&qt, &kv, &all, l, depth, window, d) {
+                assert_close(&got?, &reference(window), tol, "thought-diagonal kernel");
+                if window.is_none() {
+                    assert_eq!(ledger(be).total().useful_flops, inc_flops);
+                }
+            }
+        }
+    }
+    Ok(())
+}

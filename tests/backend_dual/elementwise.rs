@@ -1,0 +1,140 @@
+//! Embedding, RMSNorm (with and without the residual add), linear, SiLU·mul, add, gather.
+use super::*;
+
+pub(crate) fn op_embed<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    let (vocab, d) = (50, 24);
+    let table = bf16(&rnd(1, vocab * d, 1.0));
+    let ids: Vec<u32> = vec![3, 0, 49, 3, 17];
+    let got = with_flops(
+        be,
+        |b| {
+            let t = weight(b, &[vocab, d], &table);
+            b.to_host(&b.embed(&t, &ids)?)
+        },
+        |c| c.embed(&weight(c, &[vocab, d], &table), &ids).map(|_| ()),
+    )?;
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| table[i as usize * d..(i as usize + 1) * d].to_vec())
+        .collect();
+    assert_close(&got, &want, tol.min(1e-6), "embed");
+    let t = weight(be, &[vocab, d], &table);
+    assert!(be.embed(&t, &[50]).is_err(), "an id past the vocabulary");
+    Ok(())
+}
+
+pub(crate) fn op_rms_norm<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    let (n, d) = (5, 40);
+    let x = rnd(2, n * d, 3.0);
+    let w = bf16(&rnd(3, d, 1.0).iter().map(|v| 1.0 + v).collect::<Vec<_>>());
+    let run = |b: &B| -> Result<Vec<f32>> {
+        let xt = b.tensor(n, d, &x)?;
+        b.to_host(&b.rms_norm(&xt, &weight(b, &[d], &w), 1e-5)?)
+    };
+    let got = with_flops(be, run, |c| {
+        c.rms_norm(&c.tensor(n, d, &x)?, &weight(c, &[d], &w), 1e-5)
+            .map(|_| ())
+    })?;
+    assert_close(&got, &naive_rms(&x, d, &w, 1e-5), tol, "rms_norm");
+    Ok(())
+}
+
+pub(crate) fn op_add_rms_norm<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    let (n, d) = (4, 72);
+    let (r, x) = (rnd(4, n * d, 2.0), rnd(5, n * d, 2.0));
+    let w = bf16(&rnd(6, d, 1.0));
+    let run = |b: &B| -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut rt = b.tensor(n, d, &r)?;
+        let out = b.add_rms_norm(&mut rt, &b.tensor(n, d, &x)?, &weight(b, &[d], &w), 1e-6)?;
+        Ok((b.to_host(&out)?, b.to_host(&rt)?))
+    };
+    let (got, res) = with_flops(be, run, |c| {
+        let mut rt = c.tensor(n, d, &r)?;
+        c.add_rms_norm(&mut rt, &c.tensor(n, d, &x)?, &weight(c, &[d], &w), 1e-6)
+            .map(|_| ())
+    })?;
+    let sum: Vec<f32> = r.iter().zip(&x).map(|(a, b)| a + b).collect();
+    assert_close(&res, &sum, 1e-6, "add_rms_norm residual");
+    assert_close(&got, &naive_rms(&sum, d, &w, 1e-6), tol, "add_rms_norm");
+    Ok(())
+}
+
+pub(crate) fn op_linear<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    for (n, k, m) in [(7, 48, 33), (1, 64, 130), (70, 16, 8)] {
+        let x = rnd(7 + n as u64, n * k, 1.0);
+        let w = bf16(&rnd(8 + m as u64, m * k, 0.5));
+        let run = |b: &B| -> Result<Vec<f32>> {
+            b.to_host(&b.linear(&b.tensor(n, k, &x)?, &weight(b, &[m, k], &w))?)
+        };
+        let got = with_flops(be, run, |c| {
+            c.linear(&c.tensor(n, k, &x)?, &weight(c, &[m, k], &w))
+                .map(|_| ())
+        })?;
+        assert_close(&got, &naive_linear(&x, k, &w, m), tol, "linear");
+    }
+    Ok(())
+}
+
+pub(crate) fn op_silu_mul<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    let (n, d) = (6, 130);
+    let (g, u) = (rnd(9, n * d, 6.0), rnd(10, n * d, 2.0));
+    let run = |b: &B| -> Result<Vec<f32>> {
+        b.to_host(&b.silu_mul(&b.tensor(n, d, &g)?, &b.tensor(n, d, &u)?)?)
+    };
+    let got = with_flops(be, run, |c| {
+        c.silu_mul(&c.tensor(n, d, &g)?, &c.tensor(n, d, &u)?)
+            .map(|_| ())
+    })?;
+    let want: Vec<f32> = g
+        .iter()
+        .zip(&u)
+        .map(|(g, u)| (*g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64) as f32)
+        .collect();
+    assert_close(&got, &want, tol, "silu_mul");
+    Ok(())
+}
+
+pub(crate) fn op_add<B: Dual>(be: &B, _tol: f32) -> Result<()> {
+    let (n, d) = (3, 50);
+    let (a, b) = (rnd(11, n * d, 1.0), rnd(12, n * d, 1.0));
+    let got = with_flops(
+        be,
+        |be| {
+            let mut at = be.tensor(n, d, &a)?;
+            be.add(&mut at, &be.tensor(n, d, &b)?)?;
+            be.to_host(&at)
+        },
+        |c| c.add(&mut c.tensor(n, d, &a)?, &c.tensor(n, d, &b)?),
+    )?;
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_close(&got, &want, 1e-6, "add");
+    Ok(())
+}
+
+pub(crate) fn op_gather_rows<B: Dual>(be: &B, tol: f32) -> Result<()> {
+    let (n, d) = (9, 20);
+    let x = rnd(13, n * d, 1.0);
+    let rows = [8usize, 0, 3, 3];
+    let got = with_flops(
+        be,
+        |b| b.to_host(&b.gather_rows(&b.tensor(n, d, &x)?, &rows)?),
+        |c| c.gather_rows(&c.tensor(n, d, &x)?, &rows).map(|_| ()),
+    )?;
+    let want: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| x[r * d..(r + 1) * d].to_vec())
+        .collect();
+    assert_close(&got, &want, 1e-6, "gather_rows");
+    // bf16 activations (a norm's output) gather too.
+    let w = weight(be, &[d], &vec![1.0; d]);
+    let h = be.rms_norm(&be.tensor(n, d, &x)?, &w, 1e-5)?;
+    let g = be.to_host(&be.gather_rows(&h, &rows)?)?;
+    let all = be.to_host(&h)?;
+    let want: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| all[r * d..(r + 1) * d].to_vec())
+        .collect();
+    assert_close(&g, &want, tol.min(1e-6), "gather_rows (norm output)");
+    assert!(be.gather_rows(&h, &[9]).is_err());
+    Ok(())
+}

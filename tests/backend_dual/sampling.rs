@@ -1,0 +1,115 @@
+//! Device sampling (argmax, temperature, top-p, Gumbel) against a naive sampler given the same uniforms.
+use super::*;
+
+/// src/sample.rs's semantics written out plainly: sort, cut, walk.
+pub(crate) fn naive_sample(l: &[f32], limit: usize, s: Sampling, u: f64) -> u32 {
+    let l = &l[..limit];
+    let argmax = || {
+        let mut b = 0;
+        for i in 0..l.len() {
+            if l[i] > l[b] {
+                b = i;
+            }
+        }
+        b as u32
+    };
+    if s.temperature <= 0.0 || l.len() <= 1 {
+        return argmax();
+    }
+    let mx = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = l
+        .iter()
+        .map(|x| ((x - mx) as f64 / s.temperature as f64).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    let mut order: Vec<usize> = (0..l.len()).collect();
+    if s.top_p < 1.0 {
+        order.sort_by(|&a, &b| w[b].partial_cmp(&w[a]).unwrap().then(a.cmp(&b)));
+        let target = s.top_p.max(0.0) as f64 * total;
+        let mut acc = 0.0;
+        let mut keep = 0;
+        while keep < order.len() {
+            acc += w[order[keep]];
+            keep += 1;
+            if acc >= target {
+                break;
+            }
+        }
+        order.truncate(keep);
+    }
+    let mass: f64 = order.iter().map(|&i| w[i]).sum();
+    let mut r = u * mass;
+    for &i in &order {
+        r -= w[i];
+        if r < 0.0 {
+            return i as u32;
+        }
+    }
+    *order
+        .iter()
+        .rev()
+        .find(|&&i| w[i] > 0.0)
+        .unwrap_or(&order[0]) as u32
+}
+
+pub(crate) fn op_sampling<B: Dual>(be: &B, _tol: f32) -> Result<()> {
+    // A row narrower than the device's 1024-thread block, and one wider (each thread then
+    // scans several ids, so its own tie rule matters too).
+    sampling_case(be, (5, 300, 290), 4.0, 12)?;
+    sampling_case(be, (2, 3000, 2900), 0.5, 3)
+}
+
+/// `shape` = (rows, vocabulary, limit); logits in [-6, 6] on a grid of 1/`grid`.
+pub(crate) fn sampling_case<B: Dual>(
+    be: &B,
+    (rows, v, limit): (usize, usize, usize),
+    grid: f32,
+    draws: u64,
+) -> Result<()> {
+    // Logits on a coarse grid: many exact ties, which the id order must break.
+    let mut logits: Vec<f32> = rnd(51, rows * v, 6.0)
+        .iter()
+        .map(|x| (x * grid).round() / grid)
+        .collect();
+    logits[(rows - 1) * v + 7] = 40.0; // a dominant token
+    logits[(rows / 2) * v + limit + 5] = 90.0; // past the limit: never chosen
+    let t = be.tensor(rows, v, &logits)?;
+    let settings = [
+        Sampling::GREEDY,
+        Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+        },
+        Sampling {
+            temperature: 0.7,
+            top_p: 0.9,
+        },
+        Sampling {
+            temperature: 1.3,
+            top_p: 0.5,
+        },
+        Sampling {
+            temperature: 1.0,
+            top_p: 1e-4,
+        },
+    ];
+    for (si, s) in settings.iter().enumerate() {
+        for draw in 0..draws {
+            let u: Vec<f64> = (0..rows as u64)
+                .map(|r| ponder::rng::uniform(5, r * 16 + si as u64, draw))
+                .collect();
+            let cpu: Vec<u32> = (0..rows)
+                .map(|r| ponder::sample::sample(&logits[r * v..(r + 1) * v], limit, *s, u[r]).0)
+                .collect();
+            for r in 0..rows {
+                let want = naive_sample(&logits[r * v..(r + 1) * v], limit, *s, u[r]);
+                assert_eq!(cpu[r], want, "CPU sampler vs reference, {s:?} row {r}");
+                assert!((cpu[r] as usize) < limit);
+            }
+            // Backend::sample_rows: on the host for the CPU, on the device for CUDA.
+            let got = be.sample_rows(&t, limit, *s, &u)?;
+            assert_eq!(got, cpu, "{} sampler vs CPU, {s:?} draw {draw}", be.name());
+        }
+    }
+    Ok(())
+}
