@@ -2,6 +2,7 @@
 //! the small default model), `cuda` launches kernels/*.cu. Every op records its counts into the
 //! backend's FLOP ledger, computed from the shapes it ran on.
 pub mod cpu;
+mod cpu_linear;
 mod cpu_math;
 mod cpu_mix;
 #[cfg(feature = "cuda")]
