@@ -291,6 +291,7 @@ impl Device {
         // One stream, stream-ordered allocation: cudarc's per-buffer events are not needed.
         // SAFETY: called before any buffer exists; nothing is shared across streams.
         unsafe { ctx.disable_event_tracking() };
+        keep_pool_memory(&ctx);
         let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
         let blas = CudaBlas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
         Ok(Gpu {
@@ -300,5 +301,30 @@ impl Device {
             funcs: HashMap::new(),
             _modules: Vec::new(),
         })
+    }
+}
+
+/// Buffers come from the device's default memory pool (cudarc allocates stream-ordered). By
+/// default that pool hands freed memory back to the driver at every synchronisation, and ponder
+/// synchronises once a decode step (to read the sampled ids), so each step would map its
+/// scratch buffers afresh. A release threshold of "never" keeps freed memory in the pool for
+/// the next step, as the CUDA programming guide recommends for this pattern. Best effort: a
+/// device without memory pools allocates synchronously anyway.
+fn keep_pool_memory(ctx: &CudaContext) {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: plain driver calls on this context's device; `pool` and `never` outlive them.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            != sys::cudaError_enum::CUDA_SUCCESS
+            || pool.is_null()
+        {
+            return;
+        }
+        let mut never: u64 = u64::MAX;
+        let _ = sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut never as *mut u64 as *mut c_void,
+        );
     }
 }
