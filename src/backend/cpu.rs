@@ -1,6 +1,6 @@
 //! The CPU backend: f32 compute, multi-threaded with rayon. It is the reference every other
 //! backend is tested against, so clarity wins over cleverness except in the two hot paths
-//! (`linear` and `attention`).
+//! (`linear`, whose loops are in cpu_linear.rs, and `attention`).
 pub use super::cpu_math::{angles, inv_freq, rotate_half};
 use super::cpu_math::{axpy, dot, dot4, norm_row};
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
