@@ -426,16 +426,20 @@ pub fn decode<B: Backend>(
             .collect();
         let parts = stepper.logits(r, &mut live)?;
         r.be.set_phase(Phase::Sample);
+        // Checked before the rows are matched to branches, so a stepper that got it wrong is
+        // an error, not an out-of-range slice.
+        let rows: usize = parts.iter().map(|p| r.be.shape(p).0).sum();
+        anyhow::ensure!(rows == live.len(), "one logits row per live branch");
+        let u: Vec<f64> = live
+            .iter()
+            .map(|b| crate::rng::uniform(seed, b.stream, b.draws))
+            .collect();
         let mut ids = Vec::with_capacity(live.len());
         for part in &parts {
-            let (rows, _) = r.be.shape(part);
-            let u: Vec<f64> = live[ids.len()..ids.len() + rows]
-                .iter()
-                .map(|b| crate::rng::uniform(seed, b.stream, b.draws))
-                .collect();
-            ids.extend(r.be.sample_rows(part, vocab_limit, sampling, &u)?);
+            let at = ids.len();
+            let n = r.be.shape(part).0;
+            ids.extend(r.be.sample_rows(part, vocab_limit, sampling, &u[at..at + n])?);
         }
-        anyhow::ensure!(ids.len() == live.len(), "one logits row per live branch");
         for (b, id) in live.iter_mut().zip(ids) {
             b.draws += 1;
             if !rule.fixed_length && rule.stop_ids.contains(&id) {
