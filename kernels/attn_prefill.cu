@@ -1,6 +1,7 @@
 // Prefill attention: every query row of the sequences with several new tokens, over its
-// sequence's pages; causal with an optional sliding window (mode 0), or the Quiet-STaR
-// thought-diagonal mask as an analytic predicate (mode 1, see flash.cuh). GQA: query head h
+// sequence's pages; causal with an optional sliding window, or, per work item, a depth block of
+// Quiet-STaR's parallel thoughts with the thought-diagonal mask as an analytic predicate (see
+// flash.cuh). GQA: query head h
 // reads KV head h / group. Output bf16 [tokens, hq*hd] (the o_proj GEMM input).
 // Launch: grid (work items, hq), block 128, static shared memory 2*64*(hd+8)*2 bytes.
 #include "flash.cuh"

@@ -10,11 +10,12 @@
 // Work items (8 ints each, built on the host, which also counts executed FLOPs from them):
 //   [0] a        prefill: token row of the tile's first query; prefix: first member index
 //   [1] n_rows   prefill: valid query rows (<= 64);           prefix: members in the tile
-//   [2] qpos0    prefill: position of the first query row (thought mode: its index in block 0)
+//   [2] qpos0    prefill: position of the first query row (thought block: its index in block 0)
 //   [3] kt0, [4] kt1   key tiles [kt0, kt1) visited (all of them fully computed)
 //   [5] page_off offset of the sequence's page table in `pages`
-//   [6] kv_len   keys [0, kv_len) exist (thought mode: the block-0 length L)
-//   [7] out_slot prefix: the partial slot written
+//   [6] kv_len   keys [0, kv_len) exist (thought block: the block-0 length L)
+//   [7] prefill: depth d of a Quiet-STaR thought block (0: causal); prefix: the partial slot
+//       written
 // Grid: (items, hq) for prefill (blockIdx.y = query head), (items, hk) for prefix
 // (blockIdx.y = KV head; the tile's 64 rows are members × the group's query heads).
 #pragma once
@@ -44,9 +45,6 @@ struct FlashParams {
     int group;
     int page_size;
     int window;  // sliding window, 0 = none
-    int mode;    // 0 causal, 1 Quiet-STaR thought-diagonal mask
-    int tl;      // thought mode: positions per depth block (L)
-    int depth;   // thought mode: depth d of the query block
     int n_slots;
 };
 
@@ -94,7 +92,8 @@ __device__ __forceinline__ void flash_body(const FlashParams& P) {
 
     const int* it = P.items + 8 * blockIdx.x;
     const int a = it[0], n_rows = it[1], qpos0 = it[2], kt0 = it[3], kt1 = it[4];
-    const int kv_len = it[6], out_slot = it[7];
+    const int kv_len = it[6];
+    const int depth = PREFIX ? 0 : it[7], out_slot = PREFIX ? it[7] : 0;
     const uint32_t* pages = P.pages + it[5];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int kvh = PREFIX ? (int)blockIdx.y : (int)blockIdx.y / P.group;
@@ -225,15 +224,16 @@ __device__ __forceinline__ void flash_body(const FlashParams& P) {
         __syncthreads();  // the next tile overwrites Ks / Vs
     }
 
-    // Quiet-STaR thought mask: besides the block-0 prefix (the tiles above), the query at
-    // (position i, depth d) sees its own earlier thought tokens: keys d'·L + i, 1 <= d' <= d.
-    if (!PREFIX && P.mode == 1) {
-        for (int dd = 1; dd <= P.depth; ++dd) {
+    // Quiet-STaR thought block (depth d = item[7] > 0, L = kv_len): besides the block-0 prefix
+    // (the tiles above), the query at (position i, depth d) sees its own thought tokens: keys
+    // d'·L + i, 1 <= d' <= d (its own among them). The depth is the same for the whole item.
+    if (depth > 0) {
+        for (int dd = 1; dd <= depth; ++dd) {
             float dot[2];
             size_t off[2];
 #pragma unroll
             for (int rr = 0; rr < 2; ++rr) {
-                const int kk = dd * P.tl + (valid[rr] ? qpos[rr] : 0);
+                const int kk = dd * kv_len + (valid[rr] ? qpos[rr] : 0);
                 off[rr] = kv_offset(P.layer_off, kv_slot(pages, kk, P.page_size), P.hk, kvh, HD);
                 float acc = 0.0f;
                 if (valid[rr]) {

@@ -12,8 +12,9 @@
 //!
 //! Accounting: the shared pass is charged to a scratch ledger and then split among the
 //! problems, op by op, in proportion to what each op does per problem: matrix products by the
-//! rows and weights they multiply (tokens through the layers, one row per sequence through
-//! the LM head), attention by the (query, key) pairs it scores, row gathers by sequences, the
+//! rows and weights they multiply (tokens through the layers, each output row — a sequence's
+//! last token, every token of a thought block — through the LM head), attention by the
+//! (query, key) pairs it scores, row gathers by output rows, the
 //! rest by tokens. Useful FLOPs are linear in those quantities, so each problem gets exactly
 //! what its pass alone would count; the executed FLOPs and bytes of the GPU's tiles are
 //! apportioned the same way. Its wall time is split in proportion to useful FLOPs.
@@ -278,7 +279,7 @@ impl<'a, B: Backend> Batcher<'a, B> {
         let mut outs = Vec::with_capacity(g.len());
         let mut first = 0;
         for r in g {
-            let n = r.batch.seqs.len();
+            let n = r.batch.output_rows().len();
             let sel: Vec<usize> = (first..first + n).collect();
             outs.push(Output {
                 hidden: self.be.gather_rows(&out.hidden, &sel)?,
@@ -302,7 +303,11 @@ impl<'a, B: Backend> Batcher<'a, B> {
         let per_token = cfg.num_hidden_layers as u128 * (d * (q + 2 * kvd) + q * d + 3 * d * ff);
         let per_seq = cfg.vocab_size as u128 * d;
         let basis = |r: &Request<'a, B>, op: &str| -> u128 {
-            let (t, s) = (r.batch.n_tokens() as u128, r.batch.seqs.len() as u128);
+            // s: the rows the pass returns (one per sequence, all of a thought block's).
+            let (t, s) = (
+                r.batch.n_tokens() as u128,
+                r.batch.output_rows().len() as u128,
+            );
             match op {
                 "matmul" => t * per_token + s * per_seq,
                 "attention" | "attn_merge" => r.batch.attention_pairs() as u128,

@@ -2,7 +2,7 @@
 //! of `ponder bench attention` and of the criterion kernel benches (benches/kernels.rs). Each
 //! case is a query tensor, a one-layer paged KV cache filled with random keys and values, and
 //! the batch layout to run `Backend::attention` on.
-use crate::backend::{AttnDims, Backend, Batch, KvShape, SeqSlice};
+use crate::backend::{AttnDims, Backend, Batch, KvShape, SeqSlice, ThoughtBlock};
 use crate::rng::fill_uniform;
 use anyhow::Result;
 
@@ -11,12 +11,7 @@ pub const PAGE: usize = 16;
 
 /// A sequence's `n` new tokens at position `pos` over `pages`.
 pub fn slice(token_start: usize, n: usize, pos: usize, pages: Vec<u32>) -> SeqSlice {
-    SeqSlice {
-        token_start,
-        n_tokens: n,
-        pos_start: pos,
-        pages,
-    }
+    SeqSlice::new(token_start, n, pos, pages)
 }
 
 /// A batch of `seqs`, their token ranges laid end to end.
@@ -173,4 +168,27 @@ pub fn shared_prefix<B: Backend>(
         9,
         shape,
     )
+}
+
+/// Quiet-STaR's parallel thoughts: depth block `depth` of `len` positions (one query per
+/// position) over keys laid out in depth blocks, the diagonal mask of quiet-star.md.
+pub fn thought_block<B: Backend>(
+    be: &B,
+    d: AttnDims,
+    len: usize,
+    depth: usize,
+) -> Result<AttnCase<B>> {
+    let keys = (depth + 1) * len;
+    let p = pages(0, keys);
+    let mut kv = alloc_kv(be, d, p.len())?;
+    fill_kv(be, &mut kv, &batch(vec![slice(0, keys, 0, p.clone())]), d)?;
+    let mut s = slice(0, len, depth * len, p);
+    s.thought = Some(ThoughtBlock { len, depth });
+    let qd = d.heads * d.head_dim;
+    Ok(AttnCase {
+        q: be.tensor(len, qd, &fill_uniform(10, len * qd, 1.0))?,
+        kv,
+        batch: batch(vec![s]),
+        shape: format!("{len} positions, depth {depth}"),
+    })
 }

@@ -1,7 +1,7 @@
 //! Batched generation: a `Runner` owns a model's paged KV pool and runs ragged batches of
 //! sequences through the forward pass; `generate` prefills many prompts together, then decodes
 //! every live sequence one token per step until EOS, a stop string or the token limit.
-use crate::backend::{Backend, Batch, KvShape, SeqSlice};
+use crate::backend::{Backend, Batch, KvShape, SeqSlice, ThoughtBlock};
 use crate::batcher::{Batcher, Input};
 use crate::flops::Phase;
 use crate::kv::PageCopy;
@@ -156,6 +156,33 @@ impl<'a, B: Backend> Runner<'a, B> {
         Ok(out)
     }
 
+    /// One pass of Quiet-STaR's parallel thoughts: for each sequence `(seq, len)`, its depth
+    /// block `depth` (one new token per position, see `ThoughtBlock`), whose first `depth`
+    /// blocks are already written. `input` holds `len` ids or embedding rows per sequence, in
+    /// order. Returns hidden states and logits of every new token.
+    pub fn extend_thought(
+        &mut self,
+        seqs: &[(SeqId, usize)],
+        depth: usize,
+        input: Input,
+    ) -> Result<Output<B>> {
+        for &(s, len) in seqs {
+            let have = self.pool.len(s)?;
+            anyhow::ensure!(
+                len > 0 && have == depth * len,
+                "thought block {depth} of {len} positions needs {} tokens written, not {have}",
+                depth * len
+            );
+        }
+        let mut batch = self.reserve(seqs.iter().copied())?;
+        for (slice, &(_, len)) in batch.seqs.iter_mut().zip(seqs) {
+            slice.thought = Some(ThoughtBlock { len, depth });
+        }
+        let out = self.run(batch, input)?;
+        self.commit(seqs.iter().copied())?;
+        Ok(out)
+    }
+
     /// Reserves room for n new tokens in each sequence and lays out the ragged batch. All or
     /// nothing: when the pool runs short, what was reserved here is undone.
     pub fn reserve(&mut self, items: impl Iterator<Item = (SeqId, usize)>) -> Result<Batch> {
@@ -178,12 +205,8 @@ impl<'a, B: Backend> Runner<'a, B> {
             self.copy_pages(&copies)?;
             let pos_start = self.pool.len(s)?;
             let base = self.base();
-            seqs.push(SeqSlice {
-                token_start,
-                n_tokens: n,
-                pos_start,
-                pages: self.pool.pages(s)?.iter().map(|p| p + base).collect(),
-            });
+            let pages = self.pool.pages(s)?.iter().map(|p| p + base).collect();
+            seqs.push(SeqSlice::new(token_start, n, pos_start, pages));
             token_start += n;
             done.push((s, n));
         }

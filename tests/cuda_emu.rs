@@ -26,7 +26,17 @@ fn ponder(args: &[&str]) -> (bool, String, String) {
 }
 
 fn solve(method: &str, device: &str) -> Value {
-    let (ok, stdout, stderr) = ponder(&[
+    solve_with(
+        method,
+        device,
+        &["--votes", "2", "--max-tokens", "12", "--answer-tokens", "4"],
+    )
+}
+
+/// `ponder solve --json` on synthetic:tiny with fixed lengths and `sizes` (votes and token
+/// limits).
+fn solve_with(method: &str, device: &str, sizes: &[&str]) -> Value {
+    let mut args = vec![
         "solve",
         "--method",
         method,
@@ -35,14 +45,8 @@ fn solve(method: &str, device: &str) -> Value {
         "--device",
         device,
         "--fixed-lengths",
-        "--votes",
-        "2",
         "--width",
         "3",
-        "--max-tokens",
-        "12",
-        "--answer-tokens",
-        "4",
         "--step-tokens",
         "6",
         "--path-tokens",
@@ -50,7 +54,9 @@ fn solve(method: &str, device: &str) -> Value {
         "--question",
         Q,
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(sizes);
+    let (ok, stdout, stderr) = ponder(&args);
     assert!(ok, "{method} on {device} failed: {stderr}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{method} on {device}: {e}: {stdout}"))
 }
@@ -87,6 +93,29 @@ fn every_method_runs_on_the_emulated_cuda_backend_with_the_cpu_workload() {
             assert!(emu["prm_tokens"].as_u64().unwrap() > 0);
         }
     }
+}
+
+/// Quiet-STaR's parallel mode runs its depth blocks through attn_prefill's thought-diagonal
+/// mask: the same thought workload as on the CPU, and a thought at every position.
+#[test]
+fn quiet_star_parallel_mode_runs_on_the_emulated_cuda_backend() {
+    // Small: the emulator runs every position's thought of every step.
+    let small = ["--votes", "1", "--max-tokens", "3", "--answer-tokens", "1"];
+    let par = [&small[..], &["--quiet-mode", "parallel"]].concat();
+    let cpu = solve_with("quiet-star", "cpu", &par);
+    let emu = solve_with("quiet-star", "cuda-emu", &par);
+    let inc = solve_with("quiet-star", "cuda-emu", &small);
+    for key in ["prompt_tokens", "generated_tokens", "thought_tokens"] {
+        assert_eq!(emu[key], cpu[key], "parallel: {key}");
+    }
+    let thought = |v: &Value| v["thought_tokens"].as_u64().unwrap();
+    let prompt = emu["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        thought(&emu) > thought(&inc) * prompt / 2,
+        "parallel thinks at every position: {} vs {} thought tokens",
+        thought(&emu),
+        thought(&inc)
+    );
 }
 
 #[test]

@@ -355,14 +355,20 @@ impl Backend for Cpu {
             kv.shape.kv_heads == hk && kv.shape.head_dim == hd,
             "attention: KV shape differs"
         );
-        // For every token row: (sequence, position).
+        batch.check()?;
+        ensure!(
+            kv.shape.page_size == batch.page_size
+                && batch
+                    .seqs
+                    .iter()
+                    .flat_map(|s| &s.pages)
+                    .all(|&p| (p as usize) < kv.shape.pages),
+            "attention: the batch's pages do not fit the KV pool"
+        );
+        // For every token row: its sequence and the keys it sees.
         let mut who = Vec::with_capacity(nt);
         for (si, s) in batch.seqs.iter().enumerate() {
-            ensure!(
-                s.pages.len() * batch.page_size >= s.pos_start + s.n_tokens,
-                "attention: sequence {si} has too few pages for its length"
-            );
-            who.extend((0..s.n_tokens).map(|i| (si, s.pos_start + i)));
+            who.extend((0..s.n_tokens).map(|i| (si, batch.visible(s, i))));
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let ps = batch.page_size;
@@ -372,28 +378,30 @@ impl Backend for Cpu {
             .enumerate()
             .for_each(|(u, o)| {
                 let (t, g) = (u / hk, u % hk);
-                let (si, pos) = who[t];
+                let (si, vis) = who[t];
                 let pages = &batch.seqs[si].pages;
-                let first = batch.first_visible(pos);
-                let mut scores = vec![0.0f32; pos + 1 - first];
+                let at = |k: usize| {
+                    let j = vis.key(k);
+                    kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd
+                };
+                let mut scores = vec![0.0f32; vis.count()];
                 for qh in 0..group {
                     let h = g * group + qh;
                     let qv = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
-                    let key = |j: usize| {
-                        let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
-                        &kv.k[at..at + hd]
+                    let key = |k: usize| {
+                        let a = at(k);
+                        &kv.k[a..a + hd]
                     };
                     // Four keys at a time (dot4 gives dot's bits), then the rest.
                     let quads = scores.len() / 4 * 4;
                     for i in (0..quads).step_by(4) {
-                        let j = first + i;
-                        let v = dot4(qv, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
+                        let v = dot4(qv, [key(i), key(i + 1), key(i + 2), key(i + 3)]);
                         for (s, x) in scores[i..i + 4].iter_mut().zip(v) {
                             *s = x * scale;
                         }
                     }
                     for (i, s) in scores.iter_mut().enumerate().skip(quads) {
-                        *s = dot(qv, key(first + i)) * scale;
+                        *s = dot(qv, key(i)) * scale;
                     }
                     let mx = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0f32;
@@ -402,17 +410,19 @@ impl Backend for Cpu {
                         sum += *s;
                     }
                     let oh = &mut o[qh * hd..(qh + 1) * hd];
-                    for (s, j) in scores.iter().zip(first..=pos) {
-                        let at = kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd;
-                        axpy(oh, *s / sum, &kv.v[at..at + hd]);
+                    for (k, s) in scores.iter().enumerate() {
+                        let a = at(k);
+                        axpy(oh, *s / sum, &kv.v[a..a + hd]);
                     }
                 }
             });
         let pairs = batch.attention_pairs();
+        // K/V rows each sequence's queries read, together.
         let mut kv_rows = 0u64;
         for s in &batch.seqs {
             if s.n_tokens > 0 {
-                kv_rows += (s.pos_start + s.n_tokens - batch.first_visible(s.pos_start)) as u64;
+                let first = batch.visible(s, 0).first;
+                kv_rows += (s.pos_start + s.n_tokens - first) as u64;
             }
         }
         let (hq, hk, hd) = (hq as u64, hk as u64, hd as u64);

@@ -1,6 +1,7 @@
 //! One trait for the ops the forward pass needs; `cpu` is the reference (and fast enough for
 //! the small default model), `cuda` launches kernels/*.cu. Every op records its counts into the
 //! backend's FLOP ledger, computed from the shapes it ran on.
+mod batch;
 pub mod cpu;
 mod cpu_linear;
 mod cpu_math;
@@ -13,83 +14,7 @@ use crate::kv::PageCopy;
 use anyhow::Result;
 use std::sync::Mutex;
 
-/// Where the new tokens of one sequence sit in a ragged batch, and where its KV lives.
-#[derive(Clone, Debug)]
-pub struct SeqSlice {
-    /// Index of the sequence's first new token in the batch's token rows.
-    pub token_start: usize,
-    pub n_tokens: usize,
-    /// RoPE position of the first new token (= tokens already in the cache).
-    pub pos_start: usize,
-    /// The sequence's page table, covering pos_start + n_tokens tokens.
-    pub pages: Vec<u32>,
-}
-
-/// A ragged batch: the new tokens of several sequences, concatenated.
-#[derive(Clone, Debug)]
-pub struct Batch {
-    pub seqs: Vec<SeqSlice>,
-    pub page_size: usize,
-    /// Mistral's sliding window; None = full causal attention.
-    pub sliding_window: Option<usize>,
-}
-
-impl Batch {
-    pub fn n_tokens(&self) -> usize {
-        self.seqs.iter().map(|s| s.n_tokens).sum()
-    }
-
-    /// RoPE position of every token row.
-    pub fn positions(&self) -> Vec<u32> {
-        let mut p = Vec::with_capacity(self.n_tokens());
-        for s in &self.seqs {
-            p.extend((0..s.n_tokens).map(|i| (s.pos_start + i) as u32));
-        }
-        p
-    }
-
-    /// The KV slot (page · page_size + offset) every token row is written to.
-    pub fn slots(&self) -> anyhow::Result<Vec<u32>> {
-        let mut v = Vec::with_capacity(self.n_tokens());
-        for (si, s) in self.seqs.iter().enumerate() {
-            anyhow::ensure!(
-                s.pages.len() * self.page_size >= s.pos_start + s.n_tokens,
-                "sequence {si} of the batch has {} pages for {} tokens",
-                s.pages.len(),
-                s.pos_start + s.n_tokens
-            );
-            for i in 0..s.n_tokens {
-                let pos = s.pos_start + i;
-                v.push(
-                    s.pages[pos / self.page_size] * self.page_size as u32
-                        + (pos % self.page_size) as u32,
-                );
-            }
-        }
-        Ok(v)
-    }
-
-    /// The first key position a query at `pos` may see.
-    pub fn first_visible(&self, pos: usize) -> usize {
-        match self.sliding_window {
-            Some(w) if pos + 1 > w => pos + 1 - w,
-            _ => 0,
-        }
-    }
-
-    /// Allowed (query, key) pairs of causal attention over this batch, summed: the useful-FLOP
-    /// base of attention, identical for every backend.
-    pub fn attention_pairs(&self) -> u64 {
-        let mut n = 0u64;
-        for s in &self.seqs {
-            for i in 0..s.n_tokens {
-                let pos = s.pos_start + i;
-                n += (pos + 1 - self.first_visible(pos)) as u64;
-            }
-        }
-        n
-    }
-}
+pub use batch::{Batch, SeqSlice, ThoughtBlock, Visible};
 
 /// A parameter's shape: a vector or a matrix whose size matches its data.
 pub fn check_weight_shape(shape: &[usize], len: usize) -> Result<()> {

@@ -6,7 +6,7 @@
 //! with, not a formula of this file.
 use super::bench::{of_measured_bw, of_measured_flops, BF16_FLOP_PER_S, HBM_BYTES_PER_S};
 use anyhow::{bail, Result};
-use ponder::backend::{AttnDims, Backend};
+use ponder::backend::Backend;
 use ponder::bench_cases as cases;
 use ponder::flops::{Counts, Phase};
 use ponder::model::config::Config;
@@ -89,6 +89,9 @@ pub fn run<B: Backend + 'static>(be: &B, cfg: &Config, name: &str, s: &Sizes) ->
     if [s.tokens, s.batch, s.context, s.thought_len, s.iters].contains(&0) {
         bail!("--tokens, --batch, --context, --thought-len and --iters must be at least 1");
     }
+    if s.depth > 64 || s.thought_len > 1 << 20 {
+        bail!("--depth is at most 64 and --thought-len at most 1048576");
+    }
     let d = cfg.attn_dims();
     let on_gpu = be.name() != "cpu";
     println!(
@@ -109,8 +112,11 @@ pub fn run<B: Backend + 'static>(be: &B, cfg: &Config, name: &str, s: &Sizes) ->
     row("causal", &c.shape, secs, n, false, on_gpu);
     drop(c);
 
-    // The diagonal mask of Quiet-STaR's parallel thoughts (a kernel of the CUDA backend).
-    thought_case(be, d, s, on_gpu)?;
+    // The diagonal mask of Quiet-STaR's parallel thoughts.
+    let c = cases::thought_block(be, d, s.thought_len, s.depth)?;
+    let (secs, n) = time(be, s.iters, || c.run(be, d))?;
+    row("diagonal-mask", &c.shape, secs, n, false, on_gpu);
+    drop(c);
 
     be.set_phase(Phase::Decode);
     let c = cases::paged_decode(be, d, s.batch, s.context)?;
@@ -142,46 +148,4 @@ fn kv_elem_bytes(on_gpu: bool) -> f64 {
     } else {
         4.0
     }
-}
-
-#[cfg(feature = "cuda")]
-fn thought_case<B: Backend + 'static>(be: &B, d: AttnDims, s: &Sizes, on_gpu: bool) -> Result<()> {
-    let Some(cuda) = (be as &dyn std::any::Any).downcast_ref::<ponder::backend::cuda::Cuda>()
-    else {
-        return thought_skipped();
-    };
-    let (l, depth) = (s.thought_len, s.depth);
-    let keys = (depth + 1) * l;
-    let p = cases::pages(0, keys);
-    let mut kv = cases::alloc_kv(cuda, d, p.len())?;
-    let fill = cases::batch(vec![cases::slice(0, keys, 0, p.clone())]);
-    cases::fill_kv(cuda, &mut kv, &fill, d)?;
-    let qd = d.heads * d.head_dim;
-    let q = cuda.tensor(l, qd, &ponder::rng::fill_uniform(10, l * qd, 1.0))?;
-    let (secs, c) = time(cuda, s.iters, || {
-        cuda.thought_attention(&q, &kv, 0, &p, l, depth, None, d)
-    })?;
-    let shape = format!("{l} positions, depth {depth}");
-    row("diagonal-mask", &shape, secs, c, false, on_gpu);
-    Ok(())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn thought_case<B: Backend + 'static>(
-    _be: &B,
-    _d: AttnDims,
-    s: &Sizes,
-    _on_gpu: bool,
-) -> Result<()> {
-    // The sizes are the CUDA case's; nothing to run here.
-    let _ = (s.thought_len, s.depth);
-    thought_skipped()
-}
-
-fn thought_skipped() -> Result<()> {
-    println!(
-        "{:<14} (a CUDA kernel: the CPU backend realises the mask with page tables instead)",
-        "diagonal-mask"
-    );
-    Ok(())
 }

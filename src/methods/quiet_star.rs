@@ -1,12 +1,15 @@
-//! Quiet-STaR inference (quiet-star.md), incremental mode: before each output token every
+//! Quiet-STaR inference (quiet-star.md). Incremental mode: before each output token every
 //! live branch forks a thought branch that shares its pages, feeds the start marker, samples
 //! the thought tokens one by one, feeds the end marker, and the talk head mixes the hidden
-//! states with and without the thought. The thought's pages are dropped afterwards.
+//! states with and without the thought. The thought's pages are dropped afterwards. Parallel
+//! mode does the same at every position at once, in depth blocks of a scratch sequence whose
+//! attention is the thought-diagonal mask (`ThoughtBlock`).
 use crate::backend::{Backend, TalkHead, WeightData};
+use crate::batcher::Input;
 use crate::flops::Phase;
 use crate::generate::Runner;
 use crate::kv::SeqId;
-use crate::model::llama::{Model, ParamSource, Synthetic};
+use crate::model::llama::{Model, Output, ParamSource, Synthetic};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Weights;
 use crate::rng::{child_stream, uniform};
@@ -130,9 +133,9 @@ pub enum Mode {
     Incremental,
     /// The reference computation: a thought at every position of the sequence at once, the
     /// base pass recomputed for every position, in n_ahead passes over all L positions; the
-    /// last position's mixed logits give the output token. The diagonal mask is realised by
-    /// page tables: position i's rows see the real prefix ≤ i (shared pages) and their own
-    /// earlier thought tokens, nothing else.
+    /// last position's mixed logits give the output token. Each pass is one depth block of a
+    /// scratch sequence whose attention is the thought-diagonal mask (`ThoughtBlock`):
+    /// position i sees the real prefix ≤ i and its own earlier thought tokens, nothing else.
     Parallel,
 }
 
@@ -162,11 +165,47 @@ impl<'q, B: Backend> ThoughtStep<'q, B> {
     }
 }
 
-/// One thought to run: the sequence it extends, and where its random draws come from.
+/// One thought to run: where its tokens go, and where its random draws come from.
 struct Row {
-    seq: SeqId,
     stream: u64,
     counter: u64,
+}
+
+/// Where the thoughts' tokens go: one forked sequence per row (incremental), or one scratch
+/// sequence per branch laid out in depth blocks of its L positions (parallel).
+enum Layout {
+    Forks(Vec<SeqId>),
+    Blocks(Vec<(SeqId, usize)>),
+}
+
+impl Layout {
+    /// Feeds pass `depth` of every thought: one id or embedding row per thought row.
+    fn feed<B: Backend>(
+        &self,
+        r: &mut Runner<'_, B>,
+        depth: usize,
+        input: Input,
+    ) -> Result<Output<B>> {
+        match (self, input) {
+            (Layout::Blocks(b), input) => r.extend_thought(b, depth, input),
+            (Layout::Forks(seqs), Input::Rows(rows)) => r.extend_embedded(seqs, &rows),
+            (Layout::Forks(seqs), Input::Ids(ids)) => {
+                let items: Vec<(SeqId, &[u32])> = seqs
+                    .iter()
+                    .zip(&ids)
+                    .map(|(k, t)| (*k, std::slice::from_ref(t)))
+                    .collect();
+                r.extend(&items)
+            }
+        }
+    }
+
+    fn seqs(&self) -> Vec<SeqId> {
+        match self {
+            Layout::Forks(s) => s.clone(),
+            Layout::Blocks(b) => b.iter().map(|(s, _)| *s).collect(),
+        }
+    }
 }
 
 impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
@@ -184,54 +223,55 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
         }
         r.be.set_phase(Phase::Decode);
         let (_, mut h_base) = forward_items(r, &items)?;
-        // 2. The thought rows: per branch one (incremental) or one per position (parallel),
-        //    each forked from the branch and sharing its pages.
+        // 2. The thought rows: per branch one (incremental: a fork sharing the branch's
+        //    pages) or one per position (parallel: the positions of a scratch sequence).
         let mut rows: Vec<Row> = Vec::new();
         let mut last_rows = Vec::with_capacity(live.len());
+        let mut layout = match self.mode {
+            Mode::Incremental => Layout::Forks(Vec::new()),
+            Mode::Parallel => Layout::Blocks(Vec::new()),
+        };
         let res = (|| -> Result<Vec<f32>> {
             for b in live.iter() {
                 let own = child_stream(b.stream, THOUGHT_STREAM);
-                let positions = match self.mode {
-                    Mode::Incremental => vec![b.all.len() - 1],
-                    Mode::Parallel => (0..b.all.len()).collect(),
-                };
-                for &i in &positions {
-                    let (k, copies) = r.pool.fork(b.seq, 1)?;
-                    r.copy_pages(&copies)?;
-                    if self.mode == Mode::Parallel {
-                        r.pool.truncate(k[0], i)?;
+                let l = b.all.len();
+                match &mut layout {
+                    Layout::Forks(f) => {
+                        let (k, copies) = r.pool.fork(b.seq, 1)?;
+                        f.push(k[0]);
+                        r.copy_pages(&copies)?;
                     }
+                    Layout::Blocks(bl) => bl.push((r.pool.create(), l)),
+                }
+                let positions = match self.mode {
+                    Mode::Incremental => l - 1..l,
+                    Mode::Parallel => 0..l,
+                };
+                for i in positions {
                     // The output's thought keeps the branch's own draws in both modes.
-                    let stream = if i + 1 == b.all.len() {
+                    let stream = if i + 1 == l {
                         own
                     } else {
                         child_stream(own, i as u64 + 1)
                     };
                     rows.push(Row {
-                        seq: k[0],
                         stream,
                         counter: b.draws * 64,
                     });
                 }
                 last_rows.push(rows.len() - 1);
             }
-            if self.mode == Mode::Parallel {
-                // Recompute the base pass of every position, as the reference does.
-                let mut feed = Vec::with_capacity(rows.len());
-                let mut k = 0;
-                for b in live.iter() {
-                    for i in 0..b.all.len() {
-                        feed.push((rows[k].seq, vec![b.all[i]]));
-                        k += 1;
-                    }
-                }
+            if let Layout::Blocks(_) = layout {
+                // Depth 0: the base pass of every position, recomputed as the reference does.
+                let ids = live.iter().flat_map(|b| b.all.iter().copied()).collect();
                 r.be.set_phase(Phase::Decode);
-                h_base = forward_items(r, &feed)?.1;
+                let out = layout.feed(r, 0, Input::Ids(ids))?;
+                h_base = r.be.to_host(&out.hidden)?;
             }
-            self.think(r, &rows, d)
+            self.think(r, &layout, &rows, d)
         })();
-        for row in &rows {
-            r.pool.free(row.seq)?;
+        for s in layout.seqs() {
+            r.pool.free(s)?;
         }
         let h_end = res?;
         // 3. Mix and project (every row: the reference mixes every position).
@@ -255,24 +295,31 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
     }
 
     fn extra_pages(&self, b: &Branch, page_size: usize) -> usize {
-        // Each thought row: its copy of a partial page plus the thought's own pages.
-        let rows = match self.mode {
-            Mode::Incremental => 1,
-            Mode::Parallel => b.all.len(),
-        };
-        rows * ((self.qs.sampled + 2).div_ceil(page_size) + 1)
+        let thought = self.qs.sampled + 2;
+        match self.mode {
+            // The fork's copy of a partial page plus the thought's own pages.
+            Mode::Incremental => thought.div_ceil(page_size) + 1,
+            // The scratch sequence: the base block and one block per thought token.
+            Mode::Parallel => ((thought + 1) * b.all.len()).div_ceil(page_size),
+        }
     }
 }
 
 impl<B: Backend> ThoughtStep<'_, B> {
-    /// Feeds the start marker, samples and feeds the thought tokens, feeds the end marker;
-    /// returns the end marker's final hidden state for each row.
-    fn think(&mut self, r: &mut Runner<'_, B>, rows: &[Row], d: usize) -> Result<Vec<f32>> {
+    /// Feeds the start marker, samples and feeds the thought tokens, feeds the end marker
+    /// (passes 1 to sampled + 2 of `layout`); returns the end marker's final hidden state for
+    /// each row.
+    fn think(
+        &mut self,
+        r: &mut Runner<'_, B>,
+        layout: &Layout,
+        rows: &[Row],
+        d: usize,
+    ) -> Result<Vec<f32>> {
         let n = rows.len();
-        let seqs: Vec<SeqId> = rows.iter().map(|row| row.seq).collect();
         r.be.set_phase(Phase::Thought);
         let starts: Vec<f32> = (0..n).flat_map(|_| self.qs.start.iter().copied()).collect();
-        let mut out = r.extend_embedded(&seqs, &starts)?;
+        let mut out = layout.feed(r, 1, Input::Rows(starts))?;
         let any = Sampling {
             temperature: 1.0,
             top_p: 1.0,
@@ -290,15 +337,10 @@ impl<B: Backend> ThoughtStep<'_, B> {
                 }
             };
             r.be.set_phase(Phase::Thought);
-            let items: Vec<(SeqId, &[u32])> = seqs
-                .iter()
-                .zip(&next)
-                .map(|(k, t)| (*k, std::slice::from_ref(t)))
-                .collect();
-            out = r.extend(&items)?;
+            out = layout.feed(r, 2 + s, Input::Ids(next))?;
         }
         let ends: Vec<f32> = (0..n).flat_map(|_| self.qs.end.iter().copied()).collect();
-        let out = r.extend_embedded(&seqs, &ends)?;
+        let out = layout.feed(r, self.qs.sampled + 2, Input::Rows(ends))?;
         self.thought_tokens += (n * (self.qs.sampled + 2)) as u64;
         let h = r.be.to_host(&out.hidden)?;
         anyhow::ensure!(

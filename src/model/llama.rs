@@ -27,8 +27,9 @@ pub struct Model<B: Backend> {
     pub lm_head: Option<B::Weight>,
 }
 
-/// What a forward pass returns: for the last token of every sequence, the final hidden state
-/// (after the last RMSNorm) and the logits.
+/// What a forward pass returns: for the last token of every sequence (every token of a
+/// thought block, see `Batch::output_rows`), the final hidden state (after the last RMSNorm)
+/// and the logits.
 pub struct Output<B: Backend> {
     pub hidden: B::Tensor,
     pub logits: B::Tensor,
@@ -142,12 +143,8 @@ impl<B: Backend> Model<B> {
             };
             h = be.add_rms_norm(&mut x, &dn, next_norm, eps)?;
         }
-        // Only each sequence's last token needs logits.
-        let last: Vec<usize> = batch
-            .seqs
-            .iter()
-            .map(|s| s.token_start + s.n_tokens - 1)
-            .collect();
+        // Only each sequence's last token needs logits (every token of a thought block).
+        let last = batch.output_rows();
         let hidden = if last.len() == batch.n_tokens() {
             h
         } else {

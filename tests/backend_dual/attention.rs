@@ -1,4 +1,5 @@
-//! RoPE with the KV write, prefill, decode (split) and shared-prefix tree attention, page copies and the Quiet-STaR thought mask, against one naive attention reference.
+//! RoPE with the KV write, prefill, decode (split) and shared-prefix tree attention, and page
+//! copies, against one naive attention reference.
 use super::*;
 
 /// An attention scenario: batches that only write K/V (`fills`, in order), then one batch
@@ -22,12 +23,7 @@ pub(crate) fn batch_of(
     let seqs = seqs
         .iter()
         .map(|(p, n, pages)| {
-            let s = SeqSlice {
-                token_start: t,
-                n_tokens: *n,
-                pos_start: *p,
-                pages: pages.clone(),
-            };
+            let s = SeqSlice::new(t, *n, *p, pages.clone());
             t += n;
             s
         })
@@ -173,7 +169,7 @@ impl Pages {
     }
 }
 
-pub(crate) fn op_rope_and_prefill_attention<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_rope_and_prefill_attention<B: Backend>(be: &B, tol: f32) -> Result<()> {
     for (hq, hk, hd, ps, window) in [
         (4, 2, 16, 8, None),
         (6, 2, 64, 16, Some(20)),
@@ -202,7 +198,7 @@ pub(crate) fn op_rope_and_prefill_attention<B: Dual>(be: &B, tol: f32) -> Result
     Ok(())
 }
 
-pub(crate) fn op_decode_attention_long<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_decode_attention_long<B: Backend>(be: &B, tol: f32) -> Result<()> {
     for window in [None, Some(257)] {
         let mut pg = Pages(0);
         let (a, b) = (pg.take(63), pg.take(19));
@@ -220,7 +216,7 @@ pub(crate) fn op_decode_attention_long<B: Dual>(be: &B, tol: f32) -> Result<()> 
     Ok(())
 }
 
-pub(crate) fn op_tree_attention<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_tree_attention<B: Backend>(be: &B, tol: f32) -> Result<()> {
     for (hq, hk, hd) in [(8, 2, 64), (16, 4, 128), (4, 2, 16)] {
         let mut pg = Pages(0);
         let shared = pg.take(9); // 144 keys, every page full
@@ -250,7 +246,7 @@ pub(crate) fn op_tree_attention<B: Dual>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn op_copy_pages<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_copy_pages<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let d = dims(4, 2, 16);
     let (qd, kd) = (64, 32);
     fn run<B: Backend>(be: &B, d: AttnDims, qd: usize, kd: usize) -> Result<Vec<f32>> {
@@ -310,80 +306,5 @@ pub(crate) fn op_copy_pages<B: Dual>(be: &B, tol: f32) -> Result<()> {
     assert_same_useful(&ledger(be), &ledger(&cpu));
     assert_eq!(got[..qd], got[qd..], "attention over copied pages differs");
     assert_close(&got[..qd], &want[..qd], tol, "copy_pages");
-    Ok(())
-}
-
-/// Quiet-STaR's thought-diagonal mask. Keys of depth d' and position j lie at d'·L + j.
-/// Everywhere: the naive predicate reference equals the trait's attention over page-size-1
-/// tables that list exactly the allowed keys (the incremental view). With CUDA: the
-/// diagonal-mask kernel equals the reference, with and without a sliding window.
-pub(crate) fn op_thought_mask_attention<B: Dual>(be: &B, tol: f32) -> Result<()> {
-    for (hq, hk, hd, l, depth) in [(4, 2, 16, 70, 3), (8, 2, 64, 33, 1)] {
-        let d = dims(hq, hk, hd);
-        let (qd, kd, n) = (hq * hd, hk * hd, (depth + 1) * l);
-        let mut kv = be.alloc_kv(KvShape {
-            layers: 1,
-            pages: n,
-            page_size: 1,
-            kv_heads: hk,
-            head_dim: hd,
-        })?;
-        let all: Vec<u32> = (0..n as u32).collect();
-        let fill = batch_of(&[(0, n, all.clone())], 1, None);
-        let (k, v) = (rnd(41, n * kd, 1.0), rnd(42, n * kd, 1.0));
-        let mut scratch = be.tensor(n, qd, &vec![0.0; n * qd])?;
-        be.rope_store_kv(
-            &mut scratch,
-            &be.tensor(n, kd, &k)?,
-            &be.tensor(n, kd, &v)?,
-            &mut kv,
-            0,
-            &fill,
-            d,
-        )?;
-        let mut kh = k.clone();
-        for (p, r) in kh.chunks_mut(kd).enumerate() {
-            rope_row(r, hd, p, d.rope_theta);
-        }
-        let q = rnd(43, l * qd, 1.0);
-        let reference = |window: Option<usize>| -> Vec<f32> {
-            let mut out = Vec::new();
-            for i in 0..l {
-                let first = window.map_or(0, |w| (i + 1).saturating_sub(w));
-                let mut keys: Vec<usize> = (first..=i).collect();
-                keys.extend((1..=depth).map(|dd| dd * l + i));
-                out.extend(naive_attn_row(&q[i * qd..(i + 1) * qd], &kh, &v, &keys, d));
-            }
-            out
-        };
-        // The incremental view through the trait.
-        let seqs: Vec<(usize, usize, Vec<u32>)> = (0..l)
-            .map(|i| {
-                let mut t: Vec<u32> = (0..=i as u32).collect();
-                t.extend((1..=depth).map(|dd| (dd * l + i) as u32));
-                (i + depth, 1, t)
-            })
-            .collect();
-        let b = batch_of(&seqs, 1, None);
-        let qt = be.tensor(l, qd, &q)?;
-        clear(be);
-        let inc = be.to_host(&be.attention(&qt, &kv, 0, &b, d)?)?;
-        let inc_flops = ledger(be).total().useful_flops;
-        assert_close(
-            &inc,
-            &reference(None),
-            tol,
-            "thought mask: incremental view",
-        );
-        for window in [None, Some(20)] {
-            clear(be);
-            if let Some(got) = be.thought(&qt, &kv, &all, l, depth, window, d) {
-                assert_close(&got?, &reference(window), tol, "thought-diagonal kernel");
-                if window.is_none() {
-                    assert_eq!(ledger(be).total().useful_flops, inc_flops);
-                }
-            }
-        }
-    }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Embedding, RMSNorm (with and without the residual add), linear, SiLU·mul, add, gather.
 use super::*;
 
-pub(crate) fn op_embed<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_embed<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let (vocab, d) = (50, 24);
     let table = bf16(&rnd(1, vocab * d, 1.0));
     let ids: Vec<u32> = vec![3, 0, 49, 3, 17];
@@ -23,7 +23,7 @@ pub(crate) fn op_embed<B: Dual>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn op_rms_norm<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_rms_norm<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let (n, d) = (5, 40);
     let x = rnd(2, n * d, 3.0);
     let w = bf16(&rnd(3, d, 1.0).iter().map(|v| 1.0 + v).collect::<Vec<_>>());
@@ -39,7 +39,7 @@ pub(crate) fn op_rms_norm<B: Dual>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn op_add_rms_norm<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_add_rms_norm<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let (n, d) = (4, 72);
     let (r, x) = (rnd(4, n * d, 2.0), rnd(5, n * d, 2.0));
     let w = bf16(&rnd(6, d, 1.0));
@@ -59,7 +59,7 @@ pub(crate) fn op_add_rms_norm<B: Dual>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn op_linear<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_linear<B: Backend>(be: &B, tol: f32) -> Result<()> {
     for (n, k, m) in [(7, 48, 33), (1, 64, 130), (70, 16, 8)] {
         let x = rnd(7 + n as u64, n * k, 1.0);
         let w = bf16(&rnd(8 + m as u64, m * k, 0.5));
@@ -75,7 +75,7 @@ pub(crate) fn op_linear<B: Dual>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn op_silu_mul<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_silu_mul<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let (n, d) = (6, 130);
     let (g, u) = (rnd(9, n * d, 6.0), rnd(10, n * d, 2.0));
     let run = |b: &B| -> Result<Vec<f32>> {
@@ -94,7 +94,7 @@ pub(crate) fn op_silu_mul<B: Dual>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn op_add<B: Dual>(be: &B, _tol: f32) -> Result<()> {
+pub(crate) fn op_add<B: Backend>(be: &B, _tol: f32) -> Result<()> {
     let (n, d) = (3, 50);
     let (a, b) = (rnd(11, n * d, 1.0), rnd(12, n * d, 1.0));
     let got = with_flops(
@@ -111,7 +111,7 @@ pub(crate) fn op_add<B: Dual>(be: &B, _tol: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn op_gather_rows<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_gather_rows<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let (n, d) = (9, 20);
     let x = rnd(13, n * d, 1.0);
     let rows = [8usize, 0, 3, 3];

@@ -22,53 +22,17 @@ mod elementwise;
 mod helpers;
 mod model;
 mod sampling;
+mod thought;
 use attention::*;
 use elementwise::*;
 use helpers::*;
 use model::*;
 use sampling::*;
+use thought::*;
 
 const CPU_TOL: f32 = 1e-4;
 #[cfg(feature = "cuda")]
 const GPU_TOL: f32 = 2e-2;
-
-/// What a body needs beyond the trait: the CUDA-only op (None on the CPU).
-trait Dual: Backend + Sized {
-    #[allow(clippy::too_many_arguments)]
-    fn thought(
-        &self,
-        _q: &Self::Tensor,
-        _kv: &Self::Kv,
-        _pages: &[u32],
-        _l: usize,
-        _depth: usize,
-        _window: Option<usize>,
-        _dims: AttnDims,
-    ) -> Option<Result<Vec<f32>>> {
-        None
-    }
-}
-
-impl Dual for Cpu {}
-
-#[cfg(feature = "cuda")]
-impl Dual for ponder::backend::cuda::Cuda {
-    fn thought(
-        &self,
-        q: &Self::Tensor,
-        kv: &Self::Kv,
-        pages: &[u32],
-        l: usize,
-        depth: usize,
-        window: Option<usize>,
-        dims: AttnDims,
-    ) -> Option<Result<Vec<f32>>> {
-        Some(
-            self.thought_attention(q, kv, 0, pages, l, depth, window, dims)
-                .and_then(|t| self.to_host(&t)),
-        )
-    }
-}
 
 macro_rules! dual_test {
     ($($body:ident),* $(,)?) => {$(

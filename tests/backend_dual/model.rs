@@ -1,7 +1,7 @@
 //! The Quiet-STaR mixing head and the whole forward pass of a tiny model.
 use super::*;
 
-pub(crate) fn op_talk_mix<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn op_talk_mix<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let (n, d) = (3, 32);
     let (hb, he) = (rnd(61, n * d, 1.0), rnd(62, n * d, 1.0));
     let p = |s, len, b| bf16(&rnd(s, len, b));
@@ -136,7 +136,7 @@ pub(crate) fn naive_forward(
 /// pages: the tree path on CUDA), and two decode steps; all logits and hidden states against
 /// the CPU backend, the second prompt's against the plain forward pass, and the useful FLOPs
 /// of the whole run against the CPU's.
-pub(crate) fn model_forward_tiny<B: Dual>(be: &B, tol: f32) -> Result<()> {
+pub(crate) fn model_forward_tiny<B: Backend>(be: &B, tol: f32) -> Result<()> {
     use ponder::generate::Runner;
     use ponder::model::config::Config;
     use ponder::model::llama::{Model, Synthetic};

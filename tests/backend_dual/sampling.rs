@@ -52,7 +52,7 @@ pub(crate) fn naive_sample(l: &[f32], limit: usize, s: Sampling, u: f64) -> u32 
         .unwrap_or(&order[0]) as u32
 }
 
-pub(crate) fn op_sampling<B: Dual>(be: &B, _tol: f32) -> Result<()> {
+pub(crate) fn op_sampling<B: Backend>(be: &B, _tol: f32) -> Result<()> {
     // A row narrower than the device's 1024-thread block, and one wider (each thread then
     // scans several ids, so its own tie rule matters too).
     sampling_case(be, (5, 300, 290), 4.0, 12)?;
@@ -60,7 +60,7 @@ pub(crate) fn op_sampling<B: Dual>(be: &B, _tol: f32) -> Result<()> {
 }
 
 /// `shape` = (rows, vocabulary, limit); logits in [-6, 6] on a grid of 1/`grid`.
-pub(crate) fn sampling_case<B: Dual>(
+pub(crate) fn sampling_case<B: Backend>(
     be: &B,
     (rows, v, limit): (usize, usize, usize),
     grid: f32,

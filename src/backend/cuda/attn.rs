@@ -2,8 +2,8 @@
 //! lists the kernels run over, and the FLOP accounting of each launch.
 //!
 //! A batch's sequences with several new tokens go through attn_prefill (flash attention over
-//! their pages). Sequences with one new token are decoded by attn_decode, split over the keys;
-//! when two or more of them start with the same pages (forked branches) and share at least
+//! their pages), and so do Quiet-STaR's thought blocks (the diagonal mask, per work item).
+//! Sequences with one new token are decoded by attn_decode, split over the keys; when two or more of them start with the same pages (forked branches) and share at least
 //! TREE_MIN keys, that prefix is attended once for all of them by attn_prefix (tensor cores)
 //! and only each branch's own keys by attn_decode; attn_merge combines the parts by LSE.
 //! The work lists depend only on the batch and the dims, so they are built and uploaded once
@@ -36,9 +36,6 @@ pub(crate) struct FlashParams {
     pub(crate) group: i32,
     pub(crate) page_size: i32,
     pub(crate) window: i32,
-    pub(crate) mode: i32,
-    pub(crate) tl: i32,
-    pub(crate) depth: i32,
     pub(crate) n_slots: i32,
 }
 
@@ -67,7 +64,7 @@ pub(crate) struct DecodeParams {
     direct: i32,
 }
 
-const _: () = assert!(std::mem::size_of::<FlashParams>() == 128);
+const _: () = assert!(std::mem::size_of::<FlashParams>() == 112);
 const _: () = assert!(std::mem::size_of::<DecodeParams>() == 112);
 
 impl Cuda {
@@ -216,16 +213,18 @@ impl Cuda {
             p.items = meta.prefill.ptr();
             let name = format!("attn_prefill_hd{hd}");
             self.launch_struct(&name, (meta.n_prefill as u32, hq as u32, 1), 128, 0, &p)?;
-            let t = meta.prefill_tiles;
+            // Tiles are computed whole; a thought block's own keys are read one by one
+            // (K and V, bf16) and cost two exps each.
+            let (t, x) = (meta.prefill_tiles, meta.thought_keys);
             self.record(
                 "attention",
                 Counts {
                     calls: 1,
                     useful_flops: crate::backend::attention_useful_flops(meta.prefill_pairs, dims),
-                    executed_flops: 4 * hd64 * hq64 * t * tile,
+                    executed_flops: 4 * hd64 * hq64 * (t * tile + x),
                     bytes: meta.prefill_rows * hq64 * hd64 * (4 + 2)
-                        + t * BK as u64 * hd64 * 4 * hq64,
-                    transcendentals: t * (tile + BQ as u64) * hq64,
+                        + (t * BK as u64 + x) * hd64 * 4 * hq64,
+                    transcendentals: (t * (tile + BQ as u64) + 2 * x) * hq64,
                 },
             );
         }

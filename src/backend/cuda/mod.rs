@@ -17,7 +17,6 @@ mod ops;
 mod plan;
 mod sample;
 mod tensor;
-mod thought;
 
 pub use device::{DSlice, Elem};
 pub use emu::Order as EmuOrder;

@@ -26,6 +26,8 @@ pub(crate) struct BatchMeta {
     pub(crate) prefill_rows: u64,
     pub(crate) prefill_tiles: u64,
     pub(crate) prefill_pairs: u64,
+    /// Thought keys (beyond the tiles) the prefill items' queries read: rows × depth.
+    pub(crate) thought_keys: u64,
     pub(crate) decode: DSlice<i32>,
     pub(crate) n_decode: usize,
     pub(crate) decode_keys: u64,
@@ -55,10 +57,15 @@ fn encode(batch: &Batch, dims: AttnDims) -> Vec<u64> {
         batch.seqs.len() as u64,
     ];
     for s in &batch.seqs {
+        let (tl, depth) = s
+            .thought
+            .map_or((u64::MAX, 0), |t| (t.len as u64, t.depth as u64));
         k.extend([
             s.token_start as u64,
             s.n_tokens as u64,
             s.pos_start as u64,
+            tl,
+            depth,
             s.pages.len() as u64,
         ]);
         k.extend(s.pages.iter().map(|&p| p as u64));
@@ -108,11 +115,8 @@ impl Cuda {
         let group = hq / hk;
         let mut page_off = Vec::with_capacity(batch.seqs.len());
         let mut pages: Vec<u32> = Vec::new();
-        for (si, s) in batch.seqs.iter().enumerate() {
-            ensure!(
-                s.pages.len() * ps >= s.pos_start + s.n_tokens,
-                "attention: sequence {si} has too few pages for its length"
-            );
+        batch.check()?;
+        for s in &batch.seqs {
             page_off.push(pages.len() as i32);
             pages.extend(&s.pages);
         }
@@ -120,16 +124,21 @@ impl Cuda {
         let slots = batch.slots()?;
         let max_slot = slots.iter().map(|&s| s as usize + 1).max().unwrap_or(0);
         ensure!(
-            pos.iter().all(|&p| p < i32::MAX as u32),
+            pos.iter().all(|&p| p < i32::MAX as u32)
+                && batch
+                    .seqs
+                    .iter()
+                    .all(|s| s.pos_start + s.n_tokens < i32::MAX as usize),
             "attention: positions beyond 2^31"
         );
 
         let mut prefill = Vec::new();
         let (mut prefill_rows, mut prefill_tiles, mut prefill_pairs) = (0u64, 0u64, 0u64);
+        let mut thought_keys = 0u64;
         let mut decode: Vec<[i32; 4]> = Vec::new();
         let mut dec_pages: Vec<&[u32]> = Vec::new();
         for (si, s) in batch.seqs.iter().enumerate() {
-            if s.n_tokens == 1 {
+            if s.n_tokens == 1 && s.thought.is_none() {
                 let p = s.pos_start;
                 decode.push([
                     s.token_start as i32,
@@ -140,10 +149,17 @@ impl Cuda {
                 dec_pages.push(&s.pages);
                 continue;
             }
+            // A thought block's tiles cover block 0 (keys below len, query positions 0..len);
+            // the kernel adds each query's own thought keys (item[7] = depth, see flash.cuh).
+            let (kv_len, depth) = match s.thought {
+                Some(t) => (t.len, t.depth),
+                None => (s.pos_start + s.n_tokens, 0),
+            };
             for r0 in (0..s.n_tokens).step_by(BQ) {
                 let rows = BQ.min(s.n_tokens - r0);
-                let q0 = s.pos_start + r0;
-                let (kt0, kt1) = (batch.first_visible(q0) / BK, (q0 + rows - 1) / BK + 1);
+                let v0 = batch.visible(s, r0);
+                let q0 = v0.pos;
+                let (kt0, kt1) = (v0.first / BK, (q0 + rows - 1) / BK + 1);
                 prefill.extend([
                     (s.token_start + r0) as i32,
                     rows as i32,
@@ -151,13 +167,14 @@ impl Cuda {
                     kt0 as i32,
                     kt1 as i32,
                     page_off[si],
-                    (s.pos_start + s.n_tokens) as i32,
-                    0,
+                    kv_len as i32,
+                    depth as i32,
                 ]);
                 prefill_rows += rows as u64;
                 prefill_tiles += (kt1 - kt0) as u64;
-                for p in q0..q0 + rows {
-                    prefill_pairs += (p + 1 - batch.first_visible(p)) as u64;
+                thought_keys += (rows * depth) as u64;
+                for i in r0..r0 + rows {
+                    prefill_pairs += batch.visible(s, i).count() as u64;
                 }
             }
         }
@@ -262,6 +279,7 @@ impl Cuda {
             prefill_rows,
             prefill_tiles,
             prefill_pairs,
+            thought_keys,
             decode: self.upload(&flat)?,
             n_decode,
             decode_keys,
