@@ -8,7 +8,8 @@
 # its minimum is skipped and listed as such. Steps, in order:
 #   info        nvidia-smi; the measured ceilings (roofline.py: copy bandwidth, bf16 GEMM)
 #   dual        the dual-backend tests, CUDA half (each kernel and the forward pass vs the CPU)
-#   smoke       generate on synthetic:tiny and on synthetic:mistral-7b (weight upload time)
+#   smoke       generate on synthetic:tiny and on synthetic:mistral-7b (weight upload time);
+#               Quiet-STaR's parallel mode on synthetic:tiny
 #   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B)
 #   eval        the four methods, --fixed-lengths, synthetic:mistral-7b, 2 problems in flight
 #   sanitize    compute-sanitizer memcheck and racecheck over the dual-backend CUDA tests
@@ -76,7 +77,11 @@ smoke)
     run smoke-tiny 30 5 "$P" generate --model synthetic:tiny --device "$DEV" \
         --prompt "2+2=" --max-tokens 8 --temperature 0 --flops
     run smoke-mistral 120 30 "$P" generate "${M[@]}" --prompt "2+2=" --max-tokens 16 \
-        --temperature 0 ;;
+        --temperature 0
+    # Quiet-STaR's parallel mode: thought blocks through attn_prefill's diagonal mask.
+    run smoke-parallel 40 5 "$P" solve --model synthetic:tiny --device "$DEV" \
+        --method quiet-star --quiet-mode parallel --fixed-lengths --votes 1 --max-tokens 4 \
+        --answer-tokens 1 --question "Tom has 3 apples and buys 4 more. How many now?" ;;
 bench)
     run bench-decode 120 40 "$P" bench decode "${M[@]}" --batch 1,16 --context 512 --steps 32
     run bench-prefill 100 40 "$P" bench prefill "${M[@]}" --tokens 2048
