@@ -71,6 +71,7 @@ pub fn build(root: &Path, out: &Path, sources: &[PathBuf]) {
         .collect();
     jobs.push((table_path.clone(), table_path.with_extension("o"), false));
     jobs.push((emu.join("runtime.cpp"), out.join("emu_runtime.o"), false));
+    jobs.push((emu.join("smem.cpp"), out.join("emu_smem.o"), false));
     super::parallel(&jobs, |(src, obj, shim)| {
         let mut cmd = Command::new(&cxx);
         if *shim {

@@ -162,8 +162,8 @@ extern "C" __global__ void attn_merge(const float* __restrict__ o_part,
                                       const float* __restrict__ lse_part,
                                       const int* __restrict__ items, bf16* __restrict__ out,
                                       int n_slots, int hq, int hd) {
-    __shared__ float w[MERGE_MAX_SLOTS];
-    __shared__ float den;
+    STATIC_SMEM(float, w, MERGE_MAX_SLOTS);
+    STATIC_SMEM(float, den, 1);
     const int item = blockIdx.x, head = blockIdx.y;
     const size_t base = (size_t)item * n_slots * hq + head;  // slot s: base + s * hq
     if (threadIdx.x == 0) {
@@ -175,7 +175,7 @@ extern "C" __global__ void attn_merge(const float* __restrict__ o_part,
             w[s] = l == NEG_INF ? 0.0f : expf(l - mx);
             sum += w[s];
         }
-        den = sum;
+        den[0] = sum;
     }
     __syncthreads();
     const int q_row = items[4 * item];
@@ -183,6 +183,6 @@ extern "C" __global__ void attn_merge(const float* __restrict__ o_part,
         float num = 0.0f;
         for (int s = 0; s < n_slots; ++s)
             if (w[s] != 0.0f) num += w[s] * o_part[(base + (size_t)s * hq) * hd + d];
-        out[(size_t)q_row * hq * hd + head * hd + d] = f2bf(num / den);
+        out[(size_t)q_row * hq * hd + head * hd + d] = f2bf(num / den[0]);
     }
 }

@@ -8,12 +8,17 @@ typedef __nv_bfloat16 bf16;
 
 #define NEG_INF (__int_as_float(0xff800000))
 
-// The launch's dynamic shared memory as `T name[]` (the CPU emulator, csrc/emu, hands out a
-// buffer of its own instead).
+// The launch's dynamic shared memory as `T name[]`, and a static shared array `T name[n]`
+// (16-byte aligned). The CPU emulator (csrc/emu/smem.cpp) hands out arrays of its own
+// instead: poisoned at every block's start and fenced by guards checked at its end.
 #ifdef PONDER_EMU
 #define DYNAMIC_SMEM(T, name) T* const name = (T*)::emu::dyn_smem
+#define STATIC_SMEM(T, name, n)        \
+    static char name##_emu_site;       \
+    T* const name = (T*)::emu::static_smem(&name##_emu_site, #name, sizeof(T) * (n))
 #else
 #define DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#define STATIC_SMEM(T, name, n) __shared__ __align__(16) T name[n]
 #endif
 
 __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }

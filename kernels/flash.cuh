@@ -86,7 +86,7 @@ __device__ __forceinline__ void flash_body(const FlashParams& P) {
     constexpr int NT = BK / 8;   // n-tiles of S
     constexpr int ND = HD / 8;   // n-tiles of O
     static_assert(HD % 16 == 0, "head_dim must be a multiple of 16");
-    __shared__ __align__(16) bf16 smem[2 * BK * LD];
+    STATIC_SMEM(bf16, smem, 2 * BK * LD);
     bf16* Ks = smem;
     bf16* Vs = smem + BK * LD;
 

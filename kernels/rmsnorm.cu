@@ -18,7 +18,7 @@ __device__ __forceinline__ void norm_write(const float* __restrict__ r, const bf
 
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const bf16* __restrict__ w,
                                     bf16* __restrict__ out, int d, float eps) {
-    __shared__ float scratch[32];
+    STATIC_SMEM(float, scratch, 32);
     const size_t row = blockIdx.x;
     norm_write(x + row * d, w, out + row * d, d, eps, scratch);
 }
@@ -26,7 +26,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const bf16* __r
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const float* __restrict__ x,
                                         const bf16* __restrict__ w, bf16* __restrict__ out, int d,
                                         float eps) {
-    __shared__ float scratch[32];
+    STATIC_SMEM(float, scratch, 32);
     const size_t row = blockIdx.x;
     float* r = residual + row * d;
     const float* xr = x + row * d;

@@ -116,9 +116,9 @@ __device__ void pick_tied(const double* w, int limit, unsigned long long tau, in
 }
 
 extern "C" __global__ void __launch_bounds__(SB) sample_rows(const SampleParams P) {
-    __shared__ double dsh[32];
-    __shared__ int ish[32];
-    __shared__ float fsh[32];
+    STATIC_SMEM(double, dsh, 32);
+    STATIC_SMEM(int, ish, 32);
+    STATIC_SMEM(float, fsh, 32);
     const size_t row = blockIdx.x;
     const float* l = P.logits + row * P.ld;
     uint32_t* out = P.out + row;

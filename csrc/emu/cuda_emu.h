@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -33,9 +34,9 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// One block runs at a time on an OS thread, all its fibers on that thread: a thread-local
-// static is exactly one block's shared memory (and launches from other threads get theirs).
-#define __shared__ static thread_local
+// Shared memory comes from smem.cpp, fresh, poisoned and fenced for every block: kernels
+// declare it with STATIC_SMEM / DYNAMIC_SMEM (kernels/common.cuh), never __shared__ itself.
+#define __shared__ _Pragma("GCC error \"declare shared memory with STATIC_SMEM (kernels/common.cuh)\"")
 
 struct uint3 {
     unsigned x, y, z;
@@ -50,6 +51,14 @@ extern thread_local const uint3* cur_tid;
 extern thread_local uint3 block_idx;
 extern thread_local dim3 block_dim, grid_dim;
 extern thread_local unsigned char* dyn_smem;
+
+// smem.cpp. The calling block's array for the declaration `site` (placed, poisoned and
+// fenced on first use); the launch's and block's set-up; the guards' verdict at a block's
+// end ("" when intact).
+void* static_smem(const void* site, const char* name, size_t bytes);
+unsigned char* smem_begin_launch(size_t dyn_bytes);
+void smem_begin_block();
+std::string smem_end_block();
 
 void syncthreads();
 // Every lane of the calling thread's warp deposits `n` (<= 64) bytes from `in`; once all 32

@@ -449,8 +449,7 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
         if (!s) return emu_error(err, errlen, "cannot map fiber stacks");
         stacks.v.push_back(s);
     }
-    std::vector<unsigned char> shm(smem + 16);
-    unsigned char* base = (unsigned char*)(((uintptr_t)shm.data() + 15) & ~(uintptr_t)15);
+    unsigned char* base = smem_begin_launch(smem);
     Launch l{};
     l.thunk = k->thunk;
     l.reverse = reverse != 0;
@@ -464,9 +463,12 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
         for (unsigned y = 0; y < gy && rc == 0; ++y)
             for (unsigned x = 0; x < gx && rc == 0; ++x) {
                 block_idx = uint3{x, y, z};
-                // Uninitialised shared memory reads as NaN (0xff bytes), like poisoned buffers.
-                memset(base, 0xff, smem);
-                if (!run_block(l, block)) {
+                // Uninitialised shared memory reads as NaN (0xff bytes), like poisoned buffers;
+                // a write past an array's end spoils its guard (smem.cpp).
+                smem_begin_block();
+                const bool ok = run_block(l, block);
+                if (ok) l.error = smem_end_block();
+                if (!ok || !l.error.empty()) {
                     rc = emu_error(err, errlen,
                                    std::string(name) + " block (" + std::to_string(x) + ", " +
                                        std::to_string(y) + ", " + std::to_string(z) + "): " +

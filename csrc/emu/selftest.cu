@@ -25,7 +25,7 @@ extern "C" __global__ void emu_test_mma(const uint32_t* a, const uint32_t* b, co
 
 // Block 128, grid 3: every write before the barrier is seen after it, per block.
 extern "C" __global__ void emu_test_barrier(int* out) {
-    __shared__ int s[128];
+    STATIC_SMEM(int, s, 128);
     const int t = threadIdx.x;
     s[t] = t + 1000 * (int)blockIdx.x;
     __syncthreads();
@@ -67,8 +67,29 @@ extern "C" __global__ void emu_test_barrier_after_exit(int* out) {
 // Block 64: a missing barrier between a write and another thread's read of it. Thread t reads
 // what thread t-1 wrote: the forward order happens to satisfy that, the reverse one does not.
 extern "C" __global__ void emu_test_racy_shift(int* out, int base) {
-    __shared__ int s[64];
+    STATIC_SMEM(int, s, 64);
     const int t = threadIdx.x;
     s[t] = base + t;
     out[t] = t > 0 ? s[t - 1] : base - 1;  // no __syncthreads() before the read: a race
+}
+
+// Block 32, grid 2: block 0 fills its static array; block 1 reads its own, never written.
+extern "C" __global__ void emu_test_static_smem(unsigned* out) {
+    STATIC_SMEM(unsigned, s, 32);
+    if (blockIdx.x == 0) s[threadIdx.x] = 7;
+    __syncthreads();
+    out[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];
+}
+
+// Block 32: thread 0 writes element `at` of a 16-int static array, or of the dynamic memory.
+extern "C" __global__ void emu_test_smem_overrun(int* out, int at, int dynamic) {
+    STATIC_SMEM(int, s, 16);
+    DYNAMIC_SMEM(int, d);
+    if (threadIdx.x == 0) {
+        if (dynamic)
+            d[at] = 1;
+        else
+            s[at] = 1;
+    }
+    out[threadIdx.x] = 0;
 }

@@ -196,11 +196,14 @@ mod tests {
             want(0),
             "forward hides the race"
         );
-        // Each thread reads its lower neighbour's slot before that neighbour ran: the values
-        // of the previous launch (base 0), not this one's.
+        // Each thread reads its lower neighbour's slot before that neighbour ran: the
+        // block's fresh shared memory, poisoned (-1), not this launch's values.
         let rev = shifted(Order::Reverse, 1000);
         assert_ne!(rev, want(1000), "reverse exposes the race");
-        assert_eq!(rev[63], 62, "thread 63 read launch 1's value");
+        assert!(
+            rev[1..].iter().all(|&x| x == -1),
+            "unwritten slots read: {rev:?}"
+        );
     }
 
     fn bytes<T>(v: &mut [T]) -> &mut [u8] {
@@ -313,6 +316,57 @@ mod tests {
             &mut [bytes(&mut out)],
         );
         assert!(e.unwrap_err().to_string().contains("dynamic shared memory"));
+    }
+
+    #[test]
+    fn static_shared_memory_is_fresh_and_poisoned_in_every_block() {
+        let mut out = vec![0u32; 64];
+        run("emu_test_static_smem", 2, 32, 0, &mut [bytes(&mut out)]).unwrap();
+        assert!(
+            out[..32].iter().all(|&x| x == 7),
+            "block 0 reads its writes"
+        );
+        assert!(
+            out[32..].iter().all(|&x| x == u32::MAX),
+            "block 1 must not see block 0's values: {:?}",
+            &out[32..]
+        );
+    }
+
+    #[test]
+    fn a_write_past_a_shared_array_is_an_error() {
+        let mut out = vec![0i32; 32];
+        let overrun = |at: i32, dynamic: i32, out: &mut Vec<i32>| {
+            let mut p = out.as_mut_ptr() as u64;
+            let (mut a, mut d) = (at, dynamic);
+            let mut ptrs = [
+                &mut p as *mut u64 as *mut c_void,
+                &mut a as *mut i32 as *mut c_void,
+                &mut d as *mut i32 as *mut c_void,
+            ];
+            launch(
+                "emu_test_smem_overrun",
+                (1, 1, 1),
+                32,
+                64,
+                Order::Forward,
+                &mut ptrs,
+            )
+        };
+        overrun(15, 0, &mut out).unwrap();
+        overrun(15, 1, &mut out).unwrap();
+        let e = overrun(16, 0, &mut out).unwrap_err().to_string();
+        assert!(
+            e.contains("past the end of shared array s (64 bytes)"),
+            "{e}"
+        );
+        let e = overrun(16, 1, &mut out).unwrap_err().to_string();
+        assert!(
+            e.contains("past the end of the dynamic shared memory"),
+            "{e}"
+        );
+        let e = overrun(-1, 1, &mut out).unwrap_err().to_string();
+        assert!(e.contains("before the start of the dynamic"), "{e}");
     }
 
     #[test]
