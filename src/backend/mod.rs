@@ -3,6 +3,7 @@
 //! backend's FLOP ledger, computed from the shapes it ran on.
 mod batch;
 pub mod cpu;
+mod cpu_attn;
 mod cpu_linear;
 mod cpu_math;
 mod cpu_mix;

@@ -156,8 +156,14 @@ impl OnBackend for Eval {
             run_eval(&mut [e], None, &plan, &problems, &a.out, a.resume)?
         } else {
             let fleet = a.opts.fleet(&be, &m, prm.as_ref(), needs_prm, in_flight)?;
+            if fleet.workers() < in_flight {
+                eprintln!(
+                    "ponder: {} problem(s) in flight instead of {in_flight} (KV memory)",
+                    fleet.workers()
+                );
+            }
             let quiet = a.opts.quiet_star(&be, &m, cache, needs_quiet)?;
-            let mut workers = (0..in_flight)
+            let mut workers = (0..fleet.workers())
                 .map(|w| {
                     let prm = needs_prm.then(|| prm_spec(&m, prm.as_ref()));
                     fleet.engines(w, (&m.model, &m.tok), prm, quiet.clone())

@@ -76,6 +76,9 @@ pub struct Engines<'a, B: Backend> {
 
 /// What several problems in flight share: one KV storage per model, each worker owning a
 /// range of `pages` pages of it, and the batcher that runs their forward passes together.
+/// KV storage that the problems in flight share (each over its own range of pages).
+type SharedKv<B> = Mutex<<B as Backend>::Kv>;
+
 pub struct Fleet<'a, B: Backend> {
     be: &'a B,
     batcher: Batcher<'a, B>,
@@ -87,7 +90,11 @@ pub struct Fleet<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Fleet<'a, B> {
-    /// Storage for `workers` pools of `pages` pages of `page_size` tokens, per model.
+    /// Storage for `workers` pools of `pages` pages of `page_size` tokens, per model. When
+    /// the storage of that many does not fit the device (or the host), fewer problems are put
+    /// in flight — half as many, then half again, down to one — each still with its own
+    /// `pages`, so its answers and ledger do not change; `workers()` says how many.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         be: &'a B,
         policy: &Model<B>,
@@ -97,10 +104,47 @@ impl<'a, B: Backend> Fleet<'a, B> {
         page_size: usize,
         max_batch: usize,
     ) -> Result<Self> {
+        let mut n = workers.max(1);
+        loop {
+            match Self::storage(be, policy, prm, n, pages, page_size) {
+                Ok((policy_kv, prm_kv)) => {
+                    return Ok(Fleet {
+                        be,
+                        batcher: Batcher::new(be, max_batch),
+                        policy_kv,
+                        prm_kv,
+                        workers: n,
+                        pages,
+                        page_size,
+                    })
+                }
+                Err(e) if n > 1 => {
+                    let fewer = n / 2;
+                    eprintln!(
+                        "ponder: the KV cache of {n} problem(s) in flight does not fit ({:#}); \
+                         trying {fewer}",
+                        e.root_cause()
+                    );
+                    n = fewer;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The policy's (and the PRM's) KV storage for `workers` pools of `pages` pages.
+    fn storage(
+        be: &B,
+        policy: &Model<B>,
+        prm: Option<&Model<B>>,
+        workers: usize,
+        pages: usize,
+        page_size: usize,
+    ) -> Result<(SharedKv<B>, Option<SharedKv<B>>)> {
         let total = workers
             .checked_mul(pages)
             .context("--in-flight × --kv-pages is too large")?;
-        let alloc = |m: &Model<B>| -> Result<Mutex<B::Kv>> {
+        let alloc = |m: &Model<B>| -> Result<SharedKv<B>> {
             let c = &m.cfg;
             let kv = be
                 .alloc_kv(KvShape {
@@ -111,19 +155,14 @@ impl<'a, B: Backend> Fleet<'a, B> {
                     head_dim: c.head_dim,
                 })
                 .with_context(|| {
-                    format!("cannot allocate the KV cache of {workers} problems in flight")
+                    format!("cannot allocate the KV cache of {workers} problem(s) in flight")
                 })?;
             Ok(Mutex::new(kv))
         };
-        Ok(Fleet {
-            be,
-            batcher: Batcher::new(be, max_batch),
-            policy_kv: alloc(policy)?,
-            prm_kv: prm.map(alloc).transpose()?,
-            workers,
-            pages,
-            page_size,
-        })
+        // The policy's storage is dropped before the PRM's is retried smaller.
+        let policy_kv = alloc(policy)?;
+        let prm_kv = prm.map(alloc).transpose()?;
+        Ok((policy_kv, prm_kv))
     }
 
     pub fn workers(&self) -> usize {
