@@ -207,3 +207,59 @@ impl Batch {
         rows
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thought(len: usize, depth: usize, pages: usize) -> SeqSlice {
+        let mut s = SeqSlice::new(0, len, depth * len, (0..pages as u32).collect());
+        s.thought = Some(ThoughtBlock { len, depth });
+        s
+    }
+
+    fn batch(seqs: Vec<SeqSlice>, window: Option<usize>) -> Batch {
+        Batch {
+            seqs,
+            page_size: 4,
+            sliding_window: window,
+        }
+    }
+
+    #[test]
+    fn a_thought_query_sees_its_prefix_then_its_own_thought_keys() {
+        let b = batch(vec![thought(5, 3, 5)], None);
+        let v = b.visible(&b.seqs[0], 2);
+        let keys: Vec<usize> = (0..v.count()).map(|k| v.key(k)).collect();
+        // (0..=2, depth 0), then (2, 1), (2, 2), (2, 3) at d'·5 + 2.
+        assert_eq!(keys, [0, 1, 2, 7, 12, 17]);
+        assert_eq!(b.positions(), [3, 4, 5, 6, 7]);
+        assert_eq!(b.slots().unwrap(), [15, 16, 17, 18, 19]);
+        assert_eq!(b.attention_pairs(), (1..=5).sum::<u64>() + 5 * 3);
+        // The window counts from the position in block 0, not from the RoPE position.
+        let w = batch(vec![thought(5, 3, 5)], Some(2));
+        let v = w.visible(&w.seqs[0], 4);
+        let keys: Vec<usize> = (0..v.count()).map(|k| v.key(k)).collect();
+        assert_eq!(keys, [3, 4, 9, 14, 19]);
+    }
+
+    #[test]
+    fn every_row_of_a_thought_block_is_an_output_row() {
+        let mut t = thought(3, 1, 2);
+        t.token_start = 2;
+        let b = batch(vec![SeqSlice::new(0, 2, 7, vec![0, 1, 2]), t], None);
+        assert_eq!(b.output_rows(), [1, 2, 3, 4]);
+        assert_eq!(b.positions(), [7, 8, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_malformed_thought_block_is_an_error() {
+        let mut s = thought(4, 2, 3);
+        s.pos_start = 7;
+        let e = batch(vec![s], None).slots().unwrap_err().to_string();
+        assert!(e.contains("not depth block 2"), "{e}");
+        let short = batch(vec![thought(4, 2, 2)], None);
+        let e = short.check().unwrap_err().to_string();
+        assert!(e.contains("has 2 pages for 12 tokens"), "{e}");
+    }
+}
