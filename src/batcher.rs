@@ -279,7 +279,7 @@ impl<'a, B: Backend> Batcher<'a, B> {
         let mut outs = Vec::with_capacity(g.len());
         let mut first = 0;
         for r in g {
-            let n = r.batch.output_rows().len();
+            let n = r.batch.n_output_rows();
             let sel: Vec<usize> = (first..first + n).collect();
             outs.push(Output {
                 hidden: self.be.gather_rows(&out.hidden, &sel)?,
@@ -304,10 +304,7 @@ impl<'a, B: Backend> Batcher<'a, B> {
         let per_seq = cfg.vocab_size as u128 * d;
         let basis = |r: &Request<'a, B>, op: &str| -> u128 {
             // s: the rows the pass returns (one per sequence, all of a thought block's).
-            let (t, s) = (
-                r.batch.n_tokens() as u128,
-                r.batch.output_rows().len() as u128,
-            );
+            let (t, s) = (r.batch.n_tokens() as u128, r.batch.n_output_rows() as u128);
             match op {
                 "matmul" => t * per_token + s * per_seq,
                 "attention" | "attn_merge" => r.batch.attention_pairs() as u128,

@@ -57,7 +57,9 @@ bool guard_intact(size_t from) {
 
 unsigned char* smem_begin_launch(size_t dyn_bytes) {
     // Room for the dynamic array, the static limit and every array's alignment and guard.
-    arena.mem.assign(align16(dyn_bytes) + kStaticMax + (kMaxArrays + 2) * (kGuard + 16), 0);
+    // Kept between launches: every block poisons and fences what it places.
+    const size_t need = align16(dyn_bytes) + kStaticMax + (kMaxArrays + 2) * (kGuard + 16);
+    if (arena.mem.size() < need) arena.mem.resize(need);
     arena.dyn_bytes = dyn_bytes;
     smem_begin_block();
     return arena.mem.data() + kGuard;

@@ -197,6 +197,11 @@ impl Batch {
         n
     }
 
+    /// How many rows the forward pass returns (see [`SeqSlice::output_rows`]).
+    pub fn n_output_rows(&self) -> usize {
+        self.seqs.iter().map(|s| s.output_rows()).sum()
+    }
+
     /// The token rows the forward pass returns, in order (see [`SeqSlice::output_rows`]).
     pub fn output_rows(&self) -> Vec<usize> {
         let mut rows = Vec::with_capacity(self.seqs.len());
@@ -249,6 +254,7 @@ mod tests {
         t.token_start = 2;
         let b = batch(vec![SeqSlice::new(0, 2, 7, vec![0, 1, 2]), t], None);
         assert_eq!(b.output_rows(), [1, 2, 3, 4]);
+        assert_eq!(b.n_output_rows(), 4);
         assert_eq!(b.positions(), [7, 8, 1, 2, 3]);
     }
 

@@ -85,7 +85,7 @@ fn row(case: &str, shape: &str, secs: f64, c: Counts, memory_bound: bool, on_gpu
     );
 }
 
-pub fn run<B: Backend + 'static>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()> {
+pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()> {
     if [s.tokens, s.batch, s.context, s.thought_len, s.iters].contains(&0) {
         bail!("--tokens, --batch, --context, --thought-len and --iters must be at least 1");
     }

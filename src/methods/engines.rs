@@ -74,11 +74,11 @@ pub struct Engines<'a, B: Backend> {
     pub quiet: Option<Arc<QuietStar<B>>>,
 }
 
-/// What several problems in flight share: one KV storage per model, each worker owning a
-/// range of `pages` pages of it, and the batcher that runs their forward passes together.
 /// KV storage that the problems in flight share (each over its own range of pages).
 type SharedKv<B> = Mutex<<B as Backend>::Kv>;
 
+/// What several problems in flight share: one KV storage per model, each worker owning a
+/// range of `pages` pages of it, and the batcher that runs their forward passes together.
 pub struct Fleet<'a, B: Backend> {
     be: &'a B,
     batcher: Batcher<'a, B>,

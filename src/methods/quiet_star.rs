@@ -235,17 +235,17 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
             for b in live.iter() {
                 let own = child_stream(b.stream, THOUGHT_STREAM);
                 let l = b.all.len();
-                match &mut layout {
+                let positions = match &mut layout {
                     Layout::Forks(f) => {
                         let (k, copies) = r.pool.fork(b.seq, 1)?;
                         f.push(k[0]);
                         r.copy_pages(&copies)?;
+                        l - 1..l
                     }
-                    Layout::Blocks(bl) => bl.push((r.pool.create(), l)),
-                }
-                let positions = match self.mode {
-                    Mode::Incremental => l - 1..l,
-                    Mode::Parallel => 0..l,
+                    Layout::Blocks(bl) => {
+                        bl.push((r.pool.create(), l));
+                        0..l
+                    }
                 };
                 for i in positions {
                     // The output's thought keeps the branch's own draws in both modes.
