@@ -13,8 +13,8 @@
 //! Accounting: the shared pass is charged to a scratch ledger and then split among the
 //! problems, op by op, in proportion to what each op does per problem: matrix products by the
 //! rows and weights they multiply (tokens through the layers, each output row — a sequence's
-//! last token, every token of a thought block — through the LM head), attention by the
-//! (query, key) pairs it scores, row gathers by output rows, the
+//! last token, every token of a thought block — that asked for logits through the LM head),
+//! attention by the (query, key) pairs it scores, row gathers by output and logit rows, the
 //! rest by tokens. Useful FLOPs are linear in those quantities, so each problem gets exactly
 //! what its pass alone would count; the executed FLOPs and bytes of the GPU's tiles are
 //! apportioned the same way. Its wall time is split in proportion to useful FLOPs.
@@ -277,15 +277,23 @@ impl<'a, B: Backend> Batcher<'a, B> {
             return Ok(vec![out]);
         }
         let mut outs = Vec::with_capacity(g.len());
-        let mut first = 0;
+        let (mut first, mut first_logit) = (0, 0);
         for r in g {
-            let n = r.batch.n_output_rows();
+            let (n, nl) = (r.batch.n_output_rows(), r.batch.n_logit_rows());
             let sel: Vec<usize> = (first..first + n).collect();
+            let logits = match &out.logits {
+                Some(l) if nl > 0 => {
+                    let sel: Vec<usize> = (first_logit..first_logit + nl).collect();
+                    Some(self.be.gather_rows(l, &sel)?)
+                }
+                _ => None,
+            };
             outs.push(Output {
                 hidden: self.be.gather_rows(&out.hidden, &sel)?,
-                logits: self.be.gather_rows(&out.logits, &sel)?,
+                logits,
             });
             first += n;
+            first_logit += nl;
         }
         Ok(outs)
     }
@@ -303,12 +311,14 @@ impl<'a, B: Backend> Batcher<'a, B> {
         let per_token = cfg.num_hidden_layers as u128 * (d * (q + 2 * kvd) + q * d + 3 * d * ff);
         let per_seq = cfg.vocab_size as u128 * d;
         let basis = |r: &Request<'a, B>, op: &str| -> u128 {
-            // s: the rows the pass returns (one per sequence, all of a thought block's).
+            // s: the rows the pass returns (one per sequence, all of a thought block's);
+            // l: those of them that go through the LM head.
             let (t, s) = (r.batch.n_tokens() as u128, r.batch.n_output_rows() as u128);
+            let l = r.batch.n_logit_rows() as u128;
             match op {
-                "matmul" => t * per_token + s * per_seq,
+                "matmul" => t * per_token + l * per_seq,
                 "attention" | "attn_merge" => r.batch.attention_pairs() as u128,
-                "gather" => s,
+                "gather" => s + l,
                 _ => t,
             }
         };

@@ -26,6 +26,14 @@ pub struct Runner<'a, B: Backend> {
     pub parked: Vec<SeqId>,
 }
 
+/// What the caller of a forward pass reads from the rows it returns: the logits too, or only
+/// the hidden states (then the LM head does not run for them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    Logits,
+    Hidden,
+}
+
 /// Where a runner's KV lives: storage of its own, or a range of pages of storage shared by
 /// the runners of several problems in flight, whose forward passes a batcher runs together.
 pub enum KvStore<'a, B: Backend> {
@@ -116,7 +124,10 @@ impl<'a, B: Backend> Runner<'a, B> {
 
     /// Runs the forward pass of a reserved batch: here, or through the batcher together with
     /// the other problems in flight.
-    fn run(&mut self, batch: Batch, input: Input) -> Result<Output<B>> {
+    fn run(&mut self, mut batch: Batch, input: Input, want: Want) -> Result<Output<B>> {
+        for s in &mut batch.seqs {
+            s.logits = want == Want::Logits;
+        }
         match &mut self.kv {
             KvStore::Own(kv) => match input {
                 Input::Ids(ids) => self.model.forward(self.be, kv, &batch, &ids),
@@ -135,23 +146,33 @@ impl<'a, B: Backend> Runner<'a, B> {
     /// hidden state and logits of each sequence's last new token. Running out of KV pages is an
     /// error (a `KvError` inside) that leaves every sequence as it was.
     pub fn extend(&mut self, items: &[(SeqId, &[u32])]) -> Result<Output<B>> {
+        self.extend_for(items, Want::Logits)
+    }
+
+    /// `extend`, returning only what `want` asks for.
+    pub fn extend_for(&mut self, items: &[(SeqId, &[u32])], want: Want) -> Result<Output<B>> {
         let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
         let batch = self.reserve(items.iter().map(|(s, t)| (*s, t.len())))?;
-        let out = self.run(batch, Input::Ids(ids))?;
+        let out = self.run(batch, Input::Ids(ids), want)?;
         self.commit(items.iter().map(|(s, t)| (*s, t.len())))?;
         Ok(out)
     }
 
-    /// Like `extend`, with one input embedding row (not a token id) per sequence: Quiet-STaR's
-    /// start- and end-of-thought markers.
-    pub fn extend_embedded(&mut self, seqs: &[SeqId], rows: &[f32]) -> Result<Output<B>> {
+    /// Like `extend_for`, with one input embedding row (not a token id) per sequence:
+    /// Quiet-STaR's start- and end-of-thought markers.
+    pub fn extend_embedded(
+        &mut self,
+        seqs: &[SeqId],
+        rows: &[f32],
+        want: Want,
+    ) -> Result<Output<B>> {
         let d = self.model.cfg.hidden_size;
         anyhow::ensure!(
             rows.len() == seqs.len() * d,
             "one embedding row per sequence"
         );
         let batch = self.reserve(seqs.iter().map(|s| (*s, 1)))?;
-        let out = self.run(batch, Input::Rows(rows.to_vec()))?;
+        let out = self.run(batch, Input::Rows(rows.to_vec()), want)?;
         self.commit(seqs.iter().map(|s| (*s, 1)))?;
         Ok(out)
     }
@@ -159,12 +180,13 @@ impl<'a, B: Backend> Runner<'a, B> {
     /// One pass of Quiet-STaR's parallel thoughts: for each sequence `(seq, len)`, its depth
     /// block `depth` (one new token per position, see `ThoughtBlock`), whose first `depth`
     /// blocks are already written. `input` holds `len` ids or embedding rows per sequence, in
-    /// order. Returns hidden states and logits of every new token.
+    /// order. Returns hidden states (and, if wanted, logits) of every new token.
     pub fn extend_thought(
         &mut self,
         seqs: &[(SeqId, usize)],
         depth: usize,
         input: Input,
+        want: Want,
     ) -> Result<Output<B>> {
         for &(s, len) in seqs {
             let have = self.pool.len(s)?;
@@ -178,7 +200,7 @@ impl<'a, B: Backend> Runner<'a, B> {
         for (slice, &(_, len)) in batch.seqs.iter_mut().zip(seqs) {
             slice.thought = Some(ThoughtBlock { len, depth });
         }
-        let out = self.run(batch, input)?;
+        let out = self.run(batch, input, want)?;
         self.commit(seqs.iter().copied())?;
         Ok(out)
     }
@@ -308,7 +330,8 @@ pub fn generate<B: Backend>(
             .iter()
             .map(|&i| crate::rng::uniform(p.seed, i as u64, step))
             .collect();
-        let ids = r.be.sample_rows(&out.logits, vocab_limit, p.sampling, &u)?;
+        let ids =
+            r.be.sample_rows(out.logits()?, vocab_limit, p.sampling, &u)?;
         for (&i, id) in rows.iter().zip(ids) {
             let l = &mut live[i];
             l.ids.push(id);

@@ -5,7 +5,7 @@
 //! reuses the longest common prefix already cached.
 use crate::backend::Backend;
 use crate::flops::Phase;
-use crate::generate::{first_stop, Finish, Runner};
+use crate::generate::{first_stop, Finish, Runner, Want};
 use crate::kv::{KvError, SeqId};
 use crate::model::llama::Output;
 use crate::model::tokenizer::Tokenizer;
@@ -68,8 +68,8 @@ pub fn forward_items<B: Backend>(
     r: &mut Runner<'_, B>,
     items: &[(SeqId, Vec<u32>)],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let parts = forward_parts(r, items, &|be: &B, out: Output<B>| {
-        Ok((be.to_host(&out.logits)?, be.to_host(&out.hidden)?))
+    let parts = forward_parts(r, items, Want::Logits, &|be: &B, out: Output<B>| {
+        Ok((be.to_host(out.logits()?)?, be.to_host(&out.hidden)?))
     })?;
     let (mut l, mut h) = (Vec::new(), Vec::new());
     for (l2, h2) in parts {
@@ -79,13 +79,35 @@ pub fn forward_items<B: Backend>(
     Ok((l, h))
 }
 
+/// `forward_items` for a caller that reads no logits: the LM head does not run, and only the
+/// hidden states come back (to the host).
+pub fn forward_hidden<B: Backend>(
+    r: &mut Runner<'_, B>,
+    items: &[(SeqId, Vec<u32>)],
+) -> Result<Vec<f32>> {
+    let parts = forward_parts(r, items, Want::Hidden, &|be: &B, out: Output<B>| {
+        be.to_host(&out.hidden)
+    })?;
+    Ok(parts.concat())
+}
+
+/// Feeds `items` into their KV caches and reads nothing back (a prompt's prefill): no LM head,
+/// no copy to the host.
+pub fn forward_cache<B: Backend>(r: &mut Runner<'_, B>, items: &[(SeqId, Vec<u32>)]) -> Result<()> {
+    forward_parts(r, items, Want::Hidden, &|_: &B, _: Output<B>| Ok(()))?;
+    Ok(())
+}
+
 /// `forward_items`' last-token logits left on the device: one tensor per batch the items were
 /// run in (in item order), for sampling where they are.
 pub fn forward_logits<B: Backend>(
     r: &mut Runner<'_, B>,
     items: &[(SeqId, Vec<u32>)],
 ) -> Result<Vec<B::Tensor>> {
-    forward_parts(r, items, &|_: &B, out: Output<B>| Ok(out.logits))
+    forward_parts(r, items, Want::Logits, &|_: &B, out: Output<B>| {
+        out.logits
+            .ok_or_else(|| anyhow::anyhow!("a forward pass returned no logits"))
+    })
 }
 
 type TakeOut<'a, B, T> = &'a dyn Fn(&B, Output<B>) -> Result<T>;
@@ -95,22 +117,23 @@ type TakeOut<'a, B, T> = &'a dyn Fn(&B, Output<B>) -> Result<T>;
 fn forward_parts<B: Backend, T>(
     r: &mut Runner<'_, B>,
     items: &[(SeqId, Vec<u32>)],
+    want: Want,
     take: TakeOut<'_, B, T>,
 ) -> Result<Vec<T>> {
     if items.len() > r.max_batch.max(1) {
         let mut parts = Vec::new();
         for chunk in items.chunks(r.max_batch.max(1)) {
-            parts.extend(forward_parts(r, chunk, take)?);
+            parts.extend(forward_parts(r, chunk, want, take)?);
         }
         return Ok(parts);
     }
     let refs: Vec<(SeqId, &[u32])> = items.iter().map(|(s, t)| (*s, t.as_slice())).collect();
-    match r.extend(&refs) {
+    match r.extend_for(&refs, want) {
         Ok(out) => Ok(vec![take(r.be, out)?]),
         Err(e) if items.len() > 1 && is_oom(&e) => {
             let (a, b) = items.split_at(items.len() / 2);
-            let mut parts = forward_parts(r, a, take)?;
-            parts.extend(forward_parts(r, b, take)?);
+            let mut parts = forward_parts(r, a, want, take)?;
+            parts.extend(forward_parts(r, b, want, take)?);
             Ok(parts)
         }
         Err(e) => {
@@ -118,7 +141,7 @@ fn forward_parts<B: Backend, T>(
             if let Some(KvError::OutOfPages { needed, .. }) = e.downcast_ref::<KvError>() {
                 let before = r.pool.free_pages();
                 if make_room(r, *needed)? && r.pool.free_pages() > before {
-                    return forward_parts(r, items, take);
+                    return forward_parts(r, items, want, take);
                 }
                 if let [(seq, tokens)] = items {
                     let len = r.pool.len(*seq)? + tokens.len();
@@ -233,7 +256,7 @@ pub fn prefill<B: Backend>(r: &mut Runner<'_, B>, branches: &[&Branch]) -> Resul
     }
     if !items.is_empty() {
         r.be.set_phase(Phase::Prefill);
-        forward_items(r, &items)?;
+        forward_cache(r, &items)?;
     }
     Ok(())
 }

@@ -80,14 +80,16 @@ fn prefill_then_decode_equals_one_prefill() {
     let ids: Vec<u32> = (0..40).map(|i| (i * 31 % 509) as u32).collect();
     let mut r = Runner::new(&be, &m, 32, 4).unwrap();
     let a = r.pool.create();
-    let whole = be.to_host(&r.extend(&[(a, &ids)]).unwrap().logits).unwrap();
+    let whole = be
+        .to_host(r.extend(&[(a, &ids)]).unwrap().logits().unwrap())
+        .unwrap();
     let b = r.pool.create();
     r.extend(&[(b, &ids[..25])]).unwrap();
     let mut last = None;
     for t in &ids[25..] {
         last = Some(r.extend(&[(b, std::slice::from_ref(t))]).unwrap());
     }
-    let stepwise = be.to_host(&last.unwrap().logits).unwrap();
+    let stepwise = be.to_host(last.unwrap().logits().unwrap()).unwrap();
     assert!(
         max_rel_diff(&stepwise, &whole) < 1e-4,
         "{}",
@@ -105,11 +107,12 @@ fn a_sequence_gives_the_same_logits_alone_or_in_a_ragged_batch() {
     let mut r = Runner::new(&be, &m, 64, 8).unwrap();
     let alone = {
         let s = r.pool.create();
-        be.to_host(&r.extend(&[(s, &p2)]).unwrap().logits).unwrap()
+        be.to_host(r.extend(&[(s, &p2)]).unwrap().logits().unwrap())
+            .unwrap()
     };
     let (s1, s2, s3) = (r.pool.create(), r.pool.create(), r.pool.create());
     let out = r.extend(&[(s1, &p1), (s2, &p2), (s3, &p3)]).unwrap();
-    let all = be.to_host(&out.logits).unwrap();
+    let all = be.to_host(out.logits().unwrap()).unwrap();
     let v = m.cfg.vocab_size;
     assert_eq!(all.len(), 3 * v);
     assert!(max_rel_diff(&all[v..2 * v], &alone) < 1e-5);
@@ -131,14 +134,16 @@ fn forked_branches_continue_like_their_parent() {
         .zip(&next)
         .map(|(k, t)| (*k, std::slice::from_ref(t)))
         .collect();
-    let out = be.to_host(&r.extend(&items).unwrap().logits).unwrap();
+    let out = be
+        .to_host(r.extend(&items).unwrap().logits().unwrap())
+        .unwrap();
     let v = m.cfg.vocab_size;
     for (i, t) in next.iter().enumerate() {
         let s = r.pool.create();
         let mut full = prompt.clone();
         full.push(*t);
         let want = be
-            .to_host(&r.extend(&[(s, &full)]).unwrap().logits)
+            .to_host(r.extend(&[(s, &full)]).unwrap().logits().unwrap())
             .unwrap();
         assert!(
             max_rel_diff(&out[i * v..(i + 1) * v], &want) < 1e-4,
@@ -160,8 +165,12 @@ fn sliding_window_limits_what_a_query_sees() {
     b[1] = 401;
     let mut r = Runner::new(&be, &m, 16, 4).unwrap();
     let (sa, sb) = (r.pool.create(), r.pool.create());
-    let la = be.to_host(&r.extend(&[(sa, &a)]).unwrap().logits).unwrap();
-    let lb = be.to_host(&r.extend(&[(sb, &b)]).unwrap().logits).unwrap();
+    let la = be
+        .to_host(r.extend(&[(sa, &a)]).unwrap().logits().unwrap())
+        .unwrap();
+    let lb = be
+        .to_host(r.extend(&[(sb, &b)]).unwrap().logits().unwrap())
+        .unwrap();
     // Layer 2 sees layer 1's outputs at positions ≥ 4 - 5, which saw positions ≥ −1: so with
     // two layers the receptive field is 2·(6−1)+1 = 11 > 10 and the first tokens still matter,
     // while a window of 6 on a single layer would not. Check the attention-pair count instead.
@@ -174,4 +183,64 @@ fn sliding_window_limits_what_a_query_sees() {
         ops["attention"].useful_flops,
         2 * c.num_hidden_layers as u64 * per_pair * pairs_per_seq
     );
+}
+
+/// Rows whose caller reads only hidden states skip the LM head: their hidden states are the
+/// same, the other rows' logits are the same, and the ledger drops exactly 2·vocab·d FLOPs per
+/// skipped row. A pass that asks for no logits returns none (and says so when asked).
+#[test]
+fn rows_that_want_no_logits_skip_the_lm_head_exactly() {
+    use ponder::generate::{KvStore, Want};
+    let prompts: Vec<Vec<u32>> = (0..3u32)
+        .map(|k| (0..9 + 4 * k).map(|i| (i * 13 + k * 5) % 500).collect())
+        .collect();
+    // mask[i]: does sequence i ask for logits? None: all through Runner::extend_for(want).
+    let run = |mask: Option<[bool; 3]>, want: Want| {
+        let be = Cpu::new();
+        let m = tiny(&be);
+        let mut r = Runner::new(&be, &m, 32, 8).unwrap();
+        let seqs: Vec<_> = (0..3).map(|_| r.pool.create()).collect();
+        let items: Vec<_> = seqs
+            .iter()
+            .zip(&prompts)
+            .map(|(s, p)| (*s, &p[..]))
+            .collect();
+        be.set_phase(Phase::Prefill);
+        let out = match mask {
+            None => r.extend_for(&items, want).unwrap(),
+            Some(mask) => {
+                let mut batch = r.reserve(items.iter().map(|(s, p)| (*s, p.len()))).unwrap();
+                for (s, m) in batch.seqs.iter_mut().zip(mask) {
+                    s.logits = m;
+                }
+                let ids: Vec<u32> = prompts.concat();
+                let KvStore::Own(kv) = &mut r.kv else {
+                    panic!("a lone runner owns its KV")
+                };
+                m.forward(&be, kv, &batch, &ids).unwrap()
+            }
+        };
+        let hidden = be.to_host(&out.hidden).unwrap();
+        let logits = out.logits.as_ref().map(|l| be.to_host(l).unwrap());
+        let err = out.logits().err().map(|e| e.to_string());
+        let matmul = be.ledger().lock().unwrap().by_op()["matmul"].useful_flops;
+        (hidden, logits, err, matmul)
+    };
+    let cfg = Config::builtin("tiny").unwrap();
+    let (v, head) = (
+        cfg.vocab_size,
+        2 * (cfg.vocab_size * cfg.hidden_size) as u64,
+    );
+    let (h_all, l_all, _, f_all) = run(None, Want::Logits);
+    let l_all = l_all.unwrap();
+    assert_eq!(l_all.len(), 3 * v);
+    let (h_mix, l_mix, _, f_mix) = run(Some([false, true, false]), Want::Logits);
+    assert_eq!(h_mix, h_all);
+    assert_eq!(l_mix.unwrap(), &l_all[v..2 * v]);
+    assert_eq!(f_mix, f_all - 2 * head);
+    let (h_none, l_none, err, f_none) = run(None, Want::Hidden);
+    assert_eq!(h_none, h_all);
+    assert!(l_none.is_none());
+    assert!(err.unwrap().contains("hidden states only"));
+    assert_eq!(f_none, f_all - 3 * head);
 }

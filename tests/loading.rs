@@ -94,7 +94,8 @@ fn logits(be: &Cpu, m: &Model<Cpu>) -> Vec<f32> {
     let mut r = Runner::new(be, m, 8, 16).unwrap();
     let s = r.pool.create();
     let ids: Vec<u32> = (0..20).map(|i| (i * 37 % 500) as u32).collect();
-    be.to_host(&r.extend(&[(s, &ids)]).unwrap().logits).unwrap()
+    be.to_host(r.extend(&[(s, &ids)]).unwrap().logits().unwrap())
+        .unwrap()
 }
 
 #[test]

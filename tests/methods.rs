@@ -316,7 +316,8 @@ fn parallel_thoughts_give_the_incremental_logits_for_the_same_thought_tokens() {
     let base = {
         let mut r = Runner::new(&be, &m.model, 64, 4).unwrap();
         let s = r.pool.create();
-        be.to_host(&r.extend(&[(s, &seq)]).unwrap().logits).unwrap()
+        be.to_host(r.extend(&[(s, &seq)]).unwrap().logits().unwrap())
+            .unwrap()
     };
     assert_ne!(out[0], base, "the talk head should move the logits");
 }
@@ -348,4 +349,64 @@ fn quiet_star_parallel_mode_samples_what_incremental_samples() {
         "parallel thinks at every position"
     );
     assert!(par.flops.useful_by_phase["thought"] > inc.flops.useful_by_phase["thought"]);
+}
+
+/// One Quiet-STaR step projects through the LM head only the rows whose logits it reads: the
+/// five passes a thought token is sampled from and the mixed row(s) — not the base pass, the
+/// last sampled token or the end marker. Checked on the matrix-product FLOPs of each phase, in
+/// both modes (parallel: L rows per pass, every position mixed).
+#[test]
+fn quiet_star_runs_the_lm_head_only_where_it_reads_logits() {
+    use ponder::flops::Phase;
+    use ponder::methods::quiet_star::{Mode, ThoughtStep};
+    use ponder::scheduler::{prefill, Branch, Stepper};
+    let (be, m) = tiny();
+    let qs = QuietStar::new(&be, &m.model, &m.tok, None, true, 8).unwrap();
+    let c = &m.model.cfg;
+    let (d, f, v) = (
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+    );
+    let (qd, kvd) = (c.q_dim() as u64, c.kv_dim() as u64);
+    let layers_per_token =
+        c.num_hidden_layers as u64 * 2 * (d * qd + 2 * d * kvd + qd * d + 3 * d * f);
+    let head = 2 * v * d;
+    let seq: Vec<u32> = (0..11).map(|i| (i * 31 % 500 + 3) as u32).collect();
+    for mode in [Mode::Incremental, Mode::Parallel] {
+        let mut r = Runner::new(&be, &m.model, 512, 4).unwrap();
+        let mut b = Branch {
+            seq: r.pool.create(),
+            all: seq.clone(),
+            gen_start: seq.len(),
+            stream: 3,
+            draws: 0,
+            finish: None,
+            text: String::new(),
+        };
+        prefill(&mut r, &[&b]).unwrap();
+        let before = be.ledger().lock().unwrap().clone();
+        let mut step = ThoughtStep::new(&qs, 1, mode);
+        step.logits(&mut r, &mut [&mut b]).unwrap();
+        let l = be.ledger().lock().unwrap().since(&before);
+        let matmul = |p: Phase| -> u64 {
+            l.entries()
+                .filter(|(ph, op, _)| *ph == p && *op == "matmul")
+                .map(|(_, _, c)| c.useful_flops)
+                .sum()
+        };
+        // Rows per pass: one (incremental) or one per position (parallel).
+        let n = if mode == Mode::Parallel { seq.len() } else { 1 } as u64;
+        // Base pass: the pending token, and in parallel mode depth 0 of every position again.
+        let base = if mode == Mode::Parallel { 1 + n } else { 1 };
+        assert_eq!(matmul(Phase::Decode), base * layers_per_token, "{mode:?}");
+        assert_eq!(
+            matmul(Phase::Thought),
+            7 * n * layers_per_token + 5 * n * head,
+            "{mode:?}"
+        );
+        // The mix: the talk head's three linears, then the LM head, for every row.
+        let talk = 2 * n * (2 * d * d + d * d + d);
+        assert_eq!(matmul(Phase::Mix), talk + n * head, "{mode:?}");
+    }
 }

@@ -39,7 +39,8 @@ fn last_logits(ids: &[u32]) -> Vec<f32> {
     let mut r = Runner::new(be, &m.model, ids.len().div_ceil(16) + 1, 16).unwrap();
     let s = r.pool.create();
     be.set_phase(Phase::Prefill);
-    be.to_host(&r.extend(&[(s, ids)]).unwrap().logits).unwrap()
+    be.to_host(r.extend(&[(s, ids)]).unwrap().logits().unwrap())
+        .unwrap()
 }
 
 #[test]

@@ -33,6 +33,10 @@ pub struct SeqSlice {
     pub pages: Vec<u32>,
     /// Some for a depth block of parallel thoughts (see [`ThoughtBlock`]).
     pub thought: Option<ThoughtBlock>,
+    /// Whether the forward pass projects the slice's output rows through the LM head. Off
+    /// where the caller reads only hidden states (a prompt's prefill, Quiet-STaR's base pass
+    /// and end marker): the logits would be computed, counted and thrown away.
+    pub logits: bool,
 }
 
 /// What new token i of a slice may see: the block-0 keys [first, pos] and then, for a thought
@@ -72,6 +76,7 @@ impl SeqSlice {
             pos_start,
             pages,
             thought: None,
+            logits: true,
         }
     }
 
@@ -90,6 +95,15 @@ impl SeqSlice {
             self.n_tokens
         } else {
             1
+        }
+    }
+
+    /// How many of the output rows get logits: all of them or none.
+    pub fn logit_rows(&self) -> usize {
+        if self.logits {
+            self.output_rows()
+        } else {
+            0
         }
     }
 
@@ -211,6 +225,22 @@ impl Batch {
         }
         rows
     }
+
+    /// How many rows of logits the forward pass returns (see [`SeqSlice::logit_rows`]).
+    pub fn n_logit_rows(&self) -> usize {
+        self.seqs.iter().map(|s| s.logit_rows()).sum()
+    }
+
+    /// Which output rows (indices into [`Batch::output_rows`]) get logits, in order.
+    pub fn logit_rows(&self) -> Vec<usize> {
+        let mut rows = Vec::with_capacity(self.seqs.len());
+        let mut first = 0;
+        for s in &self.seqs {
+            rows.extend(first..first + s.logit_rows());
+            first += s.output_rows();
+        }
+        rows
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +286,15 @@ mod tests {
         assert_eq!(b.output_rows(), [1, 2, 3, 4]);
         assert_eq!(b.n_output_rows(), 4);
         assert_eq!(b.positions(), [7, 8, 1, 2, 3]);
+        assert_eq!(b.logit_rows(), [0, 1, 2, 3]);
+        let mut hidden_only = b.clone();
+        hidden_only.seqs[0].logits = false;
+        assert_eq!(hidden_only.logit_rows(), [1, 2, 3]);
+        assert_eq!(hidden_only.n_logit_rows(), 3);
+        hidden_only.seqs[1].logits = false;
+        assert_eq!(hidden_only.n_logit_rows(), 0);
+        assert!(hidden_only.logit_rows().is_empty());
+        assert_eq!(hidden_only.n_output_rows(), 4);
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl OnBackend for Bench {
                     let (u, vocab) = (vec![0.5; b], m.model.cfg.vocab_size);
                     for _ in 0..steps {
                         let out = r.extend(&step)?;
-                        be.sample_rows(&out.logits, vocab, Sampling::GREEDY, &u)?;
+                        be.sample_rows(out.logits()?, vocab, Sampling::GREEDY, &u)?;
                     }
                     let secs = t.elapsed().as_secs_f64() / steps as f64;
                     let l = be
@@ -242,7 +242,7 @@ impl OnBackend for Bench {
                     .clone();
                 let t = Instant::now();
                 let out = r.extend(&[(s, &ids(tokens))])?;
-                be.to_host(&out.logits)?;
+                be.to_host(out.logits()?)?;
                 let secs = t.elapsed().as_secs_f64();
                 let l = be
                     .ledger()

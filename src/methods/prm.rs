@@ -7,7 +7,9 @@ use crate::backend::Backend;
 use crate::flops::Phase;
 use crate::generate::Runner;
 use crate::model::tokenizer::Tokenizer;
-use crate::scheduler::{fork_seqs, forward_items, is_oom, park, release, set_tokens, Branch};
+use crate::scheduler::{
+    fork_seqs, forward_cache, forward_items, is_oom, park, release, set_tokens, Branch,
+};
 use anyhow::{Context, Result};
 
 pub const STEP_TAG: &str = " ки";
@@ -50,7 +52,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         if b.all.len() > 1 {
             self.runner.be.set_phase(Phase::Prm);
             self.tokens += (b.all.len() - 1) as u64;
-            let fed = forward_items(
+            let fed = forward_cache(
                 &mut self.runner,
                 &[(b.seq, b.all[..b.all.len() - 1].to_vec())],
             );

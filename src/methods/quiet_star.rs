@@ -7,14 +7,14 @@
 use crate::backend::{Backend, TalkHead, WeightData};
 use crate::batcher::Input;
 use crate::flops::Phase;
-use crate::generate::Runner;
+use crate::generate::{Runner, Want};
 use crate::kv::SeqId;
 use crate::model::llama::{Model, Output, ParamSource, Synthetic};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Weights;
 use crate::rng::{child_stream, uniform};
 use crate::sample::Sampling;
-use crate::scheduler::{forward_items, Branch, Stepper};
+use crate::scheduler::{forward_hidden, Branch, Stepper};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -185,17 +185,18 @@ impl Layout {
         r: &mut Runner<'_, B>,
         depth: usize,
         input: Input,
+        want: Want,
     ) -> Result<Output<B>> {
         match (self, input) {
-            (Layout::Blocks(b), input) => r.extend_thought(b, depth, input),
-            (Layout::Forks(seqs), Input::Rows(rows)) => r.extend_embedded(seqs, &rows),
+            (Layout::Blocks(b), input) => r.extend_thought(b, depth, input, want),
+            (Layout::Forks(seqs), Input::Rows(rows)) => r.extend_embedded(seqs, &rows, want),
             (Layout::Forks(seqs), Input::Ids(ids)) => {
                 let items: Vec<(SeqId, &[u32])> = seqs
                     .iter()
                     .zip(&ids)
                     .map(|(k, t)| (*k, std::slice::from_ref(t)))
                     .collect();
-                r.extend(&items)
+                r.extend_for(&items, want)
             }
         }
     }
@@ -222,7 +223,7 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
             items.push((b.seq, b.all[cached..].to_vec()));
         }
         r.be.set_phase(Phase::Decode);
-        let (_, mut h_base) = forward_items(r, &items)?;
+        let mut h_base = forward_hidden(r, &items)?;
         // 2. The thought rows: per branch one (incremental: a fork sharing the branch's
         //    pages) or one per position (parallel: the positions of a scratch sequence).
         let mut rows: Vec<Row> = Vec::new();
@@ -265,7 +266,7 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
                 // Depth 0: the base pass of every position, recomputed as the reference does.
                 let ids = live.iter().flat_map(|b| b.all.iter().copied()).collect();
                 r.be.set_phase(Phase::Decode);
-                let out = layout.feed(r, 0, Input::Ids(ids))?;
+                let out = layout.feed(r, 0, Input::Ids(ids), Want::Hidden)?;
                 h_base = r.be.to_host(&out.hidden)?;
             }
             self.think(r, &layout, &rows, d)
@@ -319,7 +320,17 @@ impl<B: Backend> ThoughtStep<'_, B> {
         let n = rows.len();
         r.be.set_phase(Phase::Thought);
         let starts: Vec<f32> = (0..n).flat_map(|_| self.qs.start.iter().copied()).collect();
-        let mut out = layout.feed(r, 1, Input::Rows(starts))?;
+        // A pass's logits are read only when a thought token is sampled from them: not those
+        // of the last sampled token or of the end marker (the output's logits come from the
+        // mixed hidden state).
+        let want = |sampled_next: bool| {
+            if sampled_next {
+                Want::Logits
+            } else {
+                Want::Hidden
+            }
+        };
+        let mut out = layout.feed(r, 1, Input::Rows(starts), want(self.qs.sampled > 0))?;
         let any = Sampling {
             temperature: 1.0,
             top_p: 1.0,
@@ -333,14 +344,15 @@ impl<B: Backend> ThoughtStep<'_, B> {
                         .iter()
                         .map(|row| uniform(self.seed, row.stream, row.counter + s as u64))
                         .collect();
-                    r.be.sample_rows(&out.logits, self.qs.base_vocab, any, &u)?
+                    r.be.sample_rows(out.logits()?, self.qs.base_vocab, any, &u)?
                 }
             };
             r.be.set_phase(Phase::Thought);
-            out = layout.feed(r, 2 + s, Input::Ids(next))?;
+            let next_sampled = s + 1 < self.qs.sampled;
+            out = layout.feed(r, 2 + s, Input::Ids(next), want(next_sampled))?;
         }
         let ends: Vec<f32> = (0..n).flat_map(|_| self.qs.end.iter().copied()).collect();
-        let out = layout.feed(r, self.qs.sampled + 2, Input::Rows(ends))?;
+        let out = layout.feed(r, self.qs.sampled + 2, Input::Rows(ends), Want::Hidden)?;
         self.thought_tokens += (n * (self.qs.sampled + 2)) as u64;
         let h = r.be.to_host(&out.hidden)?;
         anyhow::ensure!(

@@ -28,11 +28,21 @@ pub struct Model<B: Backend> {
 }
 
 /// What a forward pass returns: for the last token of every sequence (every token of a
-/// thought block, see `Batch::output_rows`), the final hidden state (after the last RMSNorm)
-/// and the logits.
+/// thought block, see `Batch::output_rows`), the final hidden state (after the last RMSNorm),
+/// and the logits of the sequences that asked for them (`SeqSlice::logits`), in order.
 pub struct Output<B: Backend> {
     pub hidden: B::Tensor,
-    pub logits: B::Tensor,
+    /// None when no sequence of the pass asked for logits.
+    pub logits: Option<B::Tensor>,
+}
+
+impl<B: Backend> Output<B> {
+    /// The logits rows; an error for a pass that asked for hidden states only.
+    pub fn logits(&self) -> Result<&B::Tensor> {
+        self.logits
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the forward pass was asked for hidden states only"))
+    }
 }
 
 /// A source of parameter values, so that real and synthetic models load the same way.
@@ -143,14 +153,27 @@ impl<B: Backend> Model<B> {
             };
             h = be.add_rms_norm(&mut x, &dn, next_norm, eps)?;
         }
-        // Only each sequence's last token needs logits (every token of a thought block).
+        // Only each sequence's last token is returned (every token of a thought block), and
+        // only the rows whose caller reads logits go through the LM head.
         let last = batch.output_rows();
+        let with_logits = batch.logit_rows();
+        // Some rows with logits, not all: their own gather.
+        let part = if with_logits.is_empty() || with_logits.len() == last.len() {
+            None
+        } else {
+            let rows: Vec<usize> = with_logits.iter().map(|&r| last[r]).collect();
+            Some(be.gather_rows(&h, &rows)?)
+        };
         let hidden = if last.len() == batch.n_tokens() {
             h
         } else {
             be.gather_rows(&h, &last)?
         };
-        let logits = be.linear(&hidden, self.lm_head())?;
+        let logits = match part {
+            Some(p) => Some(be.linear(&p, self.lm_head())?),
+            None if with_logits.is_empty() => None,
+            None => Some(be.linear(&hidden, self.lm_head())?),
+        };
         Ok(Output { hidden, logits })
     }
 }

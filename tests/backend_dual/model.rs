@@ -133,11 +133,12 @@ pub(crate) fn naive_forward(
 }
 
 /// Prefill of two prompts, a fork of the first into three branches (which share four full
-/// pages: the tree path on CUDA), and two decode steps; all logits and hidden states against
+/// pages: the tree path on CUDA), two decode steps, one where only some sequences ask for logits
+/// and one asking for hidden states only; all logits and hidden states against
 /// the CPU backend, the second prompt's against the plain forward pass, and the useful FLOPs
 /// of the whole run against the CPU's.
 pub(crate) fn model_forward_tiny<B: Backend>(be: &B, tol: f32) -> Result<()> {
-    use ponder::generate::Runner;
+    use ponder::generate::{KvStore, Runner, Want};
     use ponder::model::config::Config;
     use ponder::model::llama::{Model, Synthetic};
     let cfg = Config::builtin("tiny")?;
@@ -156,7 +157,7 @@ pub(crate) fn model_forward_tiny<B: Backend>(be: &B, tol: f32) -> Result<()> {
         let (a, b) = (r.pool.create(), r.pool.create());
         let mut outs = Vec::new();
         let o = r.extend(&[(a, p1), (b, p2)])?;
-        outs.push(be.to_host(&o.logits)?);
+        outs.push(be.to_host(o.logits()?)?);
         outs.push(be.to_host(&o.hidden)?);
         let (kids, copies) = r.pool.fork(a, 3)?;
         r.copy_pages(&copies)?;
@@ -166,8 +167,31 @@ pub(crate) fn model_forward_tiny<B: Backend>(be: &B, tol: f32) -> Result<()> {
                 kids.iter().zip(&toks).map(|(k, t)| (*k, &t[..])).collect();
             items.push((b, &toks[3][..]));
             let o = r.extend(&items)?;
-            outs.push(be.to_host(&o.logits)?);
+            outs.push(be.to_host(o.logits()?)?);
         }
+        // A step where only the first and last sequences ask for logits (their own gather
+        // before the LM head), then one that asks for hidden states only.
+        let toks: Vec<[u32; 1]> = (0..4).map(|i| [(i * 37 + 11) % 500]).collect();
+        let mut items: Vec<(ponder::kv::SeqId, &[u32])> =
+            kids.iter().zip(&toks).map(|(k, t)| (*k, &t[..])).collect();
+        items.push((b, &toks[0][..]));
+        let mut batch = r.reserve(items.iter().map(|(s, t)| (*s, t.len())))?;
+        let n = batch.seqs.len();
+        for (i, s) in batch.seqs.iter_mut().enumerate() {
+            s.logits = i == 0 || i + 1 == n;
+        }
+        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let KvStore::Own(kv) = &mut r.kv else {
+            anyhow::bail!("a lone runner owns its KV")
+        };
+        let o = m.forward(be, kv, &batch, &ids)?;
+        r.commit(items.iter().map(|(s, t)| (*s, t.len())))?;
+        anyhow::ensure!(be.shape(o.logits()?).0 == 2, "two rows of logits");
+        outs.push(be.to_host(o.logits()?)?);
+        outs.push(be.to_host(&o.hidden)?);
+        let o = r.extend_for(&items, Want::Hidden)?;
+        anyhow::ensure!(o.logits.is_none(), "no logits were asked for");
+        outs.push(be.to_host(&o.hidden)?);
         Ok(outs)
     }
     clear(be);
