@@ -127,6 +127,21 @@ fn unknown_synthetic_model_and_bad_flag_values() {
         ],
         &["--top-p"],
     );
+    // A batch of no sequences cannot make progress: refused, not silently raised to 1.
+    assert_one_line_error(
+        &[
+            "solve",
+            "--method",
+            "baseline",
+            "--model",
+            "synthetic:tiny",
+            "--question",
+            "x",
+            "--max-batch",
+            "0",
+        ],
+        &["--max-batch"],
+    );
 }
 
 #[test]

@@ -98,6 +98,9 @@ impl Opts {
         if self.kv_pages == 0 {
             bail!("--kv-pages must be at least 1");
         }
+        if self.max_batch == Some(0) {
+            bail!("--max-batch must be at least 1");
+        }
         let q = |quick: usize, v: usize| if self.quick { quick } else { v };
         Ok(Settings {
             seed: self.seed,
@@ -155,7 +158,7 @@ impl Opts {
         let runner = |model| -> Result<Runner<'a, B>> {
             let mut r = Runner::new(be, model, self.kv_pages, PAGE_SIZE)?;
             if let Some(b) = self.max_batch {
-                r.max_batch = b.max(1);
+                r.max_batch = b;
             }
             Ok(r)
         };
