@@ -157,3 +157,52 @@ fn gguf_import_of_a_missing_file() {
         &["/nonexistent/model.gguf"],
     );
 }
+
+/// A method named twice would solve and count every problem twice; a results file holding one
+/// problem twice (two runs concatenated by hand) would count it twice in the report. Both
+/// are refused, the second naming both lines.
+#[test]
+fn a_problem_is_never_counted_twice() {
+    let dir = std::env::temp_dir().join(format!("ponder-bad-twice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let tiny = [
+        "--model",
+        "synthetic:tiny",
+        "--limit",
+        "1",
+        "--max-tokens",
+        "4",
+        "--answer-tokens",
+        "2",
+        "--out",
+        d,
+    ];
+    let mut args = vec!["eval", "--method", "baseline,rebase,baseline"];
+    args.extend(tiny);
+    assert_one_line_error(&args, &["--method names baseline twice"]);
+    assert!(!dir.join("results.jsonl").exists(), "nothing ran");
+    let mut args = vec!["eval", "--method", "baseline"];
+    args.extend(tiny);
+    let (code, err) = ponder(&args);
+    assert_eq!(code, 0, "{err}");
+    let path = dir.join("results.jsonl");
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(line.lines().count(), 1);
+    std::fs::write(&path, format!("{line}{line}")).unwrap();
+    assert_one_line_error(
+        &["report", d],
+        &["line 2 repeats the result of line 1", "baseline", "index 0"],
+    );
+    let mut resume = args.clone();
+    resume.push("--resume");
+    // (eval announces its run on stderr first.)
+    let (code, err) = ponder(&resume);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines().last().unwrap().contains("line 2 repeats"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -171,7 +171,7 @@ pub fn summarize(records: &[Record]) -> Vec<Summary> {
 pub fn check_no_overlap(sets: &[(PathBuf, Vec<Record>)]) -> Result<()> {
     let mut owner: HashMap<(String, usize, usize), usize> = HashMap::new();
     for (i, (dir, records)) in sets.iter().enumerate() {
-        // Keys repeated inside one directory are that directory's business (resume skips them).
+        // (read_records refuses a key repeated inside one directory.)
         let keys: BTreeSet<_> = records.iter().map(Record::key).collect();
         for key in keys {
             if let Some(&j) = owner.get(&key) {

@@ -24,6 +24,9 @@ pub fn read_records(dir: &Path) -> Result<(Vec<Record>, u64)> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut out = Vec::new();
+    // The line of each (method, budget, index): a problem has one record, or the report would
+    // count it twice.
+    let mut seen = std::collections::HashMap::new();
     let mut good = 0u64;
     let mut start = 0usize;
     let mut line_no = 0;
@@ -40,6 +43,16 @@ pub fn read_records(dir: &Path) -> Result<(Vec<Record>, u64)> {
                 .with_context(|| {
                     format!("{} line {line_no} is not a result record", path.display())
                 })?;
+            if let Some(first) = seen.insert(rec.key(), line_no) {
+                bail!(
+                    "{} line {line_no} repeats the result of line {first} (method {}, budget {}, \
+                     index {}): a results file holds one record per problem",
+                    path.display(),
+                    rec.method,
+                    rec.budget,
+                    rec.index
+                );
+            }
             out.push(rec);
         }
         start += nl + 1;

@@ -55,6 +55,12 @@ impl Method {
         if v.is_empty() {
             bail!("no method given");
         }
+        // Twice the same method would solve every problem twice and count it twice.
+        for (i, m) in v.iter().enumerate() {
+            if v[..i].contains(m) {
+                bail!("--method names {} twice", m.name());
+            }
+        }
         Ok(v)
     }
 
