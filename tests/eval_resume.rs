@@ -355,3 +355,72 @@ fn shards_merge_into_the_unsharded_report_and_overlaps_are_refused() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `--resume` continues one experiment: other settings (here the seed, then the data) are
+/// refused with the field named, and nothing is added to the results; a new method or a
+/// larger --limit with the same settings goes on. `ponder report` refuses to merge folders of
+/// different runs the same way.
+#[test]
+fn resume_with_other_settings_is_refused() {
+    let dir = tmp("other-settings");
+    let d = dir.to_str().unwrap();
+    let base = [
+        "eval",
+        "--model",
+        "synthetic:tiny",
+        "--max-tokens",
+        "4",
+        "--answer-tokens",
+        "2",
+    ];
+    let run = |extra: &[&str]| {
+        let out = ponder()
+            .args(base)
+            .args(["--out", d])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--method", "baseline", "--limit", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(dir.join("run.json").exists());
+    let (code, err) = run(&[
+        "--method", "baseline", "--limit", "2", "--seed", "9", "--resume",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("seed was 0, now 9"), "{err}");
+    let data = dir.with_extension("jsonl");
+    std::fs::write(&data, "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n").unwrap();
+    let data_arg = data.to_str().unwrap();
+    let (code, err) = run(&["--method", "baseline", "--data", data_arg, "--resume"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("data was 8 rows"), "{err}");
+    assert_eq!(lines(&dir), 1, "a refused resume adds nothing");
+    let (code, err) = run(&["--method", "baseline,rebase", "--limit", "2", "--resume"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines(&dir), 4);
+    let other = tmp("other-settings-b");
+    let out = ponder()
+        .args(base)
+        .args(["--method", "baseline", "--data", data_arg, "--out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = ponder()
+        .arg("report")
+        .arg(&dir)
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("come from different runs: data is"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+    let _ = std::fs::remove_file(&data);
+}

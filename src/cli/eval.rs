@@ -4,6 +4,7 @@ use super::{with_backend, OnBackend};
 use anyhow::{bail, Context, Result};
 use ponder::backend::Backend;
 use ponder::eval::data::{load as load_data, parse_shard, select, Selection};
+use ponder::eval::manifest::{self, data_fingerprint, Manifest};
 use ponder::eval::report::{check_no_overlap, write_report};
 use ponder::eval::results::read_records;
 use ponder::eval::run::{run as run_eval, Plan};
@@ -94,6 +95,7 @@ fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
         shard: a.shard.as_deref().map(parse_shard).transpose()?,
     };
     let problems = select(&data, &sel)?;
+    let data_id = data_fingerprint(&data);
     let device = a.opts.device;
     with_backend(
         device,
@@ -103,6 +105,7 @@ fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
             problems,
             methods,
             settings,
+            data_id,
             cache: cache.to_path_buf(),
         },
     )
@@ -114,21 +117,50 @@ struct Eval {
     problems: Vec<ponder::eval::data::Problem>,
     methods: Vec<Method>,
     settings: ponder::methods::common::Settings,
+    data_id: String,
     cache: PathBuf,
+}
+
+/// Everything the records of this run depend on (see eval/manifest.rs).
+fn manifest<B: Backend>(e: &Eval, be: &B, model: &str) -> Manifest {
+    let (o, s) = (&e.a.opts, &e.settings);
+    let mut m = Manifest::default();
+    m.set("model", model)
+        .set("prm", o.prm.as_deref().unwrap_or("(the policy itself)"))
+        .set("backend", be.name())
+        .set("device", be.device_label())
+        .set("data", &e.data_id)
+        .set("subset", e.a.subset.as_deref().unwrap_or("(none)"))
+        .set("seed", s.seed)
+        .set("protocol", format!("{:?}", s.protocol).to_lowercase())
+        .set("rebase-temperature", s.rebase_temperature)
+        .set("temperature", s.temperature)
+        .set("fixed-lengths", s.fixed_lengths)
+        .set("max-tokens", s.max_tokens)
+        .set("answer-tokens", s.answer_tokens)
+        .set("step-tokens", s.step_tokens)
+        .set("path-tokens", s.path_tokens)
+        .set("max-depth", s.max_depth)
+        .set("quiet-mode", format!("{:?}", s.quiet_mode).to_lowercase())
+        .set("n-ahead", o.n_ahead)
+        .set("keep-thought-embeddings", o.keep_thought_embeddings);
+    m
 }
 
 impl OnBackend for Eval {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
+        let m = load(&be, self.a.opts.model.as_deref(), &self.cache)?;
+        manifest::check_or_write(&self.a.out, &manifest(&self, &be, &m.name), self.a.resume)?;
         let Eval {
             a,
             budgets,
             problems,
             methods,
             settings,
+            data_id: _,
             cache,
         } = self;
         let cache = cache.as_path();
-        let m = load(&be, a.opts.model.as_deref(), cache)?;
         let needs_prm = methods.iter().any(|m| m.uses_prm());
         let needs_quiet = methods.iter().any(|m| m.uses_thoughts());
         let prm = a.opts.load_prm(&be, cache, needs_prm)?;
@@ -203,6 +235,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         let (recs, _) = read_records(d)?;
         sets.push((d.clone(), recs));
     }
+    manifest::check_same_run(&a.dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     check_no_overlap(&sets)?;
     let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
     if all.is_empty() {

@@ -1,5 +1,6 @@
 //! GSM8K evaluation: data and subsets, durable per-problem results, the comparison report.
 pub mod data;
+pub mod manifest;
 pub mod record;
 pub mod report;
 pub mod results;

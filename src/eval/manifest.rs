@@ -1,0 +1,199 @@
+//! What a results folder's records depend on, kept beside them in `DIR/run.json`: the model,
+//! the PRM, the backend, the data and every setting that changes an answer, a token count or
+//! a FLOP. `--resume` with other values would mix two experiments in one report (and skip
+//! problems of another data file whose rows happen to share an index), so it is refused;
+//! `ponder report` refuses to merge folders whose runs differ the same way. Budgets (votes,
+//! width) are not part of it: every record carries its own, and the report keeps them apart.
+use super::data::Loaded;
+use super::results::RESULTS;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const MANIFEST: &str = "run.json";
+
+/// Fields that only describe where the run went (its timing), not what it computed: a
+/// difference is reported, not refused.
+const TIMING_ONLY: &[&str] = &["device"];
+
+/// Field name → value, in a stable order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest(pub BTreeMap<String, String>);
+
+impl Manifest {
+    pub fn set(&mut self, key: &str, value: impl ToString) -> &mut Self {
+        self.0.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// The first field (by name) whose value differs, with both values ("(none)" for a field
+    /// one of them lacks); timing-only fields are skipped unless `timing` is set.
+    fn first_difference(&self, other: &Manifest, timing: bool) -> Option<(String, String, String)> {
+        let none = || "(none)".to_string();
+        let keys: std::collections::BTreeSet<&String> =
+            self.0.keys().chain(other.0.keys()).collect();
+        keys.into_iter()
+            .filter(|k| timing == TIMING_ONLY.contains(&k.as_str()))
+            .find_map(|k| {
+                let (a, b) = (self.0.get(k), other.0.get(k));
+                (a != b).then(|| {
+                    let a = a.cloned().unwrap_or_else(none);
+                    let b = b.cloned().unwrap_or_else(none);
+                    (k.clone(), a, b)
+                })
+            })
+    }
+}
+
+/// A fingerprint of the data as parsed: every row's index, question and gold answer (a
+/// malformed row counts as such), FNV-1a over them, with the row count.
+pub fn data_fingerprint(data: &Loaded) -> String {
+    let mut h = 0xcbf29ce484222325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+        // A separator no UTF-8 text contains, so field boundaries cannot shift.
+        h = (h ^ 0xff).wrapping_mul(0x100000001b3);
+    };
+    for row in &data.rows {
+        match row {
+            Some(p) => {
+                eat(p.index.to_string().as_bytes());
+                eat(p.question.as_bytes());
+                eat(p.gold.as_deref().unwrap_or("").as_bytes());
+            }
+            None => eat(b"malformed"),
+        }
+    }
+    format!("{} rows, fnv1a64 {h:016x}", data.rows.len())
+}
+
+fn read(dir: &Path) -> Result<Option<Manifest>> {
+    let path = dir.join(MANIFEST);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .with_context(|| format!("{} is not a run manifest", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write(dir: &Path, m: &Manifest) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(m)? + "\n";
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Before an eval writes into `dir`: a folder without results gets `m` as its manifest; with
+/// `resume`, a folder with results must have been run with the same values (a folder from
+/// before manifests existed is adopted). Without `resume` a folder with results is left as
+/// it is (opening its results file refuses it).
+pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<()> {
+    let has_results = std::fs::metadata(dir.join(RESULTS)).is_ok_and(|md| md.len() > 0);
+    if !has_results {
+        return write(dir, m);
+    }
+    if !resume {
+        return Ok(());
+    }
+    let Some(old) = read(dir)? else {
+        return write(dir, m);
+    };
+    if let Some((k, was, now)) = old.first_difference(m, false) {
+        bail!(
+            "{} holds results of another run: {k} was {was}, now {now} (resume with the same \
+             settings, or choose another --out)",
+            dir.display()
+        );
+    }
+    if let Some((k, was, now)) = old.first_difference(m, true) {
+        eprintln!(
+            "ponder: resuming {} on another machine: {k} was {was}, now {now} (its seconds per \
+             problem mix the two)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Before merging folders: every folder with a manifest must agree with the first such one.
+pub fn check_same_run(dirs: &[&Path]) -> Result<()> {
+    let mut first: Option<(&Path, Manifest)> = None;
+    for &d in dirs {
+        let Some(m) = read(d)? else { continue };
+        match &first {
+            None => first = Some((d, m)),
+            Some((d0, m0)) => {
+                if let Some((k, a, b)) = m0.first_difference(&m, false) {
+                    bail!(
+                        "result directories {} and {} come from different runs: {k} is {a} \
+                         in one and {b} in the other",
+                        d0.display(),
+                        d.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(seed: u64, device: &str) -> Manifest {
+        let mut m = Manifest::default();
+        m.set("seed", seed).set("device", device).set("model", "x");
+        m
+    }
+
+    #[test]
+    fn differences_are_found_by_kind() {
+        let a = manifest(1, "cpu: 2 threads");
+        assert_eq!(a.first_difference(&a.clone(), false), None);
+        let b = manifest(2, "cpu: 16 threads");
+        assert_eq!(
+            a.first_difference(&b, false),
+            Some(("seed".into(), "1".into(), "2".into()))
+        );
+        assert_eq!(
+            a.first_difference(&b, true).map(|d| d.0),
+            Some("device".into())
+        );
+        let mut c = a.clone();
+        c.set("prm", "p");
+        assert_eq!(
+            a.first_difference(&c, false),
+            Some(("prm".into(), "(none)".into(), "p".into()))
+        );
+    }
+
+    #[test]
+    fn resume_refuses_another_run_and_adopts_an_old_folder() {
+        let dir = std::env::temp_dir().join(format!("ponder-manifest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = manifest(1, "cpu: 2 threads");
+        check_or_write(&dir, &a, false).unwrap();
+        std::fs::write(dir.join(RESULTS), "{}\n").unwrap();
+        // Same run, other machine: allowed. Other seed: refused, naming the field.
+        check_or_write(&dir, &manifest(1, "cpu: 4 threads"), true).unwrap();
+        let e = check_or_write(&dir, &manifest(3, "cpu: 2 threads"), true).unwrap_err();
+        assert!(e.to_string().contains("seed was 1, now 3"), "{e}");
+        // Without --resume the folder is not touched (the results file refuses it).
+        check_or_write(&dir, &manifest(3, "x"), false).unwrap();
+        assert_eq!(read(&dir).unwrap(), Some(a.clone()));
+        // A folder from before manifests: adopted on resume.
+        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        check_or_write(&dir, &manifest(3, "x"), true).unwrap();
+        assert_eq!(read(&dir).unwrap(), Some(manifest(3, "x")));
+        let other = dir.join("other");
+        check_or_write(&other, &a, false).unwrap();
+        let e = check_same_run(&[&dir, &other]).unwrap_err().to_string();
+        assert!(e.contains("seed is 3 in one and 1 in the other"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
