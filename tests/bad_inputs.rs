@@ -142,6 +142,22 @@ fn unknown_synthetic_model_and_bad_flag_values() {
         ],
         &["--max-batch"],
     );
+    for flag in ["--answer-tokens", "--step-tokens", "--path-tokens"] {
+        assert_one_line_error(
+            &[
+                "solve",
+                "--method",
+                "rebase",
+                "--model",
+                "synthetic:tiny",
+                "--question",
+                "x",
+                flag,
+                "0",
+            ],
+            &[flag, "at least 1"],
+        );
+    }
 }
 
 #[test]

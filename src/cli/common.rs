@@ -101,6 +101,18 @@ impl Opts {
         if self.max_batch == Some(0) {
             bail!("--max-batch must be at least 1");
         }
+        // The answer is read from the answer phase, and a REBASE step or path of no tokens
+        // can never grow: zero would run and report nothing. (--max-tokens 0 is a real
+        // setting: a direct answer without a chain of thought.)
+        for (flag, v) in [
+            ("--answer-tokens", self.answer_tokens),
+            ("--step-tokens", self.step_tokens),
+            ("--path-tokens", self.path_tokens),
+        ] {
+            if v == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
         let q = |quick: usize, v: usize| if self.quick { quick } else { v };
         Ok(Settings {
             seed: self.seed,
