@@ -8,10 +8,30 @@
 // static_smem() with a tag unique to the declaration (and template instance): the first
 // thread of a block to reach it places the array, the others get the same address. Dynamic
 // shared memory (DYNAMIC_SMEM) is one more fenced array of the launch's size.
+//
+// Under valgrind (where its headers are installed) memcheck is told what CUDA leaves
+// undefined: every array starts undefined (a read of an element no thread wrote, used in a
+// branch or a result, is an "uninitialised value" error) and the guards are inaccessible (a
+// read one past an array is an "invalid read" at the reading line, which the guard check
+// alone misses). The requests cost a few instructions without valgrind.
 #include "cuda_emu.h"
 
 #include <string>
 #include <vector>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define EMU_MEM_UNDEFINED(p, n) VALGRIND_MAKE_MEM_UNDEFINED(p, n)
+#define EMU_MEM_DEFINED(p, n) VALGRIND_MAKE_MEM_DEFINED(p, n)
+#define EMU_MEM_NOACCESS(p, n) VALGRIND_MAKE_MEM_NOACCESS(p, n)
+#endif
+#endif
+#ifndef EMU_MEM_UNDEFINED
+#define EMU_MEM_UNDEFINED(p, n) ((void)0)
+#define EMU_MEM_DEFINED(p, n) ((void)0)
+#define EMU_MEM_NOACCESS(p, n) ((void)0)
+#endif
 
 namespace emu {
 namespace {
@@ -42,13 +62,18 @@ size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
 // Places an array of `bytes` at the end of the arena, poisoned, with a guard after it.
 size_t place(size_t bytes) {
     const size_t off = arena.end;
-    memset(arena.mem.data() + off, 0xff, bytes);
-    memset(arena.mem.data() + off + bytes, kGuardByte, kGuard);
+    unsigned char* p = arena.mem.data() + off;
+    memset(p, 0xff, bytes);
+    memset(p + bytes, kGuardByte, kGuard);
+    EMU_MEM_UNDEFINED(p, bytes);
+    EMU_MEM_NOACCESS(p + bytes, kGuard);
     arena.end = align16(off + bytes + kGuard);
     return off;
 }
 
 bool guard_intact(size_t from) {
+    // The guard's own bytes (a write into it was reported by valgrind already).
+    EMU_MEM_DEFINED(arena.mem.data() + from, kGuard);
     for (size_t i = 0; i < kGuard; ++i)
         if (arena.mem[from + i] != kGuardByte) return false;
     return true;
@@ -59,6 +84,8 @@ unsigned char* smem_begin_launch(size_t dyn_bytes) {
     // Room for the dynamic array, the static limit and every array's alignment and guard.
     // Kept between launches: every block poisons and fences what it places.
     const size_t need = align16(dyn_bytes) + kStaticMax + (kMaxArrays + 2) * (kGuard + 16);
+    // (A launch that failed mid-block left its guards inaccessible: the resize copies them.)
+    EMU_MEM_DEFINED(arena.mem.data(), arena.mem.size());
     if (arena.mem.size() < need) arena.mem.resize(need);
     arena.dyn_bytes = dyn_bytes;
     smem_begin_block();
@@ -68,12 +95,17 @@ unsigned char* smem_begin_launch(size_t dyn_bytes) {
 void smem_begin_block() {
     arena.arrays.clear();
     arena.static_bytes = 0;
+    // Everything addressable again before it is re-poisoned and re-fenced.
+    EMU_MEM_DEFINED(arena.mem.data(), arena.mem.size());
     memset(arena.mem.data(), kGuardByte, kGuard);
     arena.end = kGuard;
     place(arena.dyn_bytes);
+    EMU_MEM_NOACCESS(arena.mem.data(), kGuard);
 }
 
 std::string smem_end_block() {
+    // What no array covers is checked as guard below or left as it is: addressable again.
+    EMU_MEM_DEFINED(arena.mem.data(), arena.mem.size());
     if (!guard_intact(0)) return "a write before the start of the dynamic shared memory";
     if (!guard_intact(kGuard + arena.dyn_bytes))
         return "a write past the end of the dynamic shared memory (" +
