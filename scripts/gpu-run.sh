@@ -63,6 +63,8 @@ san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 
 
 for s in "${steps[@]}"; do case "$s" in
 info)
+    cp "$here/BUILD" "$logs/build.log" 2>/dev/null || echo "commit: unknown (no BUILD)" > "$logs/build.log"
+    cat "$logs/build.log"
     { nvidia-smi || true; } > "$logs/nvidia-smi.log" 2>&1
     head -n 12 "$logs/nvidia-smi.log"
     run roofline 90 20 python3 "$here/roofline.py"

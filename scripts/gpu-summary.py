@@ -47,6 +47,9 @@ def main():
     if not logs.is_dir():
         sys.exit(f"error: {logs} is not a folder of run.sh logs")
     out = ["# GPU run of gpu-bin/run.sh\n"]
+    build = read(logs / "build.log")
+    if build:
+        fenced("Bundle", build, out)
     smi = read(logs / "nvidia-smi.log")
     if smi:
         gpu = [l for l in smi.splitlines() if re.search(r"H100|H200|NVIDIA", l)]

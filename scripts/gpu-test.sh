@@ -34,6 +34,12 @@ rm -f "$log"
 cp scripts/gpu-run.sh gpu-bin/run.sh
 chmod +x gpu-bin/run.sh
 cp scripts/flops-audit.sh scripts/profile.sh scripts/gpu-summary.py scripts/roofline.py gpu-bin/
+# Which code the bundle holds, so that a GPU result names the commit it measured.
+{
+    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "built: $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
+    echo "CUDA_COMPUTE_CAP: ${CUDA_COMPUTE_CAP:-90a (default)}"
+} > gpu-bin/BUILD
 du -sh gpu-bin
 size=$(du -sm gpu-bin | cut -f1)
 if (( size > 60 )); then
