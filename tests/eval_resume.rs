@@ -388,6 +388,12 @@ fn resume_with_other_settings_is_refused() {
     let (code, err) = run(&["--method", "baseline", "--limit", "1"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(dir.join("run.json").exists());
+    // The report says which settings produced it.
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("- Settings: answer-tokens 2 · data 8 rows") && md.contains("max-tokens 4"),
+        "{md}"
+    );
     let (code, err) = run(&[
         "--method", "baseline", "--limit", "2", "--seed", "9", "--resume",
     ]);

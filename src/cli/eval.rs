@@ -210,7 +210,8 @@ impl OnBackend for Eval {
                 a.resume,
             )?
         };
-        let md = write_report(&a.out, &records)?;
+        let settings = manifest::read(&a.out)?;
+        let md = write_report(&a.out, &records, settings.as_ref())?;
         println!("{md}");
         Ok(())
     }
@@ -250,6 +251,14 @@ pub fn report(a: ReportArgs) -> Result<()> {
     }
     let out = a.out.unwrap_or_else(|| a.dirs[0].clone());
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    println!("{}", write_report(&out, &all)?);
+    // check_same_run: every folder with a manifest agrees with the first one.
+    let mut settings = None;
+    for d in &a.dirs {
+        if let Some(m) = manifest::read(d)? {
+            settings = Some(m);
+            break;
+        }
+    }
+    println!("{}", write_report(&out, &all, settings.as_ref())?);
     Ok(())
 }

@@ -26,6 +26,18 @@ impl Manifest {
         self
     }
 
+    /// The settings line of report.md: every field but those its header shows from the
+    /// records themselves (model, PRM, device, subset, seed).
+    pub fn describe(&self) -> String {
+        const SHOWN: &[&str] = &["model", "prm", "backend", "device", "subset", "seed"];
+        self.0
+            .iter()
+            .filter(|(k, _)| !SHOWN.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    }
+
     /// The first field (by name) whose value differs, with both values ("(none)" for a field
     /// one of them lacks); timing-only fields are skipped unless `timing` is set.
     fn first_difference(&self, other: &Manifest, timing: bool) -> Option<(String, String, String)> {
@@ -69,7 +81,8 @@ pub fn data_fingerprint(data: &Loaded) -> String {
     format!("{} rows, fnv1a64 {h:016x}", data.rows.len())
 }
 
-fn read(dir: &Path) -> Result<Option<Manifest>> {
+/// The manifest of `dir`, if it has one.
+pub fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
     match std::fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t)
@@ -170,6 +183,13 @@ mod tests {
             a.first_difference(&c, false),
             Some(("prm".into(), "(none)".into(), "p".into()))
         );
+    }
+
+    #[test]
+    fn the_report_line_leaves_out_what_the_header_shows() {
+        let mut m = manifest(1, "cpu");
+        m.set("max-tokens", 48).set("protocol", "seed");
+        assert_eq!(m.describe(), "max-tokens 48 · protocol seed");
     }
 
     #[test]

@@ -280,14 +280,20 @@ fn plot_points(summaries: &[Summary], x: impl Fn(&Summary) -> f64) -> Vec<svg::P
 
 /// Writes `report.md`, `summary.csv`, `summary.json`, `accuracy_vs_flops.svg` and
 /// `accuracy_vs_seconds.svg` into `dir` (created if missing); returns the text of `report.md`.
-pub fn write_report(dir: &Path, records: &[Record]) -> Result<String> {
+/// Writes report.md, summary.csv, summary.json and the two plots into `dir`; `settings` (the
+/// run's manifest, when it has one) goes into report.md's header.
+pub fn write_report(
+    dir: &Path,
+    records: &[Record],
+    settings: Option<&crate::eval::manifest::Manifest>,
+) -> Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let summaries = summarize(records);
     let write = |name: &str, text: &str| -> Result<()> {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
-    let md = markdown::render(records, &summaries);
+    let md = markdown::render(records, &summaries, settings);
     write(REPORT_MD, &md)?;
     write(SUMMARY_CSV, &summary_csv(&summaries))?;
     write(

@@ -1,6 +1,7 @@
 //! `report.md`: the per (method, budget) tables, and the study's published figures beside
 //! them when the run used the study's subset.
 use super::{join_distinct, phase_columns, Summary, FLOPS_SVG, SECONDS_SVG};
+use crate::eval::manifest::Manifest;
 use crate::eval::record::Record;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -226,7 +227,7 @@ fn distinct_item<'a>(label: &str, values: impl Iterator<Item = &'a str>, none: &
 }
 
 /// The text of `report.md`.
-pub fn render(records: &[Record], summaries: &[Summary]) -> String {
+pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manifest>) -> String {
     let mut out = String::from("# ponder: GSM8K comparison of reasoning methods\n\n");
     out.push_str(&distinct_item(
         "Model",
@@ -284,6 +285,9 @@ pub fn render(records: &[Record], summaries: &[Summary]) -> String {
     if !seeds.is_empty() {
         let seeds: Vec<String> = seeds.iter().map(u64::to_string).collect();
         writeln!(out, "- Seed: {}", seeds.join(", ")).unwrap();
+    }
+    if let Some(m) = settings {
+        writeln!(out, "- Settings: {}", cell(&m.describe())).unwrap();
     }
     out.push('\n');
 

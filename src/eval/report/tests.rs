@@ -171,7 +171,7 @@ fn balanced(svg: &str) -> bool {
 fn write_report_writes_five_files() {
     let dir = temp_dir("plain");
     let records = sample();
-    let md = write_report(&dir, &records).unwrap();
+    let md = write_report(&dir, &records, None).unwrap();
     for f in [REPORT_MD, SUMMARY_CSV, SUMMARY_JSON, FLOPS_SVG, SECONDS_SVG] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
@@ -232,7 +232,7 @@ fn study_figures_only_for_the_study_subset() {
     for r in &mut records {
         r.subset = Some("seed42-128".into());
     }
-    let md = write_report(&dir, &records).unwrap();
+    let md = write_report(&dir, &records, None).unwrap();
     assert!(md.contains("published figures"), "{md}");
     assert!(md.contains("| baseline | 10.16% (13/128) | 11.22 T | 52.47 s | baseline 6 votes | 2/3 (66.67%) | 1.000e12 |"), "{md}");
     assert!(
@@ -251,7 +251,7 @@ fn study_figures_only_for_the_study_subset() {
     assert!(md.contains("formula"));
 
     records[0].subset = None;
-    let md = write_report(&dir, &records).unwrap();
+    let md = write_report(&dir, &records, None).unwrap();
     assert!(!md.contains("published figures"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
