@@ -62,25 +62,20 @@ impl Branch {
 }
 
 /// Runs `items` (sequence, tokens to append) through the model and returns each sequence's
-/// last-token logits and hidden state, on the host. When the KV pool runs short the batch is
-/// split in halves and run one after the other — the results are the same, only slower.
+/// last-token logits, on the host. When the KV pool runs short the batch is split in halves
+/// and run one after the other — the results are the same, only slower.
 pub fn forward_items<B: Backend>(
     r: &mut Runner<'_, B>,
     items: &[(SeqId, Vec<u32>)],
-) -> Result<(Vec<f32>, Vec<f32>)> {
+) -> Result<Vec<f32>> {
     let parts = forward_parts(r, items, Want::Logits, &|be: &B, out: Output<B>| {
-        Ok((be.to_host(out.logits()?)?, be.to_host(&out.hidden)?))
+        be.to_host(out.logits()?)
     })?;
-    let (mut l, mut h) = (Vec::new(), Vec::new());
-    for (l2, h2) in parts {
-        l.extend(l2);
-        h.extend(h2);
-    }
-    Ok((l, h))
+    Ok(parts.concat())
 }
 
-/// `forward_items` for a caller that reads no logits: the LM head does not run, and only the
-/// hidden states come back (to the host).
+/// `forward_items` for a caller that reads no logits: the LM head does not run, and the
+/// hidden states come back (to the host) instead.
 pub fn forward_hidden<B: Backend>(
     r: &mut Runner<'_, B>,
     items: &[(SeqId, Vec<u32>)],

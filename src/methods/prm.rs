@@ -141,7 +141,7 @@ impl<'a, B: Backend> Prm<'a, B> {
             feed.push((b.seq, b.all[cached..].to_vec()));
         }
         self.runner.be.set_phase(Phase::Prm);
-        let (logits, _) = forward_items(&mut self.runner, &feed)?;
+        let logits = forward_items(&mut self.runner, &feed)?;
         self.tokens += feed.iter().map(|(_, t)| t.len() as u64).sum::<u64>();
         let v = logits.len() / kids.len().max(1);
         Ok((0..kids.len())
