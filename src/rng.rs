@@ -11,6 +11,18 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// FNV-1a's offset basis: the starting state of [`fnv1a`].
+pub const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+
+/// FNV-1a over `bytes` from state `h`: a stable hash of names and texts (synthetic weights'
+/// seeds, the data fingerprint of a results folder), not a random stream.
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
 /// A uniform in [0, 1) with 53 random bits, for draw `counter` of stream `stream`.
 #[inline]
 pub fn uniform(seed: u64, stream: u64, counter: u64) -> f64 {

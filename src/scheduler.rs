@@ -100,8 +100,7 @@ pub fn forward_logits<B: Backend>(
     items: &[(SeqId, Vec<u32>)],
 ) -> Result<Vec<B::Tensor>> {
     forward_parts(r, items, Want::Logits, &|_: &B, out: Output<B>| {
-        out.logits
-            .ok_or_else(|| anyhow::anyhow!("a forward pass returned no logits"))
+        out.into_logits()
     })
 }
 

@@ -290,15 +290,7 @@ fn parallel_thoughts_give_the_incremental_logits_for_the_same_thought_tokens() {
     let mut out = vec![];
     for mode in [Mode::Incremental, Mode::Parallel] {
         let mut r = Runner::new(&be, &m.model, 512, 4).unwrap();
-        let mut b = Branch {
-            seq: r.pool.create(),
-            all: seq.clone(),
-            gen_start: seq.len(),
-            stream: 3,
-            draws: 0,
-            finish: None,
-            text: String::new(),
-        };
+        let mut b = Branch::new(r.pool.create(), seq.clone(), 3);
         prefill(&mut r, &[&b]).unwrap();
         let rows = if mode == Mode::Parallel { seq.len() } else { 1 };
         let mut step = ThoughtStep::new(&qs, 1, mode);
@@ -375,15 +367,7 @@ fn quiet_star_runs_the_lm_head_only_where_it_reads_logits() {
     let seq: Vec<u32> = (0..11).map(|i| (i * 31 % 500 + 3) as u32).collect();
     for mode in [Mode::Incremental, Mode::Parallel] {
         let mut r = Runner::new(&be, &m.model, 512, 4).unwrap();
-        let mut b = Branch {
-            seq: r.pool.create(),
-            all: seq.clone(),
-            gen_start: seq.len(),
-            stream: 3,
-            draws: 0,
-            finish: None,
-            text: String::new(),
-        };
+        let mut b = Branch::new(r.pool.create(), seq.clone(), 3);
         prefill(&mut r, &[&b]).unwrap();
         let before = be.ledger().lock().unwrap().clone();
         let mut step = ThoughtStep::new(&qs, 1, mode);

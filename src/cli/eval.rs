@@ -150,7 +150,8 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str) -> Manifest {
 impl OnBackend for Eval {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let m = load(&be, self.a.opts.model.as_deref(), &self.cache)?;
-        manifest::check_or_write(&self.a.out, &manifest(&self, &be, &m.name), self.a.resume)?;
+        let recorded =
+            manifest::check_or_write(&self.a.out, &manifest(&self, &be, &m.name), self.a.resume)?;
         let Eval {
             a,
             budgets,
@@ -210,8 +211,7 @@ impl OnBackend for Eval {
                 a.resume,
             )?
         };
-        let settings = manifest::read(&a.out)?;
-        let md = write_report(&a.out, &records, settings.as_ref())?;
+        let md = write_report(&a.out, &records, Some(&recorded))?;
         println!("{md}");
         Ok(())
     }
@@ -236,7 +236,8 @@ pub fn report(a: ReportArgs) -> Result<()> {
         let (recs, _) = read_records(d)?;
         sets.push((d.clone(), recs));
     }
-    manifest::check_same_run(&a.dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+    let settings =
+        manifest::check_same_run(&a.dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     check_no_overlap(&sets)?;
     let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
     if all.is_empty() {
@@ -251,14 +252,6 @@ pub fn report(a: ReportArgs) -> Result<()> {
     }
     let out = a.out.unwrap_or_else(|| a.dirs[0].clone());
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    // check_same_run: every folder with a manifest agrees with the first one.
-    let mut settings = None;
-    for d in &a.dirs {
-        if let Some(m) = manifest::read(d)? {
-            settings = Some(m);
-            break;
-        }
-    }
     println!("{}", write_report(&out, &all, settings.as_ref())?);
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! width) are not part of it: every record carries its own, and the report keeps them apart.
 use super::data::Loaded;
 use super::results::RESULTS;
+use crate::rng::{fnv1a, FNV_OFFSET};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,13 +61,10 @@ impl Manifest {
 /// A fingerprint of the data as parsed: every row's index, question and gold answer (a
 /// malformed row counts as such), FNV-1a over them, with the row count.
 pub fn data_fingerprint(data: &Loaded) -> String {
-    let mut h = 0xcbf29ce484222325u64;
+    let mut h = FNV_OFFSET;
     let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-        }
-        // A separator no UTF-8 text contains, so field boundaries cannot shift.
-        h = (h ^ 0xff).wrapping_mul(0x100000001b3);
+        // Then a separator no UTF-8 text contains, so field boundaries cannot shift.
+        h = fnv1a(fnv1a(h, bytes), &[0xff]);
     };
     for row in &data.rows {
         match row {
@@ -82,7 +80,7 @@ pub fn data_fingerprint(data: &Loaded) -> String {
 }
 
 /// The manifest of `dir`, if it has one.
-pub fn read(dir: &Path) -> Result<Option<Manifest>> {
+fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
     match std::fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t)
@@ -103,17 +101,20 @@ fn write(dir: &Path, m: &Manifest) -> Result<()> {
 /// Before an eval writes into `dir`: a folder without results gets `m` as its manifest; with
 /// `resume`, a folder with results must have been run with the same values (a folder from
 /// before manifests existed is adopted). Without `resume` a folder with results is left as
-/// it is (opening its results file refuses it).
-pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<()> {
+/// it is (opening its results file refuses it). Returns the folder's manifest from now on
+/// (on a resume, the recorded one).
+pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest> {
     let has_results = std::fs::metadata(dir.join(RESULTS)).is_ok_and(|md| md.len() > 0);
     if !has_results {
-        return write(dir, m);
+        write(dir, m)?;
+        return Ok(m.clone());
     }
     if !resume {
-        return Ok(());
+        return Ok(m.clone());
     }
     let Some(old) = read(dir)? else {
-        return write(dir, m);
+        write(dir, m)?;
+        return Ok(m.clone());
     };
     if let Some((k, was, now)) = old.first_difference(m, false) {
         bail!(
@@ -129,11 +130,12 @@ pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<()> {
             dir.display()
         );
     }
-    Ok(())
+    Ok(old)
 }
 
-/// Before merging folders: every folder with a manifest must agree with the first such one.
-pub fn check_same_run(dirs: &[&Path]) -> Result<()> {
+/// Before merging folders: every folder with a manifest must agree with the first such one,
+/// which is returned (None when no folder has one).
+pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
     let mut first: Option<(&Path, Manifest)> = None;
     for &d in dirs {
         let Some(m) = read(d)? else { continue };
@@ -151,7 +153,7 @@ pub fn check_same_run(dirs: &[&Path]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(first.map(|(_, m)| m))
 }
 
 #[cfg(test)]
@@ -200,7 +202,8 @@ mod tests {
         check_or_write(&dir, &a, false).unwrap();
         std::fs::write(dir.join(RESULTS), "{}\n").unwrap();
         // Same run, other machine: allowed. Other seed: refused, naming the field.
-        check_or_write(&dir, &manifest(1, "cpu: 4 threads"), true).unwrap();
+        let kept = check_or_write(&dir, &manifest(1, "cpu: 4 threads"), true).unwrap();
+        assert_eq!(kept, a, "a resume keeps the recorded manifest");
         let e = check_or_write(&dir, &manifest(3, "cpu: 2 threads"), true).unwrap_err();
         assert!(e.to_string().contains("seed was 1, now 3"), "{e}");
         // Without --resume the folder is not touched (the results file refuses it).
@@ -212,6 +215,7 @@ mod tests {
         assert_eq!(read(&dir).unwrap(), Some(manifest(3, "x")));
         let other = dir.join("other");
         check_or_write(&other, &a, false).unwrap();
+        assert_eq!(check_same_run(&[&other]).unwrap(), Some(a.clone()));
         let e = check_same_run(&[&dir, &other]).unwrap_err().to_string();
         assert!(e.contains("seed is 3 in one and 1 in the other"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);

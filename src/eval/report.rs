@@ -280,8 +280,7 @@ fn plot_points(summaries: &[Summary], x: impl Fn(&Summary) -> f64) -> Vec<svg::P
 
 /// Writes `report.md`, `summary.csv`, `summary.json`, `accuracy_vs_flops.svg` and
 /// `accuracy_vs_seconds.svg` into `dir` (created if missing); returns the text of `report.md`.
-/// Writes report.md, summary.csv, summary.json and the two plots into `dir`; `settings` (the
-/// run's manifest, when it has one) goes into report.md's header.
+/// `settings` (the run's manifest, when it has one) goes into report.md's header.
 pub fn write_report(
     dir: &Path,
     records: &[Record],

@@ -39,10 +39,17 @@ pub struct Output<B: Backend> {
 impl<B: Backend> Output<B> {
     /// The logits rows; an error for a pass that asked for hidden states only.
     pub fn logits(&self) -> Result<&B::Tensor> {
-        self.logits
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("the forward pass was asked for hidden states only"))
+        self.logits.as_ref().ok_or_else(hidden_only)
     }
+
+    /// The same, by value.
+    pub fn into_logits(self) -> Result<B::Tensor> {
+        self.logits.ok_or_else(hidden_only)
+    }
+}
+
+fn hidden_only() -> anyhow::Error {
+    anyhow::anyhow!("the forward pass was asked for hidden states only")
 }
 
 /// A source of parameter values, so that real and synthetic models load the same way.
@@ -156,23 +163,20 @@ impl<B: Backend> Model<B> {
         // Only each sequence's last token is returned (every token of a thought block), and
         // only the rows whose caller reads logits go through the LM head.
         let last = batch.output_rows();
-        let with_logits = batch.logit_rows();
-        // Some rows with logits, not all: their own gather.
-        let part = if with_logits.is_empty() || with_logits.len() == last.len() {
-            None
-        } else {
-            let rows: Vec<usize> = with_logits.iter().map(|&r| last[r]).collect();
-            Some(be.gather_rows(&h, &rows)?)
-        };
         let hidden = if last.len() == batch.n_tokens() {
             h
         } else {
             be.gather_rows(&h, &last)?
         };
-        let logits = match part {
-            Some(p) => Some(be.linear(&p, self.lm_head())?),
-            None if with_logits.is_empty() => None,
-            None => Some(be.linear(&hidden, self.lm_head())?),
+        let with_logits = batch.logit_rows();
+        let logits = if with_logits.is_empty() {
+            None
+        } else if with_logits.len() == last.len() {
+            Some(be.linear(&hidden, self.lm_head())?)
+        } else {
+            // Some output rows with logits, not all: those rows of `hidden` alone.
+            let part = be.gather_rows(&hidden, &with_logits)?;
+            Some(be.linear(&part, self.lm_head())?)
         };
         Ok(Output { hidden, logits })
     }
@@ -192,10 +196,7 @@ impl ParamSource for Synthetic {
         }
         let fan_in = shape[1] as f32;
         let bound = (3.0 / fan_in).sqrt();
-        let mut h = 0xcbf29ce484222325u64 ^ self.seed;
-        for b in name.bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-        }
+        let h = crate::rng::fnv1a(crate::rng::FNV_OFFSET ^ self.seed, name.as_bytes());
         let data = crate::rng::fill_uniform(h, n, bound);
         Ok(WeightData::Host(Cow::Owned(data)))
     }
