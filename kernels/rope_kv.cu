@@ -1,26 +1,29 @@
-// RoPE (HF rotate-half: element i pairs with i + d/2, angle pos * theta^(-2i/d)) on q in place,
-// and on k while writing k and v into their KV pages, plus the page copies of fork / CoW.
+// RoPE (HF rotate-half: element i pairs with i + d/2, angle pos * theta^(-2i/d)) on q and on k,
+// read from the fused q|k|v projection, writing the rotated q out and k, v into their KV pages;
+// plus the page copies of fork / CoW.
 //
 // KV storage (bf16), K and V in separate buffers of the same layout:
 //     [layer][page][slot in page][kv head][head dim]
 // A token's slot = page * page_size + offset; `layer_off` = layer * pages * page_size.
 //
-// rope_store_kv: grid (n_tokens), block 128. q f32 [n, hq*hd] (rotated in place); k, v f32
-//   [n, hk*hd]; pos, slot u32 [n]; inv_freq f64 [hd/2] (computed on the host exactly as the
+// rope_store_kv: grid (n_tokens), block 128. qkv f32 [n, (hq + 2hk)*hd], each row q, k, v side
+//   by side (one GEMM); q f32 [n, hq*hd] out (rotated); pos, slot u32 [n]; inv_freq f64 [hd/2] (computed on the host exactly as the
 //   CPU backend does). cos/sin are taken in f64 and rounded to f32, like the CPU.
 //   Per rotated pair 6 FLOPs (4 mul, 2 add); per token hd/2 sin + hd/2 cos.
 // kv_copy: grid (n_copies, layers), block 256. copies = (src page, dst page, len) u32 triples;
 //   copies len slots of every layer, K and V.
 #include "common.cuh"
 
-__device__ __forceinline__ void rotate(float* h, const float* c, const float* s, int half, int i) {
-    const float a = h[i], b = h[i + half];
-    h[i] = a * c[i] - b * s[i];
-    h[i + half] = b * c[i] + a * s[i];
+// Rotates pair (i, i + half) of head `in` into `out` (which may be `in`).
+__device__ __forceinline__ void rotate(const float* in, float* out, const float* c, const float* s,
+                                       int half, int i) {
+    const float a = in[i], b = in[i + half];
+    out[i] = a * c[i] - b * s[i];
+    out[i + half] = b * c[i] + a * s[i];
 }
 
-extern "C" __global__ void rope_store_kv(float* __restrict__ q, const float* __restrict__ k,
-                                         const float* __restrict__ v, bf16* __restrict__ kc,
+extern "C" __global__ void rope_store_kv(const float* __restrict__ qkv, float* __restrict__ q,
+                                         bf16* __restrict__ kc,
                                          bf16* __restrict__ vc, const uint32_t* __restrict__ pos,
                                          const uint32_t* __restrict__ slots,
                                          const double* __restrict__ inv_freq, int hq, int hk,
@@ -38,23 +41,26 @@ extern "C" __global__ void rope_store_kv(float* __restrict__ q, const float* __r
         cosv[i] = (float)cn;
         sinv[i] = (float)sn;
     }
-    const int kd = hk * hd;
-    for (int i = threadIdx.x; i < kd; i += blockDim.x) krow[i] = k[t * kd + i];
+    const int qd = hq * hd, kd = hk * hd;
+    const float* in = qkv + t * (size_t)(qd + 2 * kd);
+    const float* k = in + qd;
+    const float* v = in + qd + kd;
+    for (int i = threadIdx.x; i < kd; i += blockDim.x) krow[i] = k[i];
     __syncthreads();
-    float* qr = q + t * (size_t)hq * hd;
+    float* qr = q + t * (size_t)qd;
     for (int j = threadIdx.x; j < hq * half; j += blockDim.x) {
         const int h = j / half, i = j % half;
-        rotate(qr + h * hd, cosv, sinv, half, i);
+        rotate(in + h * hd, qr + h * hd, cosv, sinv, half, i);
     }
     for (int j = threadIdx.x; j < hk * half; j += blockDim.x) {
         const int h = j / half, i = j % half;
-        rotate(krow + h * hd, cosv, sinv, half, i);
+        rotate(krow + h * hd, krow + h * hd, cosv, sinv, half, i);
     }
     __syncthreads();
     const size_t at = kv_offset(layer_off, slots[t], hk, 0, hd);
     for (int i = threadIdx.x; i < kd; i += blockDim.x) {
         kc[at + i] = f2bf(krow[i]);
-        vc[at + i] = f2bf(v[t * kd + i]);
+        vc[at + i] = f2bf(v[i]);
     }
 }
 

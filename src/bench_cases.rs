@@ -2,7 +2,7 @@
 //! of `ponder bench attention` and of the criterion kernel benches (benches/kernels.rs). Each
 //! case is a query tensor, a one-layer paged KV cache filled with random keys and values, and
 //! the batch layout to run `Backend::attention` on.
-use crate::backend::{AttnDims, Backend, Batch, KvShape, SeqSlice, ThoughtBlock};
+use crate::backend::{concat_columns, AttnDims, Backend, Batch, KvShape, SeqSlice, ThoughtBlock};
 use crate::rng::fill_uniform;
 use anyhow::Result;
 
@@ -57,10 +57,10 @@ pub fn fill_kv<B: Backend>(be: &B, kv: &mut B::Kv, fill: &Batch, d: AttnDims) ->
         let b = batch(vec![s.clone()]);
         let n = s.n_tokens;
         let (qd, kd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
-        let mut q = be.tensor(n, qd, &vec![0.0; n * qd])?;
-        let k = be.tensor(n, kd, &fill_uniform(2 * i as u64 + 1, n * kd, 1.0))?;
-        let v = be.tensor(n, kd, &fill_uniform(2 * i as u64 + 2, n * kd, 1.0))?;
-        be.rope_store_kv(&mut q, &k, &v, kv, 0, &b, d)?;
+        let k = fill_uniform(2 * i as u64 + 1, n * kd, 1.0);
+        let v = fill_uniform(2 * i as u64 + 2, n * kd, 1.0);
+        let qkv = concat_columns(n, &[(&vec![0.0; n * qd], qd), (&k, kd), (&v, kd)]);
+        be.rope_store_kv(&be.tensor(n, qd + 2 * kd, &qkv)?, kv, 0, &b, d)?;
     }
     Ok(())
 }

@@ -48,15 +48,32 @@ pub enum CpuStore {
 
 pub struct CpuWeight {
     pub shape: Vec<usize>,
-    store: CpuStore,
+    /// Row blocks in order: one for an ordinary weight, several for a stacked projection
+    /// (Backend::stacked_weight), whose memory-mapped parts stay in the map.
+    parts: Vec<CpuStore>,
 }
 
-impl CpuWeight {
-    pub fn data(&self) -> &[f32] {
-        match &self.store {
+impl CpuStore {
+    fn as_slice(&self) -> &[f32] {
+        match self {
             CpuStore::Mapped(m) => m.as_slice(),
             CpuStore::Owned(v) => v,
         }
+    }
+}
+
+impl CpuWeight {
+    /// The values of a weight held in one block: every weight but the stacked projections,
+    /// which only `linear` reads (through `blocks`).
+    pub fn data(&self) -> Result<&[f32]> {
+        match &self.parts[..] {
+            [one] => Ok(one.as_slice()),
+            _ => bail!("a stacked weight is an operand of linear only"),
+        }
+    }
+    /// The row blocks, in order.
+    pub(super) fn blocks(&self) -> Vec<&[f32]> {
+        self.parts.iter().map(CpuStore::as_slice).collect()
     }
     fn rows_cols(&self) -> (usize, usize) {
         match self.shape[..] {
@@ -64,6 +81,13 @@ impl CpuWeight {
             [c] => (1, c),
             _ => (0, 0),
         }
+    }
+}
+
+fn store(data: WeightData) -> CpuStore {
+    match data {
+        WeightData::Mapped(m) => CpuStore::Mapped(m),
+        WeightData::Host(c) => CpuStore::Owned(c.into_owned()),
     }
 }
 
@@ -103,13 +127,23 @@ impl Backend for Cpu {
 
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<CpuWeight> {
         crate::backend::check_weight_shape(shape, data.as_slice().len())?;
-        let store = match data {
-            WeightData::Mapped(m) => CpuStore::Mapped(m),
-            WeightData::Host(c) => CpuStore::Owned(c.into_owned()),
-        };
         Ok(CpuWeight {
             shape: shape.to_vec(),
-            store,
+            parts: vec![store(data)],
+        })
+    }
+
+    fn stacked_weight(&self, cols: usize, parts: Vec<(usize, WeightData)>) -> Result<CpuWeight> {
+        ensure!(
+            !parts.is_empty(),
+            "a stacked weight needs at least one part"
+        );
+        for (r, part) in &parts {
+            crate::backend::check_weight_shape(&[*r, cols], part.as_slice().len())?;
+        }
+        Ok(CpuWeight {
+            shape: vec![parts.iter().map(|p| p.0).sum(), cols],
+            parts: parts.into_iter().map(|(_, d)| store(d)).collect(),
         })
     }
 
@@ -182,7 +216,7 @@ impl Backend for Cpu {
 
     fn embed(&self, table: &CpuWeight, ids: &[u32]) -> Result<CpuTensor> {
         let (vocab, d) = table.rows_cols();
-        let t = table.data();
+        let t = table.data()?;
         let mut data = Vec::with_capacity(ids.len() * d);
         for &id in ids {
             let id = id as usize;
@@ -205,15 +239,16 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f32) -> Result<CpuTensor> {
+        let w = w.data()?;
         ensure!(
-            w.data().len() == x.cols,
+            w.len() == x.cols,
             "rms_norm: weight length differs from row length"
         );
         let mut out = vec![0.0; x.data.len()];
         out.par_chunks_mut(x.cols)
             .zip(x.data.par_chunks(x.cols))
             .for_each(|(o, r)| {
-                norm_row(o, r, w.data(), eps);
+                norm_row(o, r, w, eps);
             });
         let (n, d) = (x.rows as u64, x.cols as u64);
         self.record(
@@ -235,8 +270,9 @@ impl Backend for Cpu {
         eps: f32,
     ) -> Result<CpuTensor> {
         same_shape(residual, x, "add_rms_norm")?;
+        let w = w.data()?;
         ensure!(
-            w.data().len() == x.cols,
+            w.len() == x.cols,
             "add_rms_norm: weight length differs from row length"
         );
         let cols = x.cols;
@@ -248,7 +284,7 @@ impl Backend for Cpu {
                 for (a, b) in r.iter_mut().zip(xr) {
                     *a += *b;
                 }
-                norm_row(o, r, w.data(), eps);
+                norm_row(o, r, w, eps);
             });
         let (n, d) = (x.rows as u64, x.cols as u64);
         self.record(
@@ -265,8 +301,8 @@ impl Backend for Cpu {
     fn linear(&self, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
         let (m, k) = super::check_linear_shape(x.cols, &w.shape)?;
         let n = x.rows;
-        let wd = w.data();
-        let out = super::cpu_linear::matmul_nt(&x.data, n, k, wd, m);
+        let rows = super::cpu_linear::Rows::new(&w.blocks(), k);
+        let out = super::cpu_linear::matmul_nt(&x.data, n, k, &rows, m);
         let (n, m, k) = (n as u64, m as u64, k as u64);
         self.record(
             "matmul",
@@ -279,18 +315,15 @@ impl Backend for Cpu {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn rope_store_kv(
         &self,
-        q: &mut CpuTensor,
-        k: &CpuTensor,
-        v: &CpuTensor,
+        qkv: &CpuTensor,
         kv: &mut CpuKv,
         layer: usize,
         batch: &Batch,
         dims: AttnDims,
-    ) -> Result<()> {
-        super::cpu_attn::rope_store_kv(self, q, k, v, kv, layer, batch, dims)
+    ) -> Result<CpuTensor> {
+        super::cpu_attn::rope_store_kv(self, qkv, kv, layer, batch, dims)
     }
 
     fn attention(
@@ -304,21 +337,24 @@ impl Backend for Cpu {
         super::cpu_attn::attention(self, q, kv, layer, batch, dims)
     }
 
-    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
-        same_shape(gate, up, "silu_mul")?;
-        let mut out = vec![0.0; gate.data.len()];
-        out.par_chunks_mut(4096)
-            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
-                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                    *o = *g / (1.0 + (-*g).exp()) * *u;
-                }
-            });
-        let n = gate.data.len() as u64;
+    fn silu_mul(&self, gate_up: &CpuTensor) -> Result<CpuTensor> {
+        let f = super::check_gate_up((gate_up.rows, gate_up.cols))?;
+        let mut out = vec![0.0; gate_up.rows * f];
+        if f > 0 {
+            out.par_chunks_mut(f)
+                .zip(gate_up.data.par_chunks(2 * f))
+                .for_each(|(o, gu)| {
+                    let (g, u) = gu.split_at(f);
+                    for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                        *o = *g / (1.0 + (-*g).exp()) * *u;
+                    }
+                });
+        }
+        let n = out.len() as u64;
         self.record("silu_mul", Counts::exact(3 * n, 3 * n * F32, n));
         Ok(CpuTensor {
-            rows: gate.rows,
-            cols: gate.cols,
+            rows: gate_up.rows,
+            cols: f,
             data: out,
         })
     }
@@ -372,5 +408,23 @@ fn zeroed(n: usize) -> Option<Vec<f32>> {
     unsafe {
         let p = std::alloc::alloc_zeroed(layout) as *mut f32;
         (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn a_stacked_weight_is_an_operand_of_linear_only() {
+        let be = Cpu::new();
+        let part = |r: usize| (r, WeightData::Host(Cow::Owned(vec![1.0; r * 4])));
+        let w = be.stacked_weight(4, vec![part(1), part(2)]).unwrap();
+        assert_eq!(w.shape, [3, 4]);
+        let x = be.tensor(2, 4, &[1.0; 8]).unwrap();
+        assert_eq!(be.linear(&x, &w).unwrap().data, vec![4.0; 6]);
+        let e = be.rms_norm(&x, &w, 1e-6).unwrap_err().to_string();
+        assert!(e.contains("stacked weight"), "{e}");
     }
 }

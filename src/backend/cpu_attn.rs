@@ -9,37 +9,30 @@ use crate::flops::Counts;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
-#[allow(clippy::too_many_arguments)]
 pub fn rope_store_kv(
     be: &Cpu,
-    q: &mut CpuTensor,
-    k: &CpuTensor,
-    v: &CpuTensor,
+    qkv: &CpuTensor,
     kv: &mut CpuKv,
     layer: usize,
     batch: &Batch,
     dims: AttnDims,
-) -> Result<()> {
+) -> Result<CpuTensor> {
     let hd = dims.head_dim;
     let nt = batch.n_tokens();
-    crate::backend::check_rope_shapes(
-        (q.rows, q.cols),
-        (k.rows, k.cols),
-        (v.rows, v.cols),
-        kv.shape,
-        layer,
-        batch,
-        dims,
-    )?;
+    crate::backend::check_rope_shapes((qkv.rows, qkv.cols), kv.shape, layer, batch, dims)?;
+    let (qd, kd, w) = (dims.heads * hd, dims.kv_heads * hd, qkv.cols);
+    let row = |t: usize| &qkv.data[t * w..(t + 1) * w];
     let pos = batch.positions();
     let slots = batch.slots()?;
     let inv = inv_freq(hd, dims.rope_theta);
-    q.data
-        .par_chunks_mut(q.cols)
+    let mut q = vec![0.0f32; nt * qd];
+    q.par_chunks_mut(qd.max(1))
         .zip(pos.par_iter())
-        .for_each(|(row, &p)| {
+        .enumerate()
+        .for_each(|(t, (out, &p))| {
+            out.copy_from_slice(&row(t)[..qd]);
             let (cos, sin) = angles(&inv, p);
-            for h in row.chunks_mut(hd) {
+            for h in out.chunks_mut(hd) {
                 rotate_half(h, &cos, &sin);
             }
         });
@@ -52,28 +45,33 @@ pub fn rope_store_kv(
         );
         let (cos, sin) = angles(&inv, pos[t]);
         let at = kv.at(layer, slot);
-        let kr = &mut kv.k[at..at + k.cols];
-        kr.copy_from_slice(&k.data[t * k.cols..(t + 1) * k.cols]);
+        let kr = &mut kv.k[at..at + kd];
+        kr.copy_from_slice(&row(t)[qd..qd + kd]);
         for h in kr.chunks_mut(hd) {
             rotate_half(h, &cos, &sin);
         }
-        kv.v[at..at + v.cols].copy_from_slice(&v.data[t * v.cols..(t + 1) * v.cols]);
+        kv.v[at..at + kd].copy_from_slice(&row(t)[qd + kd..]);
     }
-    let (nt, hq, hk, hd) = (
+    let (nt64, hq, hk, hd) = (
         nt as u64,
         dims.heads as u64,
         dims.kv_heads as u64,
         hd as u64,
     );
+    // Reads qkv, writes q, k and v: the bytes of the in-place version it replaced.
     be.record(
         "rope_kv",
         Counts::exact(
-            crate::backend::rope_useful_flops(nt as usize, dims),
-            nt * (2 * hq + 4 * hk) * hd * F32,
-            nt * hd,
+            crate::backend::rope_useful_flops(nt, dims),
+            nt64 * (2 * hq + 4 * hk) * hd * F32,
+            nt64 * hd,
         ),
     );
-    Ok(())
+    Ok(CpuTensor {
+        rows: nt,
+        cols: qd,
+        data: q,
+    })
 }
 
 pub fn attention(

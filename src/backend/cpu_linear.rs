@@ -3,9 +3,49 @@
 use super::cpu_math::{dot, dot4, dot_rows4};
 use rayon::prelude::*;
 
+/// A weight's rows, held as one or more row blocks of k columns (a stacked projection's
+/// parts stay where they were loaded, memory-mapped ones included).
+pub(super) struct Rows<'a> {
+    /// (first row, values) of each block, in row order; the first block starts at row 0.
+    blocks: Vec<(usize, &'a [f32])>,
+    k: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub(super) fn new(blocks: &[&'a [f32]], k: usize) -> Self {
+        let mut first = 0;
+        let blocks = blocks
+            .iter()
+            .map(|b| {
+                let at = first;
+                first += b.len() / k.max(1);
+                (at, *b)
+            })
+            .collect();
+        Rows { blocks, k }
+    }
+
+    fn len(&self) -> usize {
+        self.blocks
+            .last()
+            .map_or(0, |(at, b)| at + b.len() / self.k.max(1))
+    }
+
+    /// Row j (a few blocks at most: a linear scan).
+    #[inline]
+    fn row(&self, j: usize) -> &'a [f32] {
+        let mut b = 0;
+        while b + 1 < self.blocks.len() && self.blocks[b + 1].0 <= j {
+            b += 1;
+        }
+        let (at, data) = self.blocks[b];
+        &data[(j - at) * self.k..(j - at + 1) * self.k]
+    }
+}
+
 /// `out[i, j] = dot(x[i, ..], w[j, ..])` for `x` [n, k] and `w` [m, k], row-major [n, m].
-pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &[f32], m: usize) -> Vec<f32> {
-    debug_assert!(x.len() >= n * k && wd.len() >= m * k);
+pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> Vec<f32> {
+    debug_assert!(x.len() >= n * k && wd.len() >= m && wd.k == k);
     let mut out = vec![0.0f32; n * m];
     // Each task streams a block of weight rows once per tile of input rows; every output
     // is one `dot` over k in a fixed order, so a row's result never depends on which other
@@ -19,10 +59,7 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &[f32], m: usize) -> 
             .enumerate()
             .for_each(|(b, o)| {
                 let rows = o.len() / n;
-                let w = |jj: usize| {
-                    let j = b * BLOCK + jj;
-                    &wd[j * k..(j + 1) * k]
-                };
+                let w = |jj: usize| wd.row(b * BLOCK + jj);
                 let xr = |i: usize| &x[i * k..(i + 1) * k];
                 // Four weight rows at a time (dot4 gives dot's bits), then the rest.
                 let quads = rows / 4 * 4;

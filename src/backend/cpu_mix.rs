@@ -47,12 +47,10 @@ pub fn talk_mix(
 
 /// x += b (per row), then ReLU: one add per element (the max is a comparison, not a FLOP).
 fn bias_relu(be: &Cpu, x: &mut CpuTensor, b: &CpuWeight) -> Result<()> {
-    ensure!(
-        b.data().len() == x.cols,
-        "bias length differs from row length"
-    );
+    let b = b.data()?;
+    ensure!(b.len() == x.cols, "bias length differs from row length");
     for row in x.data.chunks_mut(x.cols) {
-        for (v, bb) in row.iter_mut().zip(b.data()) {
+        for (v, bb) in row.iter_mut().zip(b) {
             *v = (*v + *bb).max(0.0);
         }
     }

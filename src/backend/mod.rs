@@ -61,31 +61,52 @@ pub fn check_same_shape(a: (usize, usize), b: (usize, usize), op: &str) -> Resul
     Ok(())
 }
 
-/// The shapes `rope_store_kv` needs, checked the same way on every backend.
-#[allow(clippy::too_many_arguments)]
+/// The shapes `rope_store_kv` needs, checked the same way on every backend: `qkv` is the
+/// fused projection, each row q [heads·hd], then k [kv_heads·hd], then v [kv_heads·hd].
 pub fn check_rope_shapes(
-    q: (usize, usize),
-    k: (usize, usize),
-    v: (usize, usize),
+    qkv: (usize, usize),
     kv: KvShape,
     layer: usize,
     batch: &Batch,
     dims: AttnDims,
 ) -> Result<()> {
     let (hd, nt) = (dims.head_dim, batch.n_tokens());
+    let w = (dims.heads + 2 * dims.kv_heads) * hd;
     anyhow::ensure!(
-        q == (nt, dims.heads * hd),
-        "rope: q is not [{nt}, heads*hd]"
-    );
-    anyhow::ensure!(
-        k == (nt, dims.kv_heads * hd) && v == k,
-        "rope: k/v are not [{nt}, kv_heads*hd]"
+        qkv == (nt, w),
+        "rope: qkv is {}x{}, not [{nt} tokens, (heads + 2·kv_heads)·hd = {w}]",
+        qkv.0,
+        qkv.1
     );
     anyhow::ensure!(
         kv.kv_heads == dims.kv_heads && kv.head_dim == hd && layer < kv.layers,
         "rope: KV storage shape {kv:?} does not fit layer {layer}"
     );
     Ok(())
+}
+
+/// Row-major blocks of equal row counts side by side: row r of the result is row r of each
+/// part in turn (`parts`: data and columns). Host-side, for tests and benches that build the
+/// fused inputs of rope_store_kv (q|k|v) and silu_mul (gate|up) from separate parts.
+pub fn concat_columns(rows: usize, parts: &[(&[f32], usize)]) -> Vec<f32> {
+    let cols: usize = parts.iter().map(|p| p.1).sum();
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for (data, c) in parts {
+            out.extend_from_slice(&data[r * c..(r + 1) * c]);
+        }
+    }
+    out
+}
+
+/// The fused gate|up projection's shape as silu_mul reads it: [n, 2f] → f.
+pub fn check_gate_up(gate_up: (usize, usize)) -> Result<usize> {
+    anyhow::ensure!(
+        gate_up.1.is_multiple_of(2),
+        "silu_mul: gate_up has {} columns, not 2·intermediate",
+        gate_up.1
+    );
+    Ok(gate_up.1 / 2)
 }
 
 /// Shape of the paged KV storage.
@@ -144,6 +165,22 @@ pub trait Backend: Send + Sync {
 
     /// A parameter from host f32 values (the backend chooses its storage dtype).
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<Self::Weight>;
+    /// Parameters of `cols` columns stacked by rows into one [Σ rows, cols] weight (`parts`:
+    /// each part's rows and values), for the fused projections q|k|v and gate|up. This
+    /// default copies them into one host buffer; the CPU backend keeps the parts where they
+    /// are (a memory-mapped part is not copied).
+    fn stacked_weight(&self, cols: usize, parts: Vec<(usize, WeightData)>) -> Result<Self::Weight> {
+        let rows: usize = parts.iter().map(|p| p.0).sum();
+        let mut data = Vec::with_capacity(rows * cols);
+        for (r, part) in &parts {
+            check_weight_shape(&[*r, cols], part.as_slice().len())?;
+            data.extend_from_slice(part.as_slice());
+        }
+        self.weight(
+            &[rows, cols],
+            WeightData::Host(std::borrow::Cow::Owned(data)),
+        )
+    }
     fn tensor(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Tensor>;
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
@@ -166,19 +203,18 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Tensor>;
     /// x · wᵀ for w [out, in].
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
-    /// Rotates q and k (rotate-half RoPE at each row's position) and writes k, v into the
-    /// pages of layer `layer`.
-    #[allow(clippy::too_many_arguments)]
+    /// From the fused projection `qkv` [n, (heads + 2·kv_heads)·hd] (each row: q, k, v side
+    /// by side, one matrix product for all three): rotates q and k (rotate-half RoPE at each
+    /// row's position), writes k, v into the pages of layer `layer`, and returns the rotated
+    /// q [n, heads·hd].
     fn rope_store_kv(
         &self,
-        q: &mut Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
+        qkv: &Self::Tensor,
         kv: &mut Self::Kv,
         layer: usize,
         batch: &Batch,
         dims: AttnDims,
-    ) -> Result<()>;
+    ) -> Result<Self::Tensor>;
     /// Causal (optionally windowed) GQA attention of every query row over its sequence's pages.
     fn attention(
         &self,
@@ -188,8 +224,9 @@ pub trait Backend: Send + Sync {
         batch: &Batch,
         dims: AttnDims,
     ) -> Result<Self::Tensor>;
-    /// silu(gate) · up, elementwise.
-    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// silu(gate) · up, elementwise, from the fused projection `gate_up` [n, 2f] (gate the
+    /// first f columns of each row, up the last f): [n, f].
+    fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
     /// a += b.
     fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
     /// The given rows of x, in order.

@@ -56,11 +56,13 @@ pub(crate) fn run_scenario<B: Backend>(
         let b = batch_of(seqs, sc.ps, sc.window);
         let n = b.n_tokens();
         seed += 3;
-        let mut q = be.tensor(n, qd, &rnd(seed, n * qd, 1.0))?;
-        let k = be.tensor(n, kd, &rnd(seed + 1, n * kd, 1.0))?;
-        let v = be.tensor(n, kd, &rnd(seed + 2, n * kd, 1.0))?;
+        let (q, k, v) = (
+            rnd(seed, n * qd, 1.0),
+            rnd(seed + 1, n * kd, 1.0),
+            rnd(seed + 2, n * kd, 1.0),
+        );
         clear(be);
-        be.rope_store_kv(&mut q, &k, &v, &mut kv, LAYER, &b, d)?;
+        let q = rope(be, &q, &k, &v, &mut kv, LAYER, &b, d)?;
         if !attend {
             return Ok(None);
         }
@@ -258,17 +260,9 @@ pub(crate) fn op_copy_pages<B: Backend>(be: &B, tol: f32) -> Result<()> {
             head_dim: 16,
         })?;
         let fill = batch_of(&[(0, 12, vec![2, 3])], 8, None);
-        let mut q = be.tensor(12, qd, &rnd(31, 12 * qd, 1.0))?;
+        let q = rnd(31, 12 * qd, 1.0);
         let (k, v) = (rnd(32, 12 * kd, 1.0), rnd(33, 12 * kd, 1.0));
-        be.rope_store_kv(
-            &mut q,
-            &be.tensor(12, kd, &k)?,
-            &be.tensor(12, kd, &v)?,
-            &mut kv,
-            LAYER,
-            &fill,
-            d,
-        )?;
+        rope(be, &q, &k, &v, &mut kv, LAYER, &fill, d)?;
         let copies = [
             PageCopy {
                 src: 3,
@@ -287,16 +281,7 @@ pub(crate) fn op_copy_pages<B: Backend>(be: &B, tol: f32) -> Result<()> {
         let qr = rnd(34, qd, 1.0);
         let (kr, vr) = (rnd(35, kd, 1.0), rnd(36, kd, 1.0));
         let two = |x: &[f32]| [x, x].concat();
-        let mut q = be.tensor(2, qd, &two(&qr))?;
-        be.rope_store_kv(
-            &mut q,
-            &be.tensor(2, kd, &two(&kr))?,
-            &be.tensor(2, kd, &two(&vr))?,
-            &mut kv,
-            LAYER,
-            &b,
-            d,
-        )?;
+        let q = rope(be, &two(&qr), &two(&kr), &two(&vr), &mut kv, LAYER, &b, d)?;
         be.to_host(&be.attention(&q, &kv, LAYER, &b, d)?)
     }
     clear(be);

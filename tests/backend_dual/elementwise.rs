@@ -75,15 +75,52 @@ pub(crate) fn op_linear<B: Backend>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
+/// A weight stacked from parts (how the model holds q|k|v and gate|up) gives the same bits as
+/// the one concatenated weight, on every backend; row counts cross the CPU kernel's 4-row
+/// groups and 64-row blocks.
+pub(crate) fn op_linear_stacked<B: Backend>(be: &B, tol: f32) -> Result<()> {
+    let (k, rows) = (40, [5usize, 67, 3]);
+    let m: usize = rows.iter().sum();
+    let w = bf16(&rnd(21, m * k, 0.5));
+    fn stacked<C: Backend>(b: &C, w: &[f32], rows: &[usize], k: usize) -> Result<C::Weight> {
+        let mut at = 0;
+        let parts = rows
+            .iter()
+            .map(|&r| {
+                let part = w[at * k..(at + r) * k].to_vec();
+                at += r;
+                (r, WeightData::Host(Cow::Owned(part)))
+            })
+            .collect();
+        b.stacked_weight(k, parts)
+    }
+    for n in [1, 7] {
+        let x = rnd(22 + n as u64, n * k, 1.0);
+        let run = |b: &B| -> Result<Vec<f32>> {
+            b.to_host(&b.linear(&b.tensor(n, k, &x)?, &stacked(b, &w, &rows, k)?)?)
+        };
+        let got = with_flops(be, run, |c| {
+            c.linear(&c.tensor(n, k, &x)?, &stacked(c, &w, &rows, k)?)
+                .map(|_| ())
+        })?;
+        let whole = be.to_host(&be.linear(&be.tensor(n, k, &x)?, &weight(be, &[m, k], &w))?)?;
+        assert_eq!(got, whole, "stacked and concatenated weights differ");
+        assert_close(&got, &naive_linear(&x, k, &w, m), tol, "linear (stacked)");
+    }
+    // A part of the wrong length is refused, naming the shape.
+    let bad = vec![(2, WeightData::Host(Cow::Owned(vec![0.0; 2 * k - 1])))];
+    assert!(be.stacked_weight(k, bad).is_err());
+    Ok(())
+}
+
 pub(crate) fn op_silu_mul<B: Backend>(be: &B, tol: f32) -> Result<()> {
     let (n, d) = (6, 130);
     let (g, u) = (rnd(9, n * d, 6.0), rnd(10, n * d, 2.0));
-    let run = |b: &B| -> Result<Vec<f32>> {
-        b.to_host(&b.silu_mul(&b.tensor(n, d, &g)?, &b.tensor(n, d, &u)?)?)
-    };
+    // The fused gate|up layout the model's one projection produces: row r is gate r, up r.
+    let gu = ponder::backend::concat_columns(n, &[(&g, d), (&u, d)]);
+    let run = |b: &B| -> Result<Vec<f32>> { b.to_host(&b.silu_mul(&b.tensor(n, 2 * d, &gu)?)?) };
     let got = with_flops(be, run, |c| {
-        c.silu_mul(&c.tensor(n, d, &g)?, &c.tensor(n, d, &u)?)
-            .map(|_| ())
+        c.silu_mul(&c.tensor(n, 2 * d, &gu)?).map(|_| ())
     })?;
     let want: Vec<f32> = g
         .iter()

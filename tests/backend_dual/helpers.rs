@@ -16,6 +16,26 @@ pub(crate) fn weight<B: Backend>(be: &B, shape: &[usize], v: &[f32]) -> B::Weigh
         .unwrap()
 }
 
+/// rope_store_kv on separate q, k, v host rows, fused into the one q|k|v tensor the model's
+/// projection produces; returns the rotated q.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope<B: Backend>(
+    be: &B,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kv: &mut B::Kv,
+    layer: usize,
+    b: &Batch,
+    d: AttnDims,
+) -> Result<B::Tensor> {
+    let n = b.n_tokens();
+    let (qd, kd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    let qkv = ponder::backend::concat_columns(n, &[(q, qd), (k, kd), (v, kd)]);
+    let qkv = be.tensor(n, qd + 2 * kd, &qkv)?;
+    be.rope_store_kv(&qkv, kv, layer, b, d)
+}
+
 pub(crate) fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);

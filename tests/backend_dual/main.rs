@@ -94,6 +94,7 @@ dual_test!(
     op_rms_norm,
     op_add_rms_norm,
     op_linear,
+    op_linear_stacked,
     op_silu_mul,
     op_add,
     op_gather_rows,

@@ -62,18 +62,18 @@ fn run_case<B: Backend>(be: &B, c: &ThoughtCase) -> Result<(Vec<f32>, Vec<f32>, 
             page_size: c.ps,
             sliding_window: None,
         };
-        let mut q = be.tensor(n, qd, &vec![0.0; n * qd])?;
-        let k = be.tensor(n, kd, &rnd(61, n * kd, 1.0))?;
-        let v = be.tensor(n, kd, &rnd(62, n * kd, 1.0))?;
-        be.rope_store_kv(&mut q, &k, &v, &mut kv, LAYER, &fill, d)?;
+        let (k, v) = (rnd(61, n * kd, 1.0), rnd(62, n * kd, 1.0));
+        rope(be, &vec![0.0; n * qd], &k, &v, &mut kv, LAYER, &fill, d)?;
     }
     let b = c.main_batch(&tp, &op);
     let n = b.n_tokens();
-    let mut q = be.tensor(n, qd, &rnd(63, n * qd, 1.0))?;
-    let k = be.tensor(n, kd, &rnd(64, n * kd, 1.0))?;
-    let v = be.tensor(n, kd, &rnd(65, n * kd, 1.0))?;
+    let (q, k, v) = (
+        rnd(63, n * qd, 1.0),
+        rnd(64, n * kd, 1.0),
+        rnd(65, n * kd, 1.0),
+    );
     clear(be);
-    be.rope_store_kv(&mut q, &k, &v, &mut kv, LAYER, &b, d)?;
+    let q = rope(be, &q, &k, &v, &mut kv, LAYER, &b, d)?;
     let out = be.attention(&q, &kv, LAYER, &b, d)?;
     Ok((be.to_host(&q)?, be.to_host(&out)?, ledger(be)))
 }

@@ -79,28 +79,17 @@ impl Cuda {
         Ok(cache[&key].ptr())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn rope_store_kv_impl(
         &self,
-        q: &mut CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
+        qkv: &CudaTensor,
         kv: &mut CudaKv,
         layer: usize,
         batch: &Batch,
         dims: AttnDims,
-    ) -> Result<()> {
+    ) -> Result<CudaTensor> {
         let hd = dims.head_dim;
         let nt = batch.n_tokens();
-        crate::backend::check_rope_shapes(
-            (q.rows, q.cols),
-            (k.rows, k.cols),
-            (v.rows, v.cols),
-            kv.shape,
-            layer,
-            batch,
-            dims,
-        )?;
+        crate::backend::check_rope_shapes((qkv.rows, qkv.cols), kv.shape, layer, batch, dims)?;
         let meta = self.batch_meta(batch, dims)?;
         let cap = kv.shape.pages * kv.shape.page_size;
         ensure!(
@@ -108,31 +97,31 @@ impl Cuda {
             "rope: KV slot {} is outside the pool ({cap})",
             meta.max_slot - 1
         );
-        self.make_f32(q)?;
-        let k = self.as_dtype(k, DType::F32)?;
-        let v = self.as_dtype(v, DType::F32)?;
+        let qkv = self.as_dtype(qkv, DType::F32)?;
+        let q = self.f32_tensor(nt, dims.heads * hd)?;
         let inv = self.inv_freq_ptr(hd, dims.rope_theta)?;
         let smem = 4 * (hd + dims.kv_heads * hd);
-        self.launch(
-            "rope_store_kv",
-            (nt as u32, 1, 1),
-            128,
-            smem as u32,
-            &[
-                Arg::P(q.ptr()),
-                Arg::P(k.ptr()),
-                Arg::P(v.ptr()),
-                Arg::P(kv.k.ptr()),
-                Arg::P(kv.v.ptr()),
-                Arg::P(meta.pos.ptr()),
-                Arg::P(meta.slots.ptr()),
-                Arg::P(inv),
-                Arg::I(dims.heads as i32),
-                Arg::I(dims.kv_heads as i32),
-                Arg::I(hd as i32),
-                Arg::L(kv.layer_off(layer)),
-            ],
-        )?;
+        if nt > 0 {
+            self.launch(
+                "rope_store_kv",
+                (nt as u32, 1, 1),
+                128,
+                smem as u32,
+                &[
+                    Arg::P(qkv.ptr()),
+                    Arg::P(q.ptr()),
+                    Arg::P(kv.k.ptr()),
+                    Arg::P(kv.v.ptr()),
+                    Arg::P(meta.pos.ptr()),
+                    Arg::P(meta.slots.ptr()),
+                    Arg::P(inv),
+                    Arg::I(dims.heads as i32),
+                    Arg::I(dims.kv_heads as i32),
+                    Arg::I(hd as i32),
+                    Arg::L(kv.layer_off(layer)),
+                ],
+            )?;
+        }
         let (nt, hq, hk, hd) = (
             nt as u64,
             dims.heads as u64,
@@ -147,7 +136,7 @@ impl Cuda {
                 nt * hd,
             ),
         );
-        Ok(())
+        Ok(q)
     }
 
     pub(crate) fn flash_params(

@@ -385,15 +385,13 @@ impl Backend for Cuda {
     }
     fn rope_store_kv(
         &self,
-        q: &mut CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
+        qkv: &CudaTensor,
         kv: &mut CudaKv,
         layer: usize,
         batch: &Batch,
         dims: AttnDims,
-    ) -> Result<()> {
-        self.rope_store_kv_impl(q, k, v, kv, layer, batch, dims)
+    ) -> Result<CudaTensor> {
+        self.rope_store_kv_impl(qkv, kv, layer, batch, dims)
     }
     fn attention(
         &self,
@@ -405,8 +403,8 @@ impl Backend for Cuda {
     ) -> Result<CudaTensor> {
         self.attention_impl(q, kv, layer, batch, dims)
     }
-    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
-        self.silu_mul_impl(gate, up)
+    fn silu_mul(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {
+        self.silu_mul_impl(gate_up)
     }
     fn add(&self, a: &mut CudaTensor, b: &CudaTensor) -> Result<()> {
         self.add_impl(a, b)

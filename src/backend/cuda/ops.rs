@@ -329,24 +329,25 @@ impl Cuda {
         Ok(out)
     }
 
-    pub(super) fn silu_mul_impl(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
-        same_shape(gate, up, "silu_mul")?;
-        let g = self.as_dtype(gate, DType::F32)?;
-        let u = self.as_dtype(up, DType::F32)?;
-        let out = self.bf16_tensor(g.rows, g.cols)?;
-        let n = g.len();
-        self.launch(
-            "silu_mul",
-            (grid_1d(n), 1, 1),
-            256,
-            0,
-            &[
-                Arg::P(g.ptr()),
-                Arg::P(u.ptr()),
-                Arg::P(out.ptr()),
-                Arg::Z(n as u64),
-            ],
-        )?;
+    pub(super) fn silu_mul_impl(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {
+        let f = crate::backend::check_gate_up((gate_up.rows, gate_up.cols))?;
+        let gu = self.as_dtype(gate_up, DType::F32)?;
+        let out = self.bf16_tensor(gu.rows, f)?;
+        let n = gu.rows * f;
+        if n > 0 {
+            self.launch(
+                "silu_mul",
+                (grid_1d(n), 1, 1),
+                256,
+                0,
+                &[
+                    Arg::P(gu.ptr()),
+                    Arg::P(out.ptr()),
+                    Arg::Z(n as u64),
+                    Arg::Z(f as u64),
+                ],
+            )?;
+        }
         let n = n as u64;
         self.record("silu_mul", Counts::exact(3 * n, n * (2 * F32 + BF16), n));
         Ok(out)
