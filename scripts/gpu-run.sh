@@ -58,6 +58,16 @@ run() {
         tail -n 40 "$logs/$name.log"
     fi
 }
+# cudarc opens libcublas.so.13 and libcublasLt.so.13 by name (dlopen). Where the loader cannot
+# find them (a toolkit outside ld.so.conf, or only PyTorch's pip wheels), the first directory
+# that holds them goes on LD_LIBRARY_PATH, so that no step fails for a library path alone.
+if [[ "$DEV" == cuda ]]; then
+    cublas_dir=$(python3 "$here/find-cublas.py" 2>/dev/null)
+    if [[ -n "$cublas_dir" ]]; then
+        export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "cuBLAS: $cublas_dir (added to LD_LIBRARY_PATH)"
+    fi
+fi
 dual=("$here/tests/backend_dual" --skip cuda_emu --skip ::cpu --test-threads=1)
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 
