@@ -158,22 +158,24 @@ impl<'a, B: Backend> Runner<'a, B> {
         Ok(out)
     }
 
-    /// Like `extend_for`, with one input embedding row (not a token id) per sequence:
-    /// Quiet-STaR's start- and end-of-thought markers.
+    /// Like `extend_for`, with `per_seq` input embedding rows (not token ids) per sequence,
+    /// in order: Quiet-STaR's start- and end-of-thought markers (and, before an end marker,
+    /// the embedding of the thought's last token).
     pub fn extend_embedded(
         &mut self,
         seqs: &[SeqId],
         rows: &[f32],
+        per_seq: usize,
         want: Want,
     ) -> Result<Output<B>> {
         let d = self.model.cfg.hidden_size;
         anyhow::ensure!(
-            rows.len() == seqs.len() * d,
-            "one embedding row per sequence"
+            rows.len() == seqs.len() * per_seq * d,
+            "{per_seq} embedding row(s) per sequence"
         );
-        let batch = self.reserve(seqs.iter().map(|s| (*s, 1)))?;
+        let batch = self.reserve(seqs.iter().map(|s| (*s, per_seq)))?;
         let out = self.run(batch, Input::Rows(rows.to_vec()), want)?;
-        self.commit(seqs.iter().map(|s| (*s, 1)))?;
+        self.commit(seqs.iter().map(|s| (*s, per_seq)))?;
         Ok(out)
     }
 

@@ -189,7 +189,7 @@ impl Layout {
     ) -> Result<Output<B>> {
         match (self, input) {
             (Layout::Blocks(b), input) => r.extend_thought(b, depth, input, want),
-            (Layout::Forks(seqs), Input::Rows(rows)) => r.extend_embedded(seqs, &rows, want),
+            (Layout::Forks(seqs), Input::Rows(rows)) => r.extend_embedded(seqs, &rows, 1, want),
             (Layout::Forks(seqs), Input::Ids(ids)) => {
                 let items: Vec<(SeqId, &[u32])> = seqs
                     .iter()
@@ -308,8 +308,8 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
 
 impl<B: Backend> ThoughtStep<'_, B> {
     /// Feeds the start marker, samples and feeds the thought tokens, feeds the end marker
-    /// (passes 1 to sampled + 2 of `layout`); returns the end marker's final hidden state for
-    /// each row.
+    /// (depths 1 to sampled + 2 of `layout`; with forks the last sampled token and the end
+    /// marker share one pass); returns the end marker's final hidden state for each row.
     fn think(
         &mut self,
         r: &mut Runner<'_, B>,
@@ -335,6 +335,12 @@ impl<B: Backend> ThoughtStep<'_, B> {
             temperature: 1.0,
             top_p: 1.0,
         };
+        // Incremental mode feeds the last sampled token and the end marker in one pass (two
+        // new tokens of each fork): the same tokens at the same positions, so the same
+        // result as two passes, for one pass's weight reads and launches fewer. Parallel mode
+        // keeps the reference's one depth block per pass.
+        let merge_end = matches!(layout, Layout::Forks(_));
+        let mut last_sampled = None;
         for s in 0..self.qs.sampled {
             let next: Vec<u32> = match &self.forced {
                 Some(f) => (0..n).map(|k| f[k * self.qs.sampled + s]).collect(),
@@ -349,10 +355,27 @@ impl<B: Backend> ThoughtStep<'_, B> {
             };
             r.be.set_phase(Phase::Thought);
             let next_sampled = s + 1 < self.qs.sampled;
+            if !next_sampled && merge_end {
+                last_sampled = Some(next);
+                break;
+            }
             out = layout.feed(r, 2 + s, Input::Ids(next), want(next_sampled))?;
         }
-        let ends: Vec<f32> = (0..n).flat_map(|_| self.qs.end.iter().copied()).collect();
-        let out = layout.feed(r, self.qs.sampled + 2, Input::Rows(ends), Want::Hidden)?;
+        let out = match (last_sampled, layout) {
+            (Some(ids), Layout::Forks(seqs)) => {
+                let emb = r.be.to_host(&r.be.embed(&r.model.embed, &ids)?)?;
+                let mut both = Vec::with_capacity(2 * n * d);
+                for e in emb.chunks(d) {
+                    both.extend_from_slice(e);
+                    both.extend_from_slice(&self.qs.end);
+                }
+                r.extend_embedded(seqs, &both, 2, Want::Hidden)?
+            }
+            _ => {
+                let ends: Vec<f32> = (0..n).flat_map(|_| self.qs.end.iter().copied()).collect();
+                layout.feed(r, self.qs.sampled + 2, Input::Rows(ends), Want::Hidden)?
+            }
+        };
         self.thought_tokens += (n * (self.qs.sampled + 2)) as u64;
         let h = r.be.to_host(&out.hidden)?;
         anyhow::ensure!(
