@@ -218,6 +218,31 @@ pub(crate) fn op_decode_attention_long<B: Backend>(be: &B, tol: f32) -> Result<(
     Ok(())
 }
 
+/// Sequences of 2 to 4 new tokens (Quiet-STaR's last thought token with its end marker):
+/// attn_decode items, one per token, whose shared history goes through the prefix kernel, so
+/// that the first token of each is left no keys of its own; with and without a window.
+pub(crate) fn op_short_extend_attention<B: Backend>(be: &B, tol: f32) -> Result<()> {
+    for window in [None, Some(90)] {
+        let mut pg = Pages(0);
+        let (a, b, c) = (pg.take(9), pg.take(6), pg.take(2));
+        let sc = Scenario {
+            d: dims(8, 2, 64),
+            ps: 16,
+            window,
+            pages: Pages::N,
+            fills: vec![vec![
+                (0, 130, a.clone()),
+                (0, 77, b.clone()),
+                (0, 20, c.clone()),
+            ]],
+            main: vec![(130, 2, a), (77, 4, b), (20, 3, c), (0, 0, vec![])],
+            seed: 23,
+        };
+        check_scenario(be, tol, &sc, &format!("short extends, window {window:?}"))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn op_tree_attention<B: Backend>(be: &B, tol: f32) -> Result<()> {
     for (hq, hk, hd) in [(8, 2, 64), (16, 4, 128), (4, 2, 16)] {
         let mut pg = Pages(0);

@@ -101,6 +101,7 @@ dual_test!(
     op_rope_and_prefill_attention,
     op_decode_attention_long,
     op_tree_attention,
+    op_short_extend_attention,
     op_copy_pages,
     op_thought_mask_attention,
     op_sampling,

@@ -1,11 +1,13 @@
 //! RoPE + KV write and attention on the device: which kernel serves which sequence, the work
 //! lists the kernels run over, and the FLOP accounting of each launch.
 //!
-//! A batch's sequences with several new tokens go through attn_prefill (flash attention over
-//! their pages), and so do Quiet-STaR's thought blocks (the diagonal mask, per work item).
-//! Sequences with one new token are decoded by attn_decode, split over the keys; when two or more of them start with the same pages (forked branches) and share at least
-//! TREE_MIN keys, that prefix is attended once for all of them by attn_prefix (tensor cores)
-//! and only each branch's own keys by attn_decode; attn_merge combines the parts by LSE.
+//! A batch's sequences with more than DECODE_ROWS new tokens go through attn_prefill (flash
+//! attention over their pages), and so do Quiet-STaR's thought blocks (the diagonal mask, per
+//! work item). Sequences with up to DECODE_ROWS new tokens are decoded by attn_decode, one item
+//! per token, split over the keys; when two or more items start with the same pages (forked
+//! branches, the tokens of one short extend) and share at least TREE_MIN keys, that prefix is
+//! attended once for all of them by attn_prefix (tensor cores) and only each item's own keys
+//! by attn_decode; attn_merge combines the parts by LSE.
 //! The work lists depend only on the batch and the dims, so they are built and uploaded once
 //! per forward pass and reused by every layer.
 use super::plan::{window_arg, BatchMeta, BK, BQ, DEC_THREADS};

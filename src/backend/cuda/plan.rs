@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 pub(crate) const BQ: usize = 64;
 pub(crate) const BK: usize = 64;
+/// Sequences of at most this many new tokens (and no thought block) go to attn_decode, one
+/// item per token.
+pub(crate) const DECODE_ROWS: usize = 4;
 /// Shared prefixes shorter than this go through attn_decode like any other keys.
 const TREE_MIN: usize = 64;
 const MAX_SLOTS: usize = 64;
@@ -137,15 +140,22 @@ impl Cuda {
         let mut decode: Vec<[i32; 4]> = Vec::new();
         let mut dec_pages: Vec<&[u32]> = Vec::new();
         for (si, s) in batch.seqs.iter().enumerate() {
-            if s.n_tokens == 1 && s.thought.is_none() {
-                let p = s.pos_start;
-                decode.push([
-                    s.token_start as i32,
-                    batch.first_visible(p) as i32,
-                    p as i32 + 1,
-                    page_off[si],
-                ]);
-                dec_pages.push(&s.pages);
+            // A few new tokens (Quiet-STaR's last thought token with its end marker, short
+            // extends) are decode items too, one per token with its own key range: attn_decode
+            // reads each KV head's keys once for all its query heads, and the rows of one
+            // sequence share their history as a prefix (below), where a 64-row prefill tile
+            // would compute 64 rows for these few and read the keys once per query head.
+            if s.n_tokens <= DECODE_ROWS && s.thought.is_none() {
+                for i in 0..s.n_tokens {
+                    let p = s.pos_start + i;
+                    decode.push([
+                        (s.token_start + i) as i32,
+                        batch.first_visible(p) as i32,
+                        p as i32 + 1,
+                        page_off[si],
+                    ]);
+                    dec_pages.push(&s.pages);
+                }
                 continue;
             }
             // A thought block's tiles cover block 0 (keys below len, query positions 0..len);
