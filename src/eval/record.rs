@@ -1,5 +1,5 @@
 //! One finished problem, as written to `results.jsonl` (one JSON object per line).
-use crate::methods::common::Solution;
+use crate::methods::common::{Solution, TreeNode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -10,6 +10,36 @@ pub struct VoteRecord {
     #[serde(default)]
     pub scores: Vec<f64>,
     pub tokens: usize,
+}
+
+/// The shape of a tree method's search (REBASE, combined): why a problem has an answer, or
+/// none (with `--protocol seed` every step scoring 0.1 or less is dropped with its budget).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TreeStats {
+    /// Steps generated (nodes below the root).
+    pub steps: usize,
+    /// Steps pruned for their PRM score (at or below the drop threshold, or none).
+    pub dropped: usize,
+    /// Finished solutions the answer was chosen from (leaves that were not dropped).
+    pub leaves: usize,
+    /// The deepest step (1 = the root's children).
+    pub depth: usize,
+}
+
+impl TreeStats {
+    /// None for a method without a tree.
+    pub fn of(tree: &[TreeNode]) -> Option<Self> {
+        if tree.is_empty() {
+            return None;
+        }
+        let steps: Vec<&TreeNode> = tree.iter().filter(|n| n.parent.is_some()).collect();
+        Some(TreeStats {
+            steps: steps.len(),
+            dropped: steps.iter().filter(|n| n.dropped).count(),
+            leaves: steps.iter().filter(|n| n.leaf && !n.dropped).count(),
+            depth: steps.iter().map(|n| n.depth).max().unwrap_or(0),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -35,6 +65,9 @@ pub struct Record {
     pub thought_tokens: u64,
     pub prm_tokens: u64,
     pub votes: Vec<VoteRecord>,
+    /// Tree methods only; absent in files written before ponder recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeStats>,
     pub model: String,
     /// The backend and device that ran it (Backend::device_label); "" in files written
     /// before ponder recorded it.
@@ -85,6 +118,7 @@ impl Record {
                     tokens: v.tokens,
                 })
                 .collect(),
+            tree: TreeStats::of(&sol.tree),
             model: model.to_string(),
             device: device.to_string(),
             prm: sol.prm.clone(),

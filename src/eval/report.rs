@@ -56,6 +56,41 @@ pub struct Summary {
     /// The backend and device (distinct values joined by "; "; "" if never recorded).
     #[serde(default)]
     pub device: String,
+    /// How the searches ended, for tree methods whose records say (see `TreeStats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeSummary>,
+}
+
+/// Means over a (method, budget)'s problems of their `TreeStats`, and how many found no leaf.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TreeSummary {
+    pub mean_steps: f64,
+    pub mean_dropped: f64,
+    pub mean_leaves: f64,
+    pub mean_depth: f64,
+    /// Problems whose search ended with no leaf (so with no answer).
+    pub no_leaf: usize,
+    /// Problems the means are over (those whose records have tree statistics).
+    pub problems: usize,
+}
+
+fn tree_summary(rs: &[&Record]) -> Option<TreeSummary> {
+    let trees: Vec<_> = rs.iter().filter_map(|r| r.tree).collect();
+    if trees.is_empty() {
+        return None;
+    }
+    let n = trees.len() as f64;
+    let mean = |f: &dyn Fn(&crate::eval::record::TreeStats) -> usize| {
+        trees.iter().map(|t| f(t) as f64).sum::<f64>() / n
+    };
+    Some(TreeSummary {
+        mean_steps: mean(&|t| t.steps),
+        mean_dropped: mean(&|t| t.dropped),
+        mean_leaves: mean(&|t| t.leaves),
+        mean_depth: mean(&|t| t.depth),
+        no_leaf: trees.iter().filter(|t| t.leaves == 0).count(),
+        problems: trees.len(),
+    })
 }
 
 /// Where a method sorts: the study's four first, in its order, then the rest alphabetically.
@@ -144,6 +179,7 @@ fn summarize_group(method: &str, budget: usize, rs: &[&Record]) -> Summary {
                 .map(|r| r.device.as_str())
                 .filter(|d| !d.is_empty()),
         ),
+        tree: tree_summary(rs),
     }
 }
 

@@ -216,6 +216,49 @@ fn study_section(out: &mut String, summaries: &[Summary]) {
 }
 
 /// "- {label}: v1; v2\n" over the distinct `values`, or `none` without any.
+/// Tree methods: how their searches ended. An answer needs a leaf that was not dropped, so
+/// this is where an accuracy of 0 from an unhelpful PRM shows.
+fn tree_section(out: &mut String, summaries: &[Summary]) {
+    let trees: Vec<(&Summary, &super::TreeSummary)> = summaries
+        .iter()
+        .filter_map(|s| s.tree.as_ref().map(|t| (s, t)))
+        .collect();
+    if trees.is_empty() {
+        return;
+    }
+    out.push_str(
+        "## Tree search
+
+",
+    );
+    out.push_str(&table_head(&[
+        "method",
+        "budget",
+        "steps/q",
+        "dropped/q",
+        "leaves/q",
+        "mean depth",
+        "no leaf (no answer)",
+    ]));
+    for (s, t) in &trees {
+        out.push_str(&table_row(&[
+            cell(&s.method),
+            budget_cell(&s.method, s.budget),
+            sig4(t.mean_steps),
+            sig4(t.mean_dropped),
+            sig4(t.mean_leaves),
+            sig4(t.mean_depth),
+            format!("{}/{}", t.no_leaf, t.problems),
+        ]));
+    }
+    out.push_str(
+        "\nSteps are the nodes the search generated; *dropped* ones scored too low (with \
+         `--protocol seed`, a PRM score of 0.1 or less) or not at all and took their share of \
+         the width with them. A problem whose search found no leaf has no answer: a PRM that \
+         scores every step that low ends each search at depth 1.\n\n",
+    );
+}
+
 fn distinct_item<'a>(label: &str, values: impl Iterator<Item = &'a str>, none: &str) -> String {
     let joined = join_distinct(values);
     let shown = if joined.is_empty() {
@@ -349,6 +392,8 @@ pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manif
         out.push_str(&table_row(&cells));
     }
     out.push('\n');
+
+    tree_section(&mut out, summaries);
 
     if !records.is_empty()
         && records

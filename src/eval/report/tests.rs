@@ -30,6 +30,7 @@ fn rec(
         generated_tokens: 100 + index as u64,
         thought_tokens: 0,
         prm_tokens: 0,
+        tree: None,
         votes: Vec::new(),
         model: "tiny".into(),
         device: "cpu: 2 threads".into(),
@@ -344,4 +345,71 @@ fn number_formats() {
     assert_eq!(sig4(0.3333333), "0.3333");
     assert_eq!(sig4(12.345678), "12.35");
     assert_eq!(sig4(1.5e7), "1.500e7");
+}
+
+#[test]
+fn tree_searches_are_summarised_and_a_missing_leaf_shows() {
+    use crate::eval::record::TreeStats;
+    use crate::methods::common::TreeNode;
+    let node = |parent: Option<usize>, depth: usize, leaf: bool, dropped: bool| TreeNode {
+        depth,
+        parent,
+        text: String::new(),
+        score: Some(0.5),
+        leaf,
+        dropped,
+        tokens: 1,
+    };
+    // Root, two children (one dropped), a leaf below the other.
+    let tree = [
+        node(None, 0, false, false),
+        node(Some(0), 1, false, true),
+        node(Some(0), 1, false, false),
+        node(Some(2), 2, true, false),
+    ];
+    let t = TreeStats::of(&tree).unwrap();
+    assert_eq!(
+        t,
+        TreeStats {
+            steps: 3,
+            dropped: 1,
+            leaves: 1,
+            depth: 2
+        }
+    );
+    assert_eq!(TreeStats::of(&[]), None);
+
+    let mut rs = sample();
+    let mut n = 0;
+    for r in rs.iter_mut().filter(|r| r.method == "rebase") {
+        // The first problem found a leaf, the second dropped everything at depth 1.
+        r.tree = Some(if n == 0 {
+            t
+        } else {
+            TreeStats {
+                steps: 3,
+                dropped: 3,
+                leaves: 0,
+                depth: 1,
+            }
+        });
+        n += 1;
+    }
+    let sums = summarize(&rs);
+    let rebase = sums.iter().find(|s| s.method == "rebase").unwrap();
+    let tree = rebase.tree.as_ref().unwrap();
+    assert_eq!((tree.no_leaf, tree.problems), (1, 2));
+    assert_eq!((tree.mean_steps, tree.mean_dropped), (3.0, 2.0));
+    assert!(sums
+        .iter()
+        .filter(|s| s.method != "rebase")
+        .all(|s| s.tree.is_none()));
+    let md = markdown::render(&rs, &sums, None);
+    assert!(md.contains("## Tree search"), "{md}");
+    assert!(
+        md.contains("| rebase | width 3 | 3.000 | 2.000 | 0.5000 | 1.500 | 1/2 |"),
+        "{md}"
+    );
+    // Without tree statistics (older files) there is no section.
+    assert!(!markdown::render(&sample(), &summarize(&sample()), None).contains("Tree search"));
 }
