@@ -380,8 +380,7 @@ fn tree_searches_are_summarised_and_a_missing_leaf_shows() {
     assert_eq!(TreeStats::of(&[]), None);
 
     let mut rs = sample();
-    let mut n = 0;
-    for r in rs.iter_mut().filter(|r| r.method == "rebase") {
+    for (n, r) in rs.iter_mut().filter(|r| r.method == "rebase").enumerate() {
         // The first problem found a leaf, the second dropped everything at depth 1.
         r.tree = Some(if n == 0 {
             t
@@ -393,7 +392,6 @@ fn tree_searches_are_summarised_and_a_missing_leaf_shows() {
                 depth: 1,
             }
         });
-        n += 1;
     }
     let sums = summarize(&rs);
     let rebase = sums.iter().find(|s| s.method == "rebase").unwrap();
