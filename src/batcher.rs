@@ -11,18 +11,16 @@
 //! every core to themselves.
 //!
 //! Accounting: the shared pass is charged to a scratch ledger and then split among the
-//! problems, op by op, in proportion to what each op does per problem: matrix products by the
-//! rows and weights they multiply (tokens through the layers, each output row — a sequence's
-//! last token, every token of a thought block — that asked for logits through the LM head),
-//! attention by the (query, key) pairs it scores, row gathers by output and logit rows, the
-//! rest by tokens. Useful FLOPs are linear in those quantities, so each problem gets exactly
-//! what its pass alone would count; the executed FLOPs and bytes of the GPU's tiles are
-//! apportioned the same way. Its wall time is split in proportion to useful FLOPs.
+//! problems, op by op, in proportion to what each op does per problem (src/split.rs: useful
+//! FLOPs are linear in what it counts, so each problem gets exactly what its pass alone would
+//! count; the executed FLOPs and bytes of the GPU's tiles are apportioned the same way). Its
+//! wall time is split in proportion to useful FLOPs.
 use crate::account::{self, Account, SharedAccount};
 use crate::backend::Backend;
 use crate::backend::Batch;
-use crate::flops::{Counts, Ledger, Phase};
+use crate::flops::{Ledger, Phase};
 use crate::model::llama::{Model, Output};
+use crate::split;
 use anyhow::Result;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -299,37 +297,21 @@ impl<'a, B: Backend> Batcher<'a, B> {
     }
 
     /// Charges each request its share of the pass (see the module's comment), under the phase
-    /// it was submitted in.
+    /// it was submitted in (or a slice's own, `SeqSlice::phase`).
     fn split(&self, g: &[Request<'a, B>], ledger: &Ledger, secs: f64) {
         let cfg = &g[0].model.cfg;
-        let (d, q, kvd, ff) = (
-            cfg.hidden_size as u128,
-            cfg.q_dim() as u128,
-            cfg.kv_dim() as u128,
-            cfg.intermediate_size as u128,
-        );
-        let per_token = cfg.num_hidden_layers as u128 * (d * (q + 2 * kvd) + q * d + 3 * d * ff);
-        let per_seq = cfg.vocab_size as u128 * d;
-        let basis = |r: &Request<'a, B>, op: &str| -> u128 {
-            // s: the rows the pass returns (one per sequence, all of a thought block's);
-            // l: those of them that go through the LM head.
-            let (t, s) = (r.batch.n_tokens() as u128, r.batch.n_output_rows() as u128);
-            let l = r.batch.n_logit_rows() as u128;
-            match op {
-                "matmul" => t * per_token + l * per_seq,
-                "attention" | "attn_merge" => r.batch.attention_pairs() as u128,
-                "gather" => s + l,
-                _ => t,
+        let (mut owner, mut parts) = (Vec::new(), Vec::new());
+        for (i, r) in g.iter().enumerate() {
+            for part in split::phase_parts(&r.batch, r.phase) {
+                owner.push(i);
+                parts.push(part);
             }
-        };
+        }
         let mut shares: Vec<Ledger> = g.iter().map(|_| Ledger::new()).collect();
         let mut useful = vec![0u128; g.len()];
-        for (_, op, c) in ledger.entries() {
-            let w: Vec<u128> = g.iter().map(|r| basis(r, op)).collect();
-            for (i, part) in split_counts(c, &w).into_iter().enumerate() {
-                useful[i] += part.useful_flops as u128;
-                shares[i].record_in(g[i].phase, op, part);
-            }
+        for (k, share) in split::shares(cfg, ledger, &parts).into_iter().enumerate() {
+            useful[owner[k]] += share.total().useful_flops as u128;
+            shares[owner[k]].merge(&share);
         }
         let total_useful: u128 = useful.iter().sum();
         for (i, r) in g.iter().enumerate() {
@@ -352,79 +334,5 @@ impl<'a, B: Backend> Batcher<'a, B> {
                     .merge(&shares[i]),
             }
         }
-    }
-}
-
-/// Splits every field of `c` in proportion to `w`: floors, the remainder to the largest
-/// weights' owners in turn, so the parts sum to `c` exactly. When a field is a multiple of
-/// the weights' sum (useful FLOPs are), every part is exact.
-fn split_counts(c: &Counts, w: &[u128]) -> Vec<Counts> {
-    let total: u128 = w.iter().sum();
-    let mut parts = vec![Counts::default(); w.len()];
-    if w.is_empty() {
-        return parts;
-    }
-    let field = |get: fn(&Counts) -> u64, set: fn(&mut Counts, u64), parts: &mut Vec<Counts>| {
-        let v = get(c) as u128;
-        if total == 0 {
-            set(&mut parts[0], v as u64);
-            return;
-        }
-        let mut given = 0u128;
-        for (i, &wi) in w.iter().enumerate() {
-            let p = v * wi / total;
-            set(&mut parts[i], p as u64);
-            given += p;
-        }
-        let mut order: Vec<usize> = (0..w.len()).collect();
-        order.sort_by(|&a, &b| w[b].cmp(&w[a]).then(a.cmp(&b)));
-        for &i in order.iter().cycle().take((v - given) as usize) {
-            let now = get(&parts[i]);
-            set(&mut parts[i], now + 1);
-        }
-    };
-    field(|c| c.calls, |c, v| c.calls = v, &mut parts);
-    field(|c| c.useful_flops, |c, v| c.useful_flops = v, &mut parts);
-    field(
-        |c| c.executed_flops,
-        |c, v| c.executed_flops = v,
-        &mut parts,
-    );
-    field(|c| c.bytes, |c, v| c.bytes = v, &mut parts);
-    field(
-        |c| c.transcendentals,
-        |c, v| c.transcendentals = v,
-        &mut parts,
-    );
-    parts
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_sums_exactly_and_is_exact_on_multiples() {
-        let c = Counts {
-            calls: 3,
-            useful_flops: 2 * (5 + 7 + 11) * 9,
-            executed_flops: 1001,
-            bytes: 17,
-            transcendentals: 0,
-        };
-        let w = [5u128, 7, 11];
-        let p = split_counts(&c, &w);
-        let mut sum = Counts::default();
-        for x in &p {
-            sum.add(x);
-        }
-        assert_eq!(sum, c);
-        for (x, wi) in p.iter().zip(w) {
-            assert_eq!(x.useful_flops as u128, 2 * 9 * wi);
-        }
-        // Zero weights: everything to the first part.
-        let z = split_counts(&c, &[0, 0]);
-        assert_eq!(z[0], c);
-        assert_eq!(z[1], Counts::default());
     }
 }

@@ -128,18 +128,75 @@ impl<'a, B: Backend> Runner<'a, B> {
         for s in &mut batch.seqs {
             s.logits = want == Want::Logits;
         }
+        self.run_batch(batch, input)
+    }
+
+    /// `run` for a batch whose slices say themselves whether they want logits. Slices charged
+    /// to another phase (`SeqSlice::phase`) get their exact share of the pass there.
+    fn run_batch(&mut self, batch: Batch, input: Input) -> Result<Output<B>> {
         match &mut self.kv {
-            KvStore::Own(kv) => match input {
-                Input::Ids(ids) => self.model.forward(self.be, kv, &batch, &ids),
-                Input::Rows(rows) => {
-                    let x = self
-                        .be
-                        .tensor(batch.n_tokens(), self.model.cfg.hidden_size, &rows)?;
-                    self.model.forward_embedded(self.be, kv, &batch, x)
+            KvStore::Own(kv) => {
+                let (be, model) = (self.be, self.model);
+                let forward = |kv: &mut B::Kv| match input {
+                    Input::Ids(ids) => model.forward(be, kv, &batch, &ids),
+                    Input::Rows(rows) => {
+                        let x = be.tensor(batch.n_tokens(), model.cfg.hidden_size, &rows)?;
+                        model.forward_embedded(be, kv, &batch, x)
+                    }
+                };
+                if batch.seqs.iter().all(|s| s.phase.is_none()) {
+                    return forward(kv);
                 }
-            },
+                // Charge the pass to a scratch ledger, then each part to its phase.
+                let phase = crate::account::with_ledger(be.ledger(), |l| l.phase());
+                let scratch = std::sync::Arc::new(Mutex::new(crate::account::Account::default()));
+                let prev = crate::account::install(Some(scratch.clone()));
+                let out = forward(kv);
+                crate::account::install(prev);
+                let pass = std::mem::take(&mut crate::account::lock(&scratch).ledger);
+                let parts = crate::split::phase_parts(&batch, phase);
+                for share in crate::split::shares(&model.cfg, &pass, &parts) {
+                    crate::account::with_ledger(be.ledger(), |l| l.merge(&share));
+                }
+                out
+            }
             KvStore::Shared { kv, batcher, .. } => batcher.forward(self.model, kv, batch, input),
         }
+    }
+
+    /// Quiet-STaR's real tokens and its start marker in one pass: for each `(seq, n)`, n
+    /// embedding rows of `rows` (the sequence's new tokens, then the marker), all committed
+    /// to `seq`. The tokens' last row returns its hidden state; the marker's row, charged to
+    /// `marker_phase`, its hidden state and logits. Output rows alternate token, marker.
+    pub fn extend_with_marker(
+        &mut self,
+        items: &[(SeqId, usize)],
+        rows: &[f32],
+        marker_phase: Phase,
+    ) -> Result<Output<B>> {
+        let d = self.model.cfg.hidden_size;
+        let n: usize = items.iter().map(|i| i.1).sum();
+        anyhow::ensure!(
+            rows.len() == n * d && items.iter().all(|i| i.1 >= 2),
+            "a real token and a marker row per sequence"
+        );
+        let reserved = self.reserve(items.iter().copied())?;
+        let mut seqs = Vec::with_capacity(2 * items.len());
+        for s in reserved.seqs {
+            let mut tokens = s.clone();
+            tokens.n_tokens -= 1;
+            tokens.logits = false;
+            let mut marker = s.clone();
+            marker.token_start += tokens.n_tokens;
+            marker.pos_start += tokens.n_tokens;
+            marker.n_tokens = 1;
+            marker.phase = Some(marker_phase);
+            seqs.extend([tokens, marker]);
+        }
+        let batch = Batch { seqs, ..reserved };
+        let out = self.run_batch(batch, Input::Rows(rows.to_vec()))?;
+        self.commit(items.iter().copied())?;
+        Ok(out)
     }
 
     /// Appends `tokens[i]` to sequence `seqs[i]` for every i, in one forward pass, and returns

@@ -12,3 +12,4 @@ pub mod model;
 pub mod rng;
 pub mod sample;
 pub mod scheduler;
+pub mod split;

@@ -37,6 +37,9 @@ pub struct SeqSlice {
     /// where the caller reads only hidden states (a prompt's prefill, Quiet-STaR's base pass
     /// and end marker): the logits would be computed, counted and thrown away.
     pub logits: bool,
+    /// The ledger phase the slice's share of the pass is charged to, when not the pass's own
+    /// (Quiet-STaR's start marker rides in the pass of the real token before it).
+    pub phase: Option<crate::flops::Phase>,
 }
 
 /// What new token i of a slice may see: the block-0 keys [first, pos] and then, for a thought
@@ -77,6 +80,7 @@ impl SeqSlice {
             pages,
             thought: None,
             logits: true,
+            phase: None,
         }
     }
 

@@ -223,7 +223,18 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
             items.push((b.seq, b.all[cached..].to_vec()));
         }
         r.be.set_phase(Phase::Decode);
-        let mut h_base = forward_hidden(r, &items)?;
+        // Incremental mode: the real tokens and the start marker in one pass where the pool
+        // has room (else, or past max_batch, two passes as before; same results either way).
+        let merged = match self.mode {
+            Mode::Incremental if live.len() <= r.max_batch.max(1) => {
+                self.base_with_start(r, live, &items)?
+            }
+            _ => None,
+        };
+        let (mut h_base, start_logits) = match merged {
+            Some((h, l)) => (h, Some(l)),
+            None => (forward_hidden(r, &items)?, None),
+        };
         // 2. The thought rows: per branch one (incremental: a fork sharing the branch's
         //    pages) or one per position (parallel: the positions of a scratch sequence).
         let mut rows: Vec<Row> = Vec::new();
@@ -241,6 +252,11 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
                         let (k, copies) = r.pool.fork(b.seq, 1)?;
                         f.push(k[0]);
                         r.copy_pages(&copies)?;
+                        if start_logits.is_some() {
+                            // The marker stays in the thought only.
+                            let len = r.pool.len(b.seq)?;
+                            r.pool.truncate(b.seq, len - 1)?;
+                        }
                         l - 1..l
                     }
                     Layout::Blocks(bl) => {
@@ -269,7 +285,7 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
                 let out = layout.feed(r, 0, Input::Ids(ids), Want::Hidden)?;
                 h_base = r.be.to_host(&out.hidden)?;
             }
-            self.think(r, &layout, &rows, d)
+            self.think(r, &layout, &rows, d, start_logits)
         })();
         for s in layout.seqs() {
             r.pool.free(s)?;
@@ -299,7 +315,8 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
         let thought = self.qs.sampled + 2;
         match self.mode {
             // The fork's copy of a partial page plus the thought's own pages.
-            Mode::Incremental => thought.div_ceil(page_size) + 1,
+            // (One more: the start marker's slot in the branch, until the fork takes it.)
+            Mode::Incremental => thought.div_ceil(page_size) + 2,
             // The scratch sequence: the base block and one block per thought token.
             Mode::Parallel => ((thought + 1) * b.all.len()).div_ceil(page_size),
         }
@@ -310,12 +327,44 @@ impl<B: Backend> ThoughtStep<'_, B> {
     /// Feeds the start marker, samples and feeds the thought tokens, feeds the end marker
     /// (depths 1 to sampled + 2 of `layout`; with forks the last sampled token and the end
     /// marker share one pass); returns the end marker's final hidden state for each row.
+    /// The real tokens of every live branch and its start marker in one pass, the marker
+    /// charged to the thought phase: (h_base rows on the host, the markers' logits). None when
+    /// the pool is too short for it; nothing has changed then.
+    fn base_with_start(
+        &self,
+        r: &mut Runner<'_, B>,
+        live: &[&mut Branch],
+        items: &[(SeqId, Vec<u32>)],
+    ) -> Result<Option<(Vec<f32>, B::Tensor)>> {
+        let d = r.model.cfg.hidden_size;
+        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let emb = r.be.to_host(&r.be.embed(&r.model.embed, &ids)?)?;
+        let mut rows = Vec::with_capacity(emb.len() + live.len() * d);
+        let mut at = 0;
+        for (_, t) in items {
+            rows.extend_from_slice(&emb[at * d..(at + t.len()) * d]);
+            rows.extend_from_slice(&self.qs.start);
+            at += t.len();
+        }
+        let sizes: Vec<(SeqId, usize)> = items.iter().map(|(s, t)| (*s, t.len() + 1)).collect();
+        let out = match r.extend_with_marker(&sizes, &rows, Phase::Thought) {
+            Ok(out) => out,
+            Err(e) if crate::scheduler::is_oom(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Output rows alternate: each branch's last real token, then its marker.
+        let hidden = r.be.to_host(&out.hidden)?;
+        let h_base = hidden.chunks(d).step_by(2).flatten().copied().collect();
+        Ok(Some((h_base, out.into_logits()?)))
+    }
+
     fn think(
         &mut self,
         r: &mut Runner<'_, B>,
         layout: &Layout,
         rows: &[Row],
         d: usize,
+        start_logits: Option<B::Tensor>,
     ) -> Result<Vec<f32>> {
         let n = rows.len();
         r.be.set_phase(Phase::Thought);
@@ -330,7 +379,15 @@ impl<B: Backend> ThoughtStep<'_, B> {
                 Want::Hidden
             }
         };
-        let mut out = layout.feed(r, 1, Input::Rows(starts), want(self.qs.sampled > 0))?;
+        // The start markers' logits: from the base pass they rode in, or a pass of their own.
+        let mut logits = match start_logits {
+            Some(l) => Some(l),
+            None => {
+                layout
+                    .feed(r, 1, Input::Rows(starts), want(self.qs.sampled > 0))?
+                    .logits
+            }
+        };
         let any = Sampling {
             temperature: 1.0,
             top_p: 1.0,
@@ -350,7 +407,10 @@ impl<B: Backend> ThoughtStep<'_, B> {
                         .iter()
                         .map(|row| uniform(self.seed, row.stream, row.counter + s as u64))
                         .collect();
-                    r.be.sample_rows(out.logits()?, self.qs.base_vocab, any, &u)?
+                    let l = logits
+                        .as_ref()
+                        .context("no logits to sample a thought token from")?;
+                    r.be.sample_rows(l, self.qs.base_vocab, any, &u)?
                 }
             };
             r.be.set_phase(Phase::Thought);
@@ -359,7 +419,9 @@ impl<B: Backend> ThoughtStep<'_, B> {
                 last_sampled = Some(next);
                 break;
             }
-            out = layout.feed(r, 2 + s, Input::Ids(next), want(next_sampled))?;
+            logits = layout
+                .feed(r, 2 + s, Input::Ids(next), want(next_sampled))?
+                .logits;
         }
         let out = match (last_sampled, layout) {
             (Some(ids), Layout::Forks(seqs)) => {
