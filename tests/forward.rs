@@ -245,3 +245,106 @@ fn rows_that_want_no_logits_skip_the_lm_head_exactly() {
     assert!(err.unwrap().contains("hidden states only"));
     assert_eq!(f_none, f_all - 3 * head);
 }
+
+/// Quiet-STaR's merged pass (`Runner::extend_with_marker`): each sequence's tokens and a marker
+/// row in one pass give the hidden states and marker logits of two separate passes, bit for
+/// bit, and the same FLOPs in each phase (the marker's share under its own phase); a pool too
+/// short for it refuses it and changes nothing.
+#[test]
+fn tokens_and_a_marker_in_one_pass_equal_two_passes() {
+    use ponder::generate::Want;
+    use ponder::kv::SeqId;
+    let be = Cpu::new();
+    let m = tiny(&be);
+    let d = m.cfg.hidden_size;
+    let prompts: [Vec<u32>; 2] = [(0..21).map(|i| i * 7 % 500).collect(), vec![3, 9, 27]];
+    let new_tokens: [Vec<u32>; 2] = [vec![11, 12], vec![40]];
+    let marker: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+    let setup = |r: &mut Runner<'_, Cpu>| -> Vec<SeqId> {
+        let seqs: Vec<SeqId> = prompts.iter().map(|_| r.pool.create()).collect();
+        be.set_phase(Phase::Prefill);
+        for (s, p) in seqs.iter().zip(&prompts) {
+            r.extend(&[(*s, p)]).unwrap();
+        }
+        seqs
+    };
+    let phases = |l: &ponder::flops::Ledger| {
+        [Phase::Decode, Phase::Thought].map(|p| l.by_phase(p).useful_flops)
+    };
+
+    // Two passes: the tokens (hidden only) under decode, then the markers under thought.
+    let mut r = Runner::new(&be, &m, 64, 4).unwrap();
+    let seqs = setup(&mut r);
+    be.ledger().lock().unwrap().clear();
+    be.set_phase(Phase::Decode);
+    let items: Vec<(SeqId, &[u32])> = seqs
+        .iter()
+        .zip(&new_tokens)
+        .map(|(s, t)| (*s, t.as_slice()))
+        .collect();
+    let h1 = be
+        .to_host(&r.extend_for(&items, Want::Hidden).unwrap().hidden)
+        .unwrap();
+    be.set_phase(Phase::Thought);
+    let two_markers = [marker.clone(), marker.clone()].concat();
+    let out = r
+        .extend_embedded(&seqs, &two_markers, 1, Want::Logits)
+        .unwrap();
+    let (h2, l2) = (
+        be.to_host(&out.hidden).unwrap(),
+        be.to_host(out.logits().unwrap()).unwrap(),
+    );
+    let apart = phases(&be.ledger().lock().unwrap());
+
+    // One pass.
+    let mut r = Runner::new(&be, &m, 64, 4).unwrap();
+    let seqs = setup(&mut r);
+    be.ledger().lock().unwrap().clear();
+    be.set_phase(Phase::Decode);
+    let mut rows = Vec::new();
+    for t in &new_tokens {
+        rows.extend(be.to_host(&be.embed(&m.embed, t).unwrap()).unwrap());
+        rows.extend_from_slice(&marker);
+    }
+    let sizes: Vec<(SeqId, usize)> = seqs
+        .iter()
+        .zip(&new_tokens)
+        .map(|(s, t)| (*s, t.len() + 1))
+        .collect();
+    let out = r.extend_with_marker(&sizes, &rows, Phase::Thought).unwrap();
+    let hidden = be.to_host(&out.hidden).unwrap();
+    let together = phases(&be.ledger().lock().unwrap());
+    let (tok, mark): (Vec<&[f32]>, Vec<&[f32]>) = (
+        hidden.chunks(d).step_by(2).collect(),
+        hidden.chunks(d).skip(1).step_by(2).collect(),
+    );
+    assert_eq!(tok.concat(), h1, "the tokens' hidden states");
+    assert_eq!(mark.concat(), h2, "the markers' hidden states");
+    assert_eq!(
+        be.to_host(out.logits().unwrap()).unwrap(),
+        l2,
+        "the markers' logits"
+    );
+    assert_eq!(together, apart, "useful FLOPs by phase (decode, thought)");
+    assert!(together[1] > 0);
+
+    // A pool without room: an out-of-pages error, and every sequence as it was.
+    let mut r = Runner::new(&be, &m, 7, 4).unwrap();
+    let seqs = setup(&mut r);
+    let before: Vec<usize> = seqs.iter().map(|s| r.pool.len(*s).unwrap()).collect();
+    let (free, pages) = (r.pool.free_pages(), r.pool.n_pages());
+    let sizes: Vec<(SeqId, usize)> = seqs
+        .iter()
+        .zip(&new_tokens)
+        .map(|(s, t)| (*s, t.len() + 1))
+        .collect();
+    let Err(e) = r.extend_with_marker(&sizes, &rows, Phase::Thought) else {
+        panic!("the pool had room for the merged pass");
+    };
+    assert!(ponder::scheduler::is_oom(&e), "{e:#}");
+    let after: Vec<usize> = seqs.iter().map(|s| r.pool.len(*s).unwrap()).collect();
+    assert_eq!(
+        (after, r.pool.free_pages(), r.pool.n_pages()),
+        (before, free, pages)
+    );
+}
