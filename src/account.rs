@@ -45,6 +45,18 @@ pub fn with_ledger<R>(fallback: &Mutex<Ledger>, f: impl FnOnce(&mut Ledger) -> R
     }
 }
 
+/// Runs `f` with a scratch account installed and returns its result with what it charged:
+/// one forward pass's counts, to be divided among problems or phases (src/split.rs). The
+/// thread's own account is back in place afterwards.
+pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Ledger) {
+    let scratch: SharedAccount = Arc::new(Mutex::new(Account::default()));
+    let prev = install(Some(scratch.clone()));
+    let out = f();
+    install(prev);
+    let ledger = std::mem::take(&mut lock(&scratch).ledger);
+    (out, ledger)
+}
+
 /// (waited, charged) seconds of this thread's account; zeros without one.
 pub fn times() -> (f64, f64) {
     current().map_or((0.0, 0.0), |a| {

@@ -15,7 +15,7 @@
 //! FLOPs are linear in what it counts, so each problem gets exactly what its pass alone would
 //! count; the executed FLOPs and bytes of the GPU's tiles are apportioned the same way). Its
 //! wall time is split in proportion to useful FLOPs.
-use crate::account::{self, Account, SharedAccount};
+use crate::account::{self, SharedAccount};
 use crate::backend::Backend;
 use crate::backend::Batch;
 use crate::flops::{Ledger, Phase};
@@ -23,7 +23,7 @@ use crate::model::llama::{Model, Output};
 use crate::split;
 use anyhow::Result;
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// A forward pass's input rows: token ids, or embedding rows (Quiet-STaR's thought markers).
@@ -211,19 +211,17 @@ impl<'a, B: Backend> Batcher<'a, B> {
     }
 
     fn run_group(&self, g: Vec<Request<'a, B>>) -> Vec<(u64, Result<Output<B>, String>)> {
-        let scratch: SharedAccount = Arc::new(Mutex::new(Account::default()));
         // The running thread's own phase, restored after the pass: the pass runs under the
         // phase of its first request (the backend's profiler ranges follow it; the ledger
         // split below charges each request under its own phase).
         let own = account::with_ledger(self.be.ledger(), |l| l.phase());
-        let prev = account::install(Some(scratch.clone()));
-        self.be.set_phase(g[0].phase);
         let t = Instant::now();
-        let res = self.combined_pass(&g);
+        let (res, ledger) = account::capture(|| {
+            self.be.set_phase(g[0].phase);
+            self.combined_pass(&g)
+        });
         let secs = t.elapsed().as_secs_f64();
-        account::install(prev);
         self.be.set_phase(own);
-        let ledger = std::mem::take(&mut account::lock(&scratch).ledger);
         self.split(&g, &ledger, secs);
         match res {
             Ok(outs) => g

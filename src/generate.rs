@@ -149,11 +149,7 @@ impl<'a, B: Backend> Runner<'a, B> {
                 }
                 // Charge the pass to a scratch ledger, then each part to its phase.
                 let phase = crate::account::with_ledger(be.ledger(), |l| l.phase());
-                let scratch = std::sync::Arc::new(Mutex::new(crate::account::Account::default()));
-                let prev = crate::account::install(Some(scratch.clone()));
-                let out = forward(kv);
-                crate::account::install(prev);
-                let pass = std::mem::take(&mut crate::account::lock(&scratch).ledger);
+                let (out, pass) = crate::account::capture(|| forward(kv));
                 let parts = crate::split::phase_parts(&batch, phase);
                 for share in crate::split::shares(&model.cfg, &pass, &parts) {
                     crate::account::with_ledger(be.ledger(), |l| l.merge(&share));

@@ -134,15 +134,9 @@ impl Backend for Cpu {
     }
 
     fn stacked_weight(&self, cols: usize, parts: Vec<(usize, WeightData)>) -> Result<CpuWeight> {
-        ensure!(
-            !parts.is_empty(),
-            "a stacked weight needs at least one part"
-        );
-        for (r, part) in &parts {
-            crate::backend::check_weight_shape(&[*r, cols], part.as_slice().len())?;
-        }
+        let rows = crate::backend::check_stacked_parts(cols, &parts)?;
         Ok(CpuWeight {
-            shape: vec![parts.iter().map(|p| p.0).sum(), cols],
+            shape: vec![rows, cols],
             parts: parts.into_iter().map(|(_, d)| store(d)).collect(),
         })
     }

@@ -99,6 +99,19 @@ pub fn concat_columns(rows: usize, parts: &[(&[f32], usize)]) -> Vec<f32> {
     out
 }
 
+/// The parts of a stacked weight (`Backend::stacked_weight`), checked the same way on every
+/// backend: at least one, each [rows, cols]; returns the stacked weight's rows.
+pub fn check_stacked_parts(cols: usize, parts: &[(usize, WeightData)]) -> Result<usize> {
+    anyhow::ensure!(
+        !parts.is_empty(),
+        "a stacked weight needs at least one part"
+    );
+    for (r, part) in parts {
+        check_weight_shape(&[*r, cols], part.as_slice().len())?;
+    }
+    Ok(parts.iter().map(|p| p.0).sum())
+}
+
 /// The fused gate|up projection's shape as silu_mul reads it: [n, 2f] → f.
 pub fn check_gate_up(gate_up: (usize, usize)) -> Result<usize> {
     anyhow::ensure!(
@@ -170,10 +183,9 @@ pub trait Backend: Send + Sync {
     /// default copies them into one host buffer; the CPU backend keeps the parts where they
     /// are (a memory-mapped part is not copied).
     fn stacked_weight(&self, cols: usize, parts: Vec<(usize, WeightData)>) -> Result<Self::Weight> {
-        let rows: usize = parts.iter().map(|p| p.0).sum();
+        let rows = check_stacked_parts(cols, &parts)?;
         let mut data = Vec::with_capacity(rows * cols);
-        for (r, part) in &parts {
-            check_weight_shape(&[*r, cols], part.as_slice().len())?;
+        for (_, part) in &parts {
             data.extend_from_slice(part.as_slice());
         }
         self.weight(

@@ -227,7 +227,7 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
         // has room (else, or past max_batch, two passes as before; same results either way).
         let merged = match self.mode {
             Mode::Incremental if live.len() <= r.max_batch.max(1) => {
-                self.base_with_start(r, live, &items)?
+                self.base_with_start(r, &items)?
             }
             _ => None,
         };
@@ -324,28 +324,17 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
 }
 
 impl<B: Backend> ThoughtStep<'_, B> {
-    /// Feeds the start marker, samples and feeds the thought tokens, feeds the end marker
-    /// (depths 1 to sampled + 2 of `layout`; with forks the last sampled token and the end
-    /// marker share one pass); returns the end marker's final hidden state for each row.
     /// The real tokens of every live branch and its start marker in one pass, the marker
     /// charged to the thought phase: (h_base rows on the host, the markers' logits). None when
     /// the pool is too short for it; nothing has changed then.
     fn base_with_start(
         &self,
         r: &mut Runner<'_, B>,
-        live: &[&mut Branch],
         items: &[(SeqId, Vec<u32>)],
     ) -> Result<Option<(Vec<f32>, B::Tensor)>> {
         let d = r.model.cfg.hidden_size;
-        let ids: Vec<u32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        let emb = r.be.to_host(&r.be.embed(&r.model.embed, &ids)?)?;
-        let mut rows = Vec::with_capacity(emb.len() + live.len() * d);
-        let mut at = 0;
-        for (_, t) in items {
-            rows.extend_from_slice(&emb[at * d..(at + t.len()) * d]);
-            rows.extend_from_slice(&self.qs.start);
-            at += t.len();
-        }
+        let groups: Vec<&[u32]> = items.iter().map(|(_, t)| t.as_slice()).collect();
+        let rows = with_marker(r, &groups, &self.qs.start)?;
         let sizes: Vec<(SeqId, usize)> = items.iter().map(|(s, t)| (*s, t.len() + 1)).collect();
         let out = match r.extend_with_marker(&sizes, &rows, Phase::Thought) {
             Ok(out) => out,
@@ -358,6 +347,9 @@ impl<B: Backend> ThoughtStep<'_, B> {
         Ok(Some((h_base, out.into_logits()?)))
     }
 
+    /// Feeds the start marker, samples and feeds the thought tokens, feeds the end marker
+    /// (depths 1 to sampled + 2 of `layout`; with forks the last sampled token and the end
+    /// marker share one pass); returns the end marker's final hidden state for each row.
     fn think(
         &mut self,
         r: &mut Runner<'_, B>,
@@ -425,12 +417,8 @@ impl<B: Backend> ThoughtStep<'_, B> {
         }
         let out = match (last_sampled, layout) {
             (Some(ids), Layout::Forks(seqs)) => {
-                let emb = r.be.to_host(&r.be.embed(&r.model.embed, &ids)?)?;
-                let mut both = Vec::with_capacity(2 * n * d);
-                for e in emb.chunks(d) {
-                    both.extend_from_slice(e);
-                    both.extend_from_slice(&self.qs.end);
-                }
+                let groups: Vec<&[u32]> = ids.iter().map(std::slice::from_ref).collect();
+                let both = with_marker(r, &groups, &self.qs.end)?;
                 r.extend_embedded(seqs, &both, 2, Want::Hidden)?
             }
             _ => {
@@ -446,4 +434,24 @@ impl<B: Backend> ThoughtStep<'_, B> {
         );
         Ok(h)
     }
+}
+
+/// Input rows for passes that feed token ids and a marker embedding together: for each group
+/// of ids, their embedding rows (looked up once for all groups), then `marker`.
+fn with_marker<B: Backend>(
+    r: &Runner<'_, B>,
+    groups: &[&[u32]],
+    marker: &[f32],
+) -> Result<Vec<f32>> {
+    let ids: Vec<u32> = groups.concat();
+    let emb = r.be.to_host(&r.be.embed(&r.model.embed, &ids)?)?;
+    let d = marker.len();
+    let mut rows = Vec::with_capacity(emb.len() + groups.len() * d);
+    let mut at = 0;
+    for g in groups {
+        rows.extend_from_slice(&emb[at * d..(at + g.len()) * d]);
+        rows.extend_from_slice(marker);
+        at += g.len();
+    }
+    Ok(rows)
 }
