@@ -13,3 +13,4 @@ pub mod rng;
 pub mod sample;
 pub mod scheduler;
 pub mod split;
+pub mod stop;

@@ -5,11 +5,12 @@
 //! reuses the longest common prefix already cached.
 use crate::backend::Backend;
 use crate::flops::Phase;
-use crate::generate::{first_stop, Finish, Runner, Want};
+use crate::generate::{Finish, Runner, Want};
 use crate::kv::{KvError, SeqId};
 use crate::model::llama::Output;
 use crate::model::tokenizer::Tokenizer;
 use crate::sample::Sampling;
+use crate::stop::first_stop;
 use anyhow::Result;
 
 /// When a branch stops generating.
@@ -368,11 +369,8 @@ pub fn decode<B: Backend>(
     sampling: Sampling,
     seed: u64,
 ) -> Result<()> {
-    let vocab_limit = r
-        .model
-        .cfg
-        .vocab_size
-        .min(tok.vocab_size().max(1))
+    let vocab_limit = tok
+        .base_vocab(r.model.cfg.vocab_size)
         .min(stepper.vocab_limit().unwrap_or(usize::MAX));
     for b in branches.iter_mut() {
         b.gen_start = b.all.len();

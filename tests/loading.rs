@@ -3,6 +3,7 @@ use half::bf16;
 use ponder::backend::cpu::Cpu;
 use ponder::backend::Backend;
 use ponder::generate::Runner;
+use ponder::methods::quiet_star::QuietStar;
 use ponder::model::config::Config;
 use ponder::model::llama::{Model, ParamSource, Synthetic};
 use ponder::model::source::{cache_dir, ensure_default_model, load};
@@ -39,13 +40,20 @@ fn config_json() -> &'static str {
 }
 
 fn write_dir(dir: &Path, shards: usize, bf: bool) {
+    write_model(dir, config_json(), shards, bf, &[]);
+}
+
+/// An HF directory of the model `config` with seeded weights, the default model's tokenizer,
+/// and the `extra` tensors beside the model's own.
+fn write_model(dir: &Path, config: &str, shards: usize, bf: bool, extra: &[(&str, &[usize])]) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), config_json()).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
     let default = ensure_default_model(&cache_dir(None)).unwrap();
     std::fs::copy(default.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    let cfg = Config::from_json(config_json()).unwrap();
+    let cfg = Config::from_json(config).unwrap();
     let syn = Synthetic { seed: 7 };
-    let all = names(&cfg);
+    let mut all = names(&cfg);
+    all.extend(extra.iter().map(|(n, s)| (n.to_string(), s.to_vec())));
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = all
         .iter()
         .map(|(n, s)| {
@@ -129,4 +137,78 @@ fn f32_file_and_bf16_shards_load_the_same_model() {
     assert!(err < 0.05, "bf16 shards differ by {err} relative");
     assert!(err > 0.0, "bf16 rounding should show");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
+    // Vocabulary 8192 so that "---" (id 5583 in the default tokenizer) has an embedding row.
+    let config = config_json()
+        .replace("\"vocab_size\":512", "\"vocab_size\":8192")
+        .replace("\"eos_token_id\":2}", "\"eos_token_id\":2,\"n_ahead\":6}");
+    let d = 64;
+    let extra: [(&str, &[usize]); 7] = [
+        ("start_embedding", &[2, d]),
+        ("end_embedding", &[2, d]),
+        ("talk_head.0.0.weight", &[d, 2 * d]),
+        ("talk_head.0.0.bias", &[d]),
+        ("talk_head.0.2.weight", &[d, d]),
+        ("talk_head.0.2.bias", &[d]),
+        ("talk_head.0.4.weight", &[1, d]),
+    ];
+    let dir = std::env::temp_dir().join(format!("ponder-quiet-ckpt-{}", std::process::id()));
+    write_model(&dir, &config, 1, false, &extra);
+    let be = Cpu::new();
+    let m = load(&be, Some(dir.to_str().unwrap()), &cache_dir(None)).unwrap();
+    assert_eq!(
+        m.model.cfg.n_ahead,
+        Some(6),
+        "n_ahead comes from config.json"
+    );
+    let syn = Synthetic { seed: 7 };
+    let row0_x100 = |name: &str| -> Vec<f32> {
+        let v = syn.param(name, &[2, d]).unwrap();
+        v.as_slice()[..d].iter().map(|x| x * 100.0).collect()
+    };
+    let trained = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), false, 6).unwrap();
+    assert_eq!(trained.origin, "checkpoint");
+    assert_eq!(trained.start, row0_x100("start_embedding"));
+    assert_eq!(trained.end, row0_x100("end_embedding"));
+    assert_eq!(trained.sampled, 3, "n_ahead 6: start, 3 sampled, end");
+    // The reference eval's "---" re-initialisation replaces the markers, keeps the head.
+    let reinit = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), true, 6).unwrap();
+    let dash = m.tok.encode("---").unwrap()[0];
+    let dash_row = be
+        .to_host(&be.embed(&m.model.embed, &[dash]).unwrap())
+        .unwrap();
+    assert_eq!(reinit.start, dash_row);
+    assert_eq!(reinit.end, dash_row);
+    assert!(
+        reinit.origin.contains("checkpoint talk head"),
+        "{}",
+        reinit.origin
+    );
+    // The head's last layer is the checkpoint's (non-zero), so mixing is on: the trained
+    // head and a plain model's zero head give different output logits for the same thought.
+    let plain = QuietStar::new(&be, &m.model, &m.tok, None, true, 6).unwrap();
+    assert_eq!(plain.start, dash_row);
+    let h = be.tensor(1, d, &vec![0.5; d]).unwrap();
+    let e = be.tensor(1, d, &vec![-0.25; d]).unwrap();
+    let mixed = |q: &QuietStar<Cpu>| be.to_host(&be.talk_mix(&h, &e, &q.head).unwrap()).unwrap();
+    assert_eq!(
+        mixed(&plain),
+        vec![0.5; d],
+        "a zero last layer mixes nothing in"
+    );
+    assert_ne!(mixed(&trained), vec![0.5; d]);
+    // A checkpoint without one of the head's tensors is refused, naming it.
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    write_model(&dir, &config, 1, false, &extra[..6]);
+    let err = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), false, 6)
+        .err()
+        .expect("a missing talk_head.0.4.weight is an error");
+    assert!(
+        format!("{err:#}").contains("talk_head.0.4.weight"),
+        "{err:#}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -148,8 +148,9 @@ fn fixed_lengths_run_every_vote_to_its_limit() {
             .votes
             .iter()
             .all(|v| v.tokens == 40 && v.scores.len() == 4));
-        // The study charges 96 tokens per expansion, path-cumulative: 96·(1+2+3+4) per path.
-        assert_eq!(tree.study_flops, 5 * 96 * 10 * per);
+        // The study charges its step limit (here 12) per expansion whatever was generated,
+        // path-cumulative: 12·(1+2+3+4) per path.
+        assert_eq!(tree.study_flops, 5 * 12 * 10 * per);
     }
 }
 
@@ -209,6 +210,48 @@ fn rebase_builds_a_tree_and_scores_it() {
         );
         assert_eq!(sol.flops.useful, again.flops.useful);
     }
+}
+
+#[test]
+fn the_study_formula_charges_kept_steps_only() {
+    // The study's code adds a child's path-cumulative charge (its step limit per level) only
+    // once the child scores above 0.1; the children it drops cost it nothing. synthetic:tiny
+    // scores its own steps above 0.1 and the bundled model, as its own PRM, at or below it,
+    // so between them both kinds of child occur.
+    let be = Cpu::new();
+    let (mut kept, mut dropped) = (0, 0);
+    for model in [Some("synthetic:tiny"), None] {
+        let m = load(&be, model, &ponder::model::source::cache_dir(None)).unwrap();
+        let c = &m.model.cfg;
+        let per = ponder::flops::study_flops_per_token(
+            c.hidden_size as u64,
+            c.num_hidden_layers as u64,
+            c.num_attention_heads as u64,
+            c.intermediate_size as u64,
+        );
+        let s = Settings {
+            width: 3,
+            ..settings()
+        };
+        let sol = run_rebase(&be, &m, false, usize::MAX, &s);
+        let charged: u64 = sol
+            .tree
+            .iter()
+            .filter(|n| n.parent.is_some() && !n.dropped)
+            .map(|n| 12 * n.depth as u64 * per)
+            .sum();
+        assert_eq!(sol.study_flops, charged, "{model:?}");
+        kept += sol
+            .tree
+            .iter()
+            .filter(|n| n.parent.is_some() && !n.dropped)
+            .count();
+        dropped += sol.tree.iter().filter(|n| n.dropped).count();
+    }
+    assert!(
+        kept > 0 && dropped > 0,
+        "kept {kept}, dropped {dropped}: the test needs both"
+    );
 }
 
 #[test]

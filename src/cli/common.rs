@@ -8,6 +8,7 @@ use ponder::methods::common::{Policy, Protocol, Settings};
 use ponder::methods::engines::{Engines, Fleet};
 use ponder::methods::prm::Prm;
 use ponder::methods::quiet_star::{Mode, QuietStar};
+use ponder::model::config::Config;
 use ponder::model::llama::Model;
 use ponder::model::source::{default_model_dir, load, Loaded};
 use ponder::model::tokenizer::Tokenizer;
@@ -55,18 +56,19 @@ pub struct Opts {
     /// Tokens of the answer phase (protocol: 12).
     #[arg(long, default_value_t = 12)]
     pub answer_tokens: usize,
-    /// Tokens per REBASE step (protocol: 96).
-    #[arg(long, default_value_t = 96)]
-    pub step_tokens: usize,
+    /// Tokens per REBASE step (default: 96 with --protocol seed, 256 with wu).
+    #[arg(long)]
+    pub step_tokens: Option<usize>,
     /// Tokens per REBASE path (protocol: 384).
     #[arg(long, default_value_t = 384)]
     pub path_tokens: usize,
     /// Run every vote, step and thought to its limit, ignoring EOS and stop strings.
     #[arg(long)]
     pub fixed_lengths: bool,
-    /// Quiet-STaR thought length n_ahead (start + n_ahead−3 sampled + end).
-    #[arg(long, default_value_t = 8)]
-    pub n_ahead: usize,
+    /// Quiet-STaR thought length n_ahead (start + n_ahead−3 sampled + end); default: the
+    /// checkpoint's `n_ahead` in config.json, else 8.
+    #[arg(long)]
+    pub n_ahead: Option<usize>,
     /// Quiet-STaR's computation: incremental (one thought per output token) or parallel (the
     /// reference: thoughts at every position, recomputed for every output token).
     #[arg(long, value_enum, default_value = "incremental")]
@@ -106,7 +108,7 @@ impl Opts {
         // setting: a direct answer without a chain of thought.)
         for (flag, v) in [
             ("--answer-tokens", self.answer_tokens),
-            ("--step-tokens", self.step_tokens),
+            ("--step-tokens", self.step_tokens.unwrap_or(1)),
             ("--path-tokens", self.path_tokens),
         ] {
             if v == 0 {
@@ -114,6 +116,11 @@ impl Opts {
             }
         }
         let q = |quick: usize, v: usize| if self.quick { quick } else { v };
+        // rebase.md: Wu et al.'s steps run up to 256 tokens; the study's (protocol.md) 96.
+        let step_tokens = self.step_tokens.unwrap_or(match self.protocol {
+            ProtocolArg::Seed => 96,
+            ProtocolArg::Wu => 256,
+        });
         Ok(Settings {
             seed: self.seed,
             votes: q(2, self.votes),
@@ -126,7 +133,7 @@ impl Opts {
             fixed_lengths: self.fixed_lengths,
             max_tokens: q(48, self.max_tokens),
             answer_tokens: self.answer_tokens,
-            step_tokens: q(48, self.step_tokens),
+            step_tokens: q(48, step_tokens),
             path_tokens: q(96, self.path_tokens),
             quiet_mode: match self.quiet_mode {
                 QuietModeArg::Incremental => Mode::Incremental,
@@ -206,8 +213,13 @@ impl Opts {
             &m.tok,
             dir.as_deref(),
             !self.keep_thought_embeddings,
-            self.n_ahead,
+            self.n_ahead(&m.model.cfg),
         )?)))
+    }
+
+    /// The thought length: `--n-ahead`, else the checkpoint's, else 8 (quiet-star.md).
+    pub fn n_ahead(&self, cfg: &Config) -> usize {
+        self.n_ahead.or(cfg.n_ahead).unwrap_or(8)
     }
 
     /// The storage and batcher of `n` problems in flight, each with --kv-pages pages per model.

@@ -9,6 +9,7 @@ use ponder::eval::report::{check_no_overlap, write_report};
 use ponder::eval::results::read_records;
 use ponder::eval::run::{run as run_eval, Plan};
 use ponder::methods::engines::Method;
+use ponder::model::config::Config;
 use ponder::model::source::load;
 use std::path::{Path, PathBuf};
 
@@ -122,7 +123,7 @@ struct Eval {
 }
 
 /// Everything the records of this run depend on (see eval/manifest.rs).
-fn manifest<B: Backend>(e: &Eval, be: &B, model: &str) -> Manifest {
+fn manifest<B: Backend>(e: &Eval, be: &B, model: &str, cfg: &Config) -> Manifest {
     let (o, s) = (&e.a.opts, &e.settings);
     let mut m = Manifest::default();
     m.set("model", model)
@@ -142,7 +143,7 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str) -> Manifest {
         .set("path-tokens", s.path_tokens)
         .set("max-depth", s.max_depth)
         .set("quiet-mode", format!("{:?}", s.quiet_mode).to_lowercase())
-        .set("n-ahead", o.n_ahead)
+        .set("n-ahead", o.n_ahead(cfg))
         .set("keep-thought-embeddings", o.keep_thought_embeddings);
     m
 }
@@ -150,8 +151,11 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str) -> Manifest {
 impl OnBackend for Eval {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let m = load(&be, self.a.opts.model.as_deref(), &self.cache)?;
-        let recorded =
-            manifest::check_or_write(&self.a.out, &manifest(&self, &be, &m.name), self.a.resume)?;
+        let recorded = manifest::check_or_write(
+            &self.a.out,
+            &manifest(&self, &be, &m.name, &m.model.cfg),
+            self.a.resume,
+        )?;
         let Eval {
             a,
             budgets,

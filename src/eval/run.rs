@@ -192,10 +192,11 @@ impl Progress {
         self.correct += rec.correct as usize;
         self.flops += rec.flops;
         let per = self.t0.elapsed().as_secs_f64() / self.new as f64;
-        let left = per * (self.total - self.n) as f64;
-        eprintln!(
-            "[{}] {}/{} acc {}/{} ({:.2}%) {per:.2} s/problem, {:.3e} FLOPs so far, ETA {}",
+        let left = per * self.total.saturating_sub(self.n) as f64;
+        let line = format!(
+            "[{}] {} {}/{} acc {}/{} ({:.2}%) {per:.2} s/problem, {:.3e} FLOPs so far, ETA {}",
             self.label,
+            bar(self.n, self.total),
             self.n,
             self.total,
             self.correct,
@@ -204,7 +205,17 @@ impl Progress {
             self.flops as f64,
             fmt_secs(left)
         );
+        // One line per finished problem, never redrawn in place: it reads the same in a
+        // terminal and in a log (CI, a job array), and an error line never lands inside it.
+        eprintln!("{line}");
     }
+}
+
+/// A 20-cell bar of `n` done out of `total`.
+fn bar(n: usize, total: usize) -> String {
+    const CELLS: usize = 20;
+    let full = (n * CELLS).checked_div(total).unwrap_or(CELLS).min(CELLS);
+    format!("[{}{}]", "#".repeat(full), ".".repeat(CELLS - full))
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -215,5 +226,18 @@ fn fmt_secs(s: f64) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     } else {
         format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar;
+
+    #[test]
+    fn the_progress_bar_fills_with_problems_done() {
+        assert_eq!(bar(0, 8), format!("[{}]", ".".repeat(20)));
+        assert_eq!(bar(2, 8), format!("[{}{}]", "#".repeat(5), ".".repeat(15)));
+        assert_eq!(bar(8, 8), format!("[{}]", "#".repeat(20)));
+        assert_eq!(bar(0, 0), format!("[{}]", "#".repeat(20)));
     }
 }

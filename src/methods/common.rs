@@ -77,7 +77,7 @@ pub struct TreeNode {
     pub text: String,
     pub score: Option<f64>,
     pub leaf: bool,
-    /// Scored too low (or not at all) and pruned with its budget share.
+    /// Scored too low (or not at all) and not expanded; its depth's surviving nodes share the width.
     pub dropped: bool,
     pub tokens: usize,
 }

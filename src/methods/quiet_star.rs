@@ -63,10 +63,7 @@ impl<B: Backend> QuietStar<B> {
             .checked_sub(3)
             .context("n_ahead must be at least 3")?
             .max(1);
-        let base_vocab = match (tok.encode("<|startthought|>"), tok.encode("<|endthought|>")) {
-            (Ok(a), Ok(b)) if a.len() == 1 && b.len() == 1 => a[0].min(b[0]) as usize,
-            _ => model.cfg.vocab_size,
-        };
+        let base_vocab = tok.base_vocab(model.cfg.vocab_size);
         match trained {
             Some(w) => {
                 let row0 = |name: &str| -> Result<Vec<f32>> {

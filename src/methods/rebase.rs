@@ -21,8 +21,9 @@ use anyhow::Result;
 struct Node {
     policy: Branch,
     prm: Branch,
-    /// The policy's full context (prompt and the "Step k:" suffixes included).
-    context: String,
+    /// The node's text as the next prompt is built from it: the question (the wu prompt) and
+    /// the steps as generated, without the seed protocol's prompt suffixes.
+    text: String,
     steps: Vec<String>,
     scores: Vec<f64>,
     /// Tokens generated along the path.
@@ -50,18 +51,18 @@ pub fn solve<B: Backend>(
         dropped: false,
         tokens: 0,
     }];
-    let context = match s.protocol {
-        Protocol::Seed => format!("{question}\nA: Let's think step by step."),
+    let text = match s.protocol {
+        Protocol::Seed => question.to_string(),
         Protocol::Wu => format!("{question}\n"),
     };
-    let ids = p.encode_with_bos(&context)?;
+    let ids = p.encode_with_bos(&step_prompt(s.protocol, &text, 0))?;
     tally.prompt = ids.len() as u64;
     let prm_root = prm.root(question)?;
     let root_policy = Branch::new(p.runner.pool.create(), ids, child_stream(s.seed, 0x7ee));
     let root = Node {
         prm: prm_root,
         policy: root_policy,
-        context,
+        text,
         steps: vec![],
         scores: vec![],
         path_tokens: 0,
@@ -106,14 +107,7 @@ pub fn solve<B: Backend>(
         })
         .collect();
     let answer = match s.protocol {
-        Protocol::Seed => {
-            let scored: Vec<(Vec<f64>, usize)> = votes
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v.scores.clone(), i))
-                .collect();
-            best_of_n(&scored, Aggregate::Last).and_then(|i| votes[i].answer.clone())
-        }
+        Protocol::Seed => best_leaf_answer(&votes),
         Protocol::Wu => {
             let w: Vec<(Option<String>, f64)> = votes
                 .iter()
@@ -137,6 +131,19 @@ pub fn solve<B: Backend>(
         tally,
         Some(prm.name.clone()),
     ))
+}
+
+/// The study's answer: the last integer of the best leaf by last-step score, among the
+/// leaves that hold an integer (as its code picks: a leaf without one gives no answer, and
+/// the next best may). Ties go to the earlier leaf.
+fn best_leaf_answer(votes: &[Vote]) -> Option<String> {
+    let scored: Vec<(Vec<f64>, usize)> = votes
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.answer.is_some())
+        .map(|(i, v)| (v.scores.clone(), i))
+        .collect();
+    best_of_n(&scored, Aggregate::Last).and_then(|i| votes[i].answer.clone())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,7 +190,6 @@ fn search<B: Backend>(
             Kid {
                 parent: pi,
                 branch: b,
-                context: ctx,
             },
             (prm_b, score),
         ) in kids.into_iter().zip(scored)
@@ -191,7 +197,6 @@ fn search<B: Backend>(
             let parent = &open[pi];
             let generated = b.generated().len();
             tally.generated += generated as u64;
-            tally.study_tokens += 96 * (depth as u64 + 1);
             let mut steps = parent.steps.clone();
             steps.push(b.text.trim().to_string());
             let path_tokens = parent.path_tokens + generated;
@@ -218,12 +223,18 @@ fn search<B: Backend>(
                 tokens: generated,
             });
             let dropped = tree[id].dropped;
+            // The study's formula charges the step limit (its max_step_tokens, 96) per step
+            // along the path, whatever was generated, for the children it keeps only: its
+            // code adds a child's path total once the child passes the 0.1 threshold.
+            if !dropped {
+                tally.study_tokens += s.step_tokens as u64 * (depth as u64 + 1);
+            }
             let mut scores = parent.scores.clone();
             scores.push(score);
             let node = Node {
                 policy: b,
                 prm: prm_b,
-                context: format!("{ctx}{}", tree[id].text),
+                text: format!("{}{}", parent.text, tree[id].text),
                 steps,
                 scores,
                 path_tokens,
@@ -256,8 +267,18 @@ fn search<B: Backend>(
 struct Kid {
     parent: usize,
     branch: Branch,
-    /// The policy context it was prompted with.
-    context: String,
+}
+
+/// The policy's prompt for the step after a node at `depth` with text `text` (protocol.md):
+/// the seed protocol appends "\nA: Let's think step by step." to the question for the first
+/// step and "\nStep {n}:" to the node's text for step n, and keeps neither in the text that
+/// later steps are built from (as the study's code does); the wu prompt is the text itself.
+fn step_prompt(protocol: Protocol, text: &str, depth: usize) -> String {
+    match (protocol, depth) {
+        (Protocol::Seed, 0) => format!("{text}\nA: Let's think step by step."),
+        (Protocol::Seed, d) => format!("{text}\nStep {}:", d + 1),
+        (Protocol::Wu, _) => text.to_string(),
+    }
 }
 
 /// Forks every open node into its `counts` children, generates one step for all of them
@@ -270,22 +291,21 @@ fn grow<B: Backend>(
     quiet: Option<&QuietStar<B>>,
     question: &str,
     s: &Settings,
-    open: &[Node],
+    open: &mut [Node],
     counts: &[usize],
     depth: usize,
     kids: &mut Vec<Kid>,
     tally: &mut Tally,
 ) -> Result<Vec<(Branch, f64)>> {
-    for (pi, (node, &n)) in open.iter().zip(counts).enumerate() {
+    for (pi, (node, &n)) in open.iter_mut().zip(counts).enumerate() {
         if n == 0 {
             continue;
         }
-        let context = match (s.protocol, depth) {
-            (Protocol::Seed, d) if d > 0 => format!("{}\nStep {}:", node.context, d + 1),
-            _ => node.context.clone(),
-        };
-        let ids = p.encode_with_bos(&context)?;
+        // The node's cache keeps what the new prompt shares with its own path; the rest is
+        // prefilled once, here, and its children share it.
+        let ids = p.encode_with_bos(&step_prompt(s.protocol, &node.text, depth))?;
         unpark(&mut p.runner, node.policy.seq);
+        set_tokens(&mut p.runner, &mut node.policy, ids)?;
         prefill(&mut p.runner, &[&node.policy])?;
         let streams: Vec<u64> = (0..n as u64)
             .map(|j| child_stream(node.policy.stream, j))
@@ -294,15 +314,12 @@ fn grow<B: Backend>(
         // The children hold what they need of the parent's pages.
         park(&mut p.runner, node.policy.seq);
         for b in forked {
+            // Until the step is decoded, a child's cache may make room for the next parent.
+            park(&mut p.runner, b.seq);
             kids.push(Kid {
                 parent: pi,
                 branch: b,
-                context: context.clone(),
             });
-            let kid = &mut kids.last_mut().expect("just pushed").branch;
-            set_tokens(&mut p.runner, kid, ids.clone())?;
-            // Until the step is decoded, a child's cache may make room for the next parent.
-            park(&mut p.runner, kid.seq);
         }
     }
     for k in kids.iter() {
@@ -365,4 +382,47 @@ fn generate_steps<B: Backend>(
     )?;
     tally.thought += thought.map_or(0, |t| t.thought_tokens);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_prompts_drop_their_suffixes_from_the_text_later_steps_build_on() {
+        let q = "Q?";
+        let root = step_prompt(Protocol::Seed, q, 0);
+        assert_eq!(root, "Q?\nA: Let's think step by step.");
+        // A node's text is the question and the steps as generated, nothing else: the
+        // prompt for step 3 after steps s1, s2 is question + s1 + s2 + "\nStep 3:".
+        let text = format!("{q}{}{}", " s1.", " s2.");
+        assert_eq!(step_prompt(Protocol::Seed, &text, 2), "Q? s1. s2.\nStep 3:");
+        assert_eq!(
+            step_prompt(Protocol::Wu, "Q?\nStep 1: a", 1),
+            "Q?\nStep 1: a"
+        );
+    }
+
+    fn vote(answer: Option<&str>, scores: &[f64]) -> Vote {
+        Vote {
+            text: String::new(),
+            answer: answer.map(str::to_string),
+            scores: scores.to_vec(),
+            tokens: 0,
+        }
+    }
+
+    #[test]
+    fn the_best_leaf_with_an_integer_gives_the_answer() {
+        let v = [
+            vote(None, &[0.9, 0.95]),
+            vote(Some("7"), &[0.2, 0.6]),
+            vote(Some("8"), &[0.9, 0.6]),
+            vote(Some("9"), &[0.3, 0.5]),
+        ];
+        // The top leaf has no integer; of the rest the first of the two at 0.6 wins.
+        assert_eq!(best_leaf_answer(&v).as_deref(), Some("7"));
+        assert_eq!(best_leaf_answer(&v[..1]), None);
+        assert_eq!(best_leaf_answer(&[]), None);
+    }
 }

@@ -24,6 +24,9 @@ pub struct Config {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// A Quiet-STaR checkpoint's thought length, when its config.json records one
+    /// (`n_ahead`); `--n-ahead` overrides it, and 8 stands in when neither says.
+    pub n_ahead: Option<usize>,
 }
 
 /// The raw JSON; optional fields get the defaults HF transformers uses.
@@ -46,6 +49,7 @@ struct RawConfig {
     bos_token_id: Option<u32>,
     eos_token_id: Option<serde_json::Value>,
     pad_token_id: Option<u32>,
+    n_ahead: Option<usize>,
     rope_scaling: Option<serde_json::Value>,
     hidden_act: Option<String>,
 }
@@ -118,6 +122,7 @@ impl Config {
             bos_token_id: raw.bos_token_id,
             eos_token_ids,
             pad_token_id: raw.pad_token_id,
+            n_ahead: raw.n_ahead,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -128,6 +133,9 @@ impl Config {
         let c = self;
         if c.hidden_size == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 {
             bail!("hidden_size, num_hidden_layers and vocab_size must be positive");
+        }
+        if let Some(n) = c.n_ahead.filter(|&n| n < 3) {
+            bail!("n_ahead {n} is below 3 (a thought is a start marker, sampled tokens and an end marker)");
         }
         if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
             bail!("attention head counts must be positive");
@@ -212,6 +220,7 @@ impl Config {
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
             pad_token_id: None,
+            n_ahead: None,
         };
         let mut c = match name {
             "mistral-7b" => {

@@ -100,6 +100,22 @@ impl Tokenizer {
         }
     }
 
+    /// The base vocabulary of a model with `model_vocab` embedding rows: ids at or above it
+    /// are never sampled (protocol.md). That is the lowest id of the thought markers
+    /// `<|startthought|>` / `<|endthought|>` a Quiet-STaR checkpoint adds, when it has them,
+    /// and never more than the model's rows or the tokenizer's ids.
+    pub fn base_vocab(&self, model_vocab: usize) -> usize {
+        let marker = |s: &str| match self.encode(s).ok().as_deref() {
+            Some(&[id]) => Some(id as usize),
+            _ => None,
+        };
+        let limit = model_vocab.min(self.vocab_size().max(1));
+        match (marker("<|startthought|>"), marker("<|endthought|>")) {
+            (Some(a), Some(b)) => limit.min(a.min(b)),
+            _ => limit,
+        }
+    }
+
     /// The id of a string that must be exactly one token (e.g. a PRM's step tag).
     pub fn single_token(&self, s: &str) -> Result<u32> {
         let ids = self.encode(s)?;
@@ -185,5 +201,42 @@ mod tests {
         let text = t.decode(&sampled, false).unwrap();
         assert_eq!(t.encode(&text).unwrap(), sampled);
         assert!(t.chat_prompt("hi").is_err());
+    }
+
+    /// A word-level tokenizer of four words, with the two thought markers added (ids 4, 5)
+    /// when `markers`.
+    fn word_tokenizer(markers: bool) -> Tokenizer {
+        let added = if markers {
+            r#"[{"id":4,"content":"<|startthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+                {"id":5,"content":"<|endthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}]"#
+        } else {
+            "[]"
+        };
+        let json = format!(
+            r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":{added},
+              "normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
+              "decoder":null,"model":{{"type":"WordLevel","vocab":{{"a":0,"b":1,"c":2,"<unk>":3}},
+              "unk_token":"<unk>"}}}}"#
+        );
+        let dir = std::env::temp_dir().join(format!("ponder-tok-{}-{markers}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+        let t = Tokenizer::from_dir(&dir, None, vec![]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        t
+    }
+
+    #[test]
+    fn the_base_vocabulary_ends_below_the_thought_markers() {
+        let q = word_tokenizer(true);
+        assert_eq!(q.vocab_size(), 6);
+        // A Quiet-STaR checkpoint: 6 embedding rows, the markers at 4 and 5 never sampled.
+        assert_eq!(q.base_vocab(6), 4);
+        assert_eq!(q.base_vocab(3), 3);
+        // A plain tokenizer: the smaller of the model's rows and the tokenizer's ids.
+        let plain = word_tokenizer(false);
+        assert_eq!(plain.base_vocab(10), 4);
+        assert_eq!(plain.base_vocab(2), 2);
+        assert_eq!(Tokenizer::bytes(512).base_vocab(600), 512);
     }
 }

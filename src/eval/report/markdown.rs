@@ -253,9 +253,10 @@ fn tree_section(out: &mut String, summaries: &[Summary]) {
     }
     out.push_str(
         "\nSteps are the nodes the search generated; *dropped* ones scored too low (with \
-         `--protocol seed`, a PRM score of 0.1 or less) or not at all and took their share of \
-         the width with them. A problem whose search found no leaf has no answer: a PRM that \
-         scores every step that low ends each search at depth 1.\n\n",
+         `--protocol seed`, a PRM score of 0.1 or less) or not at all, and are not expanded: \
+         the width they held goes to the surviving steps of their depth, and a depth whose \
+         steps are all dropped ends the search. A problem whose search found no leaf has no \
+         answer: a PRM that scores every step that low ends each search at depth 1.\n\n",
     );
 }
 
