@@ -11,14 +11,26 @@ fn main() -> ExitCode {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
         }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("error: no subcommand given (`--help` lists them)");
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            // One line: clap's first line names the flag and the bad value.
+            // One line: clap's first paragraph names the flag and the bad value (a missing
+            // argument's name is on the lines below its first).
             let text = e.render().to_string();
-            let first = text
+            let para: Vec<&str> = text
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad arguments");
-            eprintln!("{first}");
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = if para.is_empty() {
+                "error: bad arguments".to_string()
+            } else {
+                para.join(" ")
+            };
+            eprintln!("{line}");
             return ExitCode::from(2);
         }
     };

@@ -222,3 +222,146 @@ fn a_problem_is_never_counted_twice() {
     assert!(!err.contains("panicked"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sizes no run could hold are refused before any work (each used to allocate until the
+/// machine ran out of memory, or to run for hours), and so are inputs with nothing to do.
+#[test]
+fn sizes_nothing_could_hold_are_refused_at_once() {
+    let tiny = ["--model", "synthetic:tiny"];
+    let solve = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a = vec!["solve", "--model", "synthetic:tiny", "--method", "baseline"];
+        a.extend_from_slice(extra);
+        a
+    };
+    let t = std::time::Instant::now();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            [
+                &["generate", "--prompt", "hi"][..],
+                &tiny,
+                &["--max-tokens", "18446744073709551615"],
+            ]
+            .concat(),
+            vec!["--max-tokens 18446744073709551615", "4096 positions"],
+        ),
+        (
+            [
+                &["generate", "--prompt", "hi", "--temperature", "inf"][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["--temperature must be a finite number"],
+        ),
+        (solve(&["--question", "  "]), vec!["the question is empty"]),
+        (
+            solve(&["--question", "x", "--votes", "1000000000"]),
+            vec![
+                "--votes 1000000000 is more than ponder runs",
+                "at most 4096",
+            ],
+        ),
+        (
+            solve(&["--question", "x", "--max-tokens", "4000000000"]),
+            vec![
+                "--max-tokens 4000000000 + --answer-tokens 12",
+                "max_position_embeddings",
+            ],
+        ),
+        (
+            solve(&[
+                "--question",
+                "x",
+                "--max-tokens",
+                "100",
+                "--kv-pages",
+                "4",
+                "--votes",
+                "2",
+            ]),
+            vec!["KV pool of 64 tokens (--kv-pages 4 × 16)"],
+        ),
+        (
+            [
+                &[
+                    "sweep",
+                    "--method",
+                    "baseline",
+                    "--budgets",
+                    "1,2,1",
+                    "--out",
+                    "/nonexistent/x",
+                ][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["budget 1 is named twice"],
+        ),
+        (
+            [
+                &[
+                    "sweep",
+                    "--method",
+                    "baseline",
+                    "--budgets",
+                    "1000000000",
+                    "--out",
+                    "/nonexistent/x",
+                ][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["a budget of 1000000000 is more than ponder runs"],
+        ),
+        (
+            [
+                &["eval", "--offset", "1000", "--out", "/nonexistent/x"][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["--offset 1000 skips all 8 problems"],
+        ),
+        (
+            [
+                "bench",
+                "attention",
+                "--tokens",
+                "100000000000",
+                "--iters",
+                "1",
+            ]
+            .to_vec(),
+            vec!["GB of host memory"],
+        ),
+        (
+            [
+                &["generate", "--prompt", "hi", "--model"][..],
+                &["/etc/hostname"],
+            ]
+            .concat(),
+            vec!["/etc/hostname is a file"],
+        ),
+    ];
+    for (args, needles) in &cases {
+        assert_one_line_error(args, needles);
+    }
+    assert!(
+        t.elapsed().as_secs() < 60,
+        "refusing took {:?}",
+        t.elapsed()
+    );
+    // Argument errors: one line naming what is missing, exit code 2.
+    for (args, needle) in [
+        (vec![], "no subcommand given"),
+        (vec!["solve", "--question", "x"], "--method <METHOD>"),
+        (vec!["report"], "<DIRS>"),
+    ] {
+        let (code, err) = ponder(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(needle),
+            "{err}"
+        );
+    }
+}

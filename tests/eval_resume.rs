@@ -218,9 +218,19 @@ fn a_torn_last_line_is_dropped_on_resume() {
         .unwrap();
     assert!(st.success());
     let path = dir.join("results.jsonl");
-    let mut text = std::fs::read_to_string(&path).unwrap();
+    let whole = std::fs::read_to_string(&path).unwrap();
+    let mut text = whole.clone();
     text.push_str("{\"method\":\"baseline\",\"bud");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    // The report counts the one whole record and says what it leaves out.
+    let rep = ponder().arg("report").arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&rep.stderr);
+    assert!(rep.status.success(), "{err}");
+    assert!(
+        err.contains("ignoring a torn last line") && err.contains("(25 bytes"),
+        "{err}"
+    );
+    assert_eq!(summary(&dir)[0]["n"], 1);
     let st = ponder()
         .args(&a)
         .args(["--limit", "2", "--resume", "--out"])
@@ -231,6 +241,29 @@ fn a_torn_last_line_is_dropped_on_resume() {
         .unwrap();
     assert!(st.success());
     assert_eq!(lines(&dir), 2);
+    // A whole record whose newline never reached the disk still counts: the report keeps
+    // it, and a resume adds the newline instead of rerunning the problem.
+    let two = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, two.trim_end_matches('\n')).unwrap();
+    let rep = ponder().arg("report").arg(&dir).output().unwrap();
+    assert!(rep.status.success());
+    assert!(!String::from_utf8_lossy(&rep.stderr).contains("torn"));
+    assert_eq!(summary(&dir)[0]["n"], 2);
+    let st = ponder()
+        .args(&a)
+        .args(["--limit", "2", "--resume", "--out"])
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        two,
+        "nothing rerun, newline back"
+    );
+    assert!(two.starts_with(&whole));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -429,4 +462,61 @@ fn resume_with_other_settings_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
     let _ = std::fs::remove_file(&data);
+}
+
+#[test]
+fn a_second_eval_on_the_same_folder_is_refused() {
+    let dir = tmp("locked");
+    let args = [
+        "eval",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "baseline",
+        "--votes",
+        "1",
+        "--max-tokens",
+        "3000",
+        "--answer-tokens",
+        "2",
+        "--fixed-lengths",
+    ];
+    let mut first = ponder()
+        .args(args)
+        .arg("--out")
+        .arg(&dir)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first run holds the folder once its manifest is written.
+    let t = Instant::now();
+    while !dir.join("run.json").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the first run never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = ponder()
+        .args(args)
+        .args(["--resume", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let still_running = first.try_wait().unwrap().is_none();
+    first.kill().unwrap();
+    let _ = first.wait();
+    assert!(
+        still_running,
+        "the first run ended before the second could meet it"
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another ponder process is writing results into"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -378,3 +378,32 @@ fn refuses_truncated_copies_of_a_valid_model() {
         assert_refused(&p, "truncated");
     }
 }
+
+/// A copy of the valid model with `llama.block_count` (a u32 right after its key) set to `n`.
+fn with_block_count(good: &[u8], n: u32) -> Vec<u8> {
+    let key = b"llama.block_count";
+    let at = good
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the fixture has a block count")
+        + key.len();
+    assert_eq!(&good[at..at + 4], &4u32.to_le_bytes(), "stored as a u32");
+    let mut bad = good.to_vec();
+    bad[at + 4..at + 8].copy_from_slice(&n.to_le_bytes());
+    bad
+}
+
+/// A block count the file cannot hold is refused at once (it used to build a tensor list of
+/// 9 × 4e9 names first, for minutes, in tens of GB).
+#[test]
+fn refuses_a_block_count_the_file_cannot_hold() {
+    let good = std::fs::read(fixture("ok_tiny_llama.gguf")).unwrap();
+    let scratch = Scratch::new("blocks");
+    for n in [4_000_000_000u32, 3] {
+        let p = scratch.0.join(format!("blocks{n}.gguf"));
+        std::fs::write(&p, with_block_count(&good, n)).unwrap();
+        let t = std::time::Instant::now();
+        assert_refused(&p, "block_count");
+        assert!(t.elapsed().as_secs() < 10, "took {:?}", t.elapsed());
+    }
+}

@@ -167,7 +167,14 @@ impl Backend for Cpu {
             .checked_mul(shape.pages * shape.page_size)
             .and_then(|x| x.checked_mul(shape.kv_heads * shape.head_dim))
             .filter(|&n| n < (1usize << 40))
-            .ok_or_else(|| anyhow::anyhow!("KV cache of {shape:?} is too large"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "a KV cache of {} pages × {} tokens × {} layers is too large to address",
+                    shape.pages,
+                    shape.page_size,
+                    shape.layers
+                )
+            })?;
         let too_big = || {
             anyhow::anyhow!(
                 "the KV cache ({:.1} GB for {} pages of {} tokens) cannot be allocated in \

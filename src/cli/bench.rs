@@ -168,6 +168,14 @@ impl OnBackend for Bench {
                 if context == 0 || steps == 0 {
                     bail!("--context and --steps must be at least 1");
                 }
+                fits_positions(
+                    context.saturating_add(steps),
+                    "--context + --steps",
+                    &m.model.cfg,
+                )?;
+                if let Some(b) = batches.iter().find(|&&b| b > 1 << 16) {
+                    bail!("batch size {b} is more than ponder runs in one step (at most 65536)");
+                }
                 println!(
                     "decode on {} ({}), {context}-token shared prefix, {steps} steps",
                     m.name,
@@ -230,6 +238,7 @@ impl OnBackend for Bench {
                 if tokens == 0 {
                     bail!("--tokens must be at least 1");
                 }
+                fits_positions(tokens, "--tokens", &m.model.cfg)?;
                 let mut r = Runner::new(&be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
                 let warm = r.pool.create();
                 be.set_phase(Phase::Prefill);
@@ -284,4 +293,15 @@ fn geometry(spec: Option<&str>) -> Result<(Config, String)> {
             spec.to_string(),
         )),
     }
+}
+
+/// A bench whose sequence runs past the model's positions measures nothing the engine does.
+fn fits_positions(n: usize, what: &str, cfg: &ponder::model::config::Config) -> Result<()> {
+    if n > cfg.max_position_embeddings {
+        bail!(
+            "{what} = {n} is more than the model's {} positions (max_position_embeddings)",
+            cfg.max_position_embeddings
+        );
+    }
+    Ok(())
 }

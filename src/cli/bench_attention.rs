@@ -93,6 +93,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()
         bail!("--depth is at most 64 and --thought-len at most 1048576");
     }
     let d = cfg.attn_dims();
+    fits_in_memory(s, cfg)?;
     let on_gpu = be.name() != "cpu";
     println!(
         "attention on {name} ({}): {} query heads, {} KV heads, head_dim {}; {} timed runs each",
@@ -148,4 +149,37 @@ fn kv_elem_bytes(on_gpu: bool) -> f64 {
     } else {
         4.0
     }
+}
+
+/// The cases' inputs are built on the host (then copied to a device): refuses sizes whose
+/// f32 queries, outputs and K/V would not fit this machine's memory, before allocating any.
+fn fits_in_memory(s: &Sizes, cfg: &Config) -> Result<()> {
+    let (q, kv) = (cfg.q_dim() as u128, cfg.kv_dim() as u128);
+    let u = |x: usize| x as u128;
+    // Causal: queries, output and the fill's q|k|v rows, plus K and V; decode: a page range
+    // of keys per branch and a shared prefix; the diagonal mask: depth + 1 blocks of keys.
+    let causal = u(s.tokens) * (3 * q + 4 * kv);
+    let decode = u(s.batch) * (2 * q + 2 * kv * u(s.context)) + 4 * kv * u(s.context);
+    let blocks = u(s.thought_len) * u(s.depth + 1);
+    let diagonal = blocks * (3 * q + 4 * kv);
+    let bytes = 4 * causal.max(decode).max(diagonal);
+    if let Some(total) = host_memory_bytes() {
+        if bytes > total as u128 {
+            bail!(
+                "these sizes need about {:.1} GB of host memory for their inputs, more than this \
+                 machine's {:.1} GB (lower --tokens, --batch × --context or --thought-len × --depth)",
+                bytes as f64 / 1e9,
+                total as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// MemTotal from /proc/meminfo, where there is one.
+fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -100,6 +100,9 @@ impl Opts {
         if self.kv_pages == 0 {
             bail!("--kv-pages must be at least 1");
         }
+        for (flag, n) in [("--votes", self.votes), ("--width", self.width)] {
+            check_budget(flag, n)?;
+        }
         if self.max_batch == Some(0) {
             bail!("--max-batch must be at least 1");
         }
@@ -217,6 +220,42 @@ impl Opts {
         )?)))
     }
 
+    /// Refuses, before any work, token limits that no sequence could hold: past the model's
+    /// positions, or past one problem's KV pool (which preemption cannot help).
+    pub fn check_lengths(&self, s: &Settings, cfg: &Config) -> Result<()> {
+        let pool = self.kv_pages.saturating_mul(PAGE_SIZE);
+        for (what, n) in [
+            (
+                format!(
+                    "--max-tokens {} + --answer-tokens {}",
+                    s.max_tokens, s.answer_tokens
+                ),
+                s.max_tokens.saturating_add(s.answer_tokens),
+            ),
+            (
+                format!(
+                    "--path-tokens {} + --step-tokens {}",
+                    s.path_tokens, s.step_tokens
+                ),
+                s.path_tokens.saturating_add(s.step_tokens),
+            ),
+        ] {
+            if n > cfg.max_position_embeddings {
+                bail!(
+                    "{what} do not fit the model's {} positions (max_position_embeddings)",
+                    cfg.max_position_embeddings
+                );
+            }
+            if n > pool {
+                bail!(
+                    "{what} do not fit one problem's KV pool of {pool} tokens (--kv-pages {} × {PAGE_SIZE})",
+                    self.kv_pages
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The thought length: `--n-ahead`, else the checkpoint's, else 8 (quiet-star.md).
     pub fn n_ahead(&self, cfg: &Config) -> usize {
         self.n_ahead.or(cfg.n_ahead).unwrap_or(8)
@@ -246,6 +285,19 @@ impl Opts {
 
 /// Tokens per KV page.
 pub const PAGE_SIZE: usize = 16;
+
+/// The most votes or REBASE width one problem may ask for. A small pool runs a large budget
+/// a few sequences at a time (preemption), but each vote or leaf still keeps its own state
+/// and text on the host; the study's budgets are 3 to 16, Wu et al.'s up to 256.
+pub const MAX_BUDGET: usize = 4096;
+
+/// Refuses a budget of votes or width past `MAX_BUDGET` before anything is allocated for it.
+pub fn check_budget(flag: &str, n: usize) -> Result<()> {
+    if n > MAX_BUDGET {
+        bail!("{flag} {n} is more than ponder runs for one problem (at most {MAX_BUDGET})");
+    }
+    Ok(())
+}
 
 /// The PRM's model, tokenizer and report name: `--prm`, else the policy itself (said so).
 pub fn prm_spec<'a, B: Backend>(

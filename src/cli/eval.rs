@@ -67,6 +67,9 @@ pub fn sweep(a: SweepArgs, cache: &Path) -> Result<()> {
 fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
     let methods = Method::parse_list(&a.method)?;
     let settings = a.opts.settings()?;
+    for b in &budgets {
+        super::common::check_budget("a budget of", *b)?;
+    }
     if a.in_flight == 0 {
         bail!("--in-flight must be at least 1");
     }
@@ -151,6 +154,8 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str, cfg: &Config) -> Manifest
 impl OnBackend for Eval {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let m = load(&be, self.a.opts.model.as_deref(), &self.cache)?;
+        self.a.opts.check_lengths(&self.settings, &m.model.cfg)?;
+        let _lock = manifest::lock_dir(&self.a.out)?;
         let recorded = manifest::check_or_write(
             &self.a.out,
             &manifest(&self, &be, &m.name, &m.model.cfg),
@@ -237,8 +242,16 @@ pub fn report(a: ReportArgs) -> Result<()> {
         if !d.is_dir() {
             bail!("{} is not a results folder", d.display());
         }
-        let (recs, _) = read_records(d)?;
-        sets.push((d.clone(), recs));
+        let read = read_records(d)?;
+        if read.torn > 0 {
+            eprintln!(
+                "ponder: ignoring a torn last line of {} ({} bytes: a run was stopped while \
+                 writing it; `eval --resume` drops it and reruns that problem)",
+                d.join(ponder::eval::results::RESULTS).display(),
+                read.torn
+            );
+        }
+        sets.push((d.clone(), read.records));
     }
     let settings =
         manifest::check_same_run(&a.dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;

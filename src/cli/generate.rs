@@ -51,13 +51,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
-    if a.temperature.is_nan()
+    if !a.temperature.is_finite()
         || a.temperature < 0.0
         || a.top_p.is_nan()
         || a.top_p <= 0.0
         || a.top_p > 1.0
     {
-        bail!("--temperature must be ≥ 0 and --top-p in (0, 1]");
+        bail!("--temperature must be a finite number ≥ 0 and --top-p in (0, 1]");
     }
     if a.page_size == 0 {
         bail!("--page-size must be positive");
@@ -112,6 +112,15 @@ impl OnBackend for Generate {
         }
         if ids.is_empty() {
             bail!("the prompt is empty");
+        }
+        let positions = m.model.cfg.max_position_embeddings;
+        if ids.len().saturating_add(a.max_tokens) > positions {
+            bail!(
+                "the prompt's {} tokens + --max-tokens {} do not fit the model's {positions} \
+                 positions (max_position_embeddings)",
+                ids.len(),
+                a.max_tokens
+            );
         }
         let pages = pages_needed(&[ids.len()], a.max_tokens, a.page_size);
         let mut runner = Runner::new(&be, &m.model, pages, a.page_size)?;

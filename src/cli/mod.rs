@@ -6,7 +6,7 @@ mod eval;
 mod generate;
 mod solve;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ponder::backend::cpu::Cpu;
 use ponder::backend::Backend;
@@ -77,6 +77,17 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::FetchModel => {
             let dir = ensure_default_model(&cache)?;
+            // A cached model damaged since its import is found now, not in a later run.
+            ponder::model::config::Config::from_file(&dir.join("config.json"))
+                .and_then(|_| ponder::model::weights::Weights::open_dir(&dir))
+                .and_then(|_| ponder::model::tokenizer::Tokenizer::from_dir(&dir, None, vec![]))
+                .with_context(|| {
+                    format!(
+                        "the cached default model in {} is damaged (delete that folder and run \
+                         fetch-model again)",
+                        dir.display()
+                    )
+                })?;
             println!("{}", dir.display());
             Ok(())
         }
@@ -85,7 +96,8 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// "1,2,4": a comma-separated list of positive integers (`what` names it in errors).
 pub fn parse_positive_list(s: &str, what: &str) -> Result<Vec<usize>> {
-    s.split(',')
+    let list = s
+        .split(',')
         .map(|b| {
             b.trim()
                 .parse::<usize>()
@@ -95,7 +107,14 @@ pub fn parse_positive_list(s: &str, what: &str) -> Result<Vec<usize>> {
                     anyhow::anyhow!("bad {what} {b:?}: want positive integers, e.g. 1,2,4")
                 })
         })
-        .collect()
+        .collect::<Result<Vec<usize>>>()?;
+    // A value named twice would run (and count) the same thing twice.
+    for (i, v) in list.iter().enumerate() {
+        if list[..i].contains(v) {
+            anyhow::bail!("{what} {v} is named twice in {s:?}");
+        }
+    }
+    Ok(list)
 }
 
 /// A command body that runs on whichever backend `--device` picks.

@@ -26,6 +26,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args, cache: &Path) -> Result<()> {
+    if a.question.trim().is_empty() {
+        anyhow::bail!("the question is empty");
+    }
     let device = a.opts.device;
     with_backend(
         device,
@@ -47,6 +50,7 @@ impl OnBackend for Solve {
         let method = Method::parse(&a.method)?;
         let settings = a.opts.settings()?;
         let m = load(&be, a.opts.model.as_deref(), cache)?;
+        a.opts.check_lengths(&settings, &m.model.cfg)?;
         let prm = a.opts.load_prm(&be, cache, method.uses_prm())?;
         let mut e = a.opts.engines(
             &be,

@@ -42,6 +42,9 @@ pub fn parse(text: &str) -> Loaded {
                     .get("question")
                     .and_then(|q| q.as_str())
                     .ok_or("no \"question\" string")?;
+                if q.trim().is_empty() {
+                    return Err("an empty \"question\"".to_string());
+                }
                 let a = v
                     .get("answer")
                     .and_then(|a| a.as_str())
@@ -49,7 +52,7 @@ pub fn parse(text: &str) -> Loaded {
                 Ok(Problem {
                     index,
                     question: q.to_string(),
-                    gold: gold_answer(a),
+                    gold: Some(gold_answer(a)?),
                 })
             });
         match row {
@@ -114,24 +117,43 @@ pub fn select(data: &Loaded, sel: &Selection) -> Result<Vec<Problem>> {
         }
         Some(other) => bail!("unknown --subset {other:?} (known: seed42-128)"),
     };
+    if data.rows.is_empty() {
+        bail!("the data holds no problems (no non-blank lines)");
+    }
+    // Each step that empties the selection is named, with what it started from.
+    let before = rows.len();
     rows = rows.into_iter().skip(sel.offset).collect();
+    if rows.is_empty() && before > 0 {
+        bail!("--offset {} skips all {before} problems", sel.offset);
+    }
     if let Some(l) = sel.limit {
+        if l == 0 {
+            bail!("--limit 0 selects no problem");
+        }
         rows.truncate(l);
     }
     if let Some((i, n)) = sel.shard {
+        let before = rows.len();
         rows = rows
             .into_iter()
             .enumerate()
             .filter(|(k, _)| k % n == i)
             .map(|(_, r)| r)
             .collect();
+        if rows.is_empty() {
+            bail!("--shard {i}/{n} gets none of the {before} selected problems");
+        }
     }
     let out: Vec<Problem> = rows
         .iter()
         .filter_map(|&r| data.rows.get(r).cloned().flatten())
         .collect();
     if out.is_empty() {
-        bail!("no problems left to run (after the subset, offset, limit, shard and {} malformed lines)", data.malformed.len());
+        bail!(
+            "no problems to run: the {} selected row(s) are all malformed ({} malformed line(s) in the data)",
+            rows.len(),
+            data.malformed.len()
+        );
     }
     Ok(out)
 }
@@ -142,12 +164,25 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_counted_with_their_numbers() {
-        let text = "{\"question\":\"a\",\"answer\":\"#### 1\"}\nnot json\n{\"question\":\"b\"}\n{\"question\":\"c\",\"answer\":\"x #### 3\"}\n";
+        let text = "{\"question\":\"a\",\"answer\":\"#### 1\"}\nnot json\n{\"question\":\"b\"}\n{\"question\":\"c\",\"answer\":\"x #### 3\"}\n\
+                    {\"question\":\"d\",\"answer\":\"#### five\"}\n{\"question\":\" \",\"answer\":\"#### 2\"}\n\
+                    {\"question\":\"e\",\"answer\":\"no marker 4\"}\n";
         let d = parse(text);
-        assert_eq!(d.rows.len(), 4);
+        assert_eq!(d.rows.len(), 7);
         assert_eq!(
             d.malformed.iter().map(|m| m.0).collect::<Vec<_>>(),
-            vec![2, 3]
+            vec![2, 3, 5, 6, 7]
+        );
+        assert!(
+            d.malformed[2].1.contains("\"five\" after"),
+            "{:?}",
+            d.malformed[2]
+        );
+        assert!(d.malformed[3].1.contains("empty"), "{:?}", d.malformed[3]);
+        assert!(
+            d.malformed[4].1.contains("no gold answer"),
+            "{:?}",
+            d.malformed[4]
         );
         let p = select(&d, &Selection::default()).unwrap();
         assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), vec![0, 3]);

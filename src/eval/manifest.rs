@@ -103,6 +103,33 @@ fn write(dir: &Path, m: &Manifest) -> Result<()> {
 /// before manifests existed is adopted). Without `resume` a folder with results is left as
 /// it is (opening its results file refuses it). Returns the folder's manifest from now on
 /// (on a resume, the recorded one).
+/// Takes the results folder for this process: creates it, and holds an exclusive lock on
+/// `DIR/.lock` for as long as the returned file lives (the OS drops it when the process
+/// ends, however it ends). A second eval on the same folder is refused instead of
+/// interleaving its records with the first one's.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another ponder process is writing results into {} (it holds {}); wait for it or \
+             choose another --out",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest> {
     let has_results = std::fs::metadata(dir.join(RESULTS)).is_ok_and(|md| md.len() > 0);
     if !has_results {

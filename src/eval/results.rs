@@ -14,13 +14,31 @@ pub struct ResultsFile {
 
 pub const RESULTS: &str = "results.jsonl";
 
-/// Reads every complete record of `dir/results.jsonl`. Returns the records and the byte length
-/// of the intact part (everything up to the last newline that ends a valid record).
-pub fn read_records(dir: &Path) -> Result<(Vec<Record>, u64)> {
+/// What `read_records` found in a results file.
+pub struct Read {
+    pub records: Vec<Record>,
+    /// Bytes of the intact part: every line up to the last complete record.
+    pub good: u64,
+    /// The last record is complete but its newline is missing (a kill between the two
+    /// writes' bytes reaching the disk): it counts, and an append must add the newline first.
+    pub unterminated: bool,
+    /// Bytes past `good` that are no record (a kill mid-write): never counted.
+    pub torn: u64,
+}
+
+/// Reads every complete record of `dir/results.jsonl`.
+pub fn read_records(dir: &Path) -> Result<Read> {
     let path = dir.join(RESULTS);
     let text = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Read {
+                records: vec![],
+                good: 0,
+                unterminated: false,
+                torn: 0,
+            })
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut out = Vec::new();
@@ -28,21 +46,31 @@ pub fn read_records(dir: &Path) -> Result<(Vec<Record>, u64)> {
     // count it twice.
     let mut seen = std::collections::HashMap::new();
     let mut good = 0u64;
+    let mut unterminated = false;
     let mut start = 0usize;
     let mut line_no = 0;
+    let parse = |line: &[u8]| -> Result<Record> {
+        std::str::from_utf8(line)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|s| serde_json::from_str(s).map_err(|e| anyhow::anyhow!("{e}")))
+    };
     while start < text.len() {
         line_no += 1;
-        let Some(nl) = text[start..].iter().position(|&b| b == b'\n') else {
-            break; // no newline: a torn last line
+        let (line, next) = match text[start..].iter().position(|&b| b == b'\n') {
+            Some(nl) => (&text[start..start + nl], start + nl + 1),
+            // No newline: a whole record still counts; anything else is a torn write.
+            None => match parse(&text[start..]) {
+                Ok(_) => {
+                    unterminated = true;
+                    (&text[start..], text.len())
+                }
+                Err(_) => break,
+            },
         };
-        let line = &text[start..start + nl];
         if !line.iter().all(|b| b.is_ascii_whitespace()) {
-            let rec: Record = std::str::from_utf8(line)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .and_then(|s| serde_json::from_str(s).map_err(|e| anyhow::anyhow!("{e}")))
-                .with_context(|| {
-                    format!("{} line {line_no} is not a result record", path.display())
-                })?;
+            let rec: Record = parse(line).with_context(|| {
+                format!("{} line {line_no} is not a result record", path.display())
+            })?;
             if let Some(first) = seen.insert(rec.key(), line_no) {
                 bail!(
                     "{} line {line_no} repeats the result of line {first} (method {}, budget {}, \
@@ -55,10 +83,15 @@ pub fn read_records(dir: &Path) -> Result<(Vec<Record>, u64)> {
             }
             out.push(rec);
         }
-        start += nl + 1;
+        start = next;
         good = start as u64;
     }
-    Ok((out, good))
+    Ok(Read {
+        records: out,
+        good,
+        unterminated,
+        torn: text.len() as u64 - good,
+    })
 }
 
 impl ResultsFile {
@@ -67,7 +100,7 @@ impl ResultsFile {
     pub fn open(dir: &Path, resume: bool) -> Result<(Self, Vec<Record>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(RESULTS);
-        let (records, good) = read_records(dir)?;
+        let read = read_records(dir)?;
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if len > 0 && !resume {
             bail!(
@@ -75,21 +108,26 @@ impl ResultsFile {
                 path.display()
             );
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        if good < len {
+        if read.torn > 0 {
             eprintln!(
                 "ponder: dropping a torn last line of {} ({} bytes)",
                 path.display(),
-                len - good
+                read.torn
             );
-            file.set_len(good)
+            file.set_len(read.good)
                 .with_context(|| format!("cannot truncate {}", path.display()))?;
         }
-        Ok((ResultsFile { path, file }, records))
+        if read.unterminated {
+            file.write_all(b"\n")
+                .and_then(|_| file.sync_data())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok((ResultsFile { path, file }, read.records))
     }
 
     /// Appends one record and makes it durable before returning.

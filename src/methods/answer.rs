@@ -71,14 +71,18 @@ pub fn trigger_answer(full_text: &str) -> Option<String> {
     first_integer(tail)
 }
 
-/// Gold answer of a GSM8K `answer` field: first integer after the last "#### ". Like the
-/// reference's `split("#### ")[-1]`, a field without the marker is searched whole.
-pub fn gold_answer(answer_field: &str) -> Option<String> {
-    let tail = match answer_field.rfind("#### ") {
-        Some(i) => &answer_field[i + "#### ".len()..],
-        None => answer_field,
-    };
-    first_integer(tail)
+/// Gold answer of a GSM8K `answer` field: the number after the last "####", canonical
+/// (commas dropped, as the reference's extraction drops them). A field without the marker,
+/// or whose tail is not one number, has no gold: the data loader reports that row as
+/// malformed rather than scoring every prediction against nothing (the reference would
+/// take the first integer of whatever follows, e.g. 1 from "1e400").
+pub fn gold_answer(answer_field: &str) -> Result<String, String> {
+    let tail = answer_field
+        .rfind("####")
+        .map(|i| answer_field[i + "####".len()..].trim())
+        .ok_or("no gold answer: the \"answer\" has no \"#### N\"")?;
+    normalise_number(tail)
+        .ok_or_else(|| format!("the gold answer {tail:?} after \"####\" is not a number"))
 }
 
 /// Canonical spelling of a decimal number, for equality tests: surrounding whitespace and
@@ -249,15 +253,26 @@ mod tests {
 
     #[test]
     fn gold_answers() {
-        assert_eq!(gold_answer("He pays 2*617=1234\n#### 1,234"), s("1234"));
-        assert_eq!(gold_answer("#### 18"), s("18"));
-        assert_eq!(gold_answer("a #### 3\nb\n#### 72"), s("72"));
+        let g = |a: &str| gold_answer(a).ok();
+        assert_eq!(g("He pays 2*617=1234\n#### 1,234"), s("1234"));
+        assert_eq!(g("#### 18"), s("18"));
+        assert_eq!(g("a #### 3\nb\n#### 72"), s("72"));
         assert_eq!(
-            gold_answer("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"),
+            g("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"),
             s("72")
         );
-        assert_eq!(gold_answer("no marker, answer 5"), s("5"));
-        assert_eq!(gold_answer("#### none"), None);
+        assert_eq!(g("####7 "), s("7"));
+        // A row without a numeric gold cannot be scored: the data loader reports it.
+        for bad in [
+            "no marker, answer 5",
+            "#### none",
+            "#### ",
+            "#### 1e400",
+            "#### 5 apples",
+        ] {
+            assert!(gold_answer(bad).is_err(), "{bad}");
+        }
+        assert!(gold_answer("#### five").unwrap_err().contains("\"five\""));
     }
 
     #[test]

@@ -166,6 +166,37 @@ impl Config {
         if c.sliding_window == Some(0) {
             bail!("sliding_window 0 would hide every key");
         }
+        if c.max_position_embeddings == 0 {
+            bail!("max_position_embeddings 0 leaves no position for a token");
+        }
+        // Sizes far past any real model are a corrupt config: refused here, before anything
+        // is allocated from them.
+        for (name, v, max) in [
+            ("num_hidden_layers", c.num_hidden_layers, 1 << 12),
+            ("hidden_size", c.hidden_size, 1 << 18),
+            ("intermediate_size", c.intermediate_size, 1 << 20),
+            ("num_attention_heads", c.num_attention_heads, 1 << 12),
+            ("head_dim", c.head_dim, 1 << 12),
+            ("vocab_size", c.vocab_size, 1 << 24),
+        ] {
+            if v > max {
+                bail!("{name} {v} is larger than any model ponder can hold (at most {max})");
+            }
+        }
+        let widest = c.q_dim().max(c.kv_dim()).max(c.intermediate_size);
+        if widest > 1 << 20 {
+            bail!(
+                "a layer {widest} wide (heads × head_dim) is larger than any model ponder can hold"
+            );
+        }
+        for id in c.bos_token_id.iter().chain(&c.eos_token_ids) {
+            if *id as usize >= c.vocab_size {
+                bail!(
+                    "special token id {id} (bos/eos_token_id) is outside the vocabulary of {}",
+                    c.vocab_size
+                );
+            }
+        }
         Ok(())
     }
 
@@ -272,5 +303,30 @@ mod tests {
         let j = r#"{"model_type":"gpt2","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
             "num_attention_heads":4,"vocab_size":10}"#;
         assert!(format!("{:#}", Config::from_json(j).unwrap_err()).contains("gpt2"));
+        // Sizes no model has, and ids outside the vocabulary, are refused before anything is
+        // allocated from them.
+        let base: serde_json::Value = serde_json::from_str(
+            r#"{"model_type":"llama","hidden_size":64,"intermediate_size":8,
+            "num_hidden_layers":2,"num_attention_heads":4,"vocab_size":10}"#,
+        )
+        .unwrap();
+        for (key, value, says) in [
+            (
+                "num_hidden_layers",
+                "4000000000",
+                "num_hidden_layers 4000000000",
+            ),
+            ("vocab_size", "100000000000", "vocab_size 100000000000"),
+            ("max_position_embeddings", "0", "max_position_embeddings 0"),
+            ("eos_token_id", "[2,99999]", "special token id 99999"),
+            ("bos_token_id", "10", "special token id 10"),
+            ("n_ahead", "2", "n_ahead 2"),
+        ] {
+            let mut j = base.clone();
+            j[key] = serde_json::from_str(value).unwrap();
+            let e = Config::from_json(&j.to_string()).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{key}: {e:#}");
+        }
+        assert!(Config::from_json(&base.to_string()).is_ok());
     }
 }

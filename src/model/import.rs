@@ -203,6 +203,15 @@ impl<'a> Plan<'a> {
             pad: get_u64(g, "tokenizer.ggml.padding_token_id")?,
             tensors: Vec::new(),
         };
+        // Nine tensors a layer: a block count the file cannot hold is refused before the
+        // tensor list is built from it.
+        if plan.layers.saturating_mul(9) > g.tensors.len() {
+            bail!(
+                "{arch}.block_count = {} but the file holds only {} tensors (a llama layer has 9)",
+                plan.layers,
+                g.tensors.len()
+            );
+        }
         plan.map_tensors(g)?;
         Ok(plan)
     }

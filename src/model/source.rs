@@ -7,6 +7,7 @@ use super::tokenizer::Tokenizer;
 use super::weights::Weights;
 use crate::backend::Backend;
 use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -55,24 +56,43 @@ pub fn ensure_default_model(cache: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let lock = cache.join(".fetch.lock");
     let start = Instant::now();
+    let mut said = false;
     loop {
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&lock)
         {
-            Ok(_) => break,
+            Ok(mut f) => {
+                // The holder's pid, so that a later fetch can tell a live one from a dead one.
+                let _ = write!(f, "{}", std::process::id());
+                break;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if is_complete(&dir) {
                     return Ok(dir);
                 }
-                // A lock older than ten minutes belongs to a fetch that died.
-                let stale = std::fs::metadata(&lock)
+                // A lock whose process is gone, or older than ten minutes, belongs to a
+                // fetch that died.
+                let holder = std::fs::read_to_string(&lock).ok();
+                let age = std::fs::metadata(&lock)
                     .and_then(|m| m.modified())
-                    .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600))
-                    .unwrap_or(true);
-                if stale || start.elapsed() > Duration::from_secs(900) {
+                    .map(|t| t.elapsed().unwrap_or_default())
+                    .unwrap_or(Duration::MAX);
+                let dead = holder_is_gone(holder.as_deref(), age);
+                let stale = age > Duration::from_secs(600);
+                if dead || stale || start.elapsed() > Duration::from_secs(900) {
                     let _ = std::fs::remove_file(&lock);
+                    continue;
+                }
+                if !said {
+                    eprintln!(
+                        "ponder: waiting for another process's fetch of the default model \
+                         (lock {}, pid {}); if none is running, delete the lock",
+                        lock.display(),
+                        holder.as_deref().map_or("?", str::trim)
+                    );
+                    said = true;
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -82,6 +102,18 @@ pub fn ensure_default_model(cache: &Path) -> Result<PathBuf> {
     let res = fetch_default(cache, &dir);
     let _ = std::fs::remove_file(&lock);
     res.map(|_| dir)
+}
+
+/// Whether the fetch lock's holder (the pid it wrote, `age` ago) has died: its process is
+/// gone (where /proc tells), or it wrote no pid within five seconds (a fetch killed between
+/// creating the lock and writing it, or a lock some other tool left).
+fn holder_is_gone(holder: Option<&str>, age: Duration) -> bool {
+    match holder.map(|p| p.trim().parse::<u32>()) {
+        Some(Ok(pid)) => {
+            Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => age > Duration::from_secs(5),
+    }
 }
 
 fn fetch_default(cache: &Path, dir: &Path) -> Result<()> {
@@ -164,6 +196,13 @@ pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Load
         Some(d) => PathBuf::from(d),
         None => ensure_default_model(cache)?,
     };
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "--model {} is a file; it wants a model directory (config.json, model.safetensors, \
+             tokenizer.json) or synthetic:NAME",
+            dir.display()
+        );
+    }
     if !dir.is_dir() {
         bail!("model directory {} does not exist", dir.display());
     }
@@ -199,4 +238,29 @@ fn check_memory(need: u64, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetch_lock_of_a_dead_process_is_taken_over() {
+        let me = std::process::id().to_string();
+        let second = Duration::from_secs(1);
+        assert!(
+            !holder_is_gone(Some(&me), 100 * second),
+            "a live holder is waited for"
+        );
+        if Path::new("/proc/self").exists() {
+            // Above the kernel's largest pid (2^22), so no such process.
+            assert!(holder_is_gone(Some("4194305"), second));
+        }
+        assert!(
+            !holder_is_gone(Some(""), second),
+            "just created, pid not written yet"
+        );
+        assert!(holder_is_gone(Some(""), 10 * second));
+        assert!(holder_is_gone(None, 10 * second));
+    }
 }

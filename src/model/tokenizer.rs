@@ -18,7 +18,8 @@ pub struct Tokenizer {
     kind: Kind,
     pub bos: Option<u32>,
     pub eos: Vec<u32>,
-    pub chat_template: Option<String>,
+    /// The template string, or why the one in tokenizer_config.json cannot be used.
+    pub chat_template: Option<std::result::Result<String, String>>,
 }
 
 impl Tokenizer {
@@ -37,10 +38,21 @@ impl Tokenizer {
                 .with_context(|| format!("cannot read {}", cfg_path.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("malformed {}: {e}", cfg_path.display()))?;
-            chat_template = v
-                .get("chat_template")
-                .and_then(|t| t.as_str())
-                .map(String::from);
+            chat_template = match v.get("chat_template") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(t)) => Some(Ok(t.clone())),
+                // HF also allows a list of named templates; ponder renders one string. Only
+                // --chat needs it, so the model still loads.
+                Some(other) => Some(Err(format!(
+                    "{}: chat_template is a {}, not one template string",
+                    cfg_path.display(),
+                    match other {
+                        serde_json::Value::Array(_) => "list",
+                        serde_json::Value::Object(_) => "map",
+                        _ => "non-string value",
+                    }
+                ))),
+            };
         }
         Ok(Tokenizer {
             kind: Kind::Hf(Box::new(tk)),
@@ -127,10 +139,11 @@ impl Tokenizer {
 
     /// Applies the model's chat template to one user message, with the generation prompt.
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
-        let tpl = self
-            .chat_template
-            .as_deref()
-            .context("this model has no chat template (tokenizer_config.json chat_template)")?;
+        let tpl = match &self.chat_template {
+            Some(Ok(t)) => t.as_str(),
+            Some(Err(why)) => bail!("{why}"),
+            None => bail!("this model has no chat template (tokenizer_config.json chat_template)"),
+        };
         let mut env = minijinja::Environment::new();
         env.add_template("chat", tpl)
             .map_err(|e| anyhow::anyhow!("bad chat template: {e}"))?;

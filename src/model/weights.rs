@@ -171,6 +171,9 @@ impl Weights {
 }
 
 fn open_file(path: &Path) -> Result<Vec<TensorRef>> {
+    if path.is_dir() {
+        bail!("{} is a directory, not a safetensors file", path.display());
+    }
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: the file is opened read-only; ponder does not modify model files while running,

@@ -138,7 +138,14 @@ impl Cuda {
             .checked_mul(shape.pages * shape.page_size)
             .and_then(|x| x.checked_mul(shape.kv_heads * shape.head_dim))
             .filter(|&n| n < (1usize << 40))
-            .ok_or_else(|| anyhow::anyhow!("KV cache of {shape:?} is too large"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "a KV cache of {} pages × {} tokens × {} layers is too large to address",
+                    shape.pages,
+                    shape.page_size,
+                    shape.layers
+                )
+            })?;
         ensure!(
             shape.pages * shape.page_size <= u32::MAX as usize,
             "KV cache of {shape:?} has more slots than u32 indexes"
