@@ -89,10 +89,12 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) {
                 .take(90)
                 .collect::<String>()
                 .replace('\n', " ⏎ ");
+            let parent = n
+                .parent
+                .map_or("root".to_string(), |p| format!("child of #{p}"));
             println!(
-                "{:indent$}#{i} <- {:?} score {score}{} [{} tok] {text}",
+                "{:indent$}#{i} ({parent}) score {score}{} [{} tok] {text}",
                 "",
-                n.parent,
                 match (n.leaf, n.dropped) {
                     (_, true) => " dropped",
                     (true, _) => " leaf",

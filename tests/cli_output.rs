@@ -1,0 +1,154 @@
+//! What `ponder solve` prints for a person (the answer line, the votes or the tree, the cost
+//! table) and what `ponder sweep` leaves behind (every budget in one report, both plots).
+use std::process::Command;
+
+fn ponder(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(args)
+        .output()
+        .expect("run ponder");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{args:?}: {e}");
+    (o, e)
+}
+
+const Q: &str = "Tom has 3 apples and buys 4 more. How many apples does he have?";
+
+#[test]
+fn solve_prints_the_answer_the_votes_and_the_cost() {
+    let (out, _) = ponder(&[
+        "solve",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "baseline",
+        "--votes",
+        "3",
+        "--max-tokens",
+        "6",
+        "--answer-tokens",
+        "3",
+        "--question",
+        Q,
+    ]);
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("answer: "), "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())
+                && l.contains(": answer"))
+            .count(),
+        3,
+        "{out}"
+    );
+    for row in [
+        "cost (baseline):",
+        "useful FLOPs",
+        "prefill",
+        "decode",
+        "study's formula FLOPs",
+        "generated tokens",
+    ] {
+        assert!(out.contains(row), "no {row:?} in {out}");
+    }
+    // The tree: every node on its own line, its parent named, the root first.
+    let (out, _) = ponder(&[
+        "solve",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "rebase",
+        "--width",
+        "2",
+        "--step-tokens",
+        "6",
+        "--path-tokens",
+        "12",
+        "--show-tree",
+        "--question",
+        Q,
+    ]);
+    let nodes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect();
+    assert!(nodes.len() >= 3, "{out}");
+    assert!(nodes[0].starts_with("#0 (root)"), "{out}");
+    assert!(
+        nodes[1..].iter().all(|l| l.contains("(child of #")),
+        "{out}"
+    );
+    let n = out.lines().find(|l| l.starts_with("tree (")).unwrap();
+    assert_eq!(n, format!("tree ({} nodes):", nodes.len()));
+    assert!(
+        out.contains("PRM") && out.contains("(the policy itself)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sweep_reports_every_budget_and_draws_the_frontier() {
+    let dir = std::env::temp_dir().join(format!("ponder-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (out, err) = ponder(&[
+        "sweep",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "baseline,rebase",
+        "--budgets",
+        "1,2",
+        "--limit",
+        "2",
+        "--max-tokens",
+        "4",
+        "--answer-tokens",
+        "2",
+        "--step-tokens",
+        "4",
+        "--path-tokens",
+        "8",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    // Two methods × two budgets × two problems.
+    let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 8, "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let mut runs: Vec<(String, u64, u64)> = summary
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["method"].as_str().unwrap().to_string(),
+                s["budget"].as_u64().unwrap(),
+                s["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    runs.sort();
+    let want: Vec<(String, u64, u64)> = [
+        ("baseline", 1),
+        ("baseline", 2),
+        ("rebase", 1),
+        ("rebase", 2),
+    ]
+    .iter()
+    .map(|(m, b)| (m.to_string(), *b, 2))
+    .collect();
+    assert_eq!(runs, want);
+    for plot in ["accuracy_vs_flops.svg", "accuracy_vs_seconds.svg"] {
+        let svg = std::fs::read_to_string(dir.join(plot)).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("rebase"), "{plot}");
+    }
+    assert!(
+        out.contains("baseline") && out.contains("rebase"),
+        "the report is printed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
