@@ -118,6 +118,33 @@ fn baseline_counts_tokens_and_flops() {
 }
 
 #[test]
+fn baseline_follows_the_protocol_prompt_and_answer_phase() {
+    use ponder::methods::answer::{first_integer, ANSWER_TRIGGER};
+    let (be, m) = tiny();
+    let s = settings();
+    let sol = run_baseline(&be, &m, false, 256, usize::MAX, &s);
+    // The prompt, with BOS: "Q: " + question + "\nA: Let's think step by step."
+    let prompt = m
+        .tok
+        .encode(&format!("Q: {Q}\nA: Let's think step by step."))
+        .unwrap();
+    assert_eq!(sol.prompt_tokens, prompt.len() as u64 + 1);
+    // Each vote: its reasoning (trailing whitespace stripped), the trigger, then at most
+    // answer-tokens more; the vote is the first integer after the trigger.
+    for v in &sol.votes {
+        let (reasoning, tail) = v.text.rsplit_once(ANSWER_TRIGGER).expect("the trigger");
+        assert_eq!(reasoning, reasoning.trim_end());
+        assert_eq!(v.answer, first_integer(tail));
+        assert!(v.tokens <= s.max_tokens + s.answer_tokens);
+    }
+    let answers: Vec<Option<String>> = sol.votes.iter().map(|v| v.answer.clone()).collect();
+    assert_eq!(
+        sol.answer,
+        ponder::methods::voting::majority(&answers).map(|(a, _)| a)
+    );
+}
+
+#[test]
 fn fixed_lengths_run_every_vote_to_its_limit() {
     let (be, m) = tiny();
     let s = Settings {

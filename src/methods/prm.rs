@@ -161,3 +161,23 @@ impl<'a, B: Backend> Prm<'a, B> {
         release(&mut self.runner, b.seq)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    #[test]
+    fn paths_are_written_in_the_math_shepherd_format() {
+        // rebase.md: question + " " + "Step 1: … ки\nStep 2: … ки", steps trimmed.
+        let steps = vec![" Tom has 3. ".to_string(), "3 + 4 = 7.".to_string()];
+        assert_eq!(
+            Prm::<Cpu>::path_text("Q?", &steps),
+            "Q? Step 1: Tom has 3. ки\nStep 2: 3 + 4 = 7. ки"
+        );
+        assert_eq!(Prm::<Cpu>::path_text("Q?", &[]), "Q? ");
+        // A child's text extends its parent's, so its PRM pass feeds only the new step.
+        let parent = Prm::<Cpu>::path_text("Q?", &steps[..1]);
+        assert!(Prm::<Cpu>::path_text("Q?", &steps).starts_with(&parent));
+    }
+}
