@@ -372,7 +372,9 @@ pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manif
         "\n*Exact useful* FLOPs are what the kernels computed for the method, counted from their \
          shapes (all phases: prompt prefill, decode, Quiet-STaR thoughts and mixing head, reward \
          model, sampling); *executed* adds the work done on padding. *Study-formula* FLOPs \
-         apply the study's formula to the same run, for comparison with its figures. Accuracy \
+         apply the study's formula to the same run, for comparison with its figures: its \
+         per-token cost times the generated tokens (no prompt, thoughts or PRM), and for a \
+         REBASE tree the step limit per level of every step the search kept. Accuracy \
          per TFLOP is accuracy (0 to 1) divided by the exact useful TFLOPs per question.\n\n",
     );
 
