@@ -82,15 +82,20 @@ pub fn ensure_default_model(cache: &Path) -> Result<PathBuf> {
                 let dead = holder_is_gone(holder.as_deref(), age);
                 let stale = age > Duration::from_secs(600);
                 if dead || stale || start.elapsed() > Duration::from_secs(900) {
+                    eprintln!(
+                        "ponder: taking over the fetch lock {} (its holder is gone)",
+                        lock.display()
+                    );
                     let _ = std::fs::remove_file(&lock);
                     continue;
                 }
                 if !said {
+                    let pid = holder.as_deref().map(str::trim).filter(|p| !p.is_empty());
                     eprintln!(
                         "ponder: waiting for another process's fetch of the default model \
-                         (lock {}, pid {}); if none is running, delete the lock",
+                         (lock {}{}); if none is running, delete the lock",
                         lock.display(),
-                        holder.as_deref().map_or("?", str::trim)
+                        pid.map_or(String::new(), |p| format!(", pid {p}"))
                     );
                     said = true;
                 }

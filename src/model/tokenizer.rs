@@ -29,6 +29,11 @@ impl Tokenizer {
         if !path.exists() {
             bail!("{} is missing", path.display());
         }
+        for p in [&path, &dir.join("tokenizer_config.json")] {
+            if p.exists() && !p.is_file() {
+                bail!("{} is not a regular file", p.display());
+            }
+        }
         let tk = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
         let mut chat_template = None;

@@ -171,8 +171,12 @@ impl Weights {
 }
 
 fn open_file(path: &Path) -> Result<Vec<TensorRef>> {
-    if path.is_dir() {
-        bail!("{} is a directory, not a safetensors file", path.display());
+    // A directory, a pipe or a device is no weights file (and a pipe would block the open).
+    if path.exists() && !path.is_file() {
+        bail!(
+            "{} is not a regular file (a safetensors file is)",
+            path.display()
+        );
     }
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
