@@ -384,6 +384,21 @@ fn shards_merge_into_the_unsharded_report_and_overlaps_are_refused() {
         err.contains("both hold") && err.lines().count() == 1,
         "{err}"
     );
+    // A merged report never lands on a run it did not read.
+    let before = std::fs::read_to_string(whole.join("report.md")).unwrap();
+    let out = ponder()
+        .arg("report")
+        .arg(&s0)
+        .arg("--out")
+        .arg(&whole)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds the results of another run"));
+    assert_eq!(
+        std::fs::read_to_string(whole.join("report.md")).unwrap(),
+        before
+    );
     for d in [whole, s0, s1, merged] {
         let _ = std::fs::remove_dir_all(d);
     }

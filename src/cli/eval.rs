@@ -268,6 +268,16 @@ pub fn report(a: ReportArgs) -> Result<()> {
         );
     }
     let out = a.out.unwrap_or_else(|| a.dirs[0].clone());
+    // The merged report may go into one of its own folders or a new one, never over the
+    // report of a run it did not read.
+    let same = |d: &PathBuf| d.canonicalize().ok() == out.canonicalize().ok();
+    if out.join(ponder::eval::results::RESULTS).exists() && !a.dirs.iter().any(same) {
+        bail!(
+            "--out {} holds the results of another run; write the merged report into one of \
+             the folders read or into a new one",
+            out.display()
+        );
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     println!("{}", write_report(&out, &all, settings.as_ref())?);
     Ok(())

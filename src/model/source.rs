@@ -213,6 +213,15 @@ pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Load
     }
     let cfg = Config::from_file(&dir.join("config.json"))?;
     let weights = Weights::open_dir(&dir)?;
+    let layers = cfg.num_hidden_layers;
+    if weights.has(&format!("model.layers.{layers}.input_layernorm.weight")) {
+        // Loading the first layers of a deeper checkpoint is allowed (HF warns as well).
+        eprintln!(
+            "ponder: {} holds more layers than its config's num_hidden_layers {layers}; only the \
+             first {layers} are used",
+            dir.display()
+        );
+    }
     let (bos, eos) = (cfg.bos_token_id, cfg.eos_token_ids.clone());
     let model = Model::load(be, cfg, &weights)
         .with_context(|| format!("cannot load model {}", dir.display()))?;
