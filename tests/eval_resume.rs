@@ -264,6 +264,25 @@ fn a_torn_last_line_is_dropped_on_resume() {
         "nothing rerun, newline back"
     );
     assert!(two.starts_with(&whole));
+    // A record ponder never writes (edited by hand, or by another tool) is refused by name.
+    let rec: serde_json::Value = serde_json::from_str(whole.trim_end()).unwrap();
+    for (field, value, says) in [
+        ("method", serde_json::json!("zzz"), "unknown method \"zzz\""),
+        ("budget", serde_json::json!(0), "budget 0"),
+        ("seconds", serde_json::json!(-1.0), "seconds -1"),
+    ] {
+        let mut bad = rec.clone();
+        bad[field] = value;
+        std::fs::write(&path, format!("{bad}\n")).unwrap();
+        let rep = ponder().arg("report").arg(&dir).output().unwrap();
+        let err = String::from_utf8_lossy(&rep.stderr);
+        assert_eq!(rep.status.code(), Some(1), "{field}: {err}");
+        assert!(
+            err.contains("line 1 is not a result record") && err.contains(says),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -80,6 +80,19 @@ pub struct Record {
 }
 
 impl Record {
+    /// What every record ponder writes satisfies; a record that does not was edited or
+    /// written by something else, and would skew the report.
+    pub fn check(&self) -> anyhow::Result<()> {
+        crate::methods::engines::Method::parse(&self.method)?;
+        anyhow::ensure!(self.budget >= 1, "budget {} is not a budget", self.budget);
+        anyhow::ensure!(
+            self.seconds.is_finite() && self.seconds >= 0.0,
+            "seconds {} is not a duration",
+            self.seconds
+        );
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         sol: &Solution,

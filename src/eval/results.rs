@@ -68,9 +68,11 @@ pub fn read_records(dir: &Path) -> Result<Read> {
             },
         };
         if !line.iter().all(|b| b.is_ascii_whitespace()) {
-            let rec: Record = parse(line).with_context(|| {
-                format!("{} line {line_no} is not a result record", path.display())
-            })?;
+            let rec: Record = parse(line)
+                .and_then(|r| r.check().map(|_| r))
+                .with_context(|| {
+                    format!("{} line {line_no} is not a result record", path.display())
+                })?;
             if let Some(first) = seen.insert(rec.key(), line_no) {
                 bail!(
                     "{} line {line_no} repeats the result of line {first} (method {}, budget {}, \
