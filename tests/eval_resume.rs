@@ -218,12 +218,24 @@ fn a_torn_last_line_is_dropped_on_resume() {
         .unwrap();
     assert!(st.success());
     let path = dir.join("results.jsonl");
+    let resume = || {
+        let st = ponder()
+            .args(&a)
+            .args(["--limit", "2", "--resume", "--out"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let report = || ponder().arg("report").arg(&dir).output().unwrap();
     let whole = std::fs::read_to_string(&path).unwrap();
     let mut text = whole.clone();
     text.push_str("{\"method\":\"baseline\",\"bud");
     std::fs::write(&path, &text).unwrap();
     // The report counts the one whole record and says what it leaves out.
-    let rep = ponder().arg("report").arg(&dir).output().unwrap();
+    let rep = report();
     let err = String::from_utf8_lossy(&rep.stderr);
     assert!(rep.status.success(), "{err}");
     assert!(
@@ -231,33 +243,17 @@ fn a_torn_last_line_is_dropped_on_resume() {
         "{err}"
     );
     assert_eq!(summary(&dir)[0]["n"], 1);
-    let st = ponder()
-        .args(&a)
-        .args(["--limit", "2", "--resume", "--out"])
-        .arg(&dir)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    resume();
     assert_eq!(lines(&dir), 2);
     // A whole record whose newline never reached the disk still counts: the report keeps
     // it, and a resume adds the newline instead of rerunning the problem.
     let two = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, two.trim_end_matches('\n')).unwrap();
-    let rep = ponder().arg("report").arg(&dir).output().unwrap();
+    let rep = report();
     assert!(rep.status.success());
     assert!(!String::from_utf8_lossy(&rep.stderr).contains("torn"));
     assert_eq!(summary(&dir)[0]["n"], 2);
-    let st = ponder()
-        .args(&a)
-        .args(["--limit", "2", "--resume", "--out"])
-        .arg(&dir)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    resume();
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         two,
@@ -274,7 +270,7 @@ fn a_torn_last_line_is_dropped_on_resume() {
         let mut bad = rec.clone();
         bad[field] = value;
         std::fs::write(&path, format!("{bad}\n")).unwrap();
-        let rep = ponder().arg("report").arg(&dir).output().unwrap();
+        let rep = report();
         let err = String::from_utf8_lossy(&rep.stderr);
         assert_eq!(rep.status.code(), Some(1), "{field}: {err}");
         assert!(

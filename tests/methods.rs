@@ -94,6 +94,16 @@ fn try_rebase(
     sol
 }
 
+/// The study's FLOPs per generated token for a model (flops.md).
+fn study_per_token(c: &ponder::model::config::Config) -> u64 {
+    ponder::flops::study_flops_per_token(
+        c.hidden_size as u64,
+        c.num_hidden_layers as u64,
+        c.num_attention_heads as u64,
+        c.intermediate_size as u64,
+    )
+}
+
 fn texts(s: &Solution) -> Vec<String> {
     s.votes.iter().map(|v| v.text.clone()).collect()
 }
@@ -153,13 +163,7 @@ fn fixed_lengths_run_every_vote_to_its_limit() {
     };
     let sol = run_baseline(&be, &m, false, 256, usize::MAX, &s);
     assert_eq!(sol.generated_tokens, 4 * (24 + 6));
-    let c = &m.model.cfg;
-    let per = ponder::flops::study_flops_per_token(
-        c.hidden_size as u64,
-        c.num_hidden_layers as u64,
-        c.num_attention_heads as u64,
-        c.intermediate_size as u64,
-    );
+    let per = study_per_token(&m.model.cfg);
     assert_eq!(sol.study_flops, 4 * 30 * per);
     // REBASE: every path runs to the path limit (steps of 12, 12, 12 and 4 tokens), whatever
     // the text or the scores say, so the tree generates width × path limit tokens.
@@ -249,13 +253,7 @@ fn the_study_formula_charges_kept_steps_only() {
     let (mut kept, mut dropped) = (0, 0);
     for model in [Some("synthetic:tiny"), None] {
         let m = load(&be, model, &ponder::model::source::cache_dir(None)).unwrap();
-        let c = &m.model.cfg;
-        let per = ponder::flops::study_flops_per_token(
-            c.hidden_size as u64,
-            c.num_hidden_layers as u64,
-            c.num_attention_heads as u64,
-            c.intermediate_size as u64,
-        );
+        let per = study_per_token(&m.model.cfg);
         let s = Settings {
             width: 3,
             ..settings()

@@ -162,19 +162,7 @@ impl Backend for Cpu {
     }
 
     fn alloc_kv(&self, shape: KvShape) -> Result<CpuKv> {
-        let n = shape
-            .layers
-            .checked_mul(shape.pages * shape.page_size)
-            .and_then(|x| x.checked_mul(shape.kv_heads * shape.head_dim))
-            .filter(|&n| n < (1usize << 40))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "a KV cache of {} pages × {} tokens × {} layers is too large to address",
-                    shape.pages,
-                    shape.page_size,
-                    shape.layers
-                )
-            })?;
+        let n = shape.elements()?;
         let too_big = || {
             anyhow::anyhow!(
                 "the KV cache ({:.1} GB for {} pages of {} tokens) cannot be allocated in \

@@ -136,6 +136,24 @@ impl KvShape {
     pub fn bytes_per_token(&self, elem: usize) -> usize {
         2 * self.layers * self.kv_heads * self.head_dim * elem
     }
+
+    /// Elements of K (and of V) for the whole cache, or an error when that is past what a
+    /// backend can address (2^40) or overflows: both backends allocate from this count.
+    pub fn elements(&self) -> anyhow::Result<usize> {
+        self.pages
+            .checked_mul(self.page_size)
+            .and_then(|slots| slots.checked_mul(self.layers))
+            .and_then(|x| x.checked_mul(self.kv_heads * self.head_dim))
+            .filter(|&n| n < (1usize << 40))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "a KV cache of {} pages × {} tokens × {} layers is too large to address",
+                    self.pages,
+                    self.page_size,
+                    self.layers
+                )
+            })
+    }
 }
 
 /// Attention geometry shared by the attention ops.

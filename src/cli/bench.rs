@@ -2,6 +2,7 @@
 //! come from the ledger over the timed steps (what the ops really moved and computed); the
 //! H100 ceilings (3.1 TB/s, 790 TFLOP/s bf16) are printed as percentages on CUDA, and the
 //! measured ones too when PONDER_MEASURED_TBPS / PONDER_MEASURED_TFLOPS give them.
+use super::common::fits_positions;
 use super::{with_backend, Device, OnBackend};
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -170,7 +171,7 @@ impl OnBackend for Bench {
                 }
                 fits_positions(
                     context.saturating_add(steps),
-                    "--context + --steps",
+                    &format!("--context {context} + --steps {steps}"),
                     &m.model.cfg,
                 )?;
                 if let Some(b) = batches.iter().find(|&&b| b > 1 << 16) {
@@ -238,7 +239,7 @@ impl OnBackend for Bench {
                 if tokens == 0 {
                     bail!("--tokens must be at least 1");
                 }
-                fits_positions(tokens, "--tokens", &m.model.cfg)?;
+                fits_positions(tokens, &format!("--tokens {tokens}"), &m.model.cfg)?;
                 let mut r = Runner::new(&be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
                 let warm = r.pool.create();
                 be.set_phase(Phase::Prefill);
@@ -293,15 +294,4 @@ fn geometry(spec: Option<&str>) -> Result<(Config, String)> {
             spec.to_string(),
         )),
     }
-}
-
-/// A bench whose sequence runs past the model's positions measures nothing the engine does.
-fn fits_positions(n: usize, what: &str, cfg: &ponder::model::config::Config) -> Result<()> {
-    if n > cfg.max_position_embeddings {
-        bail!(
-            "{what} = {n} is more than the model's {} positions (max_position_embeddings)",
-            cfg.max_position_embeddings
-        );
-    }
-    Ok(())
 }

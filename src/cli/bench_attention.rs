@@ -163,7 +163,7 @@ fn fits_in_memory(s: &Sizes, cfg: &Config) -> Result<()> {
     let blocks = u(s.thought_len) * u(s.depth + 1);
     let diagonal = blocks * (3 * q + 4 * kv);
     let bytes = 4 * causal.max(decode).max(diagonal);
-    if let Some(total) = host_memory_bytes() {
+    if let Some(total) = ponder::model::source::host_memory("MemTotal") {
         if bytes > total as u128 {
             bail!(
                 "these sizes need about {:.1} GB of host memory for their inputs, more than this \
@@ -174,12 +174,4 @@ fn fits_in_memory(s: &Sizes, cfg: &Config) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// MemTotal from /proc/meminfo, where there is one.
-fn host_memory_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

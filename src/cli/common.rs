@@ -240,12 +240,7 @@ impl Opts {
                 s.path_tokens.saturating_add(s.step_tokens),
             ),
         ] {
-            if n > cfg.max_position_embeddings {
-                bail!(
-                    "{what} do not fit the model's {} positions (max_position_embeddings)",
-                    cfg.max_position_embeddings
-                );
-            }
+            fits_positions(n, &what, cfg)?;
             if n > pool {
                 bail!(
                     "{what} do not fit one problem's KV pool of {pool} tokens (--kv-pages {} × {PAGE_SIZE})",
@@ -285,6 +280,18 @@ impl Opts {
 
 /// Tokens per KV page.
 pub const PAGE_SIZE: usize = 16;
+
+/// Refuses a sequence of `n` positions (`what` names its parts) past the model's context:
+/// generate, solve, eval and the benches all check this before any work.
+pub fn fits_positions(n: usize, what: &str, cfg: &Config) -> Result<()> {
+    if n > cfg.max_position_embeddings {
+        bail!(
+            "{what} do not fit the model's {} positions (max_position_embeddings)",
+            cfg.max_position_embeddings
+        );
+    }
+    Ok(())
+}
 
 /// The most votes or REBASE width one problem may ask for. A small pool runs a large budget
 /// a few sequences at a time (preemption), but each vote or leaf still keeps its own state

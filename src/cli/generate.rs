@@ -113,15 +113,15 @@ impl OnBackend for Generate {
         if ids.is_empty() {
             bail!("the prompt is empty");
         }
-        let positions = m.model.cfg.max_position_embeddings;
-        if ids.len().saturating_add(a.max_tokens) > positions {
-            bail!(
-                "the prompt's {} tokens + --max-tokens {} do not fit the model's {positions} \
-                 positions (max_position_embeddings)",
+        super::common::fits_positions(
+            ids.len().saturating_add(a.max_tokens),
+            &format!(
+                "the prompt's {} tokens + --max-tokens {}",
                 ids.len(),
                 a.max_tokens
-            );
-        }
+            ),
+            &m.model.cfg,
+        )?;
         let pages = pages_needed(&[ids.len()], a.max_tokens, a.page_size);
         let mut runner = Runner::new(&be, &m.model, pages, a.page_size)?;
         let params = GenParams {

@@ -234,15 +234,19 @@ pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Load
     Ok(Loaded { name, model, tok })
 }
 
+/// A line of /proc/meminfo in bytes (`MemTotal`, `MemAvailable`, …), where there is one.
+pub fn host_memory(key: &str) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Refuses a synthetic model whose f32 weights would not fit in this machine's memory.
 fn check_memory(need: u64, name: &str) -> Result<()> {
-    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.starts_with("MemAvailable:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    });
-    if let Some(a) = avail {
+    if let Some(a) = host_memory("MemAvailable") {
         if need > a {
             bail!(
                 "synthetic:{name} needs {:.1} GiB of f32 weights on the CPU, {:.1} GiB available (use --device cuda)",

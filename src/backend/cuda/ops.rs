@@ -133,22 +133,12 @@ impl Cuda {
     }
 
     pub(super) fn alloc_kv_impl(&self, shape: KvShape) -> Result<CudaKv> {
-        let n = shape
-            .layers
-            .checked_mul(shape.pages * shape.page_size)
-            .and_then(|x| x.checked_mul(shape.kv_heads * shape.head_dim))
-            .filter(|&n| n < (1usize << 40))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "a KV cache of {} pages × {} tokens × {} layers is too large to address",
-                    shape.pages,
-                    shape.page_size,
-                    shape.layers
-                )
-            })?;
+        let n = shape.elements()?;
         ensure!(
             shape.pages * shape.page_size <= u32::MAX as usize,
-            "KV cache of {shape:?} has more slots than u32 indexes"
+            "a KV cache of {} pages × {} tokens has more slots than u32 indexes",
+            shape.pages,
+            shape.page_size
         );
         let (k, v) = if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
             (self.alloc_bf16(n)?, self.alloc_bf16(n)?)
