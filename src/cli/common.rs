@@ -37,12 +37,12 @@ pub struct Opts {
     pub prm: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
-    /// Votes (baseline, Quiet-STaR).
-    #[arg(long, default_value_t = 6)]
-    pub votes: usize,
-    /// REBASE width (budget N).
-    #[arg(long, default_value_t = 6)]
-    pub width: usize,
+    /// Votes (baseline, Quiet-STaR); default 6 (2 with --quick).
+    #[arg(long)]
+    pub votes: Option<usize>,
+    /// REBASE width (budget N); default 6 (2 with --quick).
+    #[arg(long)]
+    pub width: Option<usize>,
     #[arg(long, value_enum, default_value = "seed")]
     pub protocol: ProtocolArg,
     /// REBASE softmax temperature over PRM scores.
@@ -50,18 +50,18 @@ pub struct Opts {
     pub rebase_temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Tokens per vote before the answer phase (protocol: 384).
-    #[arg(long, default_value_t = 384)]
-    pub max_tokens: usize,
+    /// Tokens per vote before the answer phase; default 384, the protocol's (48 with --quick).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// Tokens of the answer phase (protocol: 12).
     #[arg(long, default_value_t = 12)]
     pub answer_tokens: usize,
-    /// Tokens per REBASE step (default: 96 with --protocol seed, 256 with wu).
+    /// Tokens per REBASE step; default 96 with --protocol seed, 256 with wu (48 with --quick).
     #[arg(long)]
     pub step_tokens: Option<usize>,
-    /// Tokens per REBASE path (protocol: 384).
-    #[arg(long, default_value_t = 384)]
-    pub path_tokens: usize,
+    /// Tokens per REBASE path; default 384, the protocol's (96 with --quick).
+    #[arg(long)]
+    pub path_tokens: Option<usize>,
     /// Run every vote, step and thought to its limit, ignoring EOS and stop strings.
     #[arg(long)]
     pub fixed_lengths: bool,
@@ -84,14 +84,33 @@ pub struct Opts {
     #[arg(long)]
     pub max_batch: Option<usize>,
     /// Small sizes for a demo that finishes in minutes on two CPU cores: 2 votes, width 2,
-    /// 48-token votes and steps, 96-token paths (and, for eval, 3 problems unless --limit).
+    /// 48-token votes and steps, 96-token paths (and, for eval, 3 problems); a size given
+    /// with its own flag (--votes, --width, --max-tokens, --step-tokens, --path-tokens,
+    /// --limit) wins over --quick's.
     #[arg(long)]
     pub quick: bool,
 }
 
 impl Opts {
     pub fn settings(&self) -> Result<Settings> {
-        if self.votes == 0 || self.width == 0 {
+        // --quick only changes the defaults: a size given with its own flag wins.
+        let q = |v: Option<usize>, quick: usize, full: usize| {
+            v.unwrap_or(if self.quick { quick } else { full })
+        };
+        let votes = q(self.votes, 2, 6);
+        let width = q(self.width, 2, 6);
+        // rebase.md: Wu et al.'s steps run up to 256 tokens; the study's (protocol.md) 96.
+        let step_tokens = q(
+            self.step_tokens,
+            48,
+            match self.protocol {
+                ProtocolArg::Seed => 96,
+                ProtocolArg::Wu => 256,
+            },
+        );
+        let max_tokens = q(self.max_tokens, 48, 384);
+        let path_tokens = q(self.path_tokens, 96, 384);
+        if votes == 0 || width == 0 {
             bail!("--votes and --width must be at least 1");
         }
         if !(self.rebase_temperature.is_finite() && self.rebase_temperature > 0.0) {
@@ -100,7 +119,7 @@ impl Opts {
         if self.kv_pages == 0 {
             bail!("--kv-pages must be at least 1");
         }
-        for (flag, n) in [("--votes", self.votes), ("--width", self.width)] {
+        for (flag, n) in [("--votes", votes), ("--width", width)] {
             check_budget(flag, n)?;
         }
         if self.max_batch == Some(0) {
@@ -111,33 +130,27 @@ impl Opts {
         // setting: a direct answer without a chain of thought.)
         for (flag, v) in [
             ("--answer-tokens", self.answer_tokens),
-            ("--step-tokens", self.step_tokens.unwrap_or(1)),
-            ("--path-tokens", self.path_tokens),
+            ("--step-tokens", step_tokens),
+            ("--path-tokens", path_tokens),
         ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
             }
         }
-        let q = |quick: usize, v: usize| if self.quick { quick } else { v };
-        // rebase.md: Wu et al.'s steps run up to 256 tokens; the study's (protocol.md) 96.
-        let step_tokens = self.step_tokens.unwrap_or(match self.protocol {
-            ProtocolArg::Seed => 96,
-            ProtocolArg::Wu => 256,
-        });
         Ok(Settings {
             seed: self.seed,
-            votes: q(2, self.votes),
-            width: q(2, self.width),
+            votes,
+            width,
             protocol: match self.protocol {
                 ProtocolArg::Seed => Protocol::Seed,
                 ProtocolArg::Wu => Protocol::Wu,
             },
             rebase_temperature: self.rebase_temperature,
             fixed_lengths: self.fixed_lengths,
-            max_tokens: q(48, self.max_tokens),
+            max_tokens,
             answer_tokens: self.answer_tokens,
-            step_tokens: q(48, step_tokens),
-            path_tokens: q(96, self.path_tokens),
+            step_tokens,
+            path_tokens,
             quiet_mode: match self.quiet_mode {
                 QuietModeArg::Incremental => Mode::Incremental,
                 QuietModeArg::Parallel => Mode::Parallel,
@@ -314,5 +327,45 @@ pub fn prm_spec<'a, B: Backend>(
     match prm {
         Some(l) => (&l.model, &l.tok, l.name.clone()),
         None => (&m.model, &m.tok, format!("{} (the policy itself)", m.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Opts,
+    }
+
+    fn settings(args: &[&str]) -> Settings {
+        let cli = Cli::try_parse_from(std::iter::once("ponder").chain(args.iter().copied()))
+            .expect("flags parse");
+        cli.opts.settings().expect("valid settings")
+    }
+
+    /// votes, width, max_tokens, step_tokens, path_tokens.
+    fn sizes(s: &Settings) -> (usize, usize, usize, usize, usize) {
+        (s.votes, s.width, s.max_tokens, s.step_tokens, s.path_tokens)
+    }
+
+    #[test]
+    fn quick_changes_defaults_and_explicit_sizes_win() {
+        let full = settings(&[]);
+        assert_eq!(sizes(&full), (6, 6, 384, 96, 384));
+        assert_eq!(settings(&["--protocol", "wu"]).step_tokens, 256);
+        let quick = settings(&["--quick"]);
+        assert_eq!(sizes(&quick), (2, 2, 48, 48, 96));
+        let mixed = settings(&["--quick", "--votes", "4", "--step-tokens", "32"]);
+        assert_eq!(sizes(&mixed), (4, 2, 48, 32, 96));
+        let err = Cli::try_parse_from(["ponder", "--quick", "--width", "0"])
+            .expect("flags parse")
+            .opts
+            .settings()
+            .expect_err("width 0 is refused");
+        assert!(err.to_string().contains("--width"), "{err}");
     }
 }
