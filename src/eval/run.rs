@@ -74,6 +74,13 @@ pub fn run<B: Backend>(
     anyhow::ensure!(!workers.is_empty(), "no worker to run the problems");
     let (mut file, mut records) = ResultsFile::open(out, resume)?;
     let done: HashSet<(String, usize, usize)> = records.iter().map(|r| r.key()).collect();
+    let held: Vec<(&str, usize)> = records
+        .iter()
+        .map(|r| (r.method.as_str(), r.budget))
+        .collect();
+    for line in other_budgets(&held, &plan.runs()) {
+        eprintln!("{line}");
+    }
     for (method, budget) in plan.runs() {
         let mut s = plan.settings.clone();
         if method.uses_prm() {
@@ -211,6 +218,40 @@ impl Progress {
     }
 }
 
+/// On a resume, one note per budget the folder holds for a method this run runs, at a budget
+/// this run does not: a resume with another --votes or --width adds a budget beside the
+/// recorded one (the report keeps them apart) instead of continuing it, which a user who
+/// mistyped the flag should hear before the problems run again.
+fn other_budgets(held: &[(&str, usize)], runs: &[(Method, usize)]) -> Vec<String> {
+    let mut counts: std::collections::BTreeMap<(&str, usize), usize> = Default::default();
+    for &(m, b) in held {
+        *counts.entry((m, b)).or_default() += 1;
+    }
+    let mut lines = Vec::new();
+    for ((m, b), n) in counts {
+        let running: Vec<usize> = runs
+            .iter()
+            .filter(|(rm, _)| rm.name() == m)
+            .map(|&(_, rb)| rb)
+            .collect();
+        if running.is_empty() || running.contains(&b) {
+            continue;
+        }
+        let now: Vec<String> = running
+            .iter()
+            .map(|&rb| super::report::budget_cell(m, rb))
+            .collect();
+        lines.push(format!(
+            "note: the folder already holds {m} at {} ({n} problem{}); this run adds {m} at {} \
+             beside it, and the report shows each budget on its own row",
+            super::report::budget_cell(m, b),
+            if n == 1 { "" } else { "s" },
+            now.join(", ")
+        ));
+    }
+    lines
+}
+
 /// A 20-cell bar of `n` done out of `total`.
 fn bar(n: usize, total: usize) -> String {
     const CELLS: usize = 20;
@@ -231,7 +272,30 @@ fn fmt_secs(s: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::bar;
+    use super::{bar, other_budgets};
+    use crate::methods::engines::Method;
+
+    #[test]
+    fn a_resume_at_another_budget_is_noted() {
+        let held = [
+            ("baseline", 6),
+            ("baseline", 6),
+            ("rebase", 3),
+            ("quiet-star", 2),
+        ];
+        let runs = [(Method::Baseline, 4), (Method::Rebase, 3)];
+        let lines = other_budgets(&held, &runs);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("baseline at 6 votes (2 problems)")
+                && lines[0].contains("adds baseline at 4 votes"),
+            "{}",
+            lines[0]
+        );
+        // Same budgets, or a method this run does not run: nothing to say.
+        assert!(other_budgets(&held, &[(Method::Baseline, 6)]).is_empty());
+        assert!(other_budgets(&held, &[(Method::Combined, 2)]).is_empty());
+    }
 
     #[test]
     fn the_progress_bar_fills_with_problems_done() {
