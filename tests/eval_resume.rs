@@ -36,6 +36,16 @@ fn ponder() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ponder"))
 }
 
+/// Runs `cmd` with its output discarded and asserts that it succeeded.
+fn succeeds(cmd: &mut Command) {
+    let st = cmd
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd:?} failed: {st}");
+}
+
 fn lines(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("results.jsonl"))
         .map(|t| t.lines().count())
@@ -89,15 +99,12 @@ fn killed_and_resumed_with_problems_in_flight() {
 fn killed_and_resumed(extra: &[&str]) {
     let tag = if extra.is_empty() { "" } else { "-inflight" };
     let whole = tmp(&format!("whole{tag}"));
-    let st = ponder()
-        .args(ARGS)
-        .args(["--limit", "4", "--out"])
-        .arg(&whole)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    succeeds(
+        ponder()
+            .args(ARGS)
+            .args(["--limit", "4", "--out"])
+            .arg(&whole),
+    );
     assert_eq!(lines(&whole), 8);
 
     let cut = tmp(&format!("cut{tag}"));
@@ -131,16 +138,13 @@ fn killed_and_resumed(extra: &[&str]) {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
-    let st = ponder()
-        .args(ARGS)
-        .args(extra)
-        .args(["--limit", "4", "--resume", "--out"])
-        .arg(&cut)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    succeeds(
+        ponder()
+            .args(ARGS)
+            .args(extra)
+            .args(["--limit", "4", "--resume", "--out"])
+            .arg(&cut),
+    );
     assert_eq!(results(&cut), results(&whole));
     // The report agrees too, but for wall times.
     assert_eq!(summary(&cut), summary(&whole));
@@ -208,26 +212,15 @@ fn a_torn_last_line_is_dropped_on_resume() {
     let dir = tmp("torn");
     let mut a = ARGS.to_vec();
     a[4] = "baseline";
-    let st = ponder()
-        .args(&a)
-        .args(["--limit", "1", "--out"])
-        .arg(&dir)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    succeeds(ponder().args(&a).args(["--limit", "1", "--out"]).arg(&dir));
     let path = dir.join("results.jsonl");
     let resume = || {
-        let st = ponder()
-            .args(&a)
-            .args(["--limit", "2", "--resume", "--out"])
-            .arg(&dir)
-            .stderr(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        succeeds(
+            ponder()
+                .args(&a)
+                .args(["--limit", "2", "--resume", "--out"])
+                .arg(&dir),
+        );
     };
     let report = || ponder().arg("report").arg(&dir).output().unwrap();
     let whole = std::fs::read_to_string(&path).unwrap();
@@ -349,26 +342,15 @@ fn shards_merge_into_the_unsharded_report_and_overlaps_are_refused() {
         "9",
     ];
     let whole = tmp("shard-whole");
-    let st = ponder()
-        .args(base)
-        .arg("--out")
-        .arg(&whole)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    succeeds(ponder().args(base).arg("--out").arg(&whole));
     let (s0, s1) = (tmp("shard0"), tmp("shard1"));
     for (i, d) in [(0, &s0), (1, &s1)] {
-        let st = ponder()
-            .args(base)
-            .args(["--shard", &format!("{i}/2"), "--out"])
-            .arg(d)
-            .stderr(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        succeeds(
+            ponder()
+                .args(base)
+                .args(["--shard", &format!("{i}/2"), "--out"])
+                .arg(d),
+        );
     }
     let merged = tmp("shard-merged");
     let out = ponder()

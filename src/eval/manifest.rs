@@ -98,11 +98,6 @@ fn write(dir: &Path, m: &Manifest) -> Result<()> {
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Before an eval writes into `dir`: a folder without results gets `m` as its manifest; with
-/// `resume`, a folder with results must have been run with the same values (a folder from
-/// before manifests existed is adopted). Without `resume` a folder with results is left as
-/// it is (opening its results file refuses it). Returns the folder's manifest from now on
-/// (on a resume, the recorded one).
 /// Takes the results folder for this process: creates it, and holds an exclusive lock on
 /// `DIR/.lock` for as long as the returned file lives (the OS drops it when the process
 /// ends, however it ends). A second eval on the same folder is refused instead of
@@ -130,6 +125,11 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Before an eval writes into `dir`: a folder without results gets `m` as its manifest; with
+/// `resume`, a folder with results must have been run with the same values (a folder from
+/// before manifests existed is adopted). Without `resume` a folder with results is left as
+/// it is (opening its results file refuses it). Returns the folder's manifest from now on
+/// (on a resume, the recorded one).
 pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest> {
     let has_results = std::fs::metadata(dir.join(RESULTS)).is_ok_and(|md| md.len() > 0);
     if !has_results {

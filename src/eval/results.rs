@@ -14,7 +14,8 @@ pub struct ResultsFile {
 
 pub const RESULTS: &str = "results.jsonl";
 
-/// What `read_records` found in a results file.
+/// What `read_records` found in a results file (all empty for a file that is not there).
+#[derive(Default)]
 pub struct Read {
     pub records: Vec<Record>,
     /// Bytes of the intact part: every line up to the last complete record.
@@ -31,14 +32,7 @@ pub fn read_records(dir: &Path) -> Result<Read> {
     let path = dir.join(RESULTS);
     let text = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Read {
-                records: vec![],
-                good: 0,
-                unterminated: false,
-                torn: 0,
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::default()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut out = Vec::new();
@@ -103,8 +97,8 @@ impl ResultsFile {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(RESULTS);
         let read = read_records(dir)?;
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len > 0 && !resume {
+        // The intact part and the torn tail together are the whole file as read.
+        if read.good + read.torn > 0 && !resume {
             bail!(
                 "{} already holds results: pass --resume to continue it, or choose another --out",
                 path.display()

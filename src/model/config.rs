@@ -56,9 +56,7 @@ struct RawConfig {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        if path.exists() && !path.is_file() {
-            bail!("{} is not a regular file", path.display());
-        }
+        super::refuse_non_regular(path, "")?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("bad model config {}", path.display()))

@@ -30,9 +30,7 @@ impl Tokenizer {
             bail!("{} is missing", path.display());
         }
         for p in [&path, &dir.join("tokenizer_config.json")] {
-            if p.exists() && !p.is_file() {
-                bail!("{} is not a regular file", p.display());
-            }
+            super::refuse_non_regular(p, "")?;
         }
         let tk = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;

@@ -172,12 +172,7 @@ impl Weights {
 
 fn open_file(path: &Path) -> Result<Vec<TensorRef>> {
     // A directory, a pipe or a device is no weights file (and a pipe would block the open).
-    if path.exists() && !path.is_file() {
-        bail!(
-            "{} is not a regular file (a safetensors file is)",
-            path.display()
-        );
-    }
+    super::refuse_non_regular(path, " (a safetensors file is)")?;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: the file is opened read-only; ponder does not modify model files while running,
