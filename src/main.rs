@@ -2,11 +2,24 @@
 mod cli;
 
 use clap::error::ErrorKind;
-use clap::Parser;
+use clap::{Command, CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
+/// Lets every subcommand's flags take a value that starts with '-', so that
+/// `--temperature -1` or `--votes -2` is refused by the flag's own check, naming the flag,
+/// rather than read as an unknown short option "-1".
+fn negatives_are_values(cmd: Command) -> Command {
+    cmd.allow_negative_numbers(true)
+        .mut_subcommands(negatives_are_values)
+}
+
+fn parse() -> Result<cli::Cli, clap::Error> {
+    let matches = negatives_are_values(cli::Cli::command()).try_get_matches()?;
+    cli::Cli::from_arg_matches(&matches)
+}
+
 fn main() -> ExitCode {
-    let args = match cli::Cli::try_parse() {
+    let args = match parse() {
         Ok(a) => a,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()

@@ -27,8 +27,13 @@ fn case(dir: &str) -> String {
 }
 
 fn assert_one_line_error(args: &[&str], needles: &[&str]) {
+    assert_one_line_exit(args, 1, needles)
+}
+
+/// As assert_one_line_error, for an exit code other than 1 (2: clap's usage errors).
+fn assert_one_line_exit(args: &[&str], want: i32, needles: &[&str]) {
     let (code, err) = ponder(args);
-    assert_eq!(code, 1, "exit code for {args:?}; stderr: {err}");
+    assert_eq!(code, want, "exit code for {args:?}; stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "want one line for {args:?}, got: {err}");
     assert!(lines[0].starts_with("error: "), "{err}");
@@ -126,6 +131,26 @@ fn unknown_synthetic_model_and_bad_flag_values() {
             "1.5",
         ],
         &["--top-p"],
+    );
+    // A negative value reaches the flag's own check (not clap's "unexpected argument '-1'",
+    // which reads it as a short option and names no flag).
+    let tiny = ["--model", "synthetic:tiny", "--question", "x"];
+    for (flag, value, code) in [("--rebase-temperature", "-0.5", 1), ("--votes", "-1", 2)] {
+        let mut args = vec!["solve", "--method", "rebase", flag, value];
+        args.extend(tiny);
+        assert_one_line_exit(&args, code, &[flag, value]);
+    }
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt",
+            "x",
+            "--temperature",
+            "-1",
+        ],
+        &["--temperature"],
     );
     // A batch of no sequences cannot make progress: refused, not silently raised to 1.
     assert_one_line_error(

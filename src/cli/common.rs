@@ -114,7 +114,10 @@ impl Opts {
             bail!("--votes and --width must be at least 1");
         }
         if !(self.rebase_temperature.is_finite() && self.rebase_temperature > 0.0) {
-            bail!("--rebase-temperature must be a positive number");
+            bail!(
+                "--rebase-temperature must be a positive number, not {}",
+                self.rebase_temperature
+            );
         }
         if self.kv_pages == 0 {
             bail!("--kv-pages must be at least 1");
