@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 pub struct ResultsFile {
     path: PathBuf,
     file: File,
+    /// Bytes of whole records: where a failed append is cut back to.
+    len: u64,
+    /// A failed append could not be cut back: nothing more may be appended after its bytes.
+    poisoned: bool,
 }
 
 pub const RESULTS: &str = "results.jsonl";
@@ -118,21 +122,48 @@ impl ResultsFile {
             file.set_len(read.good)
                 .with_context(|| format!("cannot truncate {}", path.display()))?;
         }
+        let mut len = read.good;
         if read.unterminated {
             file.write_all(b"\n")
                 .and_then(|_| file.sync_data())
                 .with_context(|| format!("cannot write {}", path.display()))?;
+            len += 1;
         }
-        Ok((ResultsFile { path, file }, read.records))
+        let rf = ResultsFile {
+            path,
+            file,
+            len,
+            poisoned: false,
+        };
+        Ok((rf, read.records))
     }
 
-    /// Appends one record and makes it durable before returning.
+    /// Appends one record and makes it durable before returning. A failed write (a full
+    /// disk, a file-size limit) may have left part of the line behind: the file is cut back
+    /// to its whole records, so that a later append (a result still in flight) does not glue
+    /// itself onto that part and make every record after it unreadable.
     pub fn append(&mut self, r: &Record) -> Result<()> {
         let mut line = serde_json::to_string(r)?;
         line.push('\n');
-        self.file
+        if self.poisoned {
+            bail!(
+                "not writing to {} after a failed write that could not be undone",
+                self.path.display()
+            );
+        }
+        let wrote = self
+            .file
             .write_all(line.as_bytes())
-            .and_then(|_| self.file.sync_data())
-            .with_context(|| format!("cannot write {}", self.path.display()))
+            .and_then(|_| self.file.sync_data());
+        if let Err(e) = wrote {
+            let cut = self
+                .file
+                .set_len(self.len)
+                .and_then(|_| self.file.sync_data());
+            self.poisoned = cut.is_err();
+            return Err(e).with_context(|| format!("cannot write {}", self.path.display()));
+        }
+        self.len += line.len() as u64;
+        Ok(())
     }
 }
