@@ -390,3 +390,44 @@ fn sizes_nothing_could_hold_are_refused_at_once() {
         );
     }
 }
+
+/// Output that cannot be written (stdout on a full disk or a closed pipe) is a one-line error
+/// and exit 1, not `println!`'s panic; the files `solve` and `generate` had nothing to keep,
+/// and eval/report write theirs before printing.
+#[cfg(target_os = "linux")]
+#[test]
+fn stdout_that_cannot_be_written_is_a_one_line_error() {
+    for args in [
+        &[
+            "solve",
+            "--method",
+            "baseline",
+            "--model",
+            "synthetic:tiny",
+            "--question",
+            "x",
+            "--quick",
+        ][..],
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "3",
+        ][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+            .args(args)
+            .args(["--device", "cpu"])
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap();
+        assert!(last.starts_with("error: cannot write to stdout"), "{err}");
+    }
+}

@@ -127,7 +127,7 @@ struct Bench {
 impl OnBackend for Bench {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         if be.name() == "cuda-emu" {
-            println!(
+            outln!(
                 "note: the CUDA emulator runs the kernels on the CPU; its times and roofline \
                  shares say nothing about a GPU"
             );
@@ -177,14 +177,18 @@ impl OnBackend for Bench {
                 if let Some(b) = batches.iter().find(|&&b| b > 1 << 16) {
                     bail!("batch size {b} is more than ponder runs in one step (at most 65536)");
                 }
-                println!(
+                outln!(
                     "decode on {} ({}), {context}-token shared prefix, {steps} steps",
                     m.name,
                     be.name()
                 );
-                println!(
+                outln!(
                     "{:>6} {:>10} {:>10} {:>10} {:>8}",
-                    "batch", "ms/step", "tokens/s", "GB/s", "% HBM"
+                    "batch",
+                    "ms/step",
+                    "tokens/s",
+                    "GB/s",
+                    "% HBM"
                 );
                 for b in batches {
                     let pages = (context + steps).div_ceil(16) + b * (steps.div_ceil(16) + 2) + 4;
@@ -226,7 +230,7 @@ impl OnBackend for Bench {
                     } else {
                         ("-".into(), String::new())
                     };
-                    println!(
+                    outln!(
                         "{b:>6} {:>10.3} {:>10.1} {:>10.2} {pct:>8}{meas}",
                         secs * 1e3,
                         b as f64 / secs,
@@ -269,7 +273,7 @@ impl OnBackend for Bench {
                 } else {
                     String::new()
                 };
-                println!(
+                outln!(
                     "prefill of {tokens} tokens on {} ({}): {:.3} s, {:.1} tokens/s, {:.3} TFLOP/s useful{pct}",
                     m.name,
                     be.name(),

@@ -62,7 +62,14 @@ fn time<B: Backend>(
     Ok((secs, c))
 }
 
-fn row(case: &str, shape: &str, secs: f64, c: Counts, memory_bound: bool, on_gpu: bool) {
+fn row(
+    case: &str,
+    shape: &str,
+    secs: f64,
+    c: Counts,
+    memory_bound: bool,
+    on_gpu: bool,
+) -> Result<()> {
     let (tf, gbs) = (c.useful_flops as f64 / secs, c.bytes as f64 / secs);
     let pct = match (on_gpu, memory_bound) {
         (false, _) => "-".to_string(),
@@ -77,12 +84,13 @@ fn row(case: &str, shape: &str, secs: f64, c: Counts, memory_bound: bool, on_gpu
             of_measured_flops(tf)
         ),
     };
-    println!(
+    outln!(
         "{case:<14} {shape:<30} {:>10.3} {:>10.3} {:>10.3} {pct:>20}",
         secs * 1e3,
         tf / 1e12,
         gbs / 1e9
     );
+    Ok(())
 }
 
 pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()> {
@@ -95,7 +103,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()
     let d = cfg.attn_dims();
     fits_in_memory(s, cfg)?;
     let on_gpu = be.name() != "cpu";
-    println!(
+    outln!(
         "attention on {name} ({}): {} query heads, {} KV heads, head_dim {}; {} timed runs each",
         be.name(),
         d.heads,
@@ -103,37 +111,42 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()
         d.head_dim,
         s.iters
     );
-    println!(
+    outln!(
         "{:<14} {:<30} {:>10} {:>10} {:>10} {:>20}",
-        "case", "shape", "ms", "TFLOP/s", "GB/s", "roofline"
+        "case",
+        "shape",
+        "ms",
+        "TFLOP/s",
+        "GB/s",
+        "roofline"
     );
     be.set_phase(Phase::Prefill);
     let c = cases::causal(be, d, s.tokens)?;
     let (secs, n) = time(be, s.iters, || c.run(be, d))?;
-    row("causal", &c.shape, secs, n, false, on_gpu);
+    row("causal", &c.shape, secs, n, false, on_gpu)?;
     drop(c);
 
     // The diagonal mask of Quiet-STaR's parallel thoughts.
     let c = cases::thought_block(be, d, s.thought_len, s.depth)?;
     let (secs, n) = time(be, s.iters, || c.run(be, d))?;
-    row("diagonal-mask", &c.shape, secs, n, false, on_gpu);
+    row("diagonal-mask", &c.shape, secs, n, false, on_gpu)?;
     drop(c);
 
     be.set_phase(Phase::Decode);
     let c = cases::paged_decode(be, d, s.batch, s.context)?;
     let (secs, n) = time(be, s.iters, || c.run(be, d))?;
-    row("paged-decode", &c.shape, secs, n, true, on_gpu);
+    row("paged-decode", &c.shape, secs, n, true, on_gpu)?;
     drop(c);
 
     let tail = 32;
     let c = cases::shared_prefix(be, d, s.batch, s.context, tail)?;
     let (secs, n) = time(be, s.iters, || c.run(be, d))?;
-    row("shared-prefix", &c.shape, secs, n, true, on_gpu);
+    row("shared-prefix", &c.shape, secs, n, true, on_gpu)?;
     // What reading the prefix once per branch would cost, beside what the kernels were charged.
     let ctx = s.context.div_ceil(cases::PAGE) * cases::PAGE;
     let kd = d.kv_heads * d.head_dim;
     let per_branch = (s.batch * (ctx + tail)) as f64 * kd as f64 * 2.0 * kv_elem_bytes(on_gpu);
-    println!(
+    outln!(
         "{:<14} K/V read per branch would be {:.1} MB; the kernels were charged {:.1} MB",
         "",
         per_branch / 1e6,

@@ -221,7 +221,7 @@ impl OnBackend for Eval {
             )?
         };
         let md = write_report(&a.out, &records, Some(&recorded))?;
-        println!("{md}");
+        outln!("{md}");
         Ok(())
     }
 }
@@ -279,6 +279,6 @@ pub fn report(a: ReportArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    println!("{}", write_report(&out, &all, settings.as_ref())?);
+    outln!("{}", write_report(&out, &all, settings.as_ref())?);
     Ok(())
 }

@@ -136,11 +136,18 @@ impl OnBackend for Generate {
         };
         let t0 = Instant::now();
         let mut stdout = std::io::stdout();
+        // The first failed write (a closed pipe) is kept and ends the command after the
+        // generation, as a one-line error.
+        let mut failed = None;
         let out = generate(&mut runner, &m.tok, &[ids.clone()], &params, |_, s| {
-            let _ = stdout.write_all(s.as_bytes());
-            let _ = stdout.flush();
+            if failed.is_none() {
+                failed = stdout.write_all(s.as_bytes()).and(stdout.flush()).err();
+            }
         })?;
-        println!();
+        if let Some(e) = failed {
+            return Err(e).context("cannot write to stdout");
+        }
+        outln!();
         let secs = t0.elapsed().as_secs_f64();
         let n = out[0].ids.len();
         eprintln!(

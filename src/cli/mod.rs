@@ -1,4 +1,17 @@
 //! Subcommands of the `ponder` binary; each file parses its flags and calls the library.
+
+/// `println!` that returns from the enclosing function with a one-line error when stdout is
+/// gone (a closed pipe, a full disk) instead of panicking as `println!` does; the results
+/// and reports written before it stay.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod bench;
 mod bench_attention;
 mod common;
@@ -61,6 +74,15 @@ enum Cmd {
     FetchModel,
 }
 
+/// Writes to stdout, naming it in the error (see `outln!`).
+pub fn write_stdout(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|_| out.flush())
+        .context("cannot write to stdout")
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let cache = cache_dir(cli.cache_dir.as_deref());
     match cli.cmd {
@@ -88,7 +110,7 @@ pub fn run(cli: Cli) -> Result<()> {
                         dir.display()
                     )
                 })?;
-            println!("{}", dir.display());
+            outln!("{}", dir.display());
             Ok(())
         }
     }

@@ -62,22 +62,21 @@ impl OnBackend for Solve {
         )?;
         let sol = e.solve(method, &a.question, &settings)?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&sol)?);
+            outln!("{}", serde_json::to_string_pretty(&sol)?);
             return Ok(());
         }
         print_solution(
             &sol,
             a.show_tree,
             e.quiet.as_ref().map(|q| q.origin.as_str()),
-        );
-        Ok(())
+        )
     }
 }
 
-fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) {
-    println!("answer: {}", sol.answer.as_deref().unwrap_or("(none)"));
+fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) -> Result<()> {
+    outln!("answer: {}", sol.answer.as_deref().unwrap_or("(none)"));
     if show_tree && !sol.tree.is_empty() {
-        println!("\ntree ({} nodes):", sol.tree.len());
+        outln!("\ntree ({} nodes):", sol.tree.len());
         for (i, n) in sol.tree.iter().enumerate() {
             let score = n
                 .score
@@ -92,7 +91,7 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) {
             let parent = n
                 .parent
                 .map_or("root".to_string(), |p| format!("child of #{p}"));
-            println!(
+            outln!(
                 "{:indent$}#{i} ({parent}) score {score}{} [{} tok] {text}",
                 "",
                 match (n.leaf, n.dropped) {
@@ -110,7 +109,7 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) {
     } else {
         "leaves"
     };
-    println!("\n{what}:");
+    outln!("\n{what}:");
     for (i, v) in sol.votes.iter().enumerate() {
         let score = v
             .scores
@@ -123,31 +122,32 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) {
             .take(120)
             .collect::<String>()
             .replace('\n', " ⏎ ");
-        println!(
+        outln!(
             "  {i}: answer {}{score} [{} tok] {text}",
             v.answer.as_deref().unwrap_or("-"),
             v.tokens
         );
     }
-    println!("\ncost ({}):", sol.method);
+    outln!("\ncost ({}):", sol.method);
     if let Some(o) = quiet_origin {
-        println!("  thought markers          {o}");
+        outln!("  thought markers          {o}");
     }
     if let Some(p) = &sol.prm {
-        println!("  PRM                      {p}");
+        outln!("  PRM                      {p}");
     }
-    println!("  seconds                  {:.3}", sol.seconds);
-    println!("  prompt tokens            {}", sol.prompt_tokens);
-    println!("  generated tokens         {}", sol.generated_tokens);
-    println!("  thought tokens           {}", sol.thought_tokens);
-    println!("  PRM tokens               {}", sol.prm_tokens);
-    println!("  useful FLOPs             {}", sol.flops.useful);
+    outln!("  seconds                  {:.3}", sol.seconds);
+    outln!("  prompt tokens            {}", sol.prompt_tokens);
+    outln!("  generated tokens         {}", sol.generated_tokens);
+    outln!("  thought tokens           {}", sol.thought_tokens);
+    outln!("  PRM tokens               {}", sol.prm_tokens);
+    outln!("  useful FLOPs             {}", sol.flops.useful);
     for (phase, f) in &sol.flops.useful_by_phase {
         if *f > 0 {
-            println!("    {phase:<22} {f}");
+            outln!("    {phase:<22} {f}");
         }
     }
-    println!("  executed FLOPs           {}", sol.flops.executed);
-    println!("  bytes moved              {}", sol.flops.bytes);
-    println!("  study's formula FLOPs    {}", sol.study_flops);
+    outln!("  executed FLOPs           {}", sol.flops.executed);
+    outln!("  bytes moved              {}", sol.flops.bytes);
+    outln!("  study's formula FLOPs    {}", sol.study_flops);
+    Ok(())
 }
