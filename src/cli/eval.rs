@@ -273,8 +273,8 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let same = |d: &PathBuf| d.canonicalize().ok() == out.canonicalize().ok();
     if out.join(ponder::eval::results::RESULTS).exists() && !a.dirs.iter().any(same) {
         bail!(
-            "--out {} holds the results of another run; write the merged report into one of \
-             the folders read or into a new one",
+            "--out {} holds results that are not among the folders read; write the merged \
+             report into one of those folders or into a new one",
             out.display()
         );
     }

@@ -30,6 +30,8 @@ pub struct Loaded {
 
 pub fn parse(text: &str) -> Loaded {
     let mut out = Loaded::default();
+    // A byte-order mark (some editors write one) is not part of the first line's JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -188,6 +190,14 @@ mod tests {
         assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), vec![0, 3]);
         assert_eq!(p[1].gold.as_deref(), Some("3"));
         assert!(select(&parse("bad\n"), &Selection::default()).is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_cost_the_first_row() {
+        let d = parse("\u{feff}{\"question\":\"a\",\"answer\":\"#### 1\"}\r\n{\"question\":\"b\",\"answer\":\"#### 2\"}\r\n");
+        assert!(d.malformed.is_empty(), "{:?}", d.malformed);
+        assert_eq!(d.rows.len(), 2);
+        assert_eq!(d.rows[0].as_ref().unwrap().question, "a");
     }
 
     #[test]

@@ -83,7 +83,15 @@ impl Record {
     /// What every record ponder writes satisfies; a record that does not was edited or
     /// written by something else, and would skew the report.
     pub fn check(&self) -> anyhow::Result<()> {
-        crate::methods::engines::Method::parse(&self.method)?;
+        let m = crate::methods::engines::Method::parse(&self.method)?;
+        // The name exactly: "baseline " would pass the parse but group, key and resume as
+        // a method of its own, counting its problem twice.
+        anyhow::ensure!(
+            m.name() == self.method,
+            "method {:?} is not written as {:?}",
+            self.method,
+            m.name()
+        );
         anyhow::ensure!(self.budget >= 1, "budget {} is not a budget", self.budget);
         anyhow::ensure!(
             self.seconds.is_finite() && self.seconds >= 0.0,
