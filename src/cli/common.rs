@@ -8,7 +8,7 @@ use ponder::methods::common::{Policy, Protocol, Settings};
 use ponder::methods::engines::{Engines, Fleet};
 use ponder::methods::prm::Prm;
 use ponder::methods::quiet_star::{Mode, QuietStar};
-use ponder::model::config::Config;
+use ponder::model::config::{Config, N_AHEAD, N_AHEAD_MEANS};
 use ponder::model::llama::Model;
 use ponder::model::source::{default_model_dir, load, Loaded};
 use ponder::model::tokenizer::Tokenizer;
@@ -65,7 +65,7 @@ pub struct Opts {
     /// Run every vote, step and thought to its limit, ignoring EOS and stop strings.
     #[arg(long)]
     pub fixed_lengths: bool,
-    /// Quiet-STaR thought length n_ahead (start + n_ahead−3 sampled + end); default: the
+    /// Quiet-STaR thought length n_ahead, 4 to 67 (start + n_ahead−3 sampled + end); default: the
     /// checkpoint's `n_ahead` in config.json, else 8.
     #[arg(long)]
     pub n_ahead: Option<usize>,
@@ -121,6 +121,15 @@ impl Opts {
         }
         if self.kv_pages == 0 {
             bail!("--kv-pages must be at least 1");
+        }
+        // Checked again where the thoughts are built (a checkpoint's own n_ahead too); here,
+        // so that a bad flag is refused before a model is loaded.
+        if let Some(n) = self.n_ahead.filter(|n| !N_AHEAD.contains(n)) {
+            bail!(
+                "--n-ahead {n} is outside {}..={} ({N_AHEAD_MEANS})",
+                N_AHEAD.start(),
+                N_AHEAD.end()
+            );
         }
         for (flag, n) in [("--votes", votes), ("--width", width)] {
             check_budget(flag, n)?;
@@ -370,5 +379,19 @@ mod tests {
             .settings()
             .expect_err("width 0 is refused");
         assert!(err.to_string().contains("--width"), "{err}");
+    }
+
+    #[test]
+    fn n_ahead_outside_what_a_thought_can_hold_is_refused_before_loading() {
+        for (n, ok) in [(3, false), (4, true), (8, true), (67, true), (68, false)] {
+            let r = Cli::try_parse_from(["ponder", "--n-ahead", &n.to_string()])
+                .expect("flags parse")
+                .opts
+                .settings();
+            assert_eq!(r.is_ok(), ok, "--n-ahead {n}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("outside 4..=67"), "{e}");
+            }
+        }
     }
 }

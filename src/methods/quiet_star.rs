@@ -9,13 +9,14 @@ use crate::batcher::Input;
 use crate::flops::Phase;
 use crate::generate::{Runner, Want};
 use crate::kv::SeqId;
+use crate::model::config::{N_AHEAD, N_AHEAD_MEANS};
 use crate::model::llama::{Model, Output, ParamSource, Synthetic};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Weights;
 use crate::rng::{child_stream, uniform};
 use crate::sample::Sampling;
 use crate::scheduler::{forward_hidden, Branch, Stepper};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// Stream tag of thought draws: thoughts never consume the output token's random stream, so
@@ -59,10 +60,14 @@ impl<B: Backend> QuietStar<B> {
             _ => None,
         };
         let trained = weights.as_ref().filter(|w| w.has("start_embedding"));
-        let sampled = n_ahead
-            .checked_sub(3)
-            .context("n_ahead must be at least 3")?
-            .max(1);
+        if !N_AHEAD.contains(&n_ahead) {
+            bail!(
+                "--n-ahead {n_ahead} is outside {}..={} ({N_AHEAD_MEANS})",
+                N_AHEAD.start(),
+                N_AHEAD.end()
+            );
+        }
+        let sampled = n_ahead - 3;
         let base_vocab = tok.base_vocab(model.cfg.vocab_size);
         match trained {
             Some(w) => {

@@ -5,6 +5,14 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
 
+/// The thought lengths ponder runs: start marker + n_ahead − 3 sampled tokens + end marker,
+/// with 1 to 64 sampled (each output token owns 64 draws of its branch's stream for its
+/// thought, quiet_star.rs; a longer thought would reuse the next token's).
+pub const N_AHEAD: std::ops::RangeInclusive<usize> = 4..=67;
+/// What N_AHEAD's bounds mean, for error messages.
+pub const N_AHEAD_MEANS: &str =
+    "a thought is a start marker, 1 to 64 sampled tokens and an end marker";
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Config {
     pub model_type: String,
@@ -135,8 +143,12 @@ impl Config {
         if c.hidden_size == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 {
             bail!("hidden_size, num_hidden_layers and vocab_size must be positive");
         }
-        if let Some(n) = c.n_ahead.filter(|&n| n < 3) {
-            bail!("n_ahead {n} is below 3 (a thought is a start marker, sampled tokens and an end marker)");
+        if let Some(n) = c.n_ahead.filter(|n| !N_AHEAD.contains(n)) {
+            bail!(
+                "n_ahead {n} is outside {}..={} ({N_AHEAD_MEANS})",
+                N_AHEAD.start(),
+                N_AHEAD.end()
+            );
         }
         if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
             bail!("attention head counts must be positive");
@@ -322,6 +334,8 @@ mod tests {
             ("eos_token_id", "[2,99999]", "special token id 99999"),
             ("bos_token_id", "10", "special token id 10"),
             ("n_ahead", "2", "n_ahead 2"),
+            ("n_ahead", "3", "n_ahead 3 is outside 4..=67"),
+            ("n_ahead", "68", "n_ahead 68"),
         ] {
             let mut j = base.clone();
             j[key] = serde_json::from_str(value).unwrap();
