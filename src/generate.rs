@@ -395,7 +395,7 @@ pub fn generate<B: Backend>(
                 l.ids.pop();
                 l.done = Some(Finish::Eos);
             }
-            l.text = tok.decode(&l.ids, true)?;
+            l.text = tok.decode_continuation(&prompts[i], &l.ids, true)?;
             if let Some(cut) = first_stop(&l.text, &p.stop) {
                 l.text.truncate(cut);
                 l.done = Some(Finish::Stop);

@@ -60,6 +60,12 @@ impl Branch {
     pub fn generated(&self) -> &[u32] {
         &self.all[self.gen_start..]
     }
+
+    /// The generated tokens' text as it reads after the branch's prompt (special tokens
+    /// skipped; Tokenizer::decode_continuation).
+    pub fn decode(&self, tok: &Tokenizer) -> anyhow::Result<String> {
+        tok.decode_continuation(&self.all[..self.gen_start], self.generated(), true)
+    }
 }
 
 /// Runs `items` (sequence, tokens to append) through the model and returns each sequence's
@@ -459,11 +465,11 @@ pub fn decode<B: Backend>(
             b.draws += 1;
             if !rule.fixed_length && rule.stop_ids.contains(&id) {
                 b.finish = Some(Finish::Eos);
-                b.text = tok.decode(b.generated(), true)?;
+                b.text = b.decode(tok)?;
                 continue;
             }
             b.all.push(id);
-            b.text = tok.decode(b.generated(), true)?;
+            b.text = b.decode(tok)?;
             if !rule.fixed_length {
                 let cut = [
                     first_stop(&b.text, &rule.stop_strings),

@@ -108,6 +108,35 @@ impl Tokenizer {
         }
     }
 
+    /// The text of `ids` as it reads after `context` (the tokens just before them). The
+    /// decoders of SentencePiece tokenizers (Llama, Mistral: Metaspace, or Replace + Strip)
+    /// drop the leading space of a string's first token, so a continuation decoded alone
+    /// loses the space that joins it to its prompt ("step.The" for "step. The"), where the
+    /// reference decodes the whole sequence. So the last few context tokens are decoded
+    /// with `ids` and their own text removed; when that text is not a prefix of the whole
+    /// (a character split across the seam), `ids` alone. Byte-level BPE decodes by
+    /// concatenation, so there this gives what `decode(ids)` gives.
+    pub fn decode_continuation(
+        &self,
+        context: &[u32],
+        ids: &[u32],
+        skip_special: bool,
+    ) -> Result<String> {
+        // A seam needs one context token; a few more let a multi-token character or a
+        // special token just before it decode as it does inside the whole sequence.
+        const WINDOW: usize = 4;
+        let ctx = &context[context.len().saturating_sub(WINDOW)..];
+        if ctx.is_empty() || ids.is_empty() || matches!(self.kind, Kind::Bytes { .. }) {
+            return self.decode(ids, skip_special);
+        }
+        let head = self.decode(ctx, skip_special)?;
+        let whole = self.decode(&[ctx, ids].concat(), skip_special)?;
+        match whole.strip_prefix(head.as_str()) {
+            Some(rest) => Ok(rest.to_string()),
+            None => self.decode(ids, skip_special),
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match &self.kind {
             Kind::Hf(t) => t.get_vocab_size(true),
@@ -254,5 +283,55 @@ mod tests {
         assert_eq!(plain.base_vocab(10), 4);
         assert_eq!(plain.base_vocab(2), 2);
         assert_eq!(Tokenizer::bytes(512).base_vocab(600), 512);
+    }
+
+    /// A Llama/Mistral-style decoder (▁ for spaces, byte fallback, the first space
+    /// stripped) over a word-level vocabulary, with `<s>` as a special token.
+    fn sentencepiece_tokenizer() -> Tokenizer {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,
+          "added_tokens":[{"id":0,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+          "normalizer":null,"pre_tokenizer":{"type":"WhitespaceSplit"},"post_processor":null,
+          "decoder":{"type":"Sequence","decoders":[
+            {"type":"Replace","pattern":{"String":"▁"},"content":" "},
+            {"type":"ByteFallback"},{"type":"Fuse"},
+            {"type":"Strip","content":" ","start":1,"stop":0}]},
+          "model":{"type":"WordLevel","vocab":{"<s>":0,"▁step.":1,"▁The":2,"▁total":3,"<unk>":4,
+            "<0xC3>":5,"<0xA9>":6},"unk_token":"<unk>"}}"#;
+        let dir = std::env::temp_dir().join(format!("ponder-tok-sp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+        let t = Tokenizer::from_dir(&dir, Some(0), vec![]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        t
+    }
+
+    #[test]
+    fn a_continuation_keeps_the_space_that_joins_it_to_its_prompt() {
+        let t = sentencepiece_tokenizer();
+        // Alone, the decoder strips the first token's space; after its prompt it is kept,
+        // as in the whole sequence's text.
+        assert_eq!(t.decode(&[2, 3], true).unwrap(), "The total");
+        assert_eq!(t.decode(&[0, 1, 2, 3], true).unwrap(), "step. The total");
+        assert_eq!(
+            t.decode_continuation(&[0, 1], &[2, 3], true).unwrap(),
+            " The total"
+        );
+        // A prompt of only special tokens: the whole sequence starts with the continuation.
+        assert_eq!(
+            t.decode_continuation(&[0], &[2, 3], true).unwrap(),
+            "The total"
+        );
+        // A character split across the seam (é as two byte tokens): the continuation alone.
+        assert_eq!(t.decode(&[1, 5, 6], true).unwrap(), "step.é");
+        let split = t.decode_continuation(&[1, 5], &[6], true).unwrap();
+        assert_eq!(split, t.decode(&[6], true).unwrap());
+        // Nothing generated yet, or no prompt: as decode.
+        assert_eq!(t.decode_continuation(&[1], &[], true).unwrap(), "");
+        assert_eq!(t.decode_continuation(&[], &[2], true).unwrap(), "The");
+        // Byte-level tokenizers decode by concatenation: unchanged.
+        let b = Tokenizer::bytes(512);
+        let ids = b.encode(" x y").unwrap();
+        let ctx = b.encode("a.").unwrap();
+        assert_eq!(b.decode_continuation(&ctx, &ids, true).unwrap(), " x y");
     }
 }
