@@ -6,8 +6,8 @@ use super::results::ResultsFile;
 use crate::account;
 use crate::backend::Backend;
 use crate::batcher::Batcher;
-use crate::methods::answer::normalise_number;
-use crate::methods::common::{Settings, Solution};
+use crate::methods::answer::{first_integer, normalise_number};
+use crate::methods::common::{Protocol, Settings, Solution};
 use crate::methods::engines::{Engines, Method};
 use crate::rng::mix64;
 use anyhow::Result;
@@ -47,14 +47,26 @@ impl Plan {
     }
 }
 
-/// Whether a prediction matches the gold answer (numbers compared by value).
-pub fn is_correct(pred: Option<&str>, gold: Option<&str>) -> bool {
-    match (pred, gold) {
-        (Some(p), Some(g)) => match (normalise_number(p), normalise_number(g)) {
-            (Some(a), Some(b)) => a == b,
-            _ => p.trim() == g.trim(),
-        },
-        _ => false,
+/// Whether a prediction matches the gold answer as the method's reference grades it
+/// (numbers compared by value). The study (baseline, Quiet-STaR, REBASE under `--protocol
+/// seed`) reads the gold with the same `\d+` as the prediction (protocol.md), so its sign
+/// is not part of it: gold "-7" is 7, which an unsigned prediction can match. Wu et al.'s
+/// grader (`signed`: REBASE under `--protocol wu`) compares the numbers as written.
+pub fn is_correct(pred: Option<&str>, gold: Option<&str>, signed: bool) -> bool {
+    let (Some(p), Some(g)) = (pred, gold) else {
+        return false;
+    };
+    let g = if signed {
+        g.to_string()
+    } else {
+        match first_integer(g) {
+            Some(g) => g,
+            None => return false,
+        }
+    };
+    match (normalise_number(p), normalise_number(&g)) {
+        (Some(a), Some(b)) => a == b,
+        _ => p.trim() == g.trim(),
     }
 }
 
@@ -153,7 +165,8 @@ pub fn run<B: Backend>(
                         continue;
                     }
                 };
-                let ok = is_correct(sol.answer.as_deref(), p.gold.as_deref());
+                let signed = method.uses_prm() && plan.settings.protocol == Protocol::Wu;
+                let ok = is_correct(sol.answer.as_deref(), p.gold.as_deref(), signed);
                 let rec = Record::new(
                     &sol,
                     budget,
@@ -272,7 +285,7 @@ fn fmt_secs(s: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{bar, other_budgets};
+    use super::{bar, is_correct, other_budgets};
     use crate::methods::engines::Method;
 
     #[test]
@@ -295,6 +308,20 @@ mod tests {
         // Same budgets, or a method this run does not run: nothing to say.
         assert!(other_budgets(&held, &[(Method::Baseline, 6)]).is_empty());
         assert!(other_budgets(&held, &[(Method::Combined, 2)]).is_empty());
+    }
+
+    #[test]
+    fn gold_answers_are_graded_as_each_reference_grades_them() {
+        // The study: `\d+` on both sides, so a negative gold is its digits.
+        assert!(is_correct(Some("7"), Some("-7"), false));
+        assert!(is_correct(Some("1234"), Some("1234"), false));
+        assert!(!is_correct(Some("8"), Some("-7"), false));
+        assert!(!is_correct(None, Some("7"), false));
+        // Wu et al.: signed numbers by value.
+        assert!(is_correct(Some("-7"), Some("-7"), true));
+        assert!(is_correct(Some("-7.0"), Some("-7"), true));
+        assert!(!is_correct(Some("7"), Some("-7"), true));
+        assert!(!is_correct(Some("7"), None, true));
     }
 
     #[test]

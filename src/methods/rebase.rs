@@ -8,7 +8,7 @@ use super::answer::{last_integer, study_is_leaf, wu_answer, wu_is_leaf};
 use super::common::{Meter, Policy, Protocol, Settings, Solution, Tally, TreeNode, Vote};
 use super::prm::Prm;
 use super::quiet_star::{QuietStar, ThoughtStep};
-use super::voting::{best_of_n, weighted_majority, Aggregate};
+use super::voting::{best_of_n, wu_vote, Aggregate};
 use crate::backend::Backend;
 use crate::generate::Finish;
 use crate::rng::child_stream;
@@ -113,7 +113,7 @@ pub fn solve<B: Backend>(
                 .iter()
                 .map(|v| (v.answer.clone(), v.scores.last().copied().unwrap_or(0.0)))
                 .collect();
-            weighted_majority(&w).map(|(a, _)| a)
+            wu_vote(&w)
         }
     };
     tally.prm = prm.tokens - prm_tokens0;

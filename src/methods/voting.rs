@@ -49,6 +49,10 @@ pub fn majority(answers: &[Option<String>]) -> Option<(String, usize)> {
     best.map(|(a, n)| (a.to_string(), n))
 }
 
+/// What Wu et al.'s extraction returns for a leaf without an answer; in their vote it is a
+/// group like any other, and when it wins the problem has no answer.
+pub const INVALID: &str = "[invalid]";
+
 /// Weighted majority vote: answers are grouped as in [`majority`], a group's weight is
 /// the sum of its members' scores, the heaviest group wins and is returned in its
 /// first-seen spelling with its weight.
@@ -64,9 +68,11 @@ pub fn majority(answers: &[Option<String>]) -> Option<(String, usize)> {
 /// [`majority`]'s (the study's `Counter` rule).
 ///
 /// `None` answers are ignored (Wu et al. vote with an "[invalid]" string instead; pass
-/// `Some("[invalid]")` to reproduce that). Non-finite scores count as 0: a PRM
+/// `Some(INVALID)` to reproduce that). Non-finite scores count as 0: a PRM
 /// probability that is NaN or infinite means the score failed, and one such value must
-/// not decide or poison a group.
+/// not decide or poison a group. No group wins with a total of 0 or less: Wu et al.'s scan
+/// starts its maximum at 0 and only a larger weight replaces it, so leaves that all score 0
+/// give no answer.
 pub fn weighted_majority(answers: &[(Option<String>, f64)]) -> Option<(String, f64)> {
     let groups = groups(answers.iter().map(|(a, w)| {
         let w = if w.is_finite() { *w } else { 0.0 };
@@ -77,6 +83,9 @@ pub fn weighted_majority(answers: &[(Option<String>, f64)]) -> Option<(String, f
         .map(|(_, members)| members.iter().map(|&(_, w)| w).sum())
         .collect();
     let max = totals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if max <= 0.0 {
+        return None;
+    }
     let mut best: Option<(usize, usize)> = None; // (position reached, group)
     for (g, (_, members)) in groups.iter().enumerate() {
         if totals[g] != max {
@@ -97,6 +106,19 @@ pub fn weighted_majority(answers: &[(Option<String>, f64)]) -> Option<(String, f
         }
     }
     best.map(|(_, g)| (groups[g].0.to_string(), totals[g]))
+}
+
+/// Wu et al.'s answer for a set of leaves (answer, last-step score): the weighted majority
+/// vote in which leaves without an answer form the "[invalid]" group, which can win (and
+/// then the problem has no answer) rather than be left out.
+pub fn wu_vote(leaves: &[(Option<String>, f64)]) -> Option<String> {
+    let w: Vec<(Option<String>, f64)> = leaves
+        .iter()
+        .map(|(a, s)| (Some(a.clone().unwrap_or_else(|| INVALID.to_string())), *s))
+        .collect();
+    weighted_majority(&w)
+        .map(|(a, _)| a)
+        .filter(|a| a != INVALID)
 }
 
 /// How a path's step scores become one score for best-of-N.
@@ -224,9 +246,30 @@ mod tests {
             majority(&votes(&["A", "B", "B", "A"])),
             Some(("A".into(), 2))
         );
-        // All-zero weights: the first group reaches 0 first.
+        // All-zero weights: nothing beats Wu et al.'s starting maximum of 0, no answer.
         let r = weighted_majority(&weighted(&[("A", 0.0), ("B", 0.0)]));
-        assert_eq!(r, Some(("A".to_string(), 0.0)));
+        assert_eq!(r, None);
+    }
+
+    #[test]
+    fn wu_vote_counts_leaves_without_an_answer_as_a_group() {
+        let leaf = |a: Option<&str>, s: f64| (a.map(str::to_string), s);
+        // Two answerless leaves outweigh the one answer: no answer, as in Wu et al.
+        let l = [leaf(None, 0.5), leaf(Some("5"), 0.7), leaf(None, 0.4)];
+        assert_eq!(wu_vote(&l), None);
+        // Lighter than the answer: the answer wins, as if they were left out.
+        let l = [
+            leaf(None, 0.2),
+            leaf(Some("5"), 0.7),
+            leaf(Some("5.0"), 0.1),
+        ];
+        assert_eq!(wu_vote(&l), Some("5".to_string()));
+        assert_eq!(
+            wu_vote(&[leaf(Some("5"), 0.0)]),
+            None,
+            "a weight of 0 never wins"
+        );
+        assert_eq!(wu_vote(&[]), None);
     }
 
     #[test]
