@@ -65,14 +65,26 @@ impl<'a, B: Backend> Prm<'a, B> {
         Ok(b)
     }
 
-    /// The PRM text of a path of steps (each step's text as generated, without "Step k:").
+    /// The PRM text of a path of steps, each as generated: "Step k: " before it and the
+    /// tag after it, unless the step already has them (a `--protocol wu` policy writes its
+    /// own "Step k: … ки", which the PRM must read once, as Wu et al.'s PRM reads the
+    /// policy's text as it is).
     pub fn path_text(question: &str, steps: &[String]) -> String {
         let mut t = format!("{question} ");
         for (i, s) in steps.iter().enumerate() {
             if i > 0 {
                 t.push('\n');
             }
-            t.push_str(&format!("Step {}: {}{STEP_TAG}", i + 1, s.trim()));
+            let s = s.trim();
+            let head = format!("Step {}:", i + 1);
+            if !s.starts_with(&head) {
+                t.push_str(&head);
+                t.push(' ');
+            }
+            t.push_str(s);
+            if !s.ends_with(STEP_TAG.trim_start()) {
+                t.push_str(STEP_TAG);
+            }
         }
         t
     }
@@ -176,6 +188,17 @@ mod tests {
             "Q? Step 1: Tom has 3. ки\nStep 2: 3 + 4 = 7. ки"
         );
         assert_eq!(Prm::<Cpu>::path_text("Q?", &[]), "Q? ");
+        // A policy that writes the format itself (--protocol wu) is read once, not twice;
+        // A header with another step's number is text, not the step's own header.
+        let own = vec![
+            "Step 1: Tom has 3. ки".to_string(),
+            " Step 2: 3 + 4 = 7. ки\n".to_string(),
+            "Step 2: again".to_string(),
+        ];
+        assert_eq!(
+            Prm::<Cpu>::path_text("Q?", &own),
+            "Q? Step 1: Tom has 3. ки\nStep 2: 3 + 4 = 7. ки\nStep 3: Step 2: again ки"
+        );
         // A child's text extends its parent's, so its PRM pass feeds only the new step.
         let parent = Prm::<Cpu>::path_text("Q?", &steps[..1]);
         assert!(Prm::<Cpu>::path_text("Q?", &steps).starts_with(&parent));
