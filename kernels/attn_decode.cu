@@ -1,14 +1,16 @@
 // Paged decode attention (one new token per sequence), split-K over the sequence, plus the
 // log-sum-exp merge of the splits (and of the shared-prefix partial from attn_tree.cu).
 //
-// attn_decode: grid (splits, hk, items), block 128, dynamic shared memory
+// attn_decode: grid (items, hk, splits), block 128, dynamic shared memory
 //   4 * (group*hd + group*chunk + lanes*group*hd + 2*group) bytes, lanes = 128 / (hd/2).
 //   One block = one KV head × one split of `chunk` keys of one sequence, for all `group`
 //   query heads of that KV head together (each K/V row is read once for the group):
 //   scores into shared memory, an exact softmax over the split, then P·V.
 //   direct = 1 (a single split, no prefix): writes the bf16 output itself. Else writes the
 //   normalised partial o and lse = max + log(sum) into slot `split` of its item.
-//   Items (4 ints): q row, first key, end key (exclusive), page-table offset.
+//   Items (4 ints): q row, first key, end key (exclusive), page-table offset. Items are on
+//   grid x (up to 2^31 - 1; one per decoding token of a batch, which can pass grid z's 65535
+//   with thousands of branches in flight), splits (at most 63) on z.
 // attn_merge: grid (items, hq), block 64: out = Σ_s e^(lse_s − M)·o_s / Σ_s e^(lse_s − M).
 #include "common.cuh"
 
@@ -46,17 +48,18 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode(const Deco
     float* sc = qs + G * HD;           // [G][chunk]
     float* red = sc + G * P.chunk;     // [lanes][G][HD]
     float* stats = red + lanes * G * HD;  // max [G], sum [G]
-    const int* it = P.items + 4 * blockIdx.z;
+    const int item = blockIdx.x;
+    const int* it = P.items + 4 * (size_t)item;
     const int q_row = it[0];
     const uint32_t* pages = P.pages + it[3];
-    const int split = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x;
+    const int split = blockIdx.z, kvh = blockIdx.y, tid = threadIdx.x;
     const int lo = it[1] + split * P.chunk;
     const int hi = min(it[2], lo + P.chunk);
     const int n = hi - lo;
     if (n <= 0) {  // an empty split (partial mode only): contributes nothing to the merge
         for (int idx = tid; idx < G * HD; idx += DEC_THREADS) {
             const size_t base =
-                ((size_t)blockIdx.z * P.n_slots + split) * P.hq + kvh * G + idx / HD;
+                ((size_t)item * P.n_slots + split) * P.hq + kvh * G + idx / HD;
             P.o_part[base * HD + idx % HD] = 0.0f;
             if (idx % HD == 0) P.lse_part[base] = NEG_INF;
         }
@@ -151,7 +154,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode(const Deco
         if (P.direct) {
             P.out[(size_t)q_row * P.hq * HD + head * HD + d] = f2bf(val);
         } else {
-            const size_t base = ((size_t)blockIdx.z * P.n_slots + split) * P.hq + head;
+            const size_t base = ((size_t)item * P.n_slots + split) * P.hq + head;
             P.o_part[base * HD + d] = val;
             if (d == 0) P.lse_part[base] = stats[h] + logf(stats[G + h]);
         }

@@ -295,7 +295,7 @@ impl Cuda {
         let smem = 4 * (group * hd + group * meta.chunk + lanes * group * hd + 2 * group);
         self.launch_struct(
             "attn_decode",
-            (meta.splits as u32, hk as u32, n as u32),
+            (n as u32, hk as u32, meta.splits as u32),
             DEC_THREADS as u32,
             smem as u32,
             &p,

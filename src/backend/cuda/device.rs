@@ -21,8 +21,50 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static> E
 
 /// A device buffer: GPU memory, or the emulator's host memory.
 pub enum DSlice<T> {
-    Gpu(CudaSlice<T>),
+    Gpu(GpuBuf<T>),
     Host(HostBuf<T>),
+}
+
+/// A cudarc buffer whose drop first makes its context current on the dropping thread:
+/// cudarc frees with cuMemFreeAsync without binding it, and with problems in flight a buffer
+/// is often dropped by a worker thread other than the one whose pass made it (the batcher
+/// hands outputs around), possibly before that worker has made any CUDA call of its own.
+/// Without a current context the free fails, the buffer leaks, and the recorded error
+/// surfaces at some later, unrelated call.
+pub struct GpuBuf<T>(std::mem::ManuallyDrop<CudaSlice<T>>);
+
+impl<T> GpuBuf<T> {
+    fn new(b: CudaSlice<T>) -> Self {
+        GpuBuf(std::mem::ManuallyDrop::new(b))
+    }
+}
+
+impl<T> std::ops::Deref for GpuBuf<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for GpuBuf<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.0
+    }
+}
+
+impl<T> Drop for GpuBuf<T> {
+    fn drop(&mut self) {
+        let ctx = self.0.stream().context().cu_ctx();
+        // Not bind_to_thread: it would first take (and so lose) an error recorded earlier,
+        // which the next checked call must still report.
+        if result::ctx::get_current().ok().flatten() != Some(ctx) {
+            // SAFETY: the context outlives its buffers (each holds its stream, which holds
+            // the context); making it current only changes this thread's binding.
+            let _ = unsafe { result::ctx::set_current(ctx) };
+        }
+        // SAFETY: dropped once, here; the field is never used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
+    }
 }
 
 impl<T> DSlice<T> {
@@ -113,21 +155,23 @@ impl Device {
     pub fn alloc<T: Elem>(&self, n: usize) -> Result<DSlice<T>> {
         Ok(match self {
             // SAFETY: handed out uninitialised; every caller's kernel writes it first.
-            Device::Gpu(g) => DSlice::Gpu(unsafe { g.stream.alloc::<T>(n.max(1)) }?),
+            Device::Gpu(g) => DSlice::Gpu(GpuBuf::new(unsafe { g.stream.alloc::<T>(n.max(1)) }?)),
             Device::Emu(_) => DSlice::Host(HostBuf::filled(n, 0xff)?),
         })
     }
 
     pub fn alloc_zeros<T: Elem>(&self, n: usize) -> Result<DSlice<T>> {
         Ok(match self {
-            Device::Gpu(g) => DSlice::Gpu(g.stream.alloc_zeros::<T>(n.max(1))?),
+            Device::Gpu(g) => DSlice::Gpu(GpuBuf::new(g.stream.alloc_zeros::<T>(n.max(1))?)),
             Device::Emu(_) => DSlice::Host(HostBuf::filled(n, 0)?),
         })
     }
 
     pub fn upload<T: Elem>(&self, v: &[T]) -> Result<DSlice<T>> {
         match self {
-            Device::Gpu(g) if !v.is_empty() => Ok(DSlice::Gpu(g.stream.clone_htod(v)?)),
+            Device::Gpu(g) if !v.is_empty() => {
+                Ok(DSlice::Gpu(GpuBuf::new(g.stream.clone_htod(v)?)))
+            }
             _ => {
                 let mut b = self.alloc::<T>(v.len())?;
                 self.write_at(&mut b, 0, v)?;
@@ -138,7 +182,13 @@ impl Device {
 
     pub fn download<T: Elem>(&self, b: &DSlice<T>) -> Result<Vec<T>> {
         match (self, b) {
-            (Device::Gpu(g), DSlice::Gpu(b)) => Ok(g.stream.clone_dtoh(b)?),
+            (Device::Gpu(g), DSlice::Gpu(b)) => {
+                let v = g.stream.clone_dtoh(&**b)?;
+                // A copy into pageable memory returns once it is done on today's drivers,
+                // but the API only promises "might be synchronous"; the host reads `v` next.
+                g.stream.synchronize().context("CUDA stream")?;
+                Ok(v)
+            }
             (Device::Emu(_), DSlice::Host(h)) => {
                 let mut v = vec![T::default(); h.len];
                 // SAFETY: h holds h.len elements; no launch runs concurrently on this backend
@@ -263,6 +313,24 @@ impl Device {
         }
     }
 
+    /// Returns the memory pool's unused memory to the driver (GPU; best effort: after a
+    /// failed allocation, the error being reported matters more).
+    pub fn trim_pool(&self) {
+        if let Device::Gpu(g) = self {
+            let _ = g.stream.synchronize();
+            let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+            // SAFETY: plain driver calls on this context's device; `pool` outlives them.
+            unsafe {
+                if sys::cuDeviceGetDefaultMemPool(&mut pool, g.ctx.cu_device())
+                    == sys::cudaError_enum::CUDA_SUCCESS
+                    && !pool.is_null()
+                {
+                    let _ = sys::cuMemPoolTrimTo(pool, 0);
+                }
+            }
+        }
+    }
+
     pub fn synchronize(&self) -> Result<()> {
         if let Device::Gpu(g) = self {
             g.stream.synchronize().context("CUDA stream")?;
@@ -276,6 +344,19 @@ impl Device {
         if !unsafe { sys::is_culib_present() } {
             anyhow::bail!("no CUDA driver (libcuda.so.1 not found); use --device cpu");
         }
+        // The kernels are built by nvcc 13.0: an older driver cannot load them, and would
+        // otherwise fail later with advice about compute capabilities that does not apply.
+        let mut driver = 0;
+        // SAFETY: writes one int; needs no context or cuInit.
+        let got = unsafe { sys::cuDriverGetVersion(&mut driver) };
+        if got == sys::cudaError_enum::CUDA_SUCCESS && driver < 13000 {
+            anyhow::bail!(
+                "the CUDA driver supports CUDA {}.{} only; ponder's kernels are built with CUDA \
+                 13.0 and need a driver for CUDA 13 or newer (R580+)",
+                driver / 1000,
+                driver % 1000 / 10
+            );
+        }
         let n = CudaContext::device_count()
             .map_err(|e| anyhow!("the CUDA driver found no usable GPU ({e})"))?;
         if n <= 0 || ordinal >= n as usize {
@@ -285,6 +366,21 @@ impl Device {
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             anyhow::bail!(
                 "cuBLAS (libcublas.so.13) not found: install the CUDA 13 runtime libraries"
+            );
+        }
+        // cudarc accepts any libcublas.so.N it finds; its bindings are CUDA 13's.
+        let mut major = 0;
+        // SAFETY: writes one int; needs no handle.
+        let got = unsafe {
+            cudarc::cublas::sys::cublasGetProperty(
+                cudarc::cublas::sys::libraryPropertyType::MAJOR_VERSION,
+                &mut major,
+            )
+        };
+        if got == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && major < 13 {
+            anyhow::bail!(
+                "the cuBLAS found is version {major}; ponder needs cuBLAS 13 (libcublas.so.13, \
+                 the CUDA 13 runtime libraries)"
             );
         }
         let ctx = CudaContext::new(ordinal).context("cannot create a CUDA context")?;

@@ -140,15 +140,26 @@ impl Cuda {
             shape.pages,
             shape.page_size
         );
-        let (k, v) = if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
-            (self.alloc_bf16(n)?, self.alloc_bf16(n)?)
-        } else {
-            (
-                self.dev().alloc_zeros::<u16>(n)?,
-                self.dev().alloc_zeros::<u16>(n)?,
-            )
+        let both = || -> Result<_> {
+            Ok(if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
+                (self.alloc_bf16(n)?, self.alloc_bf16(n)?)
+            } else {
+                (
+                    self.dev().alloc_zeros::<u16>(n)?,
+                    self.dev().alloc_zeros::<u16>(n)?,
+                )
+            })
         };
-        Ok(CudaKv { shape, k, v })
+        match both() {
+            Ok((k, v)) => Ok(CudaKv { shape, k, v }),
+            Err(e) => {
+                // A K buffer made before its V failed went back to the memory pool, which
+                // keeps what it is given (device.rs): hand it to the driver, so that a
+                // smaller retry (fewer problems in flight) and cuBLAS can have it.
+                self.dev().trim_pool();
+                Err(e)
+            }
+        }
     }
 
     pub(super) fn copy_pages_impl(&self, kv: &mut CudaKv, copies: &[PageCopy]) -> Result<()> {
