@@ -218,6 +218,40 @@ fn same_seed_same_result_whatever_the_batching_or_pool_size() {
     assert_ne!(texts(&a), texts(&other));
 }
 
+/// Quiet-STaR's pages beyond the baseline's are what a step really needs: a 3-token thought
+/// (n_ahead 4) fits in the page its fork copies, so its smallest pool is the baseline's plus
+/// one page of 16 tokens (a fixed allowance of ceil(3 / 16) + 2 pages had made it three), and
+/// in that pool it samples what it samples with room to spare.
+#[test]
+fn quiet_star_needs_only_the_pages_its_thoughts_take() {
+    let (be, m) = tiny();
+    let s = Settings {
+        votes: 1,
+        max_tokens: 30,
+        answer_tokens: 4,
+        fixed_lengths: true,
+        ..settings()
+    };
+    let qs = QuietStar::new(&be, &m.model, &m.tok, None, true, 4).unwrap();
+    let solve = |pages: usize, quiet: bool| {
+        let mut p = Policy {
+            runner: Runner::new(&be, &m.model, pages, 16).unwrap(),
+            tok: &m.tok,
+        };
+        let sol = baseline::solve(&mut p, quiet.then_some(&qs), Q, &s);
+        if sol.is_ok() {
+            assert_eq!(p.runner.pool.free_pages(), pages, "every page is returned");
+        }
+        sol
+    };
+    let smallest = |quiet: bool| (1..64).find(|&n| solve(n, quiet).is_ok()).unwrap();
+    let base = smallest(false);
+    let quiet = smallest(true);
+    assert_eq!(quiet, base + 1, "baseline {base} pages, Quiet-STaR {quiet}");
+    let roomy = solve(4096, true).unwrap();
+    assert_eq!(texts(&solve(quiet, true).unwrap()), texts(&roomy));
+}
+
 #[test]
 fn rebase_builds_a_tree_and_scores_it() {
     let (be, m) = tiny();

@@ -315,12 +315,24 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
 
     fn extra_pages(&self, b: &Branch, page_size: usize) -> usize {
         let thought = self.qs.sampled + 2;
+        let l = b.all.len();
         match self.mode {
-            // The fork's copy of a partial page plus the thought's own pages.
-            // (One more: the start marker's slot in the branch, until the fork takes it.)
-            Mode::Incremental => thought.div_ceil(page_size) + 2,
+            // Exactly what a step needs beyond the branch's own l tokens, in the larger of
+            // its two ways (`logits`): (a) the start marker goes into the branch at slot l,
+            // then a fork of those l + 1 tokens copies their partial last page and grows to
+            // l + thought; (b) the fork of the l tokens copies theirs and takes the marker.
+            // A fixed allowance of ceil(thought / page) + 2 refused pools that could hold
+            // the step (a thought that fits in the copied page needs that page only).
+            Mode::Incremental => {
+                let pages = |n: usize| n.div_ceil(page_size);
+                let partial = |n: usize| usize::from(n % page_size != 0);
+                let marker_in_branch =
+                    pages(l + 1) - pages(l) + partial(l + 1) + pages(l + thought) - pages(l + 1);
+                let marker_in_fork = partial(l) + pages(l + thought) - pages(l);
+                marker_in_branch.max(marker_in_fork)
+            }
             // The scratch sequence: the base block and one block per thought token.
-            Mode::Parallel => ((thought + 1) * b.all.len()).div_ceil(page_size),
+            Mode::Parallel => ((thought + 1) * l).div_ceil(page_size),
         }
     }
 }
