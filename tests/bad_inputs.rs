@@ -92,6 +92,36 @@ fn missing_weights() {
     generate_with("missing_weights", &["model.safetensors"]);
 }
 
+/// A shard index that is no regular file (/dev/zero never ends, a FIFO blocks forever) is
+/// refused by name before it is read.
+#[cfg(unix)]
+#[test]
+fn a_shard_index_that_is_no_file() {
+    let dir = std::env::temp_dir().join(format!("ponder-bad-index-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        Path::new(&case("missing_tensor")).join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("model.safetensors.index.json")).unwrap();
+    let m = dir.display().to_string();
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ],
+        &["model.safetensors.index.json is not a regular file"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn missing_model_directory() {
     generate_with("no_such_model", &["does not exist"]);

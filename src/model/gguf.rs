@@ -4,7 +4,7 @@
 //! huge allocation.
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 mod quant;
@@ -135,6 +135,9 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<GgufTensorInfo>,
+    /// Index into `tensors` by name: a lookup per expected tensor must not scan them all
+    /// (a file of many thousands would make an import quadratic).
+    by_name: HashMap<String, usize>,
     pub alignment: usize,
     /// Absolute file offset of the data section.
     pub data_start: usize,
@@ -197,9 +200,9 @@ impl GgufFile {
             align_up(r.pos as u64, alignment).context("data section offset overflows")?;
         let file_len = map.len() as u64;
         let mut tensors = Vec::with_capacity(infos.len());
-        let mut seen = std::collections::HashSet::new();
+        let mut by_name = HashMap::with_capacity(infos.len());
         for (name, dims, ggml_type, offset) in infos {
-            if !seen.insert(name.clone()) {
+            if by_name.insert(name.clone(), tensors.len()).is_some() {
                 bail!("tensor {name:?} appears twice");
             }
             let t = check_tensor(
@@ -212,6 +215,7 @@ impl GgufFile {
             version,
             metadata,
             tensors,
+            by_name,
             alignment: alignment as usize,
             data_start: data_start as usize,
             map,
@@ -223,7 +227,7 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The tensor's raw bytes. Checked again here because `t` may not come from this file.

@@ -212,6 +212,11 @@ impl<'a> Plan<'a> {
                 g.tensors.len()
             );
         }
+        // The config it would write must be one ponder loads (dimensions past any model's
+        // are refused there): refuse it before its tensors are looked up, rather than write
+        // a model that cannot be opened.
+        crate::model::config::Config::from_json(&plan.config_json()?)
+            .context("the model the GGUF describes")?;
         plan.map_tensors(g)?;
         Ok(plan)
     }
@@ -290,11 +295,9 @@ impl<'a> Plan<'a> {
                 unpermute_heads,
             });
         }
-        if let Some(t) = g
-            .tensors
-            .iter()
-            .find(|t| !self.tensors.iter().any(|o| o.src.name == t.name))
-        {
+        let used: std::collections::HashSet<&str> =
+            self.tensors.iter().map(|o| o.src.name.as_str()).collect();
+        if let Some(t) = g.tensors.iter().find(|t| !used.contains(t.name.as_str())) {
             bail!(
                 "tensor {:?} has no counterpart in a llama model (unsupported variant)",
                 t.name

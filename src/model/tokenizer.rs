@@ -32,8 +32,14 @@ impl Tokenizer {
         for p in [&path, &dir.join("tokenizer_config.json")] {
             super::refuse_non_regular(p, "")?;
         }
-        let tk = tokenizers::Tokenizer::from_file(&path)
+        let mut tk = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        // ponder encodes whole prompts and checks their length itself: a file's truncation
+        // (which panics inside the crate when its stride is not below its max_length) and
+        // padding (which can ask for terabytes of pad tokens) are never wanted.
+        tk.with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+        tk.with_padding(None);
         let mut chat_template = None;
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.exists() {
@@ -177,6 +183,9 @@ impl Tokenizer {
             None => bail!("this model has no chat template (tokenizer_config.json chat_template)"),
         };
         let mut env = minijinja::Environment::new();
+        // A template is code from the model folder: bound its work, so that a runaway loop
+        // ends as an error rather than a hang (real chat templates take a few thousand).
+        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
         env.add_template("chat", tpl)
             .map_err(|e| anyhow::anyhow!("bad chat template: {e}"))?;
         let bos = match self.bos {
@@ -199,6 +208,9 @@ impl Tokenizer {
             .map_err(|e| anyhow::anyhow!("chat template failed: {e}"))
     }
 }
+
+/// Instructions a chat template may run (minijinja's fuel).
+const CHAT_TEMPLATE_FUEL: u64 = 1_000_000;
 
 /// Private-use plane 16: U+100000 + id stands for token `id` when it is not plain text.
 const ESCAPE_BASE: u32 = 0x10_0000;
@@ -303,6 +315,50 @@ mod tests {
         let t = Tokenizer::from_dir(&dir, Some(0), vec![]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         t
+    }
+
+    /// The word tokenizer with `settings` spliced over its null truncation and padding.
+    fn word_tokenizer_with(settings: &str, tag: &str) -> Tokenizer {
+        let json = format!(
+            r#"{{"version":"1.0",{settings},"added_tokens":[],
+              "normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
+              "decoder":null,"model":{{"type":"WordLevel","vocab":{{"a":0,"b":1,"c":2,"<unk>":3}},
+              "unk_token":"<unk>"}}}}"#
+        );
+        let dir = std::env::temp_dir().join(format!("ponder-tok-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            r#"{"chat_template":"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"}"#,
+        )
+        .unwrap();
+        let t = Tokenizer::from_dir(&dir, None, vec![]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        t
+    }
+
+    #[test]
+    fn a_files_truncation_padding_and_runaway_template_are_not_obeyed() {
+        // A stride not below max_length made the tokenizers crate panic; padding to 2^40
+        // tokens aborted on the allocation. ponder encodes whole prompts, unpadded.
+        for (tag, settings) in [
+            (
+                "trunc",
+                r#""truncation":{"max_length":1,"strategy":"LongestFirst","stride":5,"direction":"Right"},"padding":null"#,
+            ),
+            (
+                "pad",
+                r#""truncation":null,"padding":{"strategy":{"Fixed":1099511627776},"direction":"Right","pad_to_multiple_of":null,"pad_id":0,"pad_type_id":0,"pad_token":"<unk>"}"#,
+            ),
+        ] {
+            let t = word_tokenizer_with(settings, tag);
+            assert_eq!(t.encode("a b c a").unwrap(), vec![0, 1, 2, 0], "{tag}");
+            assert_eq!(t.base_vocab(10), 4);
+            // 10^10 loop turns: out of fuel, an error rather than a hang.
+            let e = t.chat_prompt("hi").unwrap_err().to_string();
+            assert!(e.contains("fuel"), "{e}");
+        }
     }
 
     #[test]

@@ -108,6 +108,8 @@ impl Weights {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
+            // A FIFO would block the read forever and /dev/zero would never end it.
+            super::refuse_non_regular(&index, "")?;
             let text = std::fs::read_to_string(&index)
                 .with_context(|| format!("cannot read {}", index.display()))?;
             #[derive(serde::Deserialize)]
