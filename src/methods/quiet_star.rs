@@ -325,7 +325,7 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
             // the step (a thought that fits in the copied page needs that page only).
             Mode::Incremental => {
                 let pages = |n: usize| n.div_ceil(page_size);
-                let partial = |n: usize| usize::from(n % page_size != 0);
+                let partial = |n: usize| usize::from(!n.is_multiple_of(page_size));
                 let marker_in_branch =
                     pages(l + 1) - pages(l) + partial(l + 1) + pages(l + thought) - pages(l + 1);
                 let marker_in_fork = partial(l) + pages(l + thought) - pages(l);
