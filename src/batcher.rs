@@ -174,7 +174,20 @@ impl<'a, B: Backend> Batcher<'a, B> {
         st.running = true;
         let reqs = std::mem::take(&mut st.pending);
         drop(st);
-        let results = self.execute(reqs);
+        // A panic inside the pass must not leave `running` set and the taken requests
+        // unanswered: every other worker would wait for them forever (a hung eval instead
+        // of a failed one). Each request gets the panic as its error instead.
+        let ids: Vec<u64> = reqs.iter().map(|r| r.id).collect();
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute(reqs)))
+            .unwrap_or_else(|p| {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                let e = format!("a forward pass failed: {why}");
+                ids.into_iter().map(|id| (id, Err(e.clone()))).collect()
+            });
         let mut st = self.lock();
         st.running = false;
         st.done.extend(results);

@@ -80,7 +80,8 @@ pub struct Opts {
     /// KV pages per model (16 tokens each).
     #[arg(long, default_value_t = 4096)]
     pub kv_pages: usize,
-    /// At most this many sequences per forward pass.
+    /// At most this many sequences per decode, prefill or PRM pass (Quiet-STaR's thought
+    /// passes carry every live branch's thought at once).
     #[arg(long)]
     pub max_batch: Option<usize>,
     /// Small sizes for a demo that finishes in minutes on two CPU cores: 2 votes, width 2,
