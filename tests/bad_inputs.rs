@@ -44,12 +44,16 @@ fn assert_one_line_exit(args: &[&str], want: i32, needles: &[&str]) {
 }
 
 fn generate_with(model: &str, needles: &[&str]) {
-    let m = case(model);
+    generate_at(&case(model), needles)
+}
+
+/// `generate` on the model directory `m` must fail with one line holding `needles`.
+fn generate_at(m: &str, needles: &[&str]) {
     assert_one_line_error(
         &[
             "generate",
             "--model",
-            &m,
+            m,
             "--prompt",
             "hi",
             "--max-tokens",
@@ -106,17 +110,8 @@ fn a_shard_index_that_is_no_file() {
     )
     .unwrap();
     std::os::unix::fs::symlink("/dev/zero", dir.join("model.safetensors.index.json")).unwrap();
-    let m = dir.display().to_string();
-    assert_one_line_error(
-        &[
-            "generate",
-            "--model",
-            &m,
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "2",
-        ],
+    generate_at(
+        &dir.display().to_string(),
         &["model.safetensors.index.json is not a regular file"],
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -8,7 +8,7 @@ use ponder::methods::common::{Policy, Protocol, Settings};
 use ponder::methods::engines::{Engines, Fleet};
 use ponder::methods::prm::Prm;
 use ponder::methods::quiet_star::{Mode, QuietStar};
-use ponder::model::config::{Config, N_AHEAD, N_AHEAD_MEANS};
+use ponder::model::config::{check_n_ahead, Config};
 use ponder::model::llama::Model;
 use ponder::model::source::{default_model_dir, load, Loaded};
 use ponder::model::tokenizer::Tokenizer;
@@ -125,12 +125,8 @@ impl Opts {
         }
         // Checked again where the thoughts are built (a checkpoint's own n_ahead too); here,
         // so that a bad flag is refused before a model is loaded.
-        if let Some(n) = self.n_ahead.filter(|n| !N_AHEAD.contains(n)) {
-            bail!(
-                "--n-ahead {n} is outside {}..={} ({N_AHEAD_MEANS})",
-                N_AHEAD.start(),
-                N_AHEAD.end()
-            );
+        if let Some(n) = self.n_ahead {
+            check_n_ahead("--n-ahead", n)?;
         }
         for (flag, n) in [("--votes", votes), ("--width", width)] {
             check_budget(flag, n)?;

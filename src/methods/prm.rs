@@ -189,7 +189,7 @@ mod tests {
         );
         assert_eq!(Prm::<Cpu>::path_text("Q?", &[]), "Q? ");
         // A policy that writes the format itself (--protocol wu) is read once, not twice;
-        // A header with another step's number is text, not the step's own header.
+        // a header with another step's number is text, not the step's own header.
         let own = vec![
             "Step 1: Tom has 3. ки".to_string(),
             " Step 2: 3 + 4 = 7. ки\n".to_string(),

@@ -9,14 +9,14 @@ use crate::batcher::Input;
 use crate::flops::Phase;
 use crate::generate::{Runner, Want};
 use crate::kv::SeqId;
-use crate::model::config::{N_AHEAD, N_AHEAD_MEANS};
+use crate::model::config::check_n_ahead;
 use crate::model::llama::{Model, Output, ParamSource, Synthetic};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Weights;
 use crate::rng::{child_stream, uniform};
 use crate::sample::Sampling;
 use crate::scheduler::{forward_hidden, Branch, Stepper};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::Path;
 
 /// Stream tag of thought draws: thoughts never consume the output token's random stream, so
@@ -60,13 +60,7 @@ impl<B: Backend> QuietStar<B> {
             _ => None,
         };
         let trained = weights.as_ref().filter(|w| w.has("start_embedding"));
-        if !N_AHEAD.contains(&n_ahead) {
-            bail!(
-                "--n-ahead {n_ahead} is outside {}..={} ({N_AHEAD_MEANS})",
-                N_AHEAD.start(),
-                N_AHEAD.end()
-            );
-        }
+        check_n_ahead("--n-ahead", n_ahead)?;
         let sampled = n_ahead - 3;
         let base_vocab = tok.base_vocab(model.cfg.vocab_size);
         match trained {
@@ -321,15 +315,14 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
             // its two ways (`logits`): (a) the start marker goes into the branch at slot l,
             // then a fork of those l + 1 tokens copies their partial last page and grows to
             // l + thought; (b) the fork of the l tokens copies theirs and takes the marker.
-            // A fixed allowance of ceil(thought / page) + 2 refused pools that could hold
-            // the step (a thought that fits in the copied page needs that page only).
+            // Either way the thought's pages past the branch's are pages(l + thought) −
+            // pages(l) (in (a) the marker's slot is the first of them), plus the copy of a
+            // partial page of l + 1 or of l tokens. A fixed allowance of ceil(thought /
+            // page) + 2 refused pools that could hold the step.
             Mode::Incremental => {
                 let pages = |n: usize| n.div_ceil(page_size);
                 let partial = |n: usize| usize::from(!n.is_multiple_of(page_size));
-                let marker_in_branch =
-                    pages(l + 1) - pages(l) + partial(l + 1) + pages(l + thought) - pages(l + 1);
-                let marker_in_fork = partial(l) + pages(l + thought) - pages(l);
-                marker_in_branch.max(marker_in_fork)
+                pages(l + thought) - pages(l) + partial(l + 1).max(partial(l))
             }
             // The scratch sequence: the base block and one block per thought token.
             Mode::Parallel => ((thought + 1) * l).div_ceil(page_size),

@@ -8,10 +8,21 @@ use std::path::Path;
 /// The thought lengths ponder runs: start marker + n_ahead − 3 sampled tokens + end marker,
 /// with 1 to 64 sampled (each output token owns 64 draws of its branch's stream for its
 /// thought, quiet_star.rs; a longer thought would reuse the next token's).
-pub const N_AHEAD: std::ops::RangeInclusive<usize> = 4..=67;
-/// What N_AHEAD's bounds mean, for error messages.
-pub const N_AHEAD_MEANS: &str =
-    "a thought is a start marker, 1 to 64 sampled tokens and an end marker";
+const N_AHEAD: std::ops::RangeInclusive<usize> = 4..=67;
+
+/// Refuses a thought length outside N_AHEAD; `what` names where it came from ("n_ahead" in a
+/// config.json, "--n-ahead" on the command line).
+pub fn check_n_ahead(what: &str, n: usize) -> Result<()> {
+    if !N_AHEAD.contains(&n) {
+        bail!(
+            "{what} {n} is outside {}..={} (a thought is a start marker, 1 to 64 sampled \
+             tokens and an end marker)",
+            N_AHEAD.start(),
+            N_AHEAD.end()
+        );
+    }
+    Ok(())
+}
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Config {
@@ -143,12 +154,8 @@ impl Config {
         if c.hidden_size == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 {
             bail!("hidden_size, num_hidden_layers and vocab_size must be positive");
         }
-        if let Some(n) = c.n_ahead.filter(|n| !N_AHEAD.contains(n)) {
-            bail!(
-                "n_ahead {n} is outside {}..={} ({N_AHEAD_MEANS})",
-                N_AHEAD.start(),
-                N_AHEAD.end()
-            );
+        if let Some(n) = c.n_ahead {
+            check_n_ahead("n_ahead", n)?;
         }
         if c.num_attention_heads == 0 || c.num_key_value_heads == 0 {
             bail!("attention head counts must be positive");

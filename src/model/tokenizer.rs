@@ -269,16 +269,36 @@ mod tests {
         } else {
             "[]"
         };
-        let json = format!(
-            r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":{added},
+        let json = word_json(r#""truncation":null,"padding":null"#, added);
+        from_files(&format!("words-{markers}"), &json, None, None)
+    }
+
+    /// tokenizer.json of the four-word vocabulary, with `settings` (its truncation and
+    /// padding) and `added` tokens.
+    fn word_json(settings: &str, added: &str) -> String {
+        format!(
+            r#"{{"version":"1.0",{settings},"added_tokens":{added},
               "normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
               "decoder":null,"model":{{"type":"WordLevel","vocab":{{"a":0,"b":1,"c":2,"<unk>":3}},
               "unk_token":"<unk>"}}}}"#
-        );
-        let dir = std::env::temp_dir().join(format!("ponder-tok-{}-{markers}", std::process::id()));
+        )
+    }
+
+    /// A tokenizer loaded from a scratch folder holding `tokenizer_json` (and
+    /// `tokenizer_config`, when given), as a model directory would hold them.
+    fn from_files(
+        tag: &str,
+        tokenizer_json: &str,
+        tokenizer_config: Option<&str>,
+        bos: Option<u32>,
+    ) -> Tokenizer {
+        let dir = std::env::temp_dir().join(format!("ponder-tok-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
-        let t = Tokenizer::from_dir(&dir, None, vec![]).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json).unwrap();
+        if let Some(c) = tokenizer_config {
+            std::fs::write(dir.join("tokenizer_config.json"), c).unwrap();
+        }
+        let t = Tokenizer::from_dir(&dir, bos, vec![]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         t
     }
@@ -309,33 +329,15 @@ mod tests {
             {"type":"Strip","content":" ","start":1,"stop":0}]},
           "model":{"type":"WordLevel","vocab":{"<s>":0,"▁step.":1,"▁The":2,"▁total":3,"<unk>":4,
             "<0xC3>":5,"<0xA9>":6},"unk_token":"<unk>"}}"#;
-        let dir = std::env::temp_dir().join(format!("ponder-tok-sp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
-        let t = Tokenizer::from_dir(&dir, Some(0), vec![]).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        t
+        from_files("sp", json, None, Some(0))
     }
 
-    /// The word tokenizer with `settings` spliced over its null truncation and padding.
+    /// The word tokenizer with `settings` for its truncation and padding, and a chat
+    /// template that would loop 10^10 times.
     fn word_tokenizer_with(settings: &str, tag: &str) -> Tokenizer {
-        let json = format!(
-            r#"{{"version":"1.0",{settings},"added_tokens":[],
-              "normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,
-              "decoder":null,"model":{{"type":"WordLevel","vocab":{{"a":0,"b":1,"c":2,"<unk>":3}},
-              "unk_token":"<unk>"}}}}"#
-        );
-        let dir = std::env::temp_dir().join(format!("ponder-tok-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
-        std::fs::write(
-            dir.join("tokenizer_config.json"),
-            r#"{"chat_template":"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"}"#,
-        )
-        .unwrap();
-        let t = Tokenizer::from_dir(&dir, None, vec![]).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        t
+        let json = word_json(settings, "[]");
+        let runaway = r#"{"chat_template":"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"}"#;
+        from_files(tag, &json, Some(runaway), None)
     }
 
     #[test]

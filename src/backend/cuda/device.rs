@@ -318,15 +318,9 @@ impl Device {
     pub fn trim_pool(&self) {
         if let Device::Gpu(g) = self {
             let _ = g.stream.synchronize();
-            let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-            // SAFETY: plain driver calls on this context's device; `pool` outlives them.
-            unsafe {
-                if sys::cuDeviceGetDefaultMemPool(&mut pool, g.ctx.cu_device())
-                    == sys::cudaError_enum::CUDA_SUCCESS
-                    && !pool.is_null()
-                {
-                    let _ = sys::cuMemPoolTrimTo(pool, 0);
-                }
+            if let Some(pool) = default_pool(&g.ctx) {
+                // SAFETY: a plain driver call on this device's pool.
+                let _ = unsafe { sys::cuMemPoolTrimTo(pool, 0) };
             }
         }
     }
@@ -407,20 +401,25 @@ impl Device {
 /// the next step, as the CUDA programming guide recommends for this pattern. Best effort: a
 /// device without memory pools allocates synchronously anyway.
 fn keep_pool_memory(ctx: &CudaContext) {
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    // SAFETY: plain driver calls on this context's device; `pool` and `never` outlive them.
-    unsafe {
-        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
-            != sys::cudaError_enum::CUDA_SUCCESS
-            || pool.is_null()
-        {
-            return;
-        }
-        let mut never: u64 = u64::MAX;
-        let _ = sys::cuMemPoolSetAttribute(
+    let Some(pool) = default_pool(ctx) else {
+        return;
+    };
+    let mut never: u64 = u64::MAX;
+    // SAFETY: a plain driver call on this device's pool; `never` outlives it.
+    let _ = unsafe {
+        sys::cuMemPoolSetAttribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             &mut never as *mut u64 as *mut c_void,
-        );
-    }
+        )
+    };
+}
+
+/// The default memory pool of the context's device, where cudarc's buffers come from (None
+/// on a device without memory pools).
+fn default_pool(ctx: &CudaContext) -> Option<sys::CUmemoryPool> {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: a plain driver call on this context's device; `pool` outlives it.
+    let got = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    (got == sys::cudaError_enum::CUDA_SUCCESS && !pool.is_null()).then_some(pool)
 }
