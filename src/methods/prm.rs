@@ -20,8 +20,13 @@ pub struct Prm<'a, B: Backend> {
     pub plus: u32,
     pub minus: u32,
     pub name: String,
-    /// Tokens the PRM has read.
+    /// Tokens the PRM has scored: the question once, then each child path's tokens past what
+    /// its parent's cache holds when nothing was evicted. Recomputation after an eviction
+    /// (a short `--kv-pages`) is counted in the PRM's FLOPs, not here, as for the policy's
+    /// tokens: the count depends on the tree alone.
     pub tokens: u64,
+    /// The length of the current question path (`root`), whose last token stays uncached.
+    root_len: usize,
 }
 
 impl<'a, B: Backend> Prm<'a, B> {
@@ -39,6 +44,7 @@ impl<'a, B: Backend> Prm<'a, B> {
             minus,
             name,
             tokens: 0,
+            root_len: 0,
         })
     }
 
@@ -48,6 +54,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         ids.extend(self.runner.model.cfg.bos_token_id);
         ids.extend(self.tok.encode(&format!("{question} "))?);
         let b = Branch::new(self.runner.pool.create(), ids, 0);
+        self.root_len = b.all.len();
         // Cache the question once: every first-level child forks it instead of re-reading it.
         if b.all.len() > 1 {
             self.runner.be.set_phase(Phase::Prm);
@@ -132,15 +139,32 @@ impl<'a, B: Backend> Prm<'a, B> {
         }
     }
 
+    /// The tokens of `ids` a child of `parent` feeds when nothing was evicted: the parent's
+    /// cache then holds all of a scored path and all but the last token of the question (what
+    /// `set_tokens` keeps is the common prefix, capped so that one token is fed).
+    fn new_tokens(&self, parent: &Branch, ids: &[u32]) -> usize {
+        let n = parent.all.len();
+        let cached = if n == self.root_len { n - 1 } else { n };
+        let lcp = parent
+            .all
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        ids.len() - lcp.min(cached).min(ids.len().saturating_sub(1))
+    }
+
     fn feed_group(
         &mut self,
         items: &[(&Branch, String)],
         kids: &mut Vec<Branch>,
     ) -> Result<Vec<f64>> {
+        let mut scored = 0u64;
         for (parent, text) in items {
             let mut ids = Vec::new();
             ids.extend(self.runner.model.cfg.bos_token_id);
             ids.extend(self.tok.encode(text)?);
+            scored += self.new_tokens(parent, &ids) as u64;
             let mut b = (*parent).clone();
             b.seq = fork_seqs(&mut self.runner, parent.seq, 1)?[0];
             kids.push(b);
@@ -154,7 +178,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         }
         self.runner.be.set_phase(Phase::Prm);
         let logits = forward_items(&mut self.runner, &feed)?;
-        self.tokens += feed.iter().map(|(_, t)| t.len() as u64).sum::<u64>();
+        self.tokens += scored;
         let v = logits.len() / kids.len().max(1);
         Ok((0..kids.len())
             .map(|i| {
