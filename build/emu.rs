@@ -2,7 +2,9 @@
 //! kernels/NAME.cu compiled a second time, by the host C++ compiler with csrc/emu/cuda_emu.h
 //! force-included, plus one C-ABI thunk per kernel and the table runtime.cpp looks names up
 //! in. The kernels' names come from preprocessing each file with PONDER_EMU_SCAN defined
-//! (so kernels stamped out by macros are found too).
+//! (so kernels stamped out by macros are found too). `PONDER_EMU_TSAN=1` builds the kernels
+//! for ThreadSanitizer (scripts/emu-racecheck.sh): only they are instrumented, the runtime
+//! tells TSan what orders the threads, and the binary links libtsan.
 use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,9 @@ use std::process::Command;
 
 pub fn build(root: &Path, out: &Path, sources: &[PathBuf]) {
     println!("cargo:rerun-if-env-changed=CXX");
+    println!("cargo:rerun-if-env-changed=PONDER_EMU_TSAN");
     let cxx = env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let tsan = env::var("PONDER_EMU_TSAN").is_ok_and(|v| !v.is_empty() && v != "0");
     let emu = root.join("csrc/emu");
     let kdir = root.join("kernels");
     let base_args = |cmd: &mut Command| {
@@ -80,6 +84,12 @@ pub fn build(root: &Path, out: &Path, sources: &[PathBuf]) {
             cmd.args(["-std=c++17", "-fPIC"])
                 .arg(format!("-I{}", emu.display()));
         }
+        if tsan {
+            cmd.args(["-DPONDER_EMU_TSAN", "-g"]);
+            if *shim {
+                cmd.arg("-fsanitize=thread");
+            }
+        }
         cmd.args(["-O2", "-c", "-Wall", "-Wno-unknown-pragmas"])
             .arg(src)
             .arg("-o")
@@ -95,6 +105,9 @@ pub fn build(root: &Path, out: &Path, sources: &[PathBuf]) {
         super::fail(&e);
     }
     println!("cargo:rustc-link-lib=static=ponder_emu");
+    if tsan {
+        println!("cargo:rustc-link-lib=dylib=tsan");
+    }
     println!("cargo:rustc-link-lib=dylib=stdc++");
 }
 

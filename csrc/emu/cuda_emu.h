@@ -6,8 +6,8 @@
 // launch that would deadlock or shuffle with an exited lane on a GPU is an error here.
 //
 // What it cannot show: data races and memory-ordering bugs (fibers switch only at barriers
-// and collectives), performance, and the device's exact libm rounding (expf, logf, sincos
-// come from the host's libm). compute-sanitizer on a GPU covers the first.
+// and collectives) unless built for ThreadSanitizer (scripts/emu-racecheck.sh), performance,
+// and the device's exact libm rounding (expf, logf, sincos come from the host's libm).
 #pragma once
 #include <math.h>
 #include <stddef.h>
@@ -53,14 +53,16 @@ extern thread_local dim3 block_dim, grid_dim;
 extern thread_local unsigned char* dyn_smem;
 
 // smem.cpp. The calling block's array for the declaration `site` (placed, poisoned and
-// fenced on first use); the launch's and block's set-up; the guards' verdict at a block's
-// end ("" when intact).
+// fenced on first use); the launch's and block's set-up (a block's returns its dynamic
+// shared memory); the guards' verdict at a block's end ("" when intact).
 void* static_smem(const void* site, const char* name, size_t bytes);
-unsigned char* smem_begin_launch(size_t dyn_bytes);
-void smem_begin_block();
+void smem_begin_launch(size_t dyn_bytes);
+unsigned char* smem_begin_block();
 std::string smem_end_block();
 
 void syncthreads();
+// __syncwarp: a rendezvous of the warp that also orders its lanes' memory accesses.
+void syncwarp(unsigned mask);
 // Every lane of the calling thread's warp deposits `n` (<= 64) bytes from `in`; once all 32
 // have, each gets all 32 deposits in `out` (32 * n bytes, lane order). `mask` must name the
 // whole warp (ponder's kernels use full-warp collectives only).
@@ -176,10 +178,7 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     const int src = lane + (int)delta;
     return emu_shfl_from(mask, v, src >= seg_end ? lane : src);
 }
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
-    char c = 0, all[32];
-    ::emu::warp_collect(mask, &c, 1, all);
-}
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
 
 // ------------------------------------------------------------------ kernels' entry thunks
 namespace emu {

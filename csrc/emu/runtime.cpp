@@ -14,9 +14,6 @@
 #include "cuda_emu.h"
 
 #include <sys/mman.h>
-#if !defined(__x86_64__)
-#include <ucontext.h>
-#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +34,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "emu_tsan.h"
+
 struct EmuKernel {
     const char* name;
     void (*thunk)(void**);
@@ -45,69 +44,7 @@ struct EmuKernel {
 extern "C" const EmuKernel ponder_emu_kernels[];
 extern "C" const size_t ponder_emu_kernel_count;
 
-// ------------------------------------------------------------------ fiber contexts
-// x86-64: a hand-written switch of the callee-saved registers (no system call, unlike
-// swapcontext's signal-mask save, which made the emulator spend most of its time in the
-// kernel). Elsewhere: ucontext.
-#if defined(__x86_64__)
-extern "C" void ponder_emu_switch(void** save_sp, void* load_sp);
-asm(R"(
-    .text
-    .globl ponder_emu_switch
-    .type ponder_emu_switch, @function
-ponder_emu_switch:
-    pushq %rbp
-    pushq %rbx
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
-    movq %rsp, (%rdi)
-    movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
-    popq %r15
-    popq %r14
-    popq %r13
-    popq %r12
-    popq %rbx
-    popq %rbp
-    ret
-    .size ponder_emu_switch, .-ponder_emu_switch
-)");
-struct Ctx {
-    void* sp;
-};
-// A fresh context that starts in entry() (which must never return) on [stack, stack+size).
-static void ctx_init(Ctx& c, void* stack, size_t size, void (*entry)()) {
-    uintptr_t top = ((uintptr_t)stack + size) & ~(uintptr_t)15;
-    uint64_t* p = (uint64_t*)top;
-    p[-1] = 0;                  // alignment: entry starts with rsp % 16 == 8, as after a call
-    p[-2] = (uint64_t)entry;    // popped by ret
-    for (int i = 3; i <= 8; ++i) p[-i] = 0;  // rbp, rbx, r12..r15
-    uint32_t* csr = (uint32_t*)&p[-9];
-    csr[0] = 0x1f80;            // MXCSR: round to nearest, exceptions masked
-    csr[1] = 0x037f;            // x87 control word
-    c.sp = &p[-9];
-}
-static inline void ctx_switch(Ctx& from, Ctx& to) { ponder_emu_switch(&from.sp, to.sp); }
-#else
-struct Ctx {
-    ucontext_t uc;
-};
-static void ctx_init(Ctx& c, void* stack, size_t size, void (*entry)()) {
-    getcontext(&c.uc);
-    c.uc.uc_stack.ss_sp = stack;
-    c.uc.uc_stack.ss_size = size;
-    c.uc.uc_link = nullptr;
-    makecontext(&c.uc, entry, 0);
-}
-static inline void ctx_switch(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
-#endif
+#include "fiber_ctx.h"
 
 namespace emu {
 thread_local const uint3* cur_tid;
@@ -124,6 +61,7 @@ enum State { READY, WAIT_BLOCK, WAIT_WARP, DONE };
 
 struct Fiber {
     Ctx ctx;
+    void* tsan;  // its TSan fiber (PONDER_EMU_TSAN), else null
     uint3 tid;
     int linear;
     State state;
@@ -144,6 +82,11 @@ struct Launch {
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
     Ctx sched;
+    void* sched_tsan;  // the launching thread's TSan fiber
+    // TSan sync objects (PONDER_EMU_TSAN): the current block's (fresh addresses for every
+    // block, so that no block's barriers order another's threads) and the launch's end.
+    char* tok;
+    char end_tok;
     Fiber* cur;
     int live;
     int bar_arrived;
@@ -157,11 +100,23 @@ thread_local Launch* L = nullptr;
 
 struct Stacks {
     std::vector<void*> v;
+    std::vector<void*> tsan;  // one TSan fiber per stack (PONDER_EMU_TSAN)
     ~Stacks() {
         for (void* p : v) munmap(p, kStack);
+#ifdef PONDER_EMU_TSAN
+        for (void* f : tsan) __tsan_destroy_fiber(f);
+#endif
     }
 };
 thread_local Stacks stacks;
+
+
+// Every switch goes through here, so that TSan follows it (without ordering, see above).
+inline void switch_to(Ctx& from, Ctx& to, void* to_tsan) {
+    EMU_TSAN_SWITCH(to_tsan);
+    (void)to_tsan;
+    ctx_switch(from, to);
+}
 
 // A stack with a guard page at its low end: an overflow faults instead of corrupting.
 void* new_stack() {
@@ -188,7 +143,7 @@ void resume(Fiber& f) {
     if (&f == me) return;
     L->cur = &f;
     cur_tid = &f.tid;
-    ctx_switch(me->ctx, f.ctx);
+    switch_to(me->ctx, f.ctx, f.tsan);
 }
 
 // Suspends the current fiber: hands the CPU straight to the next runnable fiber after it in
@@ -203,7 +158,7 @@ void yield() {
         Fiber& f = l.fibers[l.reverse ? (me->linear - k + n) % n : (me->linear + k) % n];
         if (runnable(l, f)) return resume(f);
     }
-    ctx_switch(me->ctx, l.sched);
+    switch_to(me->ctx, l.sched, l.sched_tsan);
 }
 
 // After a rendezvous completes: the fibers it released run in the launch's order from its
@@ -216,13 +171,15 @@ void restart_in_order() {
         Fiber& f = l.fibers[l.reverse ? n - 1 - k : k];
         if (runnable(l, f)) return resume(f);
     }
-    ctx_switch(l.cur->ctx, l.sched);
+    switch_to(l.cur->ctx, l.sched, l.sched_tsan);
 }
 
 void fiber_main() {
     Launch* l = L;
     Fiber* f = l->cur;
+    EMU_TSAN_ACQUIRE(l->tok);  // what the host did before the block (see run_block)
     l->thunk(l->args);
+    EMU_TSAN_RELEASE(&l->end_tok);
     f->state = DONE;
     --l->live;
     Warp& w = l->warps[f->linear >> 5];
@@ -239,7 +196,7 @@ void fiber_main() {
         l->error = "thread " + std::to_string(f->linear) +
                    " exited while other threads of its block wait at __syncthreads";
     }
-    if (l->failed) ctx_switch(f->ctx, l->sched);
+    if (l->failed) switch_to(f->ctx, l->sched, l->sched_tsan);
     yield();  // never resumed
     abort();
 }
@@ -283,12 +240,17 @@ bool run_block(Launch& l, unsigned block) {
                       i / (block_dim.x * block_dim.y)};
         f.linear = (int)i;
         f.state = READY;
+        f.tsan = stacks.tsan[i];
         ctx_init(f.ctx, stacks.v[i], kStack, fiber_main);
     }
+#ifdef PONDER_EMU_TSAN
+    l.tok = fresh_tokens();
+#endif
+    EMU_TSAN_RELEASE(l.tok);
     Fiber& first = l.reverse ? l.fibers.back() : l.fibers.front();
     l.cur = &first;
     cur_tid = &first.tid;
-    ctx_switch(l.sched, first.ctx);
+    switch_to(l.sched, first.ctx, first.tsan);
     // Back here once no fiber can run: all exited, a failure, or a deadlock.
     if (l.failed) return false;
     for (const Fiber& f : l.fibers) {
@@ -308,7 +270,9 @@ void syncthreads() {
         fail("__syncthreads after other threads of the block exited (a barrier in code that "
              "not every thread of the block reaches)");
     f->state = WAIT_BLOCK;
-    f->wait_gen = l.bar_gen;
+    const uint64_t g = l.bar_gen;
+    f->wait_gen = g;
+    EMU_TSAN_RELEASE(bar_tok(l.tok, g));
     if (++l.bar_arrived == l.live) {
         l.bar_arrived = 0;
         ++l.bar_gen;
@@ -316,6 +280,7 @@ void syncthreads() {
     } else {
         yield();
     }
+    EMU_TSAN_ACQUIRE(bar_tok(l.tok, g));
 }
 
 // The rendezvous of a warp collective: deposits this lane's n bytes, waits until all 32 lanes
@@ -343,6 +308,15 @@ static unsigned char (*rendezvous(unsigned mask, const void* in, size_t n))[64] 
         yield();
     }
     return buf;
+}
+
+void syncwarp(unsigned mask) {
+    Launch& l = *L;
+    const int w = l.cur->linear >> 5;
+    const uint64_t g = l.warps[w].gen;
+    EMU_TSAN_RELEASE(warp_tok(l.tok, w, g));
+    (void)rendezvous(mask, &g, 1);
+    EMU_TSAN_ACQUIRE(warp_tok(l.tok, w, g));
 }
 
 void warp_collect(unsigned mask, const void* in, size_t n, void* out) {
@@ -404,7 +378,7 @@ void fail(const char* what) {
     L->failed = true;
     L->error = std::string("thread ") + std::to_string(L->cur->linear) + ": " + what;
     L->cur->state = DONE;
-    ctx_switch(L->cur->ctx, L->sched);  // never resumed
+    switch_to(L->cur->ctx, L->sched, L->sched_tsan);  // never resumed
     abort();
 }
 }  // namespace emu
@@ -448,14 +422,24 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
         void* s = new_stack();
         if (!s) return emu_error(err, errlen, "cannot map fiber stacks");
         stacks.v.push_back(s);
+#ifdef PONDER_EMU_TSAN
+        void* fiber = __tsan_create_fiber(0);
+        // Reports then name the CUDA thread (threadIdx.x in a 1-D block) instead of "T12".
+        __tsan_set_fiber_name(fiber, ("CUDA thread " + std::to_string(stacks.v.size() - 1)).c_str());
+        stacks.tsan.push_back(fiber);
+#else
+        stacks.tsan.push_back(nullptr);
+#endif
     }
-    unsigned char* base = smem_begin_launch(smem);
+    smem_begin_launch(smem);
     Launch l{};
+#ifdef PONDER_EMU_TSAN
+    l.sched_tsan = __tsan_get_current_fiber();
+#endif
     l.thunk = k->thunk;
     l.reverse = reverse != 0;
     l.args = args;
     L = &l;
-    dyn_smem = base;
     grid_dim = dim3{gx, gy, gz};
     block_dim = dim3{block, 1, 1};
     int rc = 0;
@@ -465,7 +449,7 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
                 block_idx = uint3{x, y, z};
                 // Uninitialised shared memory reads as NaN (0xff bytes), like poisoned buffers;
                 // a write past an array's end spoils its guard (smem.cpp).
-                smem_begin_block();
+                dyn_smem = smem_begin_block();
                 const bool ok = run_block(l, block);
                 if (ok) l.error = smem_end_block();
                 if (!ok || !l.error.empty()) {
@@ -475,6 +459,7 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
                                        l.error);
                 }
             }
+    EMU_TSAN_ACQUIRE(&l.end_tok);  // the host reads what the kernel wrote after the launch
     L = nullptr;
     cur_tid = nullptr;
     dyn_smem = nullptr;

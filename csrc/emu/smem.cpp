@@ -80,7 +80,7 @@ bool guard_intact(size_t from) {
 }
 }  // namespace
 
-unsigned char* smem_begin_launch(size_t dyn_bytes) {
+void smem_begin_launch(size_t dyn_bytes) {
     // Room for the dynamic array, the static limit and every array's alignment and guard.
     // Kept between launches: every block poisons and fences what it places.
     const size_t need = align16(dyn_bytes) + kStaticMax + (kMaxArrays + 2) * (kGuard + 16);
@@ -88,11 +88,16 @@ unsigned char* smem_begin_launch(size_t dyn_bytes) {
     EMU_MEM_DEFINED(arena.mem.data(), arena.mem.size());
     if (arena.mem.size() < need) arena.mem.resize(need);
     arena.dyn_bytes = dyn_bytes;
-    smem_begin_block();
-    return arena.mem.data() + kGuard;
 }
 
-void smem_begin_block() {
+unsigned char* smem_begin_block() {
+#ifdef PONDER_EMU_TSAN
+    // Under ThreadSanitizer (scripts/emu-racecheck.sh) the threads of different blocks are
+    // unordered, as on a GPU, so a block must not inherit the last block's accesses to its
+    // shared memory: a fresh allocation starts with no access history (the runtime's own
+    // allocations are not recorded as accesses, see runtime.cpp).
+    std::vector<unsigned char>(arena.mem.size()).swap(arena.mem);
+#endif
     arena.arrays.clear();
     arena.static_bytes = 0;
     // Everything addressable again before it is re-poisoned and re-fenced.
@@ -101,6 +106,7 @@ void smem_begin_block() {
     arena.end = kGuard;
     place(arena.dyn_bytes);
     EMU_MEM_NOACCESS(arena.mem.data(), kGuard);
+    return arena.mem.data() + kGuard;
 }
 
 std::string smem_end_block() {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# ThreadSanitizer over the CUDA emulator (docs/cuda-emulator.md): the CPU-side stand-in for
+# `compute-sanitizer --tool racecheck`, which needs a GPU (gpu-bin/run.sh sanitize runs that).
+# The kernels are built instrumented (PONDER_EMU_TSAN=1), every CUDA thread runs as a TSan
+# fiber, and only a __syncthreads, a __syncwarp or the launch's start and end order two
+# threads, so any pair of conflicting accesses to shared or global memory that nothing orders
+# is reported — read/write and write/write, across warps and across blocks — whichever order
+# the emulator ran them in (the forward and reverse orders of the dual tests catch a missing
+# barrier only when it changes a result).
+#
+# First a self-check: the emulator's own racy kernel (emu_test_racy_shift, a read of another
+# thread's write with no barrier) must be reported, or the check itself is broken. Then every
+# dual-backend body on the emulator (forward order), two at a time. Slow: the sampler's
+# 1024-thread blocks take most of it. Usage:
+#   scripts/emu-racecheck.sh [TEST_FILTER]        default (::cuda_emu$): every body
+# Builds into target/emu-racecheck (CARGO_TARGET_DIR overrides). Logs there; exit status 1 if
+# any body reports a race, 2 if it cannot run (no libtsan).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tsan_lib=$("${CXX:-c++}" -print-file-name=libtsan.so)
+[[ -e "$tsan_lib" ]] || { echo "error: the C++ compiler has no libtsan (ThreadSanitizer's runtime)" >&2; exit 2; }
+filter="${1:-::cuda_emu$}"
+export PONDER_EMU_TSAN=1
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/emu-racecheck}"
+# Rust's own code is not instrumented; what the interceptors (memcpy, malloc) see of it, and of
+# the emulator's runtime, is not recorded either, so that only the kernels' accesses count.
+export TSAN_OPTIONS="ignore_interceptors_accesses=1 report_thread_leaks=0 halt_on_error=0 exitcode=66 ${TSAN_OPTIONS:-}"
+logs="$CARGO_TARGET_DIR/racecheck-logs"
+mkdir -p "$logs"
+
+binary() {  # the test executable of cargo target $1 (e.g. --lib, or --test backend_dual)
+    cargo test --release --features cuda --no-run "$@" --message-format=json 2>"$logs/build.err" |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])' | tail -1
+}
+lib=$(binary --lib) || true
+dual=$(binary --test backend_dual) || true
+[[ -x "$lib" && -x "$dual" ]] || { cat "$logs/build.err" >&2; echo "error: cannot build the instrumented test binaries" >&2; exit 2; }
+
+races() { grep -c "WARNING: ThreadSanitizer" "$1" || true; }
+
+# The self-check: TSan must see the race the emulator's self-test plants.
+self="$logs/self-check.log"
+"$lib" backend::cuda::emu::tests::the_reverse_order_exposes_a_race_the_forward_order_hides \
+    --exact --test-threads 1 >"$self" 2>&1 || true
+if [[ $(races "$self") -eq 0 ]] || ! grep -q "selftest.cu" "$self"; then
+    echo "error: ThreadSanitizer missed the planted race in emu_test_racy_shift (see $self)" >&2
+    exit 1
+fi
+echo "self-check: the planted race is reported ($(races "$self") report(s), at selftest.cu)"
+
+tests=$("$dual" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter")
+[[ -n "$tests" ]] || { echo "error: no test matches $filter" >&2; exit 2; }
+fail=0
+run() {
+    local t=$1 log="$logs/${1//::/_}.log" rc=0
+    "$dual" "$t" --exact --test-threads 1 >"$log" 2>&1 || rc=$?
+    local n
+    n=$(races "$log")
+    if [[ $n -eq 0 && $rc -eq 0 ]]; then
+        echo "clean  $t"
+    elif [[ $n -eq 0 ]]; then
+        echo "FAILED $t (exit $rc, no race; see $log)"
+        return 1
+    else
+        echo "RACES  $t: $n report(s) (see $log)"
+        return 1
+    fi
+}
+running=0
+for t in $tests; do
+    run "$t" &
+    running=$((running + 1))
+    if ((running >= 2)); then wait -n || fail=1; running=$((running - 1)); fi
+done
+while ((running > 0)); do wait -n || fail=1; running=$((running - 1)); done
+if ((fail)); then echo "racecheck: races or failures (logs in $logs/)"; exit 1; fi
+echo "racecheck: no races in $(echo "$tests" | wc -w) test(s)"
