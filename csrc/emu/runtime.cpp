@@ -110,8 +110,7 @@ struct Stacks {
 };
 thread_local Stacks stacks;
 
-
-// Every switch goes through here, so that TSan follows it (without ordering, see above).
+// Every switch goes through here, so that TSan follows it (without ordering: emu_tsan.h).
 inline void switch_to(Ctx& from, Ctx& to, void* to_tsan) {
     EMU_TSAN_SWITCH(to_tsan);
     (void)to_tsan;
