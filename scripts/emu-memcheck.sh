@@ -10,16 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "error: valgrind is not installed" >&2; exit 2; }
 filter="${1:-::cuda_emu$}"
-bin=$(cargo test --release --features cuda --no-run --test backend_dual --message-format=json 2>/dev/null |
-      python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "backend_dual":
-        print(m["executable"])')
+. scripts/emu-tests.sh
+bin=$(test_binary --test backend_dual)
 [[ -x "$bin" ]] || { echo "error: cannot build tests/backend_dual/" >&2; exit 2; }
 mkdir -p target/emu-memcheck
 tests=$("$bin" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter")
-fail=0
 run() {
     local t=$1 log="target/emu-memcheck/${1//::/_}.log"
     if valgrind --tool=memcheck --error-exitcode=99 --track-origins=yes -q \
@@ -30,13 +25,7 @@ run() {
         return 1
     fi
 }
-# Two at a time (valgrind runs a process's threads one at a time), the next as soon as one ends.
-running=0
-for t in $tests; do
-    run "$t" &
-    running=$((running + 1))
-    if (( running >= 2 )); then wait -n || fail=1; running=$((running - 1)); fi
-done
-while (( running > 0 )); do wait -n || fail=1; running=$((running - 1)); done
+fail=0
+two_at_a_time run $tests || fail=1
 if (( fail )); then echo "memcheck: errors (logs in target/emu-memcheck/)"; exit 1; fi
 echo "memcheck: no errors in $(echo "$tests" | wc -w) test(s)"

@@ -28,16 +28,10 @@ export TSAN_OPTIONS="ignore_interceptors_accesses=1 report_thread_leaks=0 halt_o
 logs="$CARGO_TARGET_DIR/racecheck-logs"
 mkdir -p "$logs"
 
-binary() {  # the test executable of cargo target $1 (e.g. --lib, or --test backend_dual)
-    cargo test --release --features cuda --no-run "$@" --message-format=json 2>"$logs/build.err" |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])' | tail -1
-}
-lib=$(binary --lib) || true
-dual=$(binary --test backend_dual) || true
+. scripts/emu-tests.sh
+export BUILD_LOG="$logs/build.err"
+lib=$(test_binary --lib) || true
+dual=$(test_binary --test backend_dual) || true
 [[ -x "$lib" && -x "$dual" ]] || { cat "$logs/build.err" >&2; echo "error: cannot build the instrumented test binaries" >&2; exit 2; }
 
 races() { grep -c "WARNING: ThreadSanitizer" "$1" || true; }
@@ -54,7 +48,6 @@ echo "self-check: the planted race is reported ($(races "$self") report(s), at s
 
 tests=$("$dual" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter")
 [[ -n "$tests" ]] || { echo "error: no test matches $filter" >&2; exit 2; }
-fail=0
 run() {
     local t=$1 log="$logs/${1//::/_}.log" rc=0
     "$dual" "$t" --exact --test-threads 1 >"$log" 2>&1 || rc=$?
@@ -70,12 +63,7 @@ run() {
         return 1
     fi
 }
-running=0
-for t in $tests; do
-    run "$t" &
-    running=$((running + 1))
-    if ((running >= 2)); then wait -n || fail=1; running=$((running - 1)); fi
-done
-while ((running > 0)); do wait -n || fail=1; running=$((running - 1)); done
+fail=0
+two_at_a_time run $tests || fail=1
 if ((fail)); then echo "racecheck: races or failures (logs in $logs/)"; exit 1; fi
 echo "racecheck: no races in $(echo "$tests" | wc -w) test(s)"

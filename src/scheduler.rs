@@ -236,13 +236,19 @@ pub fn release<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId) -> Result<()> {
 pub fn set_tokens<B: Backend>(r: &mut Runner<'_, B>, b: &mut Branch, all: Vec<u32>) -> Result<()> {
     anyhow::ensure!(!all.is_empty(), "a branch needs at least one token");
     let cached = r.pool.len(b.seq)?;
-    let lcp = b.all.iter().zip(&all).take_while(|(x, y)| x == y).count();
-    let keep = lcp.min(cached).min(all.len() - 1);
+    let keep = kept_prefix(&b.all, cached, &all);
     if keep < cached {
         r.pool.truncate(b.seq, keep)?;
     }
     b.all = all;
     Ok(())
+}
+
+/// The tokens of a cache holding `cached` tokens of path `old` that a new path `new` keeps:
+/// their common prefix, less the last token of `new`, which a pass must feed for its logits.
+pub fn kept_prefix(old: &[u32], cached: usize, new: &[u32]) -> usize {
+    let lcp = old.iter().zip(new).take_while(|(x, y)| x == y).count();
+    lcp.min(cached).min(new.len().saturating_sub(1))
 }
 
 /// Feeds every branch's pending tokens except the last, so that a later step (or fork) feeds

@@ -343,8 +343,12 @@ fn rebase_with_a_tiny_pool_builds_the_same_tree() {
                     // Token counts describe the tree, not the memory: what was recomputed
                     // shows in the FLOPs only.
                     let counts = |x: &Solution| {
-                        let t = (x.prompt_tokens, x.generated_tokens, x.thought_tokens);
-                        (t, x.prm_tokens)
+                        [
+                            x.prompt_tokens,
+                            x.generated_tokens,
+                            x.thought_tokens,
+                            x.prm_tokens,
+                        ]
                     };
                     assert_eq!(counts(&roomy), counts(&tight), "{pages} pages");
                     assert!(tight.flops.useful >= roomy.flops.useful);

@@ -8,7 +8,7 @@ use crate::flops::Phase;
 use crate::generate::Runner;
 use crate::model::tokenizer::Tokenizer;
 use crate::scheduler::{
-    fork_seqs, forward_cache, forward_items, is_oom, park, release, set_tokens, Branch,
+    fork_seqs, forward_cache, forward_items, is_oom, kept_prefix, park, release, set_tokens, Branch,
 };
 use anyhow::{Context, Result};
 
@@ -140,18 +140,12 @@ impl<'a, B: Backend> Prm<'a, B> {
     }
 
     /// The tokens of `ids` a child of `parent` feeds when nothing was evicted: the parent's
-    /// cache then holds all of a scored path and all but the last token of the question (what
-    /// `set_tokens` keeps is the common prefix, capped so that one token is fed).
+    /// cache then holds all of a scored path and all but the last token of the question, and
+    /// the child keeps what `set_tokens` keeps of it.
     fn new_tokens(&self, parent: &Branch, ids: &[u32]) -> usize {
         let n = parent.all.len();
         let cached = if n == self.root_len { n - 1 } else { n };
-        let lcp = parent
-            .all
-            .iter()
-            .zip(ids)
-            .take_while(|(a, b)| a == b)
-            .count();
-        ids.len() - lcp.min(cached).min(ids.len().saturating_sub(1))
+        ids.len() - kept_prefix(&parent.all, cached, ids)
     }
 
     fn feed_group(
