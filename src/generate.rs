@@ -269,24 +269,26 @@ impl<'a, B: Backend> Runner<'a, B> {
         let mut done: Vec<(SeqId, usize)> = Vec::new();
         for (s, n) in items {
             anyhow::ensure!(n > 0, "a sequence in the batch has no new tokens");
-            let copies = match self.pool.reserve(s, n) {
-                Ok(c) => c,
-                Err(e) => {
-                    // Release the spare pages reserved so far, so a caller can retry smaller.
-                    for (s2, _) in &done {
-                        let len = self.pool.len(*s2)?;
-                        self.pool.truncate(*s2, len)?;
-                    }
-                    return Err(e.into());
+            let copied = match self.pool.reserve(s, n) {
+                Ok(copies) => {
+                    done.push((s, n));
+                    self.copy_pages(&copies)
                 }
+                Err(e) => Err(e.into()),
             };
-            self.copy_pages(&copies)?;
+            if let Err(e) = copied {
+                // Release the spare pages reserved so far, so a caller can retry smaller.
+                for (s2, _) in &done {
+                    let len = self.pool.len(*s2)?;
+                    self.pool.truncate(*s2, len)?;
+                }
+                return Err(e);
+            }
             let pos_start = self.pool.len(s)?;
             let base = self.base();
             let pages = self.pool.pages(s)?.iter().map(|p| p + base).collect();
             seqs.push(SeqSlice::new(token_start, n, pos_start, pages));
             token_start += n;
-            done.push((s, n));
         }
         Ok(Batch {
             seqs,

@@ -214,10 +214,16 @@ pub fn make_room<B: Backend>(r: &mut Runner<'_, B>, free: usize) -> Result<bool>
 /// the partial last page, they share only the full pages and feed the rest again.
 pub fn fork_seqs<B: Backend>(r: &mut Runner<'_, B>, seq: SeqId, n: usize) -> Result<Vec<SeqId>> {
     match r.pool.fork(seq, n) {
-        Ok((kids, copies)) => {
-            r.copy_pages(&copies)?;
-            Ok(kids)
-        }
+        Ok((kids, copies)) => match r.copy_pages(&copies) {
+            Ok(()) => Ok(kids),
+            Err(e) => {
+                // The caller never learns these ids: give their pages back before failing.
+                for &k in &kids {
+                    r.pool.free(k)?;
+                }
+                Err(e)
+            }
+        },
         Err(KvError::OutOfPages { .. }) => Ok(r.pool.fork_full_pages(seq, n)?),
         Err(e) => Err(e.into()),
     }
