@@ -2,6 +2,7 @@
 //! `report.md`, `summary.csv`, `summary.json` and two scatter plots (`accuracy_vs_flops.svg`,
 //! `accuracy_vs_seconds.svg`).
 mod markdown;
+mod study;
 pub(crate) use markdown::budget_cell;
 mod svg;
 #[cfg(test)]

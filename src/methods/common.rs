@@ -222,7 +222,9 @@ impl<B: Backend> Policy<'_, B> {
         let c = &self.runner.model.cfg;
         let mut v = c.eos_token_ids.clone();
         v.extend(self.tok.eos.iter().copied());
+        // BOS as `encode_with_bos` finds it: the config's, else the tokenizer's.
         v.extend(c.bos_token_id);
+        v.extend(self.tok.bos);
         v.extend(c.pad_token_id);
         v.sort_unstable();
         v.dedup();

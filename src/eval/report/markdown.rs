@@ -1,82 +1,10 @@
-//! `report.md`: the per (method, budget) tables, and the study's published figures beside
-//! them when the run used the study's subset.
+//! `report.md`: the per (method, budget) tables, and (study.rs) the study's published
+//! figures beside them when the run used the study's subset.
 use super::{join_distinct, phase_columns, Summary, FLOPS_SVG, SECONDS_SVG};
 use crate::eval::manifest::Manifest;
 use crate::eval::record::Record;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-
-/// The subset name under which the study's published figures are shown.
-pub const STUDY_SUBSET: &str = "seed42-128";
-
-/// One row of the study's table (arXiv 2412.16260, as quoted in mission.md).
-pub struct StudyRow {
-    pub label: &'static str,
-    pub method: &'static str,
-    pub budget: usize,
-    pub correct: usize,
-    pub accuracy: &'static str,
-    pub flops: &'static str,
-    pub seconds: &'static str,
-}
-
-/// The study's results per question (Mistral-7B, one A100, 128 problems, 6 votes).
-pub const STUDY: [StudyRow; 6] = [
-    StudyRow {
-        label: "baseline",
-        method: "baseline",
-        budget: 6,
-        correct: 13,
-        accuracy: "10.16%",
-        flops: "11.22 T",
-        seconds: "52.47 s",
-    },
-    StudyRow {
-        label: "Quiet-STaR",
-        method: "quiet-star",
-        budget: 6,
-        correct: 41,
-        accuracy: "32.03%",
-        flops: "12.73 T",
-        seconds: "554.66 s",
-    },
-    StudyRow {
-        label: "REBASE width 3",
-        method: "rebase",
-        budget: 3,
-        correct: 14,
-        accuracy: "10.94%",
-        flops: "2.35 T",
-        seconds: "8.47 s",
-    },
-    StudyRow {
-        label: "REBASE width 6",
-        method: "rebase",
-        budget: 6,
-        correct: 13,
-        accuracy: "10.16%",
-        flops: "4.96 T",
-        seconds: "17.82 s",
-    },
-    StudyRow {
-        label: "REBASE width 16",
-        method: "rebase",
-        budget: 16,
-        correct: 16,
-        accuracy: "12.50%",
-        flops: "13.57 T",
-        seconds: "46.90 s",
-    },
-    StudyRow {
-        label: "Quiet-STaR + REBASE (width 6)",
-        method: "combined",
-        budget: 6,
-        correct: 12,
-        accuracy: "9.38%",
-        flops: "4.25 T",
-        seconds: "143.66 s",
-    },
-];
 
 /// Two decimals, but never a misleading 0.00 for a positive value (more decimals are shown
 /// then) nor `cap` (100.00 for a percentage) for a value below it.
@@ -140,79 +68,18 @@ pub fn budget_cell(method: &str, budget: usize) -> String {
 }
 
 /// Text safe inside a markdown table cell.
-fn cell(s: &str) -> String {
+pub(super) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
-fn table_row(cells: &[String]) -> String {
+pub(super) fn table_row(cells: &[String]) -> String {
     format!("| {} |\n", cells.join(" | "))
 }
 
-fn table_head(cells: &[&str]) -> String {
+pub(super) fn table_head(cells: &[&str]) -> String {
     let mut s = table_row(&cells.iter().map(|c| c.to_string()).collect::<Vec<_>>());
     s += &format!("|{}\n", "---|".repeat(cells.len()));
     s
-}
-
-/// The ponder row shown beside a study row: same method and budget; for a study method with
-/// a single row (all but REBASE) the nearest budget run if that one was not.
-fn beside<'a>(row: &StudyRow, summaries: &'a [Summary]) -> Option<&'a Summary> {
-    let same = summaries.iter().filter(|s| s.method == row.method);
-    if let Some(s) = same.clone().find(|s| s.budget == row.budget) {
-        return Some(s);
-    }
-    if row.method == "rebase" {
-        return None;
-    }
-    same.min_by_key(|s| (s.budget.abs_diff(row.budget), std::cmp::Reverse(s.budget)))
-}
-
-fn study_section(out: &mut String, summaries: &[Summary]) {
-    out.push_str("## The study's published figures\n\n");
-    out.push_str(
-        "From arXiv 2412.16260 (Mistral-7B-v0.1 and `quietstar-8-ahead`, one A100, no KV \
-         cache, the same 128 problems). **Its FLOPs come from a formula that counts generated \
-         tokens only** (no prompt, no Quiet-STaR thought tokens, no reward model): compare them \
-         with ponder's *study-formula* column, not with ponder's exact count. Times depend on \
-         the model and the hardware.\n\n",
-    );
-    out.push_str(&table_head(&[
-        "study method",
-        "study accuracy",
-        "study FLOPs/q (formula)",
-        "study s/q",
-        "ponder run",
-        "ponder accuracy",
-        "ponder study-formula FLOPs/q",
-        "ponder exact useful FLOPs/q",
-        "ponder mean s/q",
-    ]));
-    for row in &STUDY {
-        let mut cells = vec![
-            row.label.to_string(),
-            format!("{} ({}/128)", row.accuracy, row.correct),
-            row.flops.to_string(),
-            row.seconds.to_string(),
-        ];
-        match beside(row, summaries) {
-            Some(s) => cells.extend([
-                format!("{} {}", cell(&s.method), budget_cell(&s.method, s.budget)),
-                accuracy_cell(s.correct, s.n),
-                sci4(s.mean_study_flops),
-                sci4(s.mean_flops),
-                dec2(s.mean_seconds, None),
-            ]),
-            None => cells.extend([
-                "not run".to_string(),
-                "—".into(),
-                "—".into(),
-                "—".into(),
-                "—".into(),
-            ]),
-        }
-        out.push_str(&table_row(&cells));
-    }
-    out.push('\n');
 }
 
 /// "- {label}: v1; v2\n" over the distinct `values`, or `none` without any.
@@ -375,7 +242,13 @@ pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manif
          apply the study's formula to the same run, for comparison with its figures: its \
          per-token cost times the generated tokens (no prompt, thoughts or PRM), and for a \
          REBASE tree the step limit per level of every step the search kept. Accuracy \
-         per TFLOP is accuracy (0 to 1) divided by the exact useful TFLOPs per question.\n\n",
+         per TFLOP is accuracy (0 to 1) divided by the exact useful TFLOPs per question. \
+         Tokens: *generated* are what the policy sampled (votes, answer phases, steps); \
+         *thought* are Quiet-STaR's, markers included; *PRM* are what the reward model \
+         read with unlimited memory (re-reads after an eviction show in the FLOPs only); \
+         *prompt* is the problem's prompt, once: text ponder adds later (the answer \
+         phase's trigger, REBASE's step headers) is prefilled and counted in the FLOPs, \
+         not in a token column.\n\n",
     );
 
     out.push_str("## Exact useful FLOPs per question, by phase\n\n");
@@ -401,9 +274,9 @@ pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manif
     if !records.is_empty()
         && records
             .iter()
-            .all(|r| r.subset.as_deref() == Some(STUDY_SUBSET))
+            .all(|r| r.subset.as_deref() == Some(super::study::STUDY_SUBSET))
     {
-        study_section(&mut out, summaries);
+        super::study::study_section(&mut out, summaries, settings);
     }
 
     out.push_str("## Plots\n\n");

@@ -235,26 +235,77 @@ fn study_figures_only_for_the_study_subset() {
     }
     let md = write_report(&dir, &records, None).unwrap();
     assert!(md.contains("published figures"), "{md}");
-    assert!(md.contains("| baseline | 10.16% (13/128) | 11.22 T | 52.47 s | baseline 6 votes | 2/3 (66.67%) | 1.000e12 |"), "{md}");
+    // The study's FLOPs in the same notation as ponder's beside them.
+    assert!(md.contains("| baseline | 10.16% (13/128) | 1.122e13 | 52.47 s | baseline 6 votes | 2/3 (66.67%) | 1.000e12 |"), "{md}");
     assert!(
-        md.contains("| Quiet-STaR | 32.03% (41/128) | 12.73 T | 554.66 s | not run |"),
+        md.contains("| Quiet-STaR | 32.03% (41/128) | 1.273e13 | 554.66 s | not run |"),
         "{md}"
     );
     assert!(
-        md.contains("| REBASE width 3 | 10.94% (14/128) | 2.35 T | 8.47 s | rebase width 3 |"),
+        md.contains("| REBASE width 3 | 10.94% (14/128) | 2.350e12 | 8.47 s | rebase width 3 |"),
         "{md}"
     );
     assert!(
-        md.contains("| REBASE width 16 | 12.50% (16/128) | 13.57 T | 46.90 s | not run |"),
+        md.contains("| REBASE width 16 | 12.50% (16/128) | 1.357e13 | 46.90 s | not run |"),
         "{md}"
     );
-    assert!(md.contains("| Quiet-STaR + REBASE (width 6) | 9.38% (12/128) | 4.25 T | 143.66 s |"));
+    assert!(md.contains("| Quiet-STaR + REBASE (width 6) | 9.38% (12/128) | 4.250e12 | 143.66 s |"));
     assert!(md.contains("formula"));
+    // A few problems of 128 are not the study's run, and the report says so.
+    assert!(md.contains("**Not the study's setup**"), "{md}");
+    assert!(
+        md.contains("baseline 6 votes: 3 of the 128 problems"),
+        "{md}"
+    );
+    assert!(md.contains("rebase width 3: 2 of the 128 problems"), "{md}");
+    assert!(
+        md.contains("ponder's policy: tiny (the study's: Mistral-7B-v0.1)"),
+        "{md}"
+    );
 
     records[0].subset = None;
     let md = write_report(&dir, &records, None).unwrap();
     assert!(!md.contains("published figures"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn study_differences_name_what_is_not_the_studys() {
+    use super::study::differences;
+    use crate::eval::manifest::Manifest;
+    let full: Vec<Record> = (0..128)
+        .map(|i| rec("baseline", 6, i, i % 8 == 0, 1.0, 10))
+        .collect();
+    let mut m = Manifest::default();
+    for (k, v) in [
+        ("protocol", "seed"),
+        ("max-tokens", "384"),
+        ("answer-tokens", "12"),
+        ("step-tokens", "96"),
+        ("path-tokens", "384"),
+        ("temperature", "1.0"),
+        ("rebase-temperature", "0.2"),
+        ("fixed-lengths", "false"),
+    ] {
+        m.set(k, v);
+    }
+    assert!(differences(&summarize(&full), Some(&m)).is_empty());
+
+    let mut two_votes = full.clone();
+    for r in &mut two_votes {
+        r.budget = 2;
+    }
+    two_votes.pop();
+    m.set("max-tokens", 48).set("protocol", "wu");
+    assert_eq!(
+        differences(&summarize(&two_votes), Some(&m)),
+        [
+            "protocol wu (the study's: seed)",
+            "max-tokens 48 (the study's: 384)",
+            "baseline is shown beside baseline 2 votes",
+            "baseline 2 votes: 127 of the 128 problems",
+        ]
+    );
 }
 
 fn pt(series: &str, label: &str, x: f64, y: f64) -> Point {
