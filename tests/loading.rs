@@ -210,5 +210,12 @@ fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
         format!("{err:#}").contains("talk_head.0.4.weight"),
         "{err:#}"
     );
+    // So is one with the head but no markers (it used to fall back to the untrained head).
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    write_model(&dir, &config, 1, false, &extra[1..]);
+    let err = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), false, 6)
+        .err()
+        .expect("a missing start_embedding is an error");
+    assert!(format!("{err:#}").contains("start_embedding"), "{err:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }

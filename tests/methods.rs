@@ -278,6 +278,70 @@ fn rebase_builds_a_tree_and_scores_it() {
 }
 
 #[test]
+fn wu_leaves_are_answers_or_the_path_limit_never_an_eos() {
+    // Wu et al.'s node is a leaf on "The answer is" alone. The bundled model, as its own
+    // PRM, ends some steps at EOS without it: those nodes are expanded again.
+    let be = Cpu::new();
+    let m = load(&be, None, &ponder::model::source::cache_dir(None)).unwrap();
+    let s = Settings {
+        protocol: Protocol::Wu,
+        width: 4,
+        step_tokens: 48,
+        path_tokens: 96,
+        ..settings()
+    };
+    let sol = run_rebase(&be, &m, false, usize::MAX, &s);
+    let path = |mut i: usize| {
+        let (mut tokens, mut text) = (0, String::new());
+        while let Some(p) = sol.tree[i].parent {
+            tokens += sol.tree[i].tokens;
+            text = format!("{}\n{text}", sol.tree[i].text);
+            i = p;
+        }
+        (tokens, text)
+    };
+    for (i, n) in sol.tree.iter().enumerate().filter(|(_, n)| n.leaf) {
+        let (tokens, text) = path(i);
+        assert!(
+            tokens >= s.path_tokens || text.contains("The answer is") || n.depth == s.max_depth,
+            "node {i} is a leaf at {tokens} tokens: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn the_study_formula_of_the_combination_charges_generated_path_tokens() {
+    // quiet-rebase.py charges the tokens each step really generated, path-cumulative, for
+    // the children it keeps; not REBASE's step limit per level.
+    let (be, m) = tiny();
+    let per = study_per_token(&m.model.cfg);
+    let s = Settings {
+        width: 3,
+        ..settings()
+    };
+    let sol = run_rebase(&be, &m, true, usize::MAX, &s);
+    let path = |mut i: usize| {
+        let mut t = 0;
+        while let Some(p) = sol.tree[i].parent {
+            t += sol.tree[i].tokens as u64;
+            i = p;
+        }
+        t
+    };
+    let kept: Vec<usize> = (0..sol.tree.len())
+        .filter(|&i| sol.tree[i].parent.is_some() && !sol.tree[i].dropped)
+        .collect();
+    assert!(!kept.is_empty());
+    let charged: u64 = kept.iter().map(|&i| path(i) * per).sum();
+    assert_eq!(sol.study_flops, charged);
+    let by_limit: u64 = kept
+        .iter()
+        .map(|&i| 12 * sol.tree[i].depth as u64 * per)
+        .sum();
+    assert_ne!(charged, by_limit, "the test must tell the two rules apart");
+}
+
+#[test]
 fn the_study_formula_charges_kept_steps_only() {
     // The study's code adds a child's path-cumulative charge (its step limit per level) only
     // once the child scores above 0.1; the children it drops cost it nothing. synthetic:tiny

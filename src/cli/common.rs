@@ -59,7 +59,8 @@ pub struct Opts {
     /// Tokens per REBASE step; default 96 with --protocol seed, 256 with wu (48 with --quick).
     #[arg(long)]
     pub step_tokens: Option<usize>,
-    /// Tokens per REBASE path; default 384, the protocol's (96 with --quick).
+    /// Tokens per REBASE path; default 384 with --protocol seed (the study's), 1024 with wu
+    /// (Wu et al.'s max_tokens); 96 with --quick.
     #[arg(long)]
     pub path_tokens: Option<usize>,
     /// Run every vote, step and thought to its limit, ignoring EOS and stop strings.
@@ -110,7 +111,17 @@ impl Opts {
             },
         );
         let max_tokens = q(self.max_tokens, 48, 384);
-        let path_tokens = q(self.path_tokens, 96, 384);
+        // protocol.md: the study's paths stop at 384 tokens; Wu et al.'s rebase.yaml has
+        // max_tokens 1024 (their node counts only its last step against it, so there it
+        // never binds; ponder applies it to the whole path, as its name says).
+        let path_tokens = q(
+            self.path_tokens,
+            96,
+            match self.protocol {
+                ProtocolArg::Seed => 384,
+                ProtocolArg::Wu => 1024,
+            },
+        );
         if votes == 0 || width == 0 {
             bail!("--votes and --width must be at least 1");
         }

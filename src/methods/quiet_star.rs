@@ -59,7 +59,13 @@ impl<B: Backend> QuietStar<B> {
             Some(p) if p.join("config.json").exists() => Some(Weights::open_dir(p)?),
             _ => None,
         };
-        let trained = weights.as_ref().filter(|w| w.has("start_embedding"));
+        // Any one of Quiet-STaR's tensors makes a checkpoint: a missing other one is then an
+        // error naming it, never a silent fall-back to the untrained head.
+        let trained = weights.as_ref().filter(|w| {
+            ["start_embedding", "end_embedding", "talk_head.0.0.weight"]
+                .iter()
+                .any(|n| w.has(n))
+        });
         check_n_ahead("--n-ahead", n_ahead)?;
         let sampled = n_ahead - 3;
         let base_vocab = tok.base_vocab(model.cfg.vocab_size);

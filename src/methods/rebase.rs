@@ -203,14 +203,15 @@ fn search<B: Backend>(
             let full = steps.join("\n");
             // With fixed lengths the text and the scores mean nothing (synthetic weights): the
             // rules that end a path early on them are off, and every path runs to the path
-            // limit, so the tree replays the protocol's whole token budget.
+            // limit, so the tree replays the protocol's whole token budget. EOS ends a path
+            // in the study's protocol only: Wu et al.'s node is a leaf on "The answer is"
+            // alone, and one that stopped at EOS is prompted for its next step like any other.
             let leaf = path_tokens >= s.path_tokens
                 || (!s.fixed_lengths
-                    && (b.finish == Some(Finish::Eos)
-                        || match s.protocol {
-                            Protocol::Seed => study_is_leaf(&b.text),
-                            Protocol::Wu => wu_is_leaf(&full),
-                        }));
+                    && match s.protocol {
+                        Protocol::Seed => b.finish == Some(Finish::Eos) || study_is_leaf(&b.text),
+                        Protocol::Wu => wu_is_leaf(&full),
+                    });
             let low = s.protocol == Protocol::Seed && score <= 0.1 && !s.fixed_lengths;
             let id = tree.len();
             tree.push(TreeNode {
@@ -223,11 +224,16 @@ fn search<B: Backend>(
                 tokens: generated,
             });
             let dropped = tree[id].dropped;
-            // The study's formula charges the step limit (its max_step_tokens, 96) per step
-            // along the path, whatever was generated, for the children it keeps only: its
-            // code adds a child's path total once the child passes the 0.1 threshold.
+            // The study's formula counts, for the children it keeps only (its code adds a
+            // child's path total once the child passes the 0.1 threshold), its path
+            // cumulatively: REBASE (rebase.py) charges the step limit (max_step_tokens, 96) per
+            // step whatever was generated; Quiet-STaR + REBASE (quiet-rebase.py) the tokens
+            // its decode loop really generated.
             if !dropped {
-                tally.study_tokens += s.step_tokens as u64 * (depth as u64 + 1);
+                tally.study_tokens += match quiet {
+                    None => s.step_tokens as u64 * (depth as u64 + 1),
+                    Some(_) => path_tokens as u64,
+                };
             }
             let mut scores = parent.scores.clone();
             scores.push(score);

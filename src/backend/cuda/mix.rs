@@ -7,6 +7,9 @@ use crate::backend::{Backend, TalkHead};
 use crate::flops::Counts;
 use anyhow::{ensure, Result};
 
+/// Threads per row of `talk_mix_out`.
+const MIX_THREADS: u32 = 256;
+
 impl Cuda {
     pub(super) fn talk_mix_impl(
         &self,
@@ -46,7 +49,7 @@ impl Cuda {
         self.launch(
             "talk_mix_out",
             (n as u32, 1, 1),
-            256,
+            MIX_THREADS,
             0,
             &[
                 Arg::P(base.ptr()),
@@ -57,9 +60,14 @@ impl Cuda {
             ],
         )?;
         // Per row one subtract (1 − w); per element two multiplies and one add (as the CPU).
+        // Executed: each of a row's 256 threads computes its own 1 − w.
+        let useful = nn + 3 * nn * dd;
         self.record(
             "talk_mix",
-            Counts::exact(nn + 3 * nn * dd, 3 * nn * dd * 4 + nn * 4, 0),
+            Counts {
+                executed_flops: useful - nn + nn * MIX_THREADS as u64,
+                ..Counts::exact(useful, 3 * nn * dd * 4 + nn * 4, 0)
+            },
         );
         Ok(out)
     }
