@@ -25,6 +25,9 @@ pub struct Runner<'a, B: Backend> {
     /// first: when the pool runs short the scheduler empties them (scheduler::make_room) and
     /// whoever feeds them next recomputes. A sequence must leave this list before it is fed.
     pub parked: Vec<SeqId>,
+    /// Sequences whose new tokens measure the sliding window from a fixed position rather
+    /// than their own (`SeqSlice::window_at`): Quiet-STaR's thought forks.
+    pub window_at: std::collections::HashMap<SeqId, usize>,
 }
 
 /// What the caller of a forward pass reads from the rows it returns: the logits too, or only
@@ -65,6 +68,7 @@ impl<'a, B: Backend> Runner<'a, B> {
             kv: KvStore::Own(kv),
             max_batch: usize::MAX,
             parked: Vec::new(),
+            window_at: Default::default(),
         })
     }
 
@@ -90,6 +94,7 @@ impl<'a, B: Backend> Runner<'a, B> {
             },
             max_batch: usize::MAX,
             parked: Vec::new(),
+            window_at: Default::default(),
         })
     }
 
@@ -188,6 +193,8 @@ impl<'a, B: Backend> Runner<'a, B> {
             marker.pos_start += tokens.n_tokens;
             marker.n_tokens = 1;
             marker.phase = Some(marker_phase);
+            // The marker belongs to the thought about the token before it.
+            marker.window_at = Some(marker.pos_start - 1);
             seqs.extend([tokens, marker]);
         }
         let batch = Batch { seqs, ..reserved };
@@ -287,7 +294,9 @@ impl<'a, B: Backend> Runner<'a, B> {
             let pos_start = self.pool.len(s)?;
             let base = self.base();
             let pages = self.pool.pages(s)?.iter().map(|p| p + base).collect();
-            seqs.push(SeqSlice::new(token_start, n, pos_start, pages));
+            let mut slice = SeqSlice::new(token_start, n, pos_start, pages);
+            slice.window_at = self.window_at.get(&s).copied();
+            seqs.push(slice);
             token_start += n;
         }
         Ok(Batch {

@@ -454,7 +454,7 @@ fn combined_runs_thoughts_inside_the_tree() {
 fn parallel_thoughts_give_the_incremental_logits_for_the_same_thought_tokens() {
     use ponder::methods::quiet_star::{Mode, ThoughtStep};
     use ponder::scheduler::{prefill, Branch, Stepper};
-    let (be, m) = tiny();
+    let (be, mut m) = tiny();
     // A talk head with a nonzero last layer, so the thoughts change the output.
     let mut qs = QuietStar::new(&be, &m.model, &m.tok, None, true, 8).unwrap();
     let d = m.model.cfg.hidden_size;
@@ -464,24 +464,34 @@ fn parallel_thoughts_give_the_incremental_logits_for_the_same_thought_tokens() {
         .unwrap();
     let seq: Vec<u32> = (0..23).map(|i| (i * 29 % 500 + 3) as u32).collect();
     let thought = [17u32, 230, 41, 99, 400];
-    let mut out = vec![];
-    for mode in [Mode::Incremental, Mode::Parallel] {
-        let mut r = Runner::new(&be, &m.model, 512, 4).unwrap();
-        let mut b = Branch::new(r.pool.create(), seq.clone(), 3);
-        prefill(&mut r, &[&b]).unwrap();
-        let rows = if mode == Mode::Parallel { seq.len() } else { 1 };
-        let mut step = ThoughtStep::new(&qs, 1, mode);
-        step.forced = Some((0..rows).flat_map(|_| thought).collect());
-        let parts = step.logits(&mut r, &mut [&mut b]).unwrap();
-        assert_eq!(step.thought_tokens, 7 * rows as u64);
-        assert_eq!(parts.len(), 1, "one tensor of one row");
-        out.push(be.to_host(&parts[0]).unwrap());
+    // No window, then one that the thoughts of the last position cross: quiet-star.md
+    // measures it from the position thought about, not from each thought token's own.
+    let mut by_window = vec![];
+    for window in [None, Some(20)] {
+        m.model.cfg.sliding_window = window;
+        let mut out = vec![];
+        for mode in [Mode::Incremental, Mode::Parallel] {
+            let mut r = Runner::new(&be, &m.model, 512, 4).unwrap();
+            let mut b = Branch::new(r.pool.create(), seq.clone(), 3);
+            prefill(&mut r, &[&b]).unwrap();
+            let rows = if mode == Mode::Parallel { seq.len() } else { 1 };
+            let mut step = ThoughtStep::new(&qs, 1, mode);
+            step.forced = Some((0..rows).flat_map(|_| thought).collect());
+            let parts = step.logits(&mut r, &mut [&mut b]).unwrap();
+            assert_eq!(step.thought_tokens, 7 * rows as u64);
+            assert_eq!(parts.len(), 1, "one tensor of one row");
+            out.push(be.to_host(&parts[0]).unwrap());
+        }
+        assert_eq!(out[0].len(), m.model.cfg.vocab_size);
+        assert_eq!(
+            out[0], out[1],
+            "window {window:?}: parallel and incremental last-position logits differ"
+        );
+        by_window.push(out.swap_remove(0));
     }
-    assert_eq!(out[0].len(), m.model.cfg.vocab_size);
-    assert_eq!(
-        out[0], out[1],
-        "parallel and incremental last-position logits differ"
-    );
+    assert_ne!(by_window[0], by_window[1], "the window should matter here");
+    let out = by_window;
+    m.model.cfg.sliding_window = None;
     let base = {
         let mut r = Runner::new(&be, &m.model, 64, 4).unwrap();
         let s = r.pool.create();

@@ -40,6 +40,11 @@ pub struct SeqSlice {
     /// The ledger phase the slice's share of the pass is charged to, when not the pass's own
     /// (Quiet-STaR's start marker rides in the pass of the real token before it).
     pub phase: Option<crate::flops::Phase>,
+    /// The position a sliding window is measured from, when it is not each token's own: the
+    /// tokens of an incremental Quiet-STaR thought see the real keys that the position they
+    /// think about sees (quiet-star.md's mask: i − j < window for the position i), and their
+    /// own thought's keys, which follow it.
+    pub window_at: Option<usize>,
 }
 
 /// What new token i of a slice may see: the block-0 keys [first, pos] and then, for a thought
@@ -81,6 +86,7 @@ impl SeqSlice {
             thought: None,
             logits: true,
             phase: None,
+            window_at: None,
         }
     }
 
@@ -196,7 +202,7 @@ impl Batch {
             None => (s.pos_start + i, 0, 0),
         };
         Visible {
-            first: self.first_visible(pos),
+            first: self.first_visible(s.window_at.map_or(pos, |a| a.min(pos))),
             pos,
             depth,
             len,

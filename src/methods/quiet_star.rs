@@ -253,6 +253,8 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
                     Layout::Forks(f) => {
                         let (k, copies) = r.pool.fork(b.seq, 1)?;
                         f.push(k[0]);
+                        // The thought is about position l − 1: its window is that one's.
+                        r.window_at.insert(k[0], l - 1);
                         r.copy_pages(&copies)?;
                         if start_logits.is_some() {
                             // The marker stays in the thought only.
@@ -290,6 +292,7 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
             self.think(r, &layout, &rows, d, start_logits)
         })();
         for s in layout.seqs() {
+            r.window_at.remove(&s);
             r.pool.free(s)?;
         }
         let h_end = res?;

@@ -11,6 +11,8 @@ pub(crate) struct Scenario {
     pages: usize,
     fills: Vec<Vec<(usize, usize, Vec<u32>)>>,
     main: Vec<(usize, usize, Vec<u32>)>,
+    /// `SeqSlice::window_at` of every slice of `main` (a thought's tokens).
+    window_at: Option<usize>,
     seed: u64,
 }
 
@@ -53,7 +55,12 @@ pub(crate) fn run_scenario<B: Backend>(
     })?;
     let mut seed = sc.seed;
     let mut step = |seqs: &[(usize, usize, Vec<u32>)], attend: bool| -> Result<_> {
-        let b = batch_of(seqs, sc.ps, sc.window);
+        let mut b = batch_of(seqs, sc.ps, sc.window);
+        if attend {
+            for s in &mut b.seqs {
+                s.window_at = sc.window_at;
+            }
+        }
         let n = b.n_tokens();
         seed += 3;
         let (q, k, v) = (
@@ -122,7 +129,7 @@ pub(crate) fn reference(sc: &Scenario) -> (Vec<f32>, Vec<f32>) {
         for (p0, cnt, pages) in seqs {
             for i in 0..*cnt {
                 let pos = p0 + i;
-                let first = b.first_visible(pos);
+                let first = b.first_visible(sc.window_at.map_or(pos, |a| a.min(pos)));
                 let (mut ks, mut vs) = (vec![], vec![]);
                 for j in first..=pos {
                     let (kr, vr) = slots[slot(pages, j)].as_ref().expect("key written");
@@ -188,6 +195,7 @@ pub(crate) fn op_rope_and_prefill_attention<B: Backend>(be: &B, tol: f32) -> Res
             fills: vec![vec![(0, 30, a.clone())]],
             // A continued prefill over two query tiles, a fresh prompt, a first token, nothing.
             main: vec![(30, 70, a), (0, 5.min(ps), b), (0, 1, c), (0, 0, vec![])],
+            window_at: None,
             seed: 100 + hd as u64,
         };
         check_scenario(
@@ -211,6 +219,7 @@ pub(crate) fn op_decode_attention_long<B: Backend>(be: &B, tol: f32) -> Result<(
             pages: Pages::N,
             fills: vec![vec![(0, 1000, a.clone()), (0, 300, b.clone())]],
             main: vec![(1000, 1, a), (300, 1, b)],
+            window_at: None,
             seed: 7,
         };
         check_scenario(be, tol, &sc, &format!("decode window {window:?}"))?;
@@ -220,11 +229,14 @@ pub(crate) fn op_decode_attention_long<B: Backend>(be: &B, tol: f32) -> Result<(
 
 /// Sequences of 2 to 4 new tokens (Quiet-STaR's last thought token with its end marker):
 /// attn_decode items, one per token, whose shared history goes through the prefix kernel, so
-/// that the first token of each is left no keys of its own; with and without a window.
+/// that the first token of each is left no keys of its own; with and without a window, and
+/// with a window measured from position 129 (a thought about it: `SeqSlice::window_at`),
+/// there over 6 tokens of the first sequence, more than a decode item's usual few.
 pub(crate) fn op_short_extend_attention<B: Backend>(be: &B, tol: f32) -> Result<()> {
-    for window in [None, Some(90)] {
+    for (window, window_at) in [(None, None), (Some(90), None), (Some(90), Some(129))] {
         let mut pg = Pages(0);
         let (a, b, c) = (pg.take(9), pg.take(6), pg.take(2));
+        let first = if window_at.is_some() { 6 } else { 2 };
         let sc = Scenario {
             d: dims(8, 2, 64),
             ps: 16,
@@ -235,10 +247,12 @@ pub(crate) fn op_short_extend_attention<B: Backend>(be: &B, tol: f32) -> Result<
                 (0, 77, b.clone()),
                 (0, 20, c.clone()),
             ]],
-            main: vec![(130, 2, a), (77, 4, b), (20, 3, c), (0, 0, vec![])],
+            main: vec![(130, first, a), (77, 4, b), (20, 3, c), (0, 0, vec![])],
+            window_at,
             seed: 23,
         };
-        check_scenario(be, tol, &sc, &format!("short extends, window {window:?}"))?;
+        let what = format!("short extends, window {window:?} from {window_at:?}");
+        check_scenario(be, tol, &sc, &what)?;
     }
     Ok(())
 }
@@ -256,6 +270,7 @@ pub(crate) fn op_tree_attention<B: Backend>(be: &B, tol: f32) -> Result<()> {
             ps: 16,
             window: None,
             pages: Pages::N,
+            window_at: None,
             fills: vec![
                 vec![(0, 144, shared.clone()), (0, 40, other.clone())],
                 vec![(144, 5, own[1].clone()), (144, 20, own[2].clone())],

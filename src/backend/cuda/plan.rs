@@ -69,6 +69,7 @@ fn encode(batch: &Batch, dims: AttnDims) -> Vec<u64> {
             s.pos_start as u64,
             tl,
             depth,
+            s.window_at.map_or(u64::MAX, |a| a as u64),
             s.pages.len() as u64,
         ]);
         k.extend(s.pages.iter().map(|&p| p as u64));
@@ -145,12 +146,15 @@ impl Cuda {
             // reads each KV head's keys once for all its query heads, and the rows of one
             // sequence share their history as a prefix (below), where a 64-row prefill tile
             // would compute 64 rows for these few and read the keys once per query head.
-            if s.n_tokens <= DECODE_ROWS && s.thought.is_none() {
+            // A slice whose window is measured from elsewhere (a thought's tokens) is always
+            // decode items: they carry each query's first key, the prefill kernel derives it
+            // from the query's own position.
+            if (s.n_tokens <= DECODE_ROWS || s.window_at.is_some()) && s.thought.is_none() {
                 for i in 0..s.n_tokens {
                     let p = s.pos_start + i;
                     decode.push([
                         (s.token_start + i) as i32,
-                        batch.first_visible(p) as i32,
+                        batch.visible(s, i).first as i32,
                         p as i32 + 1,
                         page_off[si],
                     ]);
