@@ -8,6 +8,7 @@ use ponder::methods::common::{Policy, Protocol, Settings};
 use ponder::methods::engines::{Engines, Fleet};
 use ponder::methods::prm::Prm;
 use ponder::methods::quiet_star::{Mode, QuietStar};
+use ponder::methods::voting::{Aggregate, Select};
 use ponder::model::config::{check_n_ahead, Config};
 use ponder::model::llama::Model;
 use ponder::model::source::{default_model_dir, load, Loaded};
@@ -19,6 +20,21 @@ use std::sync::Arc;
 pub enum ProtocolArg {
     Seed,
     Wu,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SelectArg {
+    Best,
+    Majority,
+    Weighted,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AggregateArg {
+    Last,
+    Mean,
+    Min,
+    Product,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -48,6 +64,13 @@ pub struct Opts {
     /// REBASE softmax temperature over PRM scores.
     #[arg(long, default_value_t = 0.2)]
     pub rebase_temperature: f64,
+    /// How REBASE picks its answer from the leaves: best-of-N by score, majority vote, or the
+    /// score-weighted vote; default: the protocol's (best for seed, weighted for wu).
+    #[arg(long, value_enum)]
+    pub select: Option<SelectArg>,
+    /// How a leaf's step scores become its score for --select best and weighted.
+    #[arg(long, value_enum, default_value = "last")]
+    pub aggregate: AggregateArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Tokens per vote before the answer phase; default 384, the protocol's (48 with --quick).
@@ -174,6 +197,17 @@ impl Opts {
             quiet_mode: match self.quiet_mode {
                 QuietModeArg::Incremental => Mode::Incremental,
                 QuietModeArg::Parallel => Mode::Parallel,
+            },
+            select: self.select.map(|s| match s {
+                SelectArg::Best => Select::Best,
+                SelectArg::Majority => Select::Majority,
+                SelectArg::Weighted => Select::Weighted,
+            }),
+            aggregate: match self.aggregate {
+                AggregateArg::Last => Aggregate::Last,
+                AggregateArg::Mean => Aggregate::Mean,
+                AggregateArg::Min => Aggregate::Min,
+                AggregateArg::Product => Aggregate::Product,
             },
             ..Settings::default()
         })
@@ -387,6 +421,16 @@ mod tests {
             .settings()
             .expect_err("width 0 is refused");
         assert!(err.to_string().contains("--width"), "{err}");
+    }
+
+    #[test]
+    fn rebase_answer_rule_defaults_to_the_protocols() {
+        assert_eq!(settings(&[]).select(), Select::Best);
+        assert_eq!(settings(&["--protocol", "wu"]).select(), Select::Weighted);
+        let s = settings(&["--protocol", "wu", "--select", "best", "--aggregate", "min"]);
+        assert_eq!((s.select(), s.aggregate), (Select::Best, Aggregate::Min));
+        assert_eq!(settings(&[]).aggregate, Aggregate::Last);
+        assert!(Cli::try_parse_from(["ponder", "--select", "vote"]).is_err());
     }
 
     #[test]

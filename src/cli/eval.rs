@@ -138,6 +138,11 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str, cfg: &Config) -> Manifest
         .set("seed", s.seed)
         .set("protocol", format!("{:?}", s.protocol).to_lowercase())
         .set("rebase-temperature", s.rebase_temperature)
+        .set("rebase-select", format!("{:?}", s.select()).to_lowercase())
+        .set(
+            "rebase-aggregate",
+            format!("{:?}", s.aggregate).to_lowercase(),
+        )
         .set("temperature", s.temperature)
         .set("fixed-lengths", s.fixed_lengths)
         .set("max-tokens", s.max_tokens)

@@ -37,6 +37,22 @@ pub struct Settings {
     pub max_depth: usize,
     /// How Quiet-STaR computes its thoughts.
     pub quiet_mode: super::quiet_star::Mode,
+    /// How a tree search picks its answer; None: the protocol's (best-of-N for seed, the
+    /// weighted vote for wu).
+    pub select: Option<super::voting::Select>,
+    /// How a leaf's step scores become its score for best-of-N and the weighted vote.
+    pub aggregate: super::voting::Aggregate,
+}
+
+impl Settings {
+    /// The answer rule in force: `select`, else the protocol's.
+    pub fn select(&self) -> super::voting::Select {
+        use super::voting::Select;
+        self.select.unwrap_or(match self.protocol {
+            Protocol::Seed => Select::Best,
+            Protocol::Wu => Select::Weighted,
+        })
+    }
 }
 
 impl Default for Settings {
@@ -55,6 +71,8 @@ impl Default for Settings {
             path_tokens: 384,
             max_depth: 25,
             quiet_mode: super::quiet_star::Mode::Incremental,
+            select: None,
+            aggregate: super::voting::Aggregate::Last,
         }
     }
 }

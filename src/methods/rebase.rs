@@ -8,7 +8,7 @@ use super::answer::{last_integer, study_is_leaf, wu_answer, wu_is_leaf};
 use super::common::{Meter, Policy, Protocol, Settings, Solution, Tally, TreeNode, Vote};
 use super::prm::Prm;
 use super::quiet_star::{QuietStar, ThoughtStep};
-use super::voting::{best_of_n, wu_vote, Aggregate};
+use super::voting::choose;
 use crate::backend::Backend;
 use crate::generate::Finish;
 use crate::rng::child_stream;
@@ -106,16 +106,14 @@ pub fn solve<B: Backend>(
             }
         })
         .collect();
-    let answer = match s.protocol {
-        Protocol::Seed => best_leaf_answer(&votes),
-        Protocol::Wu => {
-            let w: Vec<(Option<String>, f64)> = votes
-                .iter()
-                .map(|v| (v.answer.clone(), v.scores.last().copied().unwrap_or(0.0)))
-                .collect();
-            wu_vote(&w)
-        }
-    };
+    // The study: the last integer of the best leaf by last-step score, among the leaves that
+    // hold one (its code skips a leaf it extracts nothing from; ties to the earlier leaf).
+    // Wu et al.: the weighted vote over last-step scores, with their "[invalid]" group.
+    let leaves: Vec<(Option<String>, Vec<f64>)> = votes
+        .iter()
+        .map(|v| (v.answer.clone(), v.scores.clone()))
+        .collect();
+    let answer = choose(&leaves, s.select(), s.aggregate, s.protocol == Protocol::Wu);
     tally.prm = prm.tokens - prm_tokens0;
     let method = if quiet.is_some() {
         "combined"
@@ -131,19 +129,6 @@ pub fn solve<B: Backend>(
         tally,
         Some(prm.name.clone()),
     ))
-}
-
-/// The study's answer: the last integer of the best leaf by last-step score, among the
-/// leaves that hold an integer (as its code picks: a leaf without one gives no answer, and
-/// the next best may). Ties go to the earlier leaf.
-fn best_leaf_answer(votes: &[Vote]) -> Option<String> {
-    let scored: Vec<(Vec<f64>, usize)> = votes
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.answer.is_some())
-        .map(|(i, v)| (v.scores.clone(), i))
-        .collect();
-    best_of_n(&scored, Aggregate::Last).and_then(|i| votes[i].answer.clone())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -409,26 +394,22 @@ mod tests {
         );
     }
 
-    fn vote(answer: Option<&str>, scores: &[f64]) -> Vote {
-        Vote {
-            text: String::new(),
-            answer: answer.map(str::to_string),
-            scores: scores.to_vec(),
-            tokens: 0,
-        }
-    }
-
     #[test]
     fn the_best_leaf_with_an_integer_gives_the_answer() {
+        use crate::methods::voting::{choose, Aggregate, Select};
+        let leaf = |a: Option<&str>, s: &[f64]| (a.map(str::to_string), s.to_vec());
         let v = [
-            vote(None, &[0.9, 0.95]),
-            vote(Some("7"), &[0.2, 0.6]),
-            vote(Some("8"), &[0.9, 0.6]),
-            vote(Some("9"), &[0.3, 0.5]),
+            leaf(None, &[0.9, 0.95]),
+            leaf(Some("7"), &[0.2, 0.6]),
+            leaf(Some("8"), &[0.9, 0.6]),
+            leaf(Some("9"), &[0.3, 0.5]),
         ];
-        // The top leaf has no integer; of the rest the first of the two at 0.6 wins.
-        assert_eq!(best_leaf_answer(&v).as_deref(), Some("7"));
-        assert_eq!(best_leaf_answer(&v[..1]), None);
-        assert_eq!(best_leaf_answer(&[]), None);
+        // The study's rule (the seed protocol's default): the top leaf has no integer; of the
+        // rest the first of the two at 0.6 wins.
+        let best =
+            |v: &[(Option<String>, Vec<f64>)]| choose(v, Select::Best, Aggregate::Last, false);
+        assert_eq!(best(&v).as_deref(), Some("7"));
+        assert_eq!(best(&v[..1]), None);
+        assert_eq!(best(&[]), None);
     }
 }

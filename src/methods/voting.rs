@@ -167,9 +167,95 @@ pub fn best_of_n(leaves: &[(Vec<f64>, usize)], agg: Aggregate) -> Option<usize> 
     best.map(|(_, payload)| payload)
 }
 
+/// How a tree search picks its answer from its leaves (rebase.md, "Choosing the answer").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Select {
+    /// Best-of-N: the answer of the leaf whose aggregate score is highest, among the leaves
+    /// that hold one (the study's rule).
+    Best,
+    /// The most common answer, scores unused.
+    Majority,
+    /// Answers weighted by their leaves' aggregate scores (Wu et al.'s best).
+    Weighted,
+}
+
+/// The answer of `leaves` (answer, step scores) by `select`, each leaf scored by `agg`.
+/// With `wu`, the votes follow Wu et al.'s code: leaves without an answer vote together as
+/// "[invalid]" (which can win: then there is no answer), and an unweighted majority is their
+/// weighted one with every weight 1 (its ties differ from the study's `Counter` rule).
+pub fn choose(
+    leaves: &[(Option<String>, Vec<f64>)],
+    select: Select,
+    agg: Aggregate,
+    wu: bool,
+) -> Option<String> {
+    let weighted = |w: Vec<(Option<String>, f64)>| {
+        if wu {
+            wu_vote(&w)
+        } else {
+            weighted_majority(&w).map(|(a, _)| a)
+        }
+    };
+    match select {
+        Select::Best => {
+            let scored: Vec<(Vec<f64>, usize)> = leaves
+                .iter()
+                .enumerate()
+                .filter(|(_, (a, _))| a.is_some())
+                .map(|(i, (_, s))| (s.clone(), i))
+                .collect();
+            best_of_n(&scored, agg).and_then(|i| leaves[i].0.clone())
+        }
+        Select::Majority if wu => weighted(leaves.iter().map(|(a, _)| (a.clone(), 1.0)).collect()),
+        Select::Majority => {
+            let answers: Vec<Option<String>> = leaves.iter().map(|(a, _)| a.clone()).collect();
+            majority(&answers).map(|(a, _)| a)
+        }
+        Select::Weighted => weighted(
+            leaves
+                .iter()
+                .map(|(a, s)| (a.clone(), agg.apply(s)))
+                .collect(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn choose_follows_the_rule_and_the_aggregate() {
+        let leaf = |a: &str, s: &[f64]| ((!a.is_empty()).then(|| a.to_string()), s.to_vec());
+        // "5" has the best last score; "7" the most votes and the most weight; by its min
+        // score "9" is best; without an answer the last leaf only counts as "[invalid]".
+        let leaves = [
+            leaf("7", &[0.2, 0.5]),
+            leaf("5", &[0.3, 0.9]),
+            leaf("7", &[0.1, 0.6]),
+            leaf("9", &[0.8, 0.7]),
+            leaf("", &[0.9, 0.95]),
+        ];
+        let c = |sel, agg, wu| choose(&leaves, sel, agg, wu);
+        assert_eq!(c(Select::Best, Aggregate::Last, false), Some("5".into()));
+        assert_eq!(c(Select::Best, Aggregate::Min, false), Some("9".into()));
+        assert_eq!(c(Select::Best, Aggregate::Product, true), Some("9".into()));
+        assert_eq!(
+            c(Select::Majority, Aggregate::Last, false),
+            Some("7".into())
+        );
+        assert_eq!(
+            c(Select::Weighted, Aggregate::Last, false),
+            Some("7".into())
+        );
+        // Wu et al.'s vote: "[invalid]" weighs 0.95 < 1.1 ("7") by last score, but by min
+        // score "[invalid]" (0.9) beats "7" (0.3), "5" (0.3) and "9" (0.7): no answer.
+        assert_eq!(c(Select::Weighted, Aggregate::Last, true), Some("7".into()));
+        assert_eq!(c(Select::Weighted, Aggregate::Min, true), None);
+        assert_eq!(c(Select::Weighted, Aggregate::Min, false), Some("9".into()));
+        assert_eq!(c(Select::Majority, Aggregate::Last, true), Some("7".into()));
+        assert_eq!(choose(&[], Select::Best, Aggregate::Last, false), None);
+    }
 
     fn votes(v: &[&str]) -> Vec<Option<String>> {
         v.iter()

@@ -82,7 +82,7 @@ pub const STUDY: [StudyRow; 6] = [
 ];
 
 /// The study's value of each run.json setting its figures depend on (protocol.md).
-const STUDY_SETTINGS: [(&str, &str); 9] = [
+const STUDY_SETTINGS: [(&str, &str); 11] = [
     ("protocol", "seed"),
     ("max-tokens", "384"),
     ("answer-tokens", "12"),
@@ -90,6 +90,8 @@ const STUDY_SETTINGS: [(&str, &str); 9] = [
     ("path-tokens", "384"),
     ("temperature", "1"),
     ("rebase-temperature", "0.2"),
+    ("rebase-select", "best"),
+    ("rebase-aggregate", "last"),
     ("fixed-lengths", "false"),
     ("n-ahead", "8"),
 ];
