@@ -211,6 +211,51 @@ fn unknown_synthetic_model_and_bad_flag_values() {
 }
 
 #[test]
+fn a_prompt_past_the_models_positions_is_refused_and_unused_limits_are_not_checked() {
+    // synthetic:tiny has 32768 positions and a byte-level tokenizer: a question of 33000
+    // bytes cannot fit, whatever the method (the flags alone do).
+    let long = "x".repeat(33_000);
+    for method in ["baseline", "rebase", "quiet-star"] {
+        let args = [
+            "solve",
+            "--method",
+            method,
+            "--model",
+            "synthetic:tiny",
+            "--quick",
+            "--question",
+            &long,
+        ];
+        assert_one_line_error(&args, &["prompt of", "max_position_embeddings"]);
+    }
+    // A baseline never reads REBASE's limits, nor REBASE the votes': a value that only the
+    // other method could not hold is no reason to refuse.
+    for (method, flag) in [("baseline", "--path-tokens"), ("rebase", "--max-tokens")] {
+        let (code, err) = ponder(&[
+            "solve",
+            "--method",
+            method,
+            "--model",
+            "synthetic:tiny",
+            "--quick",
+            "--votes",
+            "1",
+            "--width",
+            "1",
+            "--step-tokens",
+            "2",
+            "--answer-tokens",
+            "1",
+            "--question",
+            "x",
+            flag,
+            "1000000",
+        ]);
+        assert_eq!(code, 0, "{method} {flag}: {err}");
+    }
+}
+
+#[test]
 fn gguf_import_of_a_missing_file() {
     let out = std::env::temp_dir().join("ponder-bad-gguf-out");
     assert_one_line_error(

@@ -474,6 +474,15 @@ fn resume_with_other_settings_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("come from different runs: data is"), "{err}");
+    // Without run.json (a folder from before manifests) the records still name their seed
+    // and model: a resume of another run is refused all the same, and adds nothing.
+    std::fs::remove_file(dir.join("run.json")).unwrap();
+    let (code, err) = run(&[
+        "--method", "baseline", "--limit", "3", "--seed", "9", "--resume",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("was run with seed 0 (this run: 9)"), "{err}");
+    assert_eq!(lines(&dir), 4);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
     let _ = std::fs::remove_file(&data);

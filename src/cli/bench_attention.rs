@@ -93,12 +93,30 @@ fn row(
     Ok(())
 }
 
+/// The most timed runs per case `--iters` may ask for.
+const MAX_ITERS: usize = 1_000_000;
+
 pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()> {
-    if [s.tokens, s.batch, s.context, s.thought_len, s.iters].contains(&0) {
-        bail!("--tokens, --batch, --context, --thought-len and --iters must be at least 1");
+    for (flag, v) in [
+        ("--tokens", s.tokens),
+        ("--batch", s.batch),
+        ("--context", s.context),
+        ("--thought-len", s.thought_len),
+        ("--iters", s.iters),
+    ] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
     }
-    if s.depth > 64 || s.thought_len > 1 << 20 {
-        bail!("--depth is at most 64 and --thought-len at most 1048576");
+    if s.depth > 64 {
+        bail!("--depth is at most 64, not {}", s.depth);
+    }
+    if s.thought_len > 1 << 20 {
+        bail!("--thought-len is at most 1048576, not {}", s.thought_len);
+    }
+    // Each case runs `iters` times: a count past this is a typo, not a benchmark.
+    if s.iters > MAX_ITERS {
+        bail!("--iters is at most {MAX_ITERS}, not {}", s.iters);
     }
     let d = cfg.attn_dims();
     fits_in_memory(s, cfg)?;

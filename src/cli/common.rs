@@ -289,9 +289,17 @@ impl Opts {
 
     /// Refuses, before any work, token limits that no sequence could hold: past the model's
     /// positions, or past one problem's KV pool (which preemption cannot help).
-    pub fn check_lengths(&self, s: &Settings, cfg: &Config) -> Result<()> {
+    /// Only the limits of the methods that run count: `votes` for baseline and Quiet-STaR,
+    /// `trees` for REBASE and the combination.
+    pub fn check_lengths(
+        &self,
+        s: &Settings,
+        cfg: &Config,
+        votes: bool,
+        trees: bool,
+    ) -> Result<()> {
         let pool = self.kv_pages.saturating_mul(PAGE_SIZE);
-        for (what, n) in [
+        let limits = [
             (
                 format!(
                     "--max-tokens {} + --answer-tokens {}",
@@ -306,7 +314,9 @@ impl Opts {
                 ),
                 s.path_tokens.saturating_add(s.step_tokens),
             ),
-        ] {
+        ];
+        let runs = [votes, trees];
+        for ((what, n), _) in limits.into_iter().zip(runs).filter(|(_, r)| *r) {
             fits_positions(n, &what, cfg)?;
             if n > pool {
                 bail!(

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use ponder::backend::Backend;
 use ponder::eval::data::{load as load_data, parse_shard, select, Selection};
 use ponder::eval::manifest::{self, data_fingerprint, Manifest};
-use ponder::eval::report::{check_no_overlap, write_report};
+use ponder::eval::report::{check_no_overlap, check_one_run, write_report};
 use ponder::eval::results::read_records;
 use ponder::eval::run::{run as run_eval, Plan};
 use ponder::methods::engines::Method;
@@ -159,7 +159,11 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str, cfg: &Config) -> Manifest
 impl OnBackend for Eval {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let m = load(&be, self.a.opts.model.as_deref(), &self.cache)?;
-        self.a.opts.check_lengths(&self.settings, &m.model.cfg)?;
+        let trees = self.methods.iter().any(|m| m.uses_prm());
+        let votes = self.methods.iter().any(|m| !m.uses_prm());
+        self.a
+            .opts
+            .check_lengths(&self.settings, &m.model.cfg, votes, trees)?;
         let _lock = manifest::lock_dir(&self.a.out)?;
         let recorded = manifest::check_or_write(
             &self.a.out,
@@ -261,6 +265,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let settings =
         manifest::check_same_run(&a.dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     check_no_overlap(&sets)?;
+    check_one_run(&sets)?;
     let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
     if all.is_empty() {
         bail!(

@@ -51,13 +51,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
-    if !a.temperature.is_finite()
-        || a.temperature < 0.0
-        || a.top_p.is_nan()
-        || a.top_p <= 0.0
-        || a.top_p > 1.0
-    {
-        bail!("--temperature must be a finite number ≥ 0 and --top-p in (0, 1]");
+    if !a.temperature.is_finite() || a.temperature < 0.0 {
+        bail!(
+            "--temperature must be a finite number ≥ 0, not {}",
+            a.temperature
+        );
+    }
+    if a.top_p.is_nan() || a.top_p <= 0.0 || a.top_p > 1.0 {
+        bail!("--top-p must be in (0, 1], not {}", a.top_p);
+    }
+    if a.stop.iter().any(String::is_empty) {
+        bail!("--stop needs a non-empty string (an empty one would stop before any token)");
     }
     if a.page_size == 0 {
         bail!("--page-size must be positive");

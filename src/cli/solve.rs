@@ -50,7 +50,9 @@ impl OnBackend for Solve {
         let method = Method::parse(&a.method)?;
         let settings = a.opts.settings()?;
         let m = load(&be, a.opts.model.as_deref(), cache)?;
-        a.opts.check_lengths(&settings, &m.model.cfg)?;
+        let trees = method.uses_prm();
+        a.opts
+            .check_lengths(&settings, &m.model.cfg, !trees, trees)?;
         let prm = a.opts.load_prm(&be, cache, method.uses_prm())?;
         let mut e = a.opts.engines(
             &be,

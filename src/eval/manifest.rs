@@ -140,6 +140,9 @@ pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest
         return Ok(m.clone());
     }
     let Some(old) = read(dir)? else {
+        // A folder from before run.json: its records still name their model, seed and
+        // subset, which must be this run's before it is adopted.
+        check_records(dir, m)?;
         write(dir, m)?;
         return Ok(m.clone());
     };
@@ -158,6 +161,31 @@ pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest
         );
     }
     Ok(old)
+}
+
+/// The first record of `dir` whose model, seed or subset is not `m`'s is an error naming it.
+fn check_records(dir: &Path, m: &Manifest) -> Result<()> {
+    let none = || "(none)".to_string();
+    for r in super::results::read_records(dir)?.records {
+        let fields = [
+            ("model", r.model.clone()),
+            ("seed", r.seed.to_string()),
+            ("subset", r.subset.clone().unwrap_or_else(none)),
+        ];
+        for (key, was) in fields {
+            let now = m.0.get(key).cloned().unwrap_or_else(none);
+            if was != now {
+                bail!(
+                    "{} holds results of another run: its {} row {} was run with {key} {was} \
+                     (this run: {now}); resume with the same settings, or choose another --out",
+                    dir.display(),
+                    r.method,
+                    r.index
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Before merging folders: every folder with a manifest must agree with the first such one,
@@ -236,8 +264,14 @@ mod tests {
         // Without --resume the folder is not touched (the results file refuses it).
         check_or_write(&dir, &manifest(3, "x"), false).unwrap();
         assert_eq!(read(&dir).unwrap(), Some(a.clone()));
-        // A folder from before manifests: adopted on resume.
+        // A folder from before manifests: adopted on resume, if its records are this run's.
         std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        let mut r = crate::eval::report::tests::rec("baseline", 6, 0, true, 1.0, 1);
+        (r.model, r.seed) = ("x".into(), 3);
+        std::fs::write(dir.join(RESULTS), serde_json::to_string(&r).unwrap() + "\n").unwrap();
+        let e = check_or_write(&dir, &manifest(4, "x"), true).unwrap_err();
+        assert!(e.to_string().contains("with seed 3 (this run: 4)"), "{e}");
+        assert_eq!(read(&dir).unwrap(), None, "a refused folder is not adopted");
         check_or_write(&dir, &manifest(3, "x"), true).unwrap();
         assert_eq!(read(&dir).unwrap(), Some(manifest(3, "x")));
         let other = dir.join("other");

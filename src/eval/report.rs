@@ -6,7 +6,7 @@ mod study;
 pub(crate) use markdown::budget_cell;
 mod svg;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::eval::record::Record;
 use anyhow::{bail, Context, Result};
@@ -204,9 +204,55 @@ pub fn summarize(records: &[Record]) -> Vec<Summary> {
         .collect()
 }
 
+/// Merging result directories: every record must come from one run, the same model, seed
+/// and subset (what each record carries, so folders without run.json are held to it too);
+/// fails naming the two folders and the field.
+pub fn check_one_run(sets: &[(PathBuf, Vec<Record>)]) -> Result<()> {
+    let mut first: Option<(&Path, &Record)> = None;
+    for (dir, records) in sets {
+        for r in records {
+            let Some((d0, r0)) = first else {
+                first = Some((dir, r));
+                continue;
+            };
+            let differs = if r.model != r0.model {
+                Some(("model", r0.model.clone(), r.model.clone()))
+            } else if r.seed != r0.seed {
+                Some(("seed", r0.seed.to_string(), r.seed.to_string()))
+            } else if r.subset != r0.subset {
+                let s = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".into());
+                Some(("subset", s(&r0.subset), s(&r.subset)))
+            } else {
+                None
+            };
+            if let Some((key, a, b)) = differs {
+                bail!(
+                    "the results in {} and {} come from different runs: {key} is {a} in one \
+                     and {b} in the other",
+                    d0.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Merging result directories (shards): fails, naming both directories and the
 /// (method, budget, index), if a problem's result appears in two of them.
 pub fn check_no_overlap(sets: &[(PathBuf, Vec<Record>)]) -> Result<()> {
+    let mut seen: HashMap<PathBuf, &Path> = HashMap::new();
+    for (dir, _) in sets {
+        let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        if let Some(first) = seen.insert(real, dir) {
+            bail!(
+                "the results folder {} is named twice ({} and {})",
+                dir.display(),
+                first.display(),
+                dir.display()
+            );
+        }
+    }
     let mut owner: HashMap<(String, usize, usize), usize> = HashMap::new();
     for (i, (dir, records)) in sets.iter().enumerate() {
         // (read_records refuses a key repeated inside one directory.)

@@ -241,13 +241,14 @@ fn other_budgets(held: &[(&str, usize)], runs: &[(Method, usize)]) -> Vec<String
         *counts.entry((m, b)).or_default() += 1;
     }
     let mut lines = Vec::new();
-    for ((m, b), n) in counts {
+    for (&(m, b), &n) in &counts {
         let running: Vec<usize> = runs
             .iter()
             .filter(|(rm, _)| rm.name() == m)
             .map(|&(_, rb)| rb)
             .collect();
-        if running.is_empty() || running.contains(&b) {
+        // Continuing a budget the folder holds adds nothing beside the others it holds.
+        if running.is_empty() || running.iter().any(|&rb| counts.contains_key(&(m, rb))) {
             continue;
         }
         let now: Vec<String> = running
@@ -308,6 +309,9 @@ mod tests {
         // Same budgets, or a method this run does not run: nothing to say.
         assert!(other_budgets(&held, &[(Method::Baseline, 6)]).is_empty());
         assert!(other_budgets(&held, &[(Method::Combined, 2)]).is_empty());
+        // Continuing a budget the folder holds (baseline at 6, beside 2) adds none.
+        let both = [("baseline", 6), ("baseline", 2)];
+        assert!(other_budgets(&both, &[(Method::Baseline, 2)]).is_empty());
     }
 
     #[test]

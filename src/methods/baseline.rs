@@ -22,6 +22,18 @@ pub fn solve<B: Backend>(
     let mut tally = Tally::default();
     let prompt = format!("Q: {question}\nA: Let's think step by step.");
     let ids = p.encode_with_bos(&prompt)?;
+    let trigger = p.tok.encode(ANSWER_TRIGGER)?.len();
+    // A thought about the last token reaches n_ahead − 1 positions past it.
+    let thought = quiet.map_or(0, |q| q.sampled + 1);
+    p.check_fits(
+        ids.len(),
+        s.max_tokens + trigger + s.answer_tokens + thought,
+        &format!(
+            "--max-tokens {} + the answer phase ({trigger} + --answer-tokens {}) + a thought \
+             ({thought})",
+            s.max_tokens, s.answer_tokens
+        ),
+    )?;
     tally.prompt = ids.len() as u64;
     let root = Branch::new(p.runner.pool.create(), ids, 0);
     let res = run_votes(p, quiet, &root, &prompt, s, &mut tally);

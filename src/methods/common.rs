@@ -235,6 +235,20 @@ impl<B: Backend> Policy<'_, B> {
         Ok(ids)
     }
 
+    /// Refuses a problem whose prompt and the tokens its method may add (`what` names them)
+    /// do not fit the model's positions: past them RoPE would extrapolate silently, and the
+    /// flags' own check cannot know the prompt.
+    pub fn check_fits(&self, prompt_tokens: usize, more: usize, what: &str) -> anyhow::Result<()> {
+        let max = self.runner.model.cfg.max_position_embeddings;
+        let n = prompt_tokens.saturating_add(more);
+        anyhow::ensure!(
+            n <= max,
+            "the problem's prompt of {prompt_tokens} tokens + {what} needs {n} positions, past \
+             the model's {max} (max_position_embeddings)"
+        );
+        Ok(())
+    }
+
     /// The ids that end a sample: EOS, BOS and PAD (protocol.md).
     pub fn stop_ids(&self) -> Vec<u32> {
         let c = &self.runner.model.cfg;

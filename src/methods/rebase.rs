@@ -56,6 +56,15 @@ pub fn solve<B: Backend>(
         Protocol::Wu => format!("{question}\n"),
     };
     let ids = p.encode_with_bos(&step_prompt(s.protocol, &text, 0))?;
+    let thought = quiet.map_or(0, |q| q.sampled + 1);
+    p.check_fits(
+        ids.len(),
+        s.path_tokens + s.step_tokens + thought,
+        &format!(
+            "--path-tokens {} + --step-tokens {} + a thought ({thought})",
+            s.path_tokens, s.step_tokens
+        ),
+    )?;
     tally.prompt = ids.len() as u64;
     let prm_root = prm.root(question)?;
     let root_policy = Branch::new(p.runner.pool.create(), ids, child_stream(s.seed, 0x7ee));

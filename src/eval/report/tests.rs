@@ -3,7 +3,7 @@ use super::svg::{log_axis, scatter, Point};
 use super::*;
 
 #[allow(clippy::too_many_arguments)]
-fn rec(
+pub(crate) fn rec(
     method: &str,
     budget: usize,
     index: usize,
@@ -134,6 +134,33 @@ fn overlap_between_shards_is_an_error() {
     assert!(msg.contains("runs/a") && msg.contains("runs/c"), "{msg}");
     assert!(msg.contains("method baseline, budget 6, index 1"), "{msg}");
     assert!(!msg.contains("runs/b"), "{msg}");
+    // Folders of two runs (another seed, another model) are refused, naming both.
+    let one = vec![rec("baseline", 6, 0, true, 1.0, 1)];
+    let mut seeded = vec![rec("baseline", 6, 1, true, 1.0, 1)];
+    seeded[0].seed = 5;
+    let mut modelled = vec![rec("baseline", 6, 2, true, 1.0, 1)];
+    modelled[0].model = "other".into();
+    let sets = |b: &Vec<Record>| {
+        [
+            (PathBuf::from("runs/a"), one.clone()),
+            (PathBuf::from("runs/b"), b.clone()),
+        ]
+    };
+    check_one_run(&sets(&one)).unwrap();
+    let msg = check_one_run(&sets(&seeded)).unwrap_err().to_string();
+    assert!(
+        msg.contains("runs/a and runs/b") && msg.contains("seed is"),
+        "{msg}"
+    );
+    let msg = check_one_run(&sets(&modelled)).unwrap_err().to_string();
+    assert!(msg.contains("model is tiny in one and other"), "{msg}");
+    // One folder named twice (here as runs/a and runs/./a) is said to be that.
+    let dir = temp_dir("twice");
+    std::fs::create_dir_all(&dir).unwrap();
+    let twice = [(dir.clone(), vec![]), (dir.join("."), vec![])];
+    let msg = check_no_overlap(&twice).unwrap_err().to_string();
+    assert!(msg.contains("named twice"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
