@@ -256,6 +256,118 @@ fn a_prompt_past_the_models_positions_is_refused_and_unused_limits_are_not_check
 }
 
 #[test]
+fn each_bad_flag_is_named_alone() {
+    let tiny = ["--model", "synthetic:tiny"];
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["generate", "--prompt", "x", "--top-p", "1.5"],
+            &["--top-p", "1.5"],
+        ),
+        (
+            &["generate", "--prompt", "x", "--temperature", "-1"],
+            &["--temperature"],
+        ),
+        (&["generate", "--prompt", "x", "--stop", ""], &["--stop"]),
+        (
+            &["bench", "attention", "--batch", "0"],
+            &["--batch must be at least 1"],
+        ),
+        // 2^64 − 1 timed runs would never end.
+        (
+            &["bench", "attention", "--iters", "18446744073709551615"],
+            &["--iters is at most 1000000"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let all: Vec<&str> = args.iter().chain(&tiny).copied().collect();
+        assert_one_line_error(&all, needles);
+        for other in ["--temperature", "--top-p", "--tokens", "--context"] {
+            if !needles[0].starts_with(other) {
+                let (_, err) = ponder(&all);
+                assert!(!err.contains(&format!("{other} ")), "{err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_folder_with_results_is_refused_in_one_line() {
+    let dir = std::env::temp_dir().join(format!("ponder-bad-held-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let args = [
+        "eval",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "baseline",
+        "--limit",
+        "1",
+        "--votes",
+        "1",
+        "--max-tokens",
+        "2",
+        "--answer-tokens",
+        "1",
+        "--out",
+        d,
+    ];
+    let (code, err) = ponder(&args);
+    assert_eq!(code, 0, "{err}");
+    // No banner before the refusal: the error is the whole of stderr.
+    assert_one_line_error(&args, &["already holds results", "--resume"]);
+    // A record of a row the data does not have (the default data has 8) is refused on resume.
+    let path = dir.join("results.jsonl");
+    let mut rec: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+    rec["index"] = serde_json::json!(99);
+    std::fs::write(&path, format!("{rec}\n")).unwrap();
+    let resume: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    assert_one_line_error(&resume, &["row 99 of baseline", "the data has 8 rows"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unused_prm_must_still_name_a_model() {
+    let base = [
+        "solve",
+        "--method",
+        "baseline",
+        "--model",
+        "synthetic:tiny",
+        "--question",
+        "x",
+    ];
+    for (prm, needle) in [
+        ("/nonexistent", "--prm /nonexistent"),
+        ("synthetic:gpt5", "gpt5"),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(["--prm", prm]).collect();
+        assert_one_line_error(&args, &[needle]);
+    }
+}
+
+#[test]
+fn a_sweep_refuses_votes_beside_its_budgets() {
+    for flag in ["--votes", "--width"] {
+        let args = [
+            "sweep",
+            "--model",
+            "synthetic:tiny",
+            "--method",
+            "baseline",
+            "--budgets",
+            "1,2",
+            flag,
+            "3",
+            "--out",
+            "/nonexistent/never-written",
+        ];
+        assert_one_line_error(&args, &["--budgets", flag]);
+    }
+}
+
+#[test]
 fn gguf_import_of_a_missing_file() {
     let out = std::env::temp_dir().join("ponder-bad-gguf-out");
     assert_one_line_error(
@@ -266,6 +378,16 @@ fn gguf_import_of_a_missing_file() {
             out.to_str().unwrap(),
         ],
         &["/nonexistent/model.gguf"],
+    );
+    let dir = std::env::temp_dir();
+    assert_one_line_error(
+        &[
+            "import-gguf",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["is a directory"],
     );
 }
 

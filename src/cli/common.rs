@@ -230,7 +230,19 @@ impl Opts {
     ) -> Result<Option<Loaded<B>>> {
         match (&self.prm, needed) {
             (Some(spec), true) => Ok(Some(load(be, Some(spec), cache)?)),
-            _ => Ok(None),
+            // Unused by these methods, but recorded in run.json: it must at least name a
+            // model, or a typo would be carried into every later --resume.
+            (Some(spec), false) => {
+                match spec.strip_prefix("synthetic:") {
+                    Some(name) => {
+                        Config::builtin(name)?;
+                    }
+                    None if Path::new(spec).is_dir() => {}
+                    None => bail!("--prm {spec} is no model directory (nor synthetic:NAME)"),
+                }
+                Ok(None)
+            }
+            (None, _) => Ok(None),
         }
     }
 

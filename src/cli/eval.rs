@@ -7,6 +7,7 @@ use ponder::eval::data::{load as load_data, parse_shard, select, Selection};
 use ponder::eval::manifest::{self, data_fingerprint, Manifest};
 use ponder::eval::report::{check_no_overlap, check_one_run, write_report};
 use ponder::eval::results::read_records;
+use ponder::eval::results::ResultsFile;
 use ponder::eval::run::{run as run_eval, Plan};
 use ponder::methods::engines::Method;
 use ponder::model::config::Config;
@@ -61,6 +62,11 @@ pub fn eval(a: EvalArgs, cache: &Path) -> Result<()> {
 
 pub fn sweep(a: SweepArgs, cache: &Path) -> Result<()> {
     let budgets = super::parse_positive_list(&a.budgets, "budget")?;
+    // The budgets are the sweep's votes and widths: a --votes or --width beside them would
+    // be ignored without a word.
+    if a.eval.opts.votes.is_some() || a.eval.opts.width.is_some() {
+        bail!("--budgets sets a sweep's votes and widths: leave out --votes and --width");
+    }
     run(a.eval, budgets, cache)
 }
 
@@ -110,6 +116,7 @@ fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
             methods,
             settings,
             data_id,
+            data_rows: data.rows.len(),
             cache: cache.to_path_buf(),
         },
     )
@@ -119,6 +126,8 @@ struct Eval {
     a: EvalArgs,
     budgets: Vec<usize>,
     problems: Vec<ponder::eval::data::Problem>,
+    /// Rows in the data file: every record's index must be one of them.
+    data_rows: usize,
     methods: Vec<Method>,
     settings: ponder::methods::common::Settings,
     data_id: String,
@@ -177,6 +186,7 @@ impl OnBackend for Eval {
             methods,
             settings,
             data_id: _,
+            data_rows,
             cache,
         } = self;
         let cache = cache.as_path();
@@ -191,6 +201,17 @@ impl OnBackend for Eval {
             device: be.device_label(),
             subset: a.subset.clone(),
         };
+        // Refusals of the folder (results there without --resume, a results file that is a
+        // directory, a corrupt line) come before the banner, as the one line they are.
+        let opened = ResultsFile::open(&a.out, a.resume)?;
+        if let Some(r) = opened.1.iter().find(|r| r.index >= data_rows) {
+            bail!(
+                "{} holds a result for row {} of {}, but the data has {data_rows} rows",
+                a.out.join(ponder::eval::results::RESULTS).display(),
+                r.index,
+                r.method
+            );
+        }
         eprintln!(
             "ponder: {} problem(s) × {} run(s) on {} ({}) → {}",
             problems.len(),
@@ -204,7 +225,7 @@ impl OnBackend for Eval {
             let e = a
                 .opts
                 .engines(&be, &m, prm.as_ref(), cache, needs_prm, needs_quiet)?;
-            run_eval(&mut [e], None, &plan, &problems, &a.out, a.resume)?
+            run_eval(&mut [e], None, &plan, &problems, opened)?
         } else {
             let fleet = a.opts.fleet(&be, &m, prm.as_ref(), needs_prm, in_flight)?;
             if fleet.workers() < in_flight {
@@ -225,8 +246,7 @@ impl OnBackend for Eval {
                 Some(fleet.batcher()),
                 &plan,
                 &problems,
-                &a.out,
-                a.resume,
+                opened,
             )?
         };
         let md = write_report(&a.out, &records, Some(&recorded))?;

@@ -12,7 +12,6 @@ use crate::methods::engines::{Engines, Method};
 use crate::rng::mix64;
 use anyhow::Result;
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -80,11 +79,10 @@ pub fn run<B: Backend>(
     batcher: Option<&Batcher<'_, B>>,
     plan: &Plan,
     problems: &[Problem],
-    out: &Path,
-    resume: bool,
+    opened: (ResultsFile, Vec<Record>),
 ) -> Result<Vec<Record>> {
     anyhow::ensure!(!workers.is_empty(), "no worker to run the problems");
-    let (mut file, mut records) = ResultsFile::open(out, resume)?;
+    let (mut file, mut records) = opened;
     let done: HashSet<(String, usize, usize)> = records.iter().map(|r| r.key()).collect();
     let held: Vec<(&str, usize)> = records
         .iter()

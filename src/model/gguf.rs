@@ -151,7 +151,11 @@ impl GgufFile {
 
     fn open_inner(path: &Path) -> Result<GgufFile> {
         let file = std::fs::File::open(path).context("cannot open it")?;
-        let len = file.metadata().context("cannot stat it")?.len();
+        let meta = file.metadata().context("cannot stat it")?;
+        if meta.is_dir() {
+            bail!("it is a directory, not a GGUF file");
+        }
+        let len = meta.len();
         // Mapping an empty file fails on some systems with an unhelpful error.
         if len < 8 {
             bail!("truncated: only {len} bytes, too short for a GGUF header");
