@@ -18,6 +18,13 @@ fn ponder(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// An empty folder of this process under the temp dir (`tag` names the test).
+fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ponder-bad-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 fn case(dir: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/bad_inputs")
@@ -101,8 +108,7 @@ fn missing_weights() {
 #[cfg(unix)]
 #[test]
 fn a_shard_index_that_is_no_file() {
-    let dir = std::env::temp_dir().join(format!("ponder-bad-index-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("index");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(
         Path::new(&case("missing_tensor")).join("config.json"),
@@ -292,8 +298,7 @@ fn each_bad_flag_is_named_alone() {
 
 #[test]
 fn a_folder_with_results_is_refused_in_one_line() {
-    let dir = std::env::temp_dir().join(format!("ponder-bad-held-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("held");
     let d = dir.to_str().unwrap();
     let args = [
         "eval",
@@ -396,8 +401,7 @@ fn gguf_import_of_a_missing_file() {
 /// are refused, the second naming both lines.
 #[test]
 fn a_problem_is_never_counted_twice() {
-    let dir = std::env::temp_dir().join(format!("ponder-bad-twice-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("twice");
     let d = dir.to_str().unwrap();
     let tiny = [
         "--model",

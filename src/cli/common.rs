@@ -311,24 +311,26 @@ impl Opts {
         trees: bool,
     ) -> Result<()> {
         let pool = self.kv_pages.saturating_mul(PAGE_SIZE);
-        let limits = [
-            (
+        let mut limits = Vec::new();
+        if votes {
+            limits.push((
                 format!(
                     "--max-tokens {} + --answer-tokens {}",
                     s.max_tokens, s.answer_tokens
                 ),
                 s.max_tokens.saturating_add(s.answer_tokens),
-            ),
-            (
+            ));
+        }
+        if trees {
+            limits.push((
                 format!(
                     "--path-tokens {} + --step-tokens {}",
                     s.path_tokens, s.step_tokens
                 ),
                 s.path_tokens.saturating_add(s.step_tokens),
-            ),
-        ];
-        let runs = [votes, trees];
-        for ((what, n), _) in limits.into_iter().zip(runs).filter(|(_, r)| *r) {
+            ));
+        }
+        for (what, n) in limits {
             fits_positions(n, &what, cfg)?;
             if n > pool {
                 bail!(

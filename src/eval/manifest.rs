@@ -165,15 +165,9 @@ pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest
 
 /// The first record of `dir` whose model, seed or subset is not `m`'s is an error naming it.
 fn check_records(dir: &Path, m: &Manifest) -> Result<()> {
-    let none = || "(none)".to_string();
     for r in super::results::read_records(dir)?.records {
-        let fields = [
-            ("model", r.model.clone()),
-            ("seed", r.seed.to_string()),
-            ("subset", r.subset.clone().unwrap_or_else(none)),
-        ];
-        for (key, was) in fields {
-            let now = m.0.get(key).cloned().unwrap_or_else(none);
+        for (key, was) in r.run_fields() {
+            let now = m.0.get(key).cloned().unwrap_or_else(|| "(none)".into());
             if was != now {
                 bail!(
                     "{} holds results of another run: its {} row {} was run with {key} {was} \

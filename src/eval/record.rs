@@ -152,4 +152,17 @@ impl Record {
     pub fn key(&self) -> (String, usize, usize) {
         (self.method.clone(), self.budget, self.index)
     }
+
+    /// What every record carries of the run that wrote it, under run.json's field names
+    /// ("(none)" for no subset): the records of one run agree on all of them.
+    pub fn run_fields(&self) -> [(&'static str, String); 3] {
+        [
+            ("model", self.model.clone()),
+            ("seed", self.seed.to_string()),
+            (
+                "subset",
+                self.subset.clone().unwrap_or_else(|| "(none)".into()),
+            ),
+        ]
+    }
 }

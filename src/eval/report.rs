@@ -215,17 +215,12 @@ pub fn check_one_run(sets: &[(PathBuf, Vec<Record>)]) -> Result<()> {
                 first = Some((dir, r));
                 continue;
             };
-            let differs = if r.model != r0.model {
-                Some(("model", r0.model.clone(), r.model.clone()))
-            } else if r.seed != r0.seed {
-                Some(("seed", r0.seed.to_string(), r.seed.to_string()))
-            } else if r.subset != r0.subset {
-                let s = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".into());
-                Some(("subset", s(&r0.subset), s(&r.subset)))
-            } else {
-                None
-            };
-            if let Some((key, a, b)) = differs {
+            let differs = r0
+                .run_fields()
+                .into_iter()
+                .zip(r.run_fields())
+                .find(|((_, a), (_, b))| a != b);
+            if let Some(((key, a), (_, b))) = differs {
                 bail!(
                     "the results in {} and {} come from different runs: {key} is {a} in one \
                      and {b} in the other",

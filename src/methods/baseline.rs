@@ -23,8 +23,7 @@ pub fn solve<B: Backend>(
     let prompt = format!("Q: {question}\nA: Let's think step by step.");
     let ids = p.encode_with_bos(&prompt)?;
     let trigger = p.tok.encode(ANSWER_TRIGGER)?.len();
-    // A thought about the last token reaches n_ahead − 1 positions past it.
-    let thought = quiet.map_or(0, |q| q.sampled + 1);
+    let thought = quiet.map_or(0, QuietStar::reach);
     p.check_fits(
         ids.len(),
         s.max_tokens + trigger + s.answer_tokens + thought,

@@ -37,6 +37,13 @@ pub struct QuietStar<B: Backend> {
 }
 
 impl<B: Backend> QuietStar<B> {
+    /// Positions a generation's thoughts need past its own tokens: the thought before its
+    /// last token starts after the tokens before that one, and its start marker, sampled
+    /// tokens and end marker end n_ahead − 2 positions past the generation.
+    pub fn reach(&self) -> usize {
+        self.sampled + 1
+    }
+
     /// Loads start/end embeddings and the talk head from `dir` when its weights have them;
     /// otherwise (any plain model) initialises them so the output equals the base model's:
     /// markers = embed("---"), talk head's last layer zero. `reinit` re-applies the "---"

@@ -56,7 +56,7 @@ pub fn solve<B: Backend>(
         Protocol::Wu => format!("{question}\n"),
     };
     let ids = p.encode_with_bos(&step_prompt(s.protocol, &text, 0))?;
-    let thought = quiet.map_or(0, |q| q.sampled + 1);
+    let thought = quiet.map_or(0, QuietStar::reach);
     p.check_fits(
         ids.len(),
         s.path_tokens + s.step_tokens + thought,
