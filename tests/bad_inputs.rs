@@ -264,7 +264,21 @@ fn a_prompt_past_the_models_positions_is_refused_and_unused_limits_are_not_check
 #[test]
 fn each_bad_flag_is_named_alone() {
     let tiny = ["--model", "synthetic:tiny"];
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &[
+                "solve",
+                "--method",
+                "baseline",
+                "--question",
+                "2+2?",
+                "--show-tree",
+            ],
+            &[
+                "--show-tree draws a REBASE tree",
+                "baseline prints its votes",
+            ],
+        ),
         (
             &["generate", "--prompt", "x", "--top-p", "1.5"],
             &["--top-p", "1.5"],
@@ -398,7 +412,7 @@ fn gguf_import_of_a_missing_file() {
 
 /// A method named twice would solve and count every problem twice; a results file holding one
 /// problem twice (two runs concatenated by hand) would count it twice in the report. Both
-/// are refused, the second naming both lines.
+/// are refused, the second naming both lines; so is a line of a row the data lacks.
 #[test]
 fn a_problem_is_never_counted_twice() {
     let dir = fresh_dir("twice");
@@ -441,6 +455,11 @@ fn a_problem_is_never_counted_twice() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // A line whose row the run's data does not have (run.json records the row count).
+    assert!(line.contains("\"index\":0,"), "{line}");
+    let forged = line.replace("\"index\":0,", "\"index\":999,");
+    std::fs::write(&path, format!("{line}{forged}")).unwrap();
+    assert_one_line_error(&["report", d], &["names row 999", "rows (run.json)"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

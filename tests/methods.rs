@@ -65,6 +65,19 @@ fn try_rebase(
     pages: usize,
     s: &Settings,
 ) -> anyhow::Result<Solution> {
+    rebase_with_prm(be, m, m, quiet, max_batch, pages, s)
+}
+
+/// `try_rebase` with `prm_m` as the PRM.
+fn rebase_with_prm(
+    be: &Cpu,
+    m: &Loaded<Cpu>,
+    prm_m: &Loaded<Cpu>,
+    quiet: bool,
+    max_batch: usize,
+    pages: usize,
+    s: &Settings,
+) -> anyhow::Result<Solution> {
     let mut runner = Runner::new(be, &m.model, pages, 4).unwrap();
     runner.max_batch = max_batch;
     let mut p = Policy {
@@ -72,9 +85,9 @@ fn try_rebase(
         tok: &m.tok,
     };
     let mut prm = Prm::new(
-        Runner::new(be, &m.model, pages, 4).unwrap(),
-        &m.tok,
-        "policy".into(),
+        Runner::new(be, &prm_m.model, pages, 4).unwrap(),
+        &prm_m.tok,
+        "prm".into(),
     )
     .unwrap();
     let qs = quiet.then(|| QuietStar::new(be, &m.model, &m.tok, None, true, 8).unwrap());
@@ -580,4 +593,26 @@ fn quiet_star_runs_the_lm_head_only_where_it_reads_logits() {
         let talk = 2 * n * (2 * d * d + d * d + d);
         assert_eq!(matmul(Phase::Mix), talk + n * head, "{mode:?}");
     }
+}
+
+/// A PRM with a shorter context than the policy's paths: its path (in its own tokens) past
+/// its positions is refused, naming the PRM, and every page of both pools comes back.
+#[test]
+fn a_prm_path_past_its_positions_is_refused() {
+    let (be, m) = tiny();
+    let s = settings();
+    let root = 1 + format!("{Q} ").len();
+    for max in [root - 1, root + 8] {
+        let mut short = load(&be, Some("synthetic:tiny"), Path::new("/nonexistent")).unwrap();
+        short.model.cfg.max_position_embeddings = max;
+        let err = rebase_with_prm(&be, &m, &short, false, usize::MAX, 512, &s).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("the PRM (prm) path of")
+                && msg.contains(&format!("past its {max} positions")),
+            "{msg}"
+        );
+    }
+    // With room for the whole tree the same search runs.
+    rebase_with_prm(&be, &m, &m, false, usize::MAX, 512, &s).unwrap();
 }

@@ -287,6 +287,9 @@ pub fn report(a: ReportArgs) -> Result<()> {
     check_no_overlap(&sets)?;
     check_one_run(&sets)?;
     let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
+    if let Some(m) = &settings {
+        manifest::check_indices(m, &all)?;
+    }
     if all.is_empty() {
         bail!(
             "no results in {}",

@@ -48,6 +48,12 @@ impl OnBackend for Solve {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let (a, cache) = (self.a, self.cache.as_path());
         let method = Method::parse(&a.method)?;
+        if a.show_tree && !method.uses_prm() {
+            anyhow::bail!(
+                "--show-tree draws a REBASE tree (rebase, combined); {} prints its votes without it",
+                method.name()
+            );
+        }
         let settings = a.opts.settings()?;
         let m = load(&be, a.opts.model.as_deref(), cache)?;
         let trees = method.uses_prm();

@@ -182,6 +182,28 @@ fn check_records(dir: &Path, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// The data's row count as `data_fingerprint` recorded it ("N rows, ..."), when it did.
+pub fn data_rows(m: &Manifest) -> Option<usize> {
+    m.0.get("data")?.split_once(" rows, ")?.0.parse().ok()
+}
+
+/// Before a report: a record of a row the run's data does not have (run.json gives the row
+/// count) did not come from that run, e.g. a line pasted from another data file's results.
+pub fn check_indices(m: &Manifest, records: &[super::record::Record]) -> Result<()> {
+    let Some(rows) = data_rows(m) else {
+        return Ok(());
+    };
+    if let Some(r) = records.iter().find(|r| r.index >= rows) {
+        bail!(
+            "a {} record names row {}, but the run's data has {rows} rows (run.json): the \
+             results file holds lines of another run",
+            r.method,
+            r.index
+        );
+    }
+    Ok(())
+}
+
 /// Before merging folders: every folder with a manifest must agree with the first such one,
 /// which is returned (None when no folder has one).
 pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {

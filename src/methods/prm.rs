@@ -53,6 +53,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         let mut ids = Vec::new();
         ids.extend(self.runner.model.cfg.bos_token_id);
         ids.extend(self.tok.encode(&format!("{question} "))?);
+        self.check_fits(ids.len())?;
         let b = Branch::new(self.runner.pool.create(), ids, 0);
         self.root_len = b.all.len();
         // Cache the question once: every first-level child forks it instead of re-reading it.
@@ -158,6 +159,7 @@ impl<'a, B: Backend> Prm<'a, B> {
             let mut ids = Vec::new();
             ids.extend(self.runner.model.cfg.bos_token_id);
             ids.extend(self.tok.encode(text)?);
+            self.check_fits(ids.len())?;
             scored += self.new_tokens(parent, &ids) as u64;
             let mut b = (*parent).clone();
             b.seq = fork_seqs(&mut self.runner, parent.seq, 1)?[0];
@@ -184,6 +186,20 @@ impl<'a, B: Backend> Prm<'a, B> {
                 1.0 / (1.0 + (lm - lp).exp())
             })
             .collect())
+    }
+
+    /// Refuses a path of `n` tokens past the PRM's positions: its tokenizer and context are
+    /// its own, so the policy's checks cannot bound it, and past them RoPE would extrapolate
+    /// and the score mean nothing.
+    fn check_fits(&self, n: usize) -> Result<()> {
+        let max = self.runner.model.cfg.max_position_embeddings;
+        anyhow::ensure!(
+            n <= max,
+            "the PRM ({}) path of {n} tokens is past its {max} positions \
+             (max_position_embeddings); lower --path-tokens or use a PRM with a longer context",
+            self.name
+        );
+        Ok(())
     }
 
     /// Frees a path (already freed is fine).

@@ -96,6 +96,17 @@ impl Config {
         if model_type != "llama" && model_type != "mistral" {
             bail!("unsupported model_type {model_type:?} (ponder runs llama and mistral)");
         }
+        // A llama body under another head (ForSequenceClassification, ForTokenClassification:
+        // a `score` layer where the LM head should be) is no language model; with tied
+        // embeddings it would load and generate without complaint.
+        if let Some(a) = raw
+            .architectures
+            .iter()
+            .flatten()
+            .find(|a| !a.ends_with("ForCausalLM"))
+        {
+            bail!("architecture {a:?} is not a causal language model (ponder runs *ForCausalLM)");
+        }
         if let Some(rs) = &raw.rope_scaling {
             if !rs.is_null() {
                 bail!("rope_scaling {rs} is not supported");
@@ -343,6 +354,11 @@ mod tests {
             ("n_ahead", "2", "n_ahead 2"),
             ("n_ahead", "3", "n_ahead 3 is outside 4..=67"),
             ("n_ahead", "68", "n_ahead 68"),
+            (
+                "architectures",
+                r#"["LlamaForSequenceClassification"]"#,
+                "\"LlamaForSequenceClassification\" is not a causal language model",
+            ),
         ] {
             let mut j = base.clone();
             j[key] = serde_json::from_str(value).unwrap();
@@ -350,5 +366,8 @@ mod tests {
             assert!(format!("{e:#}").contains(says), "{key}: {e:#}");
         }
         assert!(Config::from_json(&base.to_string()).is_ok());
+        let mut j = base.clone();
+        j["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        assert!(Config::from_json(&j.to_string()).is_ok());
     }
 }
