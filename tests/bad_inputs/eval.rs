@@ -1,0 +1,173 @@
+//! Results folders and output: eval, sweep and report refuse what would mix, double-count
+//! or lose results, in one line.
+use super::*;
+
+#[test]
+fn a_folder_with_results_is_refused_in_one_line() {
+    let dir = fresh_dir("held");
+    let d = dir.to_str().unwrap();
+    let args = [
+        "eval",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "baseline",
+        "--limit",
+        "1",
+        "--votes",
+        "1",
+        "--max-tokens",
+        "2",
+        "--answer-tokens",
+        "1",
+        "--out",
+        d,
+    ];
+    let (code, err) = ponder(&args);
+    assert_eq!(code, 0, "{err}");
+    // No banner before the refusal: the error is the whole of stderr.
+    assert_one_line_error(&args, &["already holds results", "--resume"]);
+    // A record of a row the data does not have (the default data has 8) is refused on resume.
+    let path = dir.join("results.jsonl");
+    let mut rec: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+    rec["index"] = serde_json::json!(99);
+    std::fs::write(&path, format!("{rec}\n")).unwrap();
+    let resume: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    assert_one_line_error(&resume, &["row 99 of baseline", "the data has 8 rows"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unused_prm_must_still_name_a_model() {
+    let base = [
+        "solve",
+        "--method",
+        "baseline",
+        "--model",
+        "synthetic:tiny",
+        "--question",
+        "x",
+    ];
+    for (prm, needle) in [
+        ("/nonexistent", "--prm /nonexistent"),
+        ("synthetic:gpt5", "gpt5"),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(["--prm", prm]).collect();
+        assert_one_line_error(&args, &[needle]);
+    }
+}
+
+#[test]
+fn a_sweep_refuses_votes_beside_its_budgets() {
+    for flag in ["--votes", "--width"] {
+        let args = [
+            "sweep",
+            "--model",
+            "synthetic:tiny",
+            "--method",
+            "baseline",
+            "--budgets",
+            "1,2",
+            flag,
+            "3",
+            "--out",
+            "/nonexistent/never-written",
+        ];
+        assert_one_line_error(&args, &["--budgets", flag]);
+    }
+}
+
+/// A method named twice would solve and count every problem twice; a results file holding one
+/// problem twice (two runs concatenated by hand) would count it twice in the report. Both
+/// are refused, the second naming both lines; so is a line of a row the data lacks.
+#[test]
+fn a_problem_is_never_counted_twice() {
+    let dir = fresh_dir("twice");
+    let d = dir.to_str().unwrap();
+    let tiny = [
+        "--model",
+        "synthetic:tiny",
+        "--limit",
+        "1",
+        "--max-tokens",
+        "4",
+        "--answer-tokens",
+        "2",
+        "--out",
+        d,
+    ];
+    let mut args = vec!["eval", "--method", "baseline,rebase,baseline"];
+    args.extend(tiny);
+    assert_one_line_error(&args, &["--method names baseline twice"]);
+    assert!(!dir.join("results.jsonl").exists(), "nothing ran");
+    let mut args = vec!["eval", "--method", "baseline"];
+    args.extend(tiny);
+    let (code, err) = ponder(&args);
+    assert_eq!(code, 0, "{err}");
+    let path = dir.join("results.jsonl");
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(line.lines().count(), 1);
+    std::fs::write(&path, format!("{line}{line}")).unwrap();
+    assert_one_line_error(
+        &["report", d],
+        &["line 2 repeats the result of line 1", "baseline", "index 0"],
+    );
+    let mut resume = args.clone();
+    resume.push("--resume");
+    // (eval announces its run on stderr first.)
+    let (code, err) = ponder(&resume);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines().last().unwrap().contains("line 2 repeats"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // A line whose row the run's data does not have (run.json records the row count).
+    assert!(line.contains("\"index\":0,"), "{line}");
+    let forged = line.replace("\"index\":0,", "\"index\":999,");
+    std::fs::write(&path, format!("{line}{forged}")).unwrap();
+    assert_one_line_error(&["report", d], &["names row 999", "rows (run.json)"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Output that cannot be written (stdout on a full disk or a closed pipe) is a one-line error
+/// and exit 1, not `println!`'s panic; the files `solve` and `generate` had nothing to keep,
+/// and eval/report write theirs before printing.
+#[cfg(target_os = "linux")]
+#[test]
+fn stdout_that_cannot_be_written_is_a_one_line_error() {
+    for args in [
+        &[
+            "solve",
+            "--method",
+            "baseline",
+            "--model",
+            "synthetic:tiny",
+            "--question",
+            "x",
+            "--quick",
+        ][..],
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "3",
+        ][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+            .args(args)
+            .args(["--device", "cpu"])
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap();
+        assert!(last.starts_with("error: cannot write to stdout"), "{err}");
+    }
+}

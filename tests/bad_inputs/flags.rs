@@ -1,0 +1,310 @@
+//! Flag values and sizes that no run could use: each refused in one line before any work.
+use super::*;
+
+#[test]
+fn unknown_synthetic_model_and_bad_flag_values() {
+    assert_one_line_error(
+        &["generate", "--model", "synthetic:gpt5", "--prompt", "x"],
+        &["gpt5"],
+    );
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt",
+            "x",
+            "--top-p",
+            "1.5",
+        ],
+        &["--top-p"],
+    );
+    // A negative value reaches the flag's own check (not clap's "unexpected argument '-1'",
+    // which reads it as a short option and names no flag).
+    let tiny = ["--model", "synthetic:tiny", "--question", "x"];
+    for (flag, value, code) in [("--rebase-temperature", "-0.5", 1), ("--votes", "-1", 2)] {
+        let mut args = vec!["solve", "--method", "rebase", flag, value];
+        args.extend(tiny);
+        assert_one_line_exit(&args, code, &[flag, value]);
+    }
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt",
+            "x",
+            "--temperature",
+            "-1",
+        ],
+        &["--temperature"],
+    );
+    // A batch of no sequences cannot make progress: refused, not silently raised to 1.
+    assert_one_line_error(
+        &[
+            "solve",
+            "--method",
+            "baseline",
+            "--model",
+            "synthetic:tiny",
+            "--question",
+            "x",
+            "--max-batch",
+            "0",
+        ],
+        &["--max-batch"],
+    );
+    for flag in ["--answer-tokens", "--step-tokens", "--path-tokens"] {
+        assert_one_line_error(
+            &[
+                "solve",
+                "--method",
+                "rebase",
+                "--model",
+                "synthetic:tiny",
+                "--question",
+                "x",
+                flag,
+                "0",
+            ],
+            &[flag, "at least 1"],
+        );
+    }
+}
+
+#[test]
+fn a_prompt_past_the_models_positions_is_refused_and_unused_limits_are_not_checked() {
+    // synthetic:tiny has 32768 positions and a byte-level tokenizer: a question of 33000
+    // bytes cannot fit, whatever the method (the flags alone do).
+    let long = "x".repeat(33_000);
+    for method in ["baseline", "rebase", "quiet-star"] {
+        let args = [
+            "solve",
+            "--method",
+            method,
+            "--model",
+            "synthetic:tiny",
+            "--quick",
+            "--question",
+            &long,
+        ];
+        assert_one_line_error(&args, &["prompt of", "max_position_embeddings"]);
+    }
+    // A baseline never reads REBASE's limits, nor REBASE the votes': a value that only the
+    // other method could not hold is no reason to refuse.
+    for (method, flag) in [("baseline", "--path-tokens"), ("rebase", "--max-tokens")] {
+        let (code, err) = ponder(&[
+            "solve",
+            "--method",
+            method,
+            "--model",
+            "synthetic:tiny",
+            "--quick",
+            "--votes",
+            "1",
+            "--width",
+            "1",
+            "--step-tokens",
+            "2",
+            "--answer-tokens",
+            "1",
+            "--question",
+            "x",
+            flag,
+            "1000000",
+        ]);
+        assert_eq!(code, 0, "{method} {flag}: {err}");
+    }
+}
+
+#[test]
+fn each_bad_flag_is_named_alone() {
+    let tiny = ["--model", "synthetic:tiny"];
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &[
+                "solve",
+                "--method",
+                "baseline",
+                "--question",
+                "2+2?",
+                "--show-tree",
+            ],
+            &[
+                "--show-tree draws a REBASE tree",
+                "baseline prints its votes",
+            ],
+        ),
+        (
+            &["generate", "--prompt", "x", "--top-p", "1.5"],
+            &["--top-p", "1.5"],
+        ),
+        (
+            &["generate", "--prompt", "x", "--temperature", "-1"],
+            &["--temperature"],
+        ),
+        (&["generate", "--prompt", "x", "--stop", ""], &["--stop"]),
+        (
+            &["bench", "attention", "--batch", "0"],
+            &["--batch must be at least 1"],
+        ),
+        // 2^64 − 1 timed runs would never end.
+        (
+            &["bench", "attention", "--iters", "18446744073709551615"],
+            &["--iters is at most 1000000"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let all: Vec<&str> = args.iter().chain(&tiny).copied().collect();
+        assert_one_line_error(&all, needles);
+        for other in ["--temperature", "--top-p", "--tokens", "--context"] {
+            if !needles[0].starts_with(other) {
+                let (_, err) = ponder(&all);
+                assert!(!err.contains(&format!("{other} ")), "{err}");
+            }
+        }
+    }
+}
+
+/// Sizes no run could hold are refused before any work (each used to allocate until the
+/// machine ran out of memory, or to run for hours), and so are inputs with nothing to do.
+#[test]
+fn sizes_nothing_could_hold_are_refused_at_once() {
+    let tiny = ["--model", "synthetic:tiny"];
+    let solve = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a = vec!["solve", "--model", "synthetic:tiny", "--method", "baseline"];
+        a.extend_from_slice(extra);
+        a
+    };
+    let t = std::time::Instant::now();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            [
+                &["generate", "--prompt", "hi"][..],
+                &tiny,
+                &["--max-tokens", "18446744073709551615"],
+            ]
+            .concat(),
+            vec!["--max-tokens 18446744073709551615", "4096 positions"],
+        ),
+        (
+            [
+                &["generate", "--prompt", "hi", "--temperature", "inf"][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["--temperature must be a finite number"],
+        ),
+        (solve(&["--question", "  "]), vec!["the question is empty"]),
+        (
+            solve(&["--question", "x", "--votes", "1000000000"]),
+            vec![
+                "--votes 1000000000 is more than ponder runs",
+                "at most 4096",
+            ],
+        ),
+        (
+            solve(&["--question", "x", "--max-tokens", "4000000000"]),
+            vec![
+                "--max-tokens 4000000000 + --answer-tokens 12",
+                "max_position_embeddings",
+            ],
+        ),
+        (
+            solve(&[
+                "--question",
+                "x",
+                "--max-tokens",
+                "100",
+                "--kv-pages",
+                "4",
+                "--votes",
+                "2",
+            ]),
+            vec!["KV pool of 64 tokens (--kv-pages 4 × 16)"],
+        ),
+        (
+            [
+                &[
+                    "sweep",
+                    "--method",
+                    "baseline",
+                    "--budgets",
+                    "1,2,1",
+                    "--out",
+                    "/nonexistent/x",
+                ][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["budget 1 is named twice"],
+        ),
+        (
+            [
+                &[
+                    "sweep",
+                    "--method",
+                    "baseline",
+                    "--budgets",
+                    "1000000000",
+                    "--out",
+                    "/nonexistent/x",
+                ][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["a budget of 1000000000 is more than ponder runs"],
+        ),
+        (
+            [
+                &["eval", "--offset", "1000", "--out", "/nonexistent/x"][..],
+                &tiny,
+            ]
+            .concat(),
+            vec!["--offset 1000 skips all 8 problems"],
+        ),
+        (
+            [
+                "bench",
+                "attention",
+                "--tokens",
+                "100000000000",
+                "--iters",
+                "1",
+            ]
+            .to_vec(),
+            vec!["GB of host memory"],
+        ),
+        (
+            [
+                &["generate", "--prompt", "hi", "--model"][..],
+                &["/etc/hostname"],
+            ]
+            .concat(),
+            vec!["/etc/hostname is a file"],
+        ),
+    ];
+    for (args, needles) in &cases {
+        assert_one_line_error(args, needles);
+    }
+    assert!(
+        t.elapsed().as_secs() < 60,
+        "refusing took {:?}",
+        t.elapsed()
+    );
+    // Argument errors: one line naming what is missing, exit code 2.
+    for (args, needle) in [
+        (vec![], "no subcommand given"),
+        (vec!["solve", "--question", "x"], "--method <METHOD>"),
+        (vec!["report"], "<DIRS>"),
+    ] {
+        let (code, err) = ponder(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(needle),
+            "{err}"
+        );
+    }
+}
