@@ -22,9 +22,20 @@ for m in ${FP32//,/ } $TENSOR; do
     grep -q "$base" "$logs/metrics.txt" || echo "warning: $base is not listed by this ncu; its column will be empty" >&2
 done
 # A prefill of 64 tokens and 4 decode steps on synthetic:tiny; --flops prints the ledger by op.
+rc=0
 "$NCU" --clock-control none --csv --page raw --metrics "$FP32,$TENSOR" \
     "$PONDER" generate --model synthetic:tiny --device cuda --prompt "$(printf 'x%.0s' {1..64})" \
-    --max-tokens 4 --temperature 0 --flops > "$logs/ncu.csv" 2> "$logs/ledger.txt"
+    --max-tokens 4 --temperature 0 --flops > "$logs/ncu.csv" 2> "$logs/ledger.txt" || rc=$?
+# Containers often withhold the performance counters from non-admin profiling.
+if grep -q ERR_NVGPUCTRPERM "$logs/ncu.csv" "$logs/ledger.txt"; then
+    echo "error: ncu may not read this GPU's performance counters (ERR_NVGPUCTRPERM: profiling needs admin rights or NVreg_RestrictProfilingToAdminUsers=0); no audit possible here" >&2
+    exit 1
+fi
+if ((rc != 0)); then
+    echo "error: ncu exited with $rc (see $logs/ncu.csv and $logs/ledger.txt)" >&2
+    tail -n 5 "$logs/ncu.csv" "$logs/ledger.txt" >&2
+    exit 1
+fi
 python3 - "$logs/ncu.csv" "$logs/ledger.txt" <<'PY'
 import csv, re, sys
 from collections import defaultdict

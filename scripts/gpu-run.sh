@@ -7,19 +7,22 @@
 # step gets at most its own cap and what is left of the budget, and a step that cannot get
 # its minimum is skipped and listed as such. Steps, in order:
 #   info        nvidia-smi; the measured ceilings (roofline.py: copy bandwidth, bf16 GEMM)
-#   dual        the dual-backend tests, CUDA half (each kernel and the forward pass vs the CPU)
-#   smoke       generate on synthetic:tiny and on synthetic:mistral-7b (weight upload time);
-#               Quiet-STaR's parallel mode on synthetic:tiny
-#   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B)
-#   eval        the four methods, --fixed-lengths, synthetic:mistral-7b, 2 problems in flight
+#   dual        the dual-backend tests, CUDA half (each kernel and the forward pass vs the CPU),
+#               launches synchronous (CUDA_LAUNCH_BLOCKING=1) so that a fault names its own
+#               launch; if any fails, each test again in a process of its own (a fault kills
+#               the CUDA context of every later test in its process)
 #   sanitize    compute-sanitizer memcheck and racecheck over the dual-backend CUDA tests
+#   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B)
+#   smoke       generate on synthetic:tiny; Quiet-STaR's parallel mode on synthetic:tiny
+#               (Mistral-7B's loading is timed by bench)
+#   eval        the four methods, --fixed-lengths, synthetic:mistral-7b, 2 problems in flight
 #   audit       flops-audit.sh (ledger vs Nsight Compute) and profile.sh (nsys, else ncu)
 #   kernels     the criterion kernel benches (CUDA instances)
 # Output: $OUT/summary.md (everything, by gpu-summary.py), $OUT/summary.txt and
 # $OUT/logs.tar.gz (every log); without $OUT, gpu-bin/logs/. The summary table prints last.
 #
 # A rehearsal without a GPU checks every command line of it before device time is spent:
-#   PONDER_GPU_DEVICE=cuda-emu PONDER_GPU_MODEL=synthetic:tiny bash gpu-bin/run.sh smoke bench eval kernels
+#   PONDER_GPU_DEVICE=cuda-emu PONDER_GPU_MODEL=synthetic:tiny bash gpu-bin/run.sh info smoke bench eval kernels
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/logs}"
@@ -29,7 +32,7 @@ export PONDER_CACHE="${PONDER_CACHE:-$here/cache}"
 export RUST_BACKTRACE=1
 budget=${PONDER_GPU_BUDGET:-480}
 start=$SECONDS
-steps=("$@"); [[ ${#steps[@]} -eq 0 ]] && steps=(info dual smoke bench eval sanitize audit kernels)
+steps=("$@"); [[ ${#steps[@]} -eq 0 ]] && steps=(info dual sanitize bench smoke eval audit kernels)
 declare -a summary
 fail=0
 P="$here/ponder"
@@ -58,17 +61,38 @@ run() {
         tail -n 40 "$logs/$name.log"
     fi
 }
-# cudarc opens libcublas.so.13 and libcublasLt.so.13 by name (dlopen). Where the loader cannot
-# find them (a toolkit outside ld.so.conf, or only PyTorch's pip wheels), the first directory
-# that holds them goes on LD_LIBRARY_PATH, so that no step fails for a library path alone.
+# cudarc dlopens cuBLAS by name, trying the unversioned libcublas.so before libcublas.so.13 (an
+# older toolkit's development link would win, and ponder would refuse its version). So
+# find-cublas.py finds libcublas.so.13 (by the loader, in a toolkit outside ld.so.conf, or in
+# PyTorch's pip wheels) and links libcublas.so / libcublasLt.so to it in a folder that goes
+# first on LD_LIBRARY_PATH: no step fails for a library path alone.
 if [[ "$DEV" == cuda ]]; then
-    cublas_dir=$(python3 "$here/find-cublas.py" 2>/dev/null)
-    if [[ -n "$cublas_dir" ]]; then
-        export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        echo "cuBLAS: $cublas_dir (added to LD_LIBRARY_PATH)"
+    links="$(dirname "$logs")/cublas"
+    if cublas_dir=$(python3 "$here/find-cublas.py" "$links" 2>"$logs/find-cublas.log"); then
+        export LD_LIBRARY_PATH="$links:$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "cuBLAS: $cublas_dir (linked from $links, first on LD_LIBRARY_PATH)"
+    else
+        echo "cuBLAS: libcublas.so.13 not found ($(cat "$logs/find-cublas.log"))"
     fi
 fi
+# The binaries were built elsewhere: one that cannot start here (an older glibc or libstdc++
+# than the build machine's) fails every step, so it is said once and nothing runs.
+if ! "$P" --version > "$logs/version.log" 2>&1; then
+    summary+=("FAIL ponder does not start here: $(head -c 300 "$logs/version.log" | tr '\n' ' ')")
+    summary+=("     this machine: $(ldd --version 2>&1 | head -1)")
+    cat "$logs/version.log"; steps=(); fail=1
+fi
 dual=("$here/tests/backend_dual" --skip cuda_emu --skip ::cpu --test-threads=1)
+# Each CUDA test of the dual binary in a process of its own (after a failure of the whole).
+each_dual() {
+    local bin=$1 t rc=0
+    for t in $("$bin" --list 2>/dev/null | sed -n 's/: test$//p' | grep '::cuda$'); do
+        if "$bin" --exact "$t" --test-threads=1 > /dev/null 2>&1; then echo "ok     $t"
+        else echo "FAILED $t"; rc=1; fi
+    done
+    return $rc
+}
+export -f each_dual
 san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 
 for s in "${steps[@]}"; do case "$s" in
@@ -84,12 +108,14 @@ info)
     [[ -n "$bw" ]] && export PONDER_MEASURED_TBPS=$bw
     [[ -n "$tf" ]] && export PONDER_MEASURED_TFLOPS=$tf ;;
 dual)
-    run dual-tests 150 20 "${dual[@]}" ;;
+    run dual-tests 150 20 env CUDA_LAUNCH_BLOCKING=1 "${dual[@]}"
+    if [[ "${summary[-1]}" != PASS* ]]; then
+        run dual-each 120 20 env CUDA_LAUNCH_BLOCKING=1 bash -c 'each_dual "$1"' _ \
+            "$here/tests/backend_dual"
+    fi ;;
 smoke)
     run smoke-tiny 30 5 "$P" generate --model synthetic:tiny --device "$DEV" \
         --prompt "2+2=" --max-tokens 8 --temperature 0 --flops
-    run smoke-mistral 120 30 "$P" generate "${M[@]}" --prompt "2+2=" --max-tokens 16 \
-        --temperature 0
     # Quiet-STaR's parallel mode: thought blocks through attn_prefill's diagonal mask.
     run smoke-parallel 40 5 "$P" solve --model synthetic:tiny --device "$DEV" \
         --method quiet-star --quiet-mode parallel --fixed-lengths --votes 1 --max-tokens 4 \

@@ -58,7 +58,7 @@ def main():
     if summary:
         fenced("Summary", summary, out)
     for name in ["roofline", "bench-decode", "bench-prefill", "bench-attention", "smoke-tiny",
-                 "smoke-mistral"]:
+                 "smoke-parallel"]:
         text = read(logs / f"{name}.log")
         if text:
             fenced(name, text[-6000:], out)
@@ -85,6 +85,9 @@ def main():
                  if re.search(r"FAILED|panicked|test result|^failures", l)]
         fenced("dual-backend tests, CUDA half (failures and the result line)",
                "\n".join(lines) or dual[-3000:], out)
+    each = read(logs / "dual-each.log")
+    if each:
+        fenced("dual-backend tests, each in its own process (after a failure)", each[-4000:], out)
     for name in ["flops-audit", "profile", "sanitizer-memcheck", "sanitizer-racecheck"]:
         text = read(logs / f"{name}.log")
         if text:

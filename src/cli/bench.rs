@@ -201,7 +201,12 @@ impl OnBackend for Bench {
                     be.set_phase(Phase::Decode);
                     let tok = [42u32];
                     let step: Vec<(SeqId, &[u32])> = kids.iter().map(|k| (*k, &tok[..])).collect();
-                    r.extend(&step)?; // warm-up
+                    // A warm-up step, waited for (the sampled ids come back): the prefill, the
+                    // page copies and first-use costs are queued asynchronously on a GPU and
+                    // must not run inside the timed steps.
+                    let (u, vocab) = (vec![0.5; b], m.model.cfg.vocab_size);
+                    let warm = r.extend(&step)?;
+                    be.sample_rows(warm.logits()?, vocab, Sampling::GREEDY, &u)?;
                     let before = be
                         .ledger()
                         .lock()
@@ -210,7 +215,6 @@ impl OnBackend for Bench {
                     let t = Instant::now();
                     // A step as the engine runs it: the forward pass, then the next ids
                     // sampled where the logits are (greedy; only the ids come back).
-                    let (u, vocab) = (vec![0.5; b], m.model.cfg.vocab_size);
                     for _ in 0..steps {
                         let out = r.extend(&step)?;
                         be.sample_rows(out.logits()?, vocab, Sampling::GREEDY, &u)?;
@@ -247,7 +251,10 @@ impl OnBackend for Bench {
                 let mut r = Runner::new(&be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
                 let warm = r.pool.create();
                 be.set_phase(Phase::Prefill);
-                r.extend(&[(warm, &ids(tokens.min(64)))])?;
+                // A warm-up of the same shape, waited for: cuBLAS picks (and loads on first
+                // use) its kernels per shape, and a GPU queues work asynchronously.
+                let w = r.extend(&[(warm, &ids(tokens))])?;
+                be.to_host(w.logits()?)?;
                 let s = r.pool.create();
                 let before = be
                     .ledger()
