@@ -13,12 +13,17 @@
 # dual-backend body on the emulator (forward order), two at a time. Slow: the sampler's
 # 1024-thread blocks take most of it. Usage:
 #   scripts/emu-racecheck.sh [TEST_FILTER]        default (::cuda_emu$): every body
+#   scripts/emu-racecheck.sh --methods            tests/cuda_emu.rs instead: the four methods
+#                                                 and an eval with problems in flight (whole
+#                                                 launches' sequences, several host threads)
 # Builds into target/emu-racecheck (CARGO_TARGET_DIR overrides). Logs there; exit status 1 if
 # any body reports a race, 2 if it cannot run (no libtsan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tsan_lib=$("${CXX:-c++}" -print-file-name=libtsan.so)
 [[ -e "$tsan_lib" ]] || { echo "error: the C++ compiler has no libtsan (ThreadSanitizer's runtime)" >&2; exit 2; }
+methods=0
+if [[ "${1:-}" == --methods ]]; then methods=1; shift; fi
 filter="${1:-::cuda_emu$}"
 export PONDER_EMU_TSAN=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/emu-racecheck}"
@@ -46,11 +51,19 @@ if [[ $(races "$self") -eq 0 ]] || ! grep -q "selftest.cu" "$self"; then
 fi
 echo "self-check: the planted race is reported ($(races "$self") report(s), at selftest.cu)"
 
-tests=$("$dual" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter")
+bin=$dual
+tests=$("$dual" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter") || true
+if ((methods)); then
+    # Their runs of the ponder binary are instrumented too (the same target folder), and TSan
+    # makes such a run exit 66 on a race, which fails its test: the count below says why.
+    bin=$(test_binary --test cuda_emu) || true
+    [[ -x "$bin" ]] || { cat "$logs/build.err" >&2; echo "error: cannot build the instrumented cuda_emu tests" >&2; exit 2; }
+    tests=$("$bin" --list 2>/dev/null | sed -n 's/: test$//p')
+fi
 [[ -n "$tests" ]] || { echo "error: no test matches $filter" >&2; exit 2; }
 run() {
     local t=$1 log="$logs/${1//::/_}.log" rc=0
-    "$dual" "$t" --exact --test-threads 1 >"$log" 2>&1 || rc=$?
+    "$bin" "$t" --exact --test-threads 1 >"$log" 2>&1 || rc=$?
     local n
     n=$(races "$log")
     if [[ $n -eq 0 && $rc -eq 0 ]]; then

@@ -396,6 +396,10 @@ extern "C" int ponder_emu_set_max_dynamic_smem(const char* name, unsigned bytes)
     return 0;
 }
 
+// The TSan sync object of the stream (PONDER_EMU_TSAN): each launch acquires it before its
+// first block and releases it after its last.
+[[maybe_unused]] static char stream_tok;
+
 extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz,
                                  unsigned block, unsigned smem, int reverse, void** args,
                                  char* err, size_t errlen) {
@@ -439,6 +443,10 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
     l.reverse = reverse != 0;
     l.args = args;
     L = &l;
+    // Stream order: ponder runs every launch on one stream, so a launch follows the end of
+    // the one before it, whichever host thread queued either (problems in flight hand their
+    // passes to one another through the batcher, whose Rust locks TSan does not see).
+    EMU_TSAN_ACQUIRE(&stream_tok);
     grid_dim = dim3{gx, gy, gz};
     block_dim = dim3{block, 1, 1};
     int rc = 0;
@@ -459,6 +467,7 @@ extern "C" int ponder_emu_launch(const char* name, unsigned gx, unsigned gy, uns
                 }
             }
     EMU_TSAN_ACQUIRE(&l.end_tok);  // the host reads what the kernel wrote after the launch
+    EMU_TSAN_RELEASE(&stream_tok);  // and so does the next launch (stream order)
     L = nullptr;
     cur_tid = nullptr;
     dyn_smem = nullptr;
