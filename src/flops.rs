@@ -4,7 +4,7 @@
 //! Conventions used by every backend (so that useful FLOPs agree exactly across backends):
 //! - a multiply-add is 2 FLOPs, a lone add or multiply 1;
 //! - attention counts 2·head_dim for QK^T and 2·head_dim for PV per allowed (query, key) pair
-//!   (useful) — softmax arithmetic is counted separately as 5 FLOPs and one exp per pair;
+//!   (useful); of the softmax only the exp per pair is counted (as a transcendental);
 //! - transcendental ops (exp, rsqrt, sin, cos, log) are counted apart, never as FLOPs;
 //! - bytes are device-memory bytes, each operand read once and each result written once.
 use std::collections::BTreeMap;
