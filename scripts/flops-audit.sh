@@ -17,13 +17,20 @@ mkdir -p "$logs"
 "$NCU" --query-metrics > "$logs/metrics.txt" 2>&1 || true
 FP32="smsp__sass_thread_inst_executed_op_fadd_pred_on.sum,smsp__sass_thread_inst_executed_op_fmul_pred_on.sum,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum"
 TENSOR="sm__ops_path_tensor_src_bf16_dst_fp32.sum"
+# Each launch's shape beside its counts (ncu.csv, kept in the logs), so that the plain kernels'
+# executed-FLOP formulas (reductions, per-thread scalar work, libm expansions: docs/cuda.md)
+# can be fitted to the hardware's counts after the first run.
+LAUNCH="launch__grid_size,launch__block_size"
+# (An ncu that does not list them would refuse the whole run for an unknown metric.)
+grep -q launch__grid_size "$logs/metrics.txt" && grep -q launch__block_size "$logs/metrics.txt" ||
+    { echo "note: this ncu lists no launch__grid_size / launch__block_size; shapes left out" >&2; LAUNCH=""; }
 for m in ${FP32//,/ } $TENSOR; do
     base=${m%.sum}
     grep -q "$base" "$logs/metrics.txt" || echo "warning: $base is not listed by this ncu; its column will be empty" >&2
 done
 # A prefill of 64 tokens and 4 decode steps on synthetic:tiny; --flops prints the ledger by op.
 rc=0
-"$NCU" --clock-control none --csv --page raw --metrics "$FP32,$TENSOR" \
+"$NCU" --clock-control none --csv --page raw --metrics "$FP32,$TENSOR${LAUNCH:+,$LAUNCH}" \
     "$PONDER" generate --model synthetic:tiny --device cuda --prompt "$(printf 'x%.0s' {1..64})" \
     --max-tokens 4 --temperature 0 --flops > "$logs/ncu.csv" 2> "$logs/ledger.txt" || rc=$?
 # Containers often withhold the performance counters from non-admin profiling.
