@@ -152,7 +152,17 @@ impl OnBackend for Bench {
             };
             return super::bench_attention::run(&be, &cfg, &name, &sizes);
         }
+        let t0 = Instant::now();
         let m = load(&be, self.model.as_deref(), &self.cache)?;
+        // What a run pays before its first token (a synthetic model's weights are generated on
+        // the host, then uploaded), kept apart from the rates below.
+        outln!(
+            "{} ({} parameters) loaded on {} in {:.3} s",
+            m.name,
+            m.model.cfg.n_params(),
+            be.name(),
+            t0.elapsed().as_secs_f64()
+        );
         let on_gpu = be.name() != "cpu";
         let ids = |n: usize| -> Vec<u32> {
             (0..n)
