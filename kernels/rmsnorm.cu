@@ -3,7 +3,9 @@
 //   add_rms_norm:  residual += x; out = rms_norm(residual) * w
 // x f32 [n, d]; residual f32 [n, d] (updated in place); w bf16 [d]; out bf16 [n, d] (it only
 // feeds GEMMs). One block (256 threads) per row; the sum of squares is reduced in a fixed
-// order. Per element 4 FLOPs (5 with the add), one rsqrt-equivalent per row.
+// order. Per element 4 FLOPs (5 with the add), one rsqrt-equivalent per row (useful); what the
+// compiled kernel executes, reductions and per-thread scalar work included: norm_overhead in
+// src/backend/cuda/ops.rs, read off its SASS.
 #include "common.cuh"
 
 __device__ __forceinline__ void norm_write(const float* __restrict__ r, const bf16* __restrict__ w,

@@ -1,7 +1,8 @@
 // SwiGLU's gate: out[r, j] = silu(g) * u = g / (1 + exp(-g)) * u, with g = gate_up[r, j] and
 // u = gate_up[r, f + j]: gate_up f32 [rows, 2f] is the fused gate|up GEMM output, out bf16
 // [rows, f] (the input of the down projection).
-// Grid-stride over rows*f, block 256. Per element: 3 FLOPs (add, divide, multiply) and 1 exp.
+// Grid-stride over rows*f, block 256. Per element: 3 FLOPs (add, divide, multiply) and 1 exp
+// (useful); 22 executed with expf's and the division's expansions (SILU_MUL_EXECUTED, ops.rs).
 #include "common.cuh"
 
 extern "C" __global__ void silu_mul(const float* __restrict__ gate_up, bf16* __restrict__ out,

@@ -13,6 +13,23 @@ use std::ops::Deref;
 const F32: u64 = 4;
 const BF16: u64 = 2;
 
+// Executed FLOPs of the plain kernels, as the hardware's fp32 counters see them (add + mul +
+// 2·fma thread instructions, flops-audit.sh), read off the SASS that nvcc 13.0 emits for
+// sm_90a (cuobjdump -sass; the IEEE fast paths, which normal inputs take). They are to be
+// confirmed by the first audit on a GPU, and recounted when a kernel or the compiler changes.
+//
+// RMSNorm, per row of d in a 256-thread block: the operation's 4d (5d with the residual add),
+// then block_sum's two warp sums, 9 adds in every thread (the fifth add of the second only in
+// the threads that go on), and in each of the min(d, 256) threads that write: that add, the
+// division ss / d (rcp + 5 fma), + eps, sqrtf (2 mul + 2 fma) and 1 / that (add + 2 fma).
+const NORM_THREADS: u64 = 256;
+fn norm_overhead(d: u64) -> u64 {
+    9 * NORM_THREADS + (3 + 2 + 2 * 9) * d.min(NORM_THREADS)
+}
+// SiLU·mul per element: expf (1 add, 5 fma besides ex2), the IEEE division g / (1 + e)
+// (5 fma), the multiply by u: 1 + 1 + 2·10.
+const SILU_MUL_EXECUTED: u64 = 22;
+
 /// A tensor in the dtype a kernel needs: the caller's, or a converted copy.
 pub(crate) enum Held<'a> {
     Same(&'a CudaTensor),
@@ -256,7 +273,10 @@ impl Cuda {
         let (n, d) = (x.rows as u64, x.cols as u64);
         self.record(
             "rmsnorm",
-            Counts::exact(4 * n * d, n * d * (F32 + BF16) + d * BF16, n),
+            Counts {
+                executed_flops: n * (4 * d + norm_overhead(d)),
+                ..Counts::exact(4 * n * d, n * d * (F32 + BF16) + d * BF16, n)
+            },
         );
         Ok(out)
     }
@@ -293,7 +313,10 @@ impl Cuda {
         let (n, d) = (x.rows as u64, x.cols as u64);
         self.record(
             "add_rmsnorm",
-            Counts::exact(5 * n * d, n * d * (3 * F32 + BF16) + d * BF16, n),
+            Counts {
+                executed_flops: n * (5 * d + norm_overhead(d)),
+                ..Counts::exact(5 * n * d, n * d * (3 * F32 + BF16) + d * BF16, n)
+            },
         );
         Ok(out)
     }
@@ -357,7 +380,13 @@ impl Cuda {
             )?;
         }
         let n = n as u64;
-        self.record("silu_mul", Counts::exact(3 * n, n * (2 * F32 + BF16), n));
+        self.record(
+            "silu_mul",
+            Counts {
+                executed_flops: SILU_MUL_EXECUTED * n,
+                ..Counts::exact(3 * n, n * (2 * F32 + BF16), n)
+            },
+        );
         Ok(out)
     }
 
