@@ -51,15 +51,16 @@ if [[ $(races "$self") -eq 0 ]] || ! grep -q "selftest.cu" "$self"; then
 fi
 echo "self-check: the planted race is reported ($(races "$self") report(s), at selftest.cu)"
 
-bin=$dual
-tests=$("$dual" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter") || true
 if ((methods)); then
     # Their runs of the ponder binary are instrumented too (the same target folder), and TSan
     # makes such a run exit 66 on a race, which fails its test: the count below says why.
     bin=$(test_binary --test cuda_emu) || true
     [[ -x "$bin" ]] || { cat "$logs/build.err" >&2; echo "error: cannot build the instrumented cuda_emu tests" >&2; exit 2; }
-    tests=$("$bin" --list 2>/dev/null | sed -n 's/: test$//p')
+    filter=.
+else
+    bin=$dual
 fi
+tests=$("$bin" --list 2>/dev/null | sed -n 's/: test$//p' | grep -- "$filter") || true
 [[ -n "$tests" ]] || { echo "error: no test matches $filter" >&2; exit 2; }
 run() {
     local t=$1 log="$logs/${1//::/_}.log" rc=0

@@ -48,7 +48,8 @@ impl OnBackend for Solve {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let (a, cache) = (self.a, self.cache.as_path());
         let method = Method::parse(&a.method)?;
-        if a.show_tree && !method.uses_prm() {
+        let trees = method.uses_prm();
+        if a.show_tree && !trees {
             anyhow::bail!(
                 "--show-tree draws a REBASE tree (rebase, combined); {} prints its votes without it",
                 method.name()
@@ -56,7 +57,6 @@ impl OnBackend for Solve {
         }
         let settings = a.opts.settings()?;
         let m = load(&be, a.opts.model.as_deref(), cache)?;
-        let trees = method.uses_prm();
         a.opts
             .check_lengths(&settings, &m.model.cfg, !trees, trees)?;
         let prm = a.opts.load_prm(&be, cache, method.uses_prm())?;

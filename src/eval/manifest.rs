@@ -58,6 +58,9 @@ impl Manifest {
     }
 }
 
+/// What follows the row count in `data_fingerprint`, where `data_rows` reads it back.
+const ROWS_END: &str = " rows, ";
+
 /// A fingerprint of the data as parsed: every row's index, question and gold answer (a
 /// malformed row counts as such), FNV-1a over them, with the row count.
 pub fn data_fingerprint(data: &Loaded) -> String {
@@ -76,7 +79,7 @@ pub fn data_fingerprint(data: &Loaded) -> String {
             None => eat(b"malformed"),
         }
     }
-    format!("{} rows, fnv1a64 {h:016x}", data.rows.len())
+    format!("{}{ROWS_END}fnv1a64 {h:016x}", data.rows.len())
 }
 
 /// The manifest of `dir`, if it has one.
@@ -184,7 +187,7 @@ fn check_records(dir: &Path, m: &Manifest) -> Result<()> {
 
 /// The data's row count as `data_fingerprint` recorded it ("N rows, ..."), when it did.
 pub fn data_rows(m: &Manifest) -> Option<usize> {
-    m.0.get("data")?.split_once(" rows, ")?.0.parse().ok()
+    m.0.get("data")?.split_once(ROWS_END)?.0.parse().ok()
 }
 
 /// Before a report: a record of a row the run's data does not have (run.json gives the row
