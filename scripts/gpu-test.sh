@@ -33,7 +33,7 @@ strip_copy "$bench" gpu-bin/kernels-bench --strip-all
 rm -f "$log"
 cp scripts/gpu-run.sh gpu-bin/run.sh
 chmod +x gpu-bin/run.sh
-cp scripts/flops-audit.sh scripts/profile.sh scripts/gpu-summary.py scripts/roofline.py scripts/find-cublas.py gpu-bin/
+cp scripts/flops-audit.sh scripts/flops-audit-report.py scripts/profile.sh scripts/gpu-summary.py scripts/roofline.py scripts/find-cublas.py gpu-bin/
 # Which code the bundle holds, so that a GPU result names the commit it measured.
 {
     echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"

@@ -10,6 +10,7 @@
 //! by attn_decode; attn_merge combines the parts by LSE.
 //! The work lists depend only on the batch and the dims, so they are built and uploaded once
 //! per forward pass and reused by every layer.
+use super::executed;
 use super::plan::{window_arg, BatchMeta, BK, BQ, DEC_THREADS};
 use super::tensor::{CudaKv, CudaTensor, DType};
 use super::{Arg, Cuda};
@@ -303,6 +304,16 @@ impl Cuda {
         let keys = meta.decode_keys;
         let n64 = n as u64;
         let blocks = n64 * meta.splits as u64 * hk64;
+        let live_blocks = meta.live_splits * hk64;
+        let shape = executed::DecodeShape {
+            heads: hq64,
+            group: group as u64,
+            head_dim: hd64,
+            lanes: lanes as u64,
+            keys,
+            live_blocks,
+            direct: meta.direct,
+        };
         let written = if meta.direct {
             n64 * hq64 * hd64 * 2
         } else {
@@ -313,18 +324,21 @@ impl Cuda {
             Counts {
                 calls: 1,
                 useful_flops: crate::backend::attention_useful_flops(keys, dims),
-                executed_flops: 4 * hd64 * hq64 * keys,
+                executed_flops: executed::attn_decode(&shape),
                 bytes: blocks * group as u64 * hd64 * 4 + keys * hk64 * hd64 * 4 + written,
+                // An exp per key and head, and in partial mode a log per live block and head.
                 transcendentals: keys * hq64
                     + if meta.direct {
                         0
                     } else {
-                        blocks * group as u64
+                        live_blocks * group as u64
                     },
             },
         );
         if !meta.direct {
             let slots = meta.n_slots as u64;
+            // Live slots: each item's splits that hold keys, and the prefix slot of a member.
+            let live = meta.live_splits + meta.n_members;
             self.launch(
                 "attn_merge",
                 (n as u32, hq as u32, 1),
@@ -345,9 +359,9 @@ impl Cuda {
                 Counts {
                     calls: 1,
                     useful_flops: 0,
-                    executed_flops: n64 * hq64 * (slots * (2 * hd64 + 1) + hd64),
+                    executed_flops: executed::attn_merge(n64, hq64, hd64, slots, live),
                     bytes: n64 * hq64 * (slots * (hd64 + 1) * 4 + hd64 * 2),
-                    transcendentals: n64 * hq64 * slots,
+                    transcendentals: hq64 * live,
                 },
             );
         }

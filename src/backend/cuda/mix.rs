@@ -1,5 +1,6 @@
 //! Quiet-STaR's mixing head on the device (kernels/mix.cu around three cuBLAS GEMMs), with
 //! the CPU backend's semantics and useful-FLOP records (src/backend/cpu_mix.rs).
+use super::executed;
 use super::ops::same_shape;
 use super::tensor::{CudaTensor, CudaWeight, DType};
 use super::{grid_1d, Arg, Cuda};
@@ -60,12 +61,12 @@ impl Cuda {
             ],
         )?;
         // Per row one subtract (1 − w); per element two multiplies and one add (as the CPU).
-        // Executed: each of a row's 256 threads computes its own 1 − w.
+        // Executed: each of a row's threads that has an element computes its own 1 − w.
         let useful = nn + 3 * nn * dd;
         self.record(
             "talk_mix",
             Counts {
-                executed_flops: useful - nn + nn * MIX_THREADS as u64,
+                executed_flops: executed::talk_mix_out(nn, dd, MIX_THREADS as u64),
                 ..Counts::exact(useful, 3 * nn * dd * 4 + nn * 4, 0)
             },
         );

@@ -11,6 +11,7 @@
 mod attn;
 mod device;
 mod emu;
+mod executed;
 mod mix;
 mod nvtx;
 mod ops;

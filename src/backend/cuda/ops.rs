@@ -1,6 +1,7 @@
 //! The CUDA backend's non-attention ops: storage, embedding, norms, linear (cuBLAS),
 //! elementwise ops, row gather and KV page copies.
 use super::emu::Gemm;
+use super::executed;
 use super::tensor::{CudaKv, CudaTensor, CudaWeight, DBuf, DType};
 use super::{grid_1d, Arg, Cuda};
 use crate::backend::{KvShape, WeightData};
@@ -12,23 +13,6 @@ use std::ops::Deref;
 
 const F32: u64 = 4;
 const BF16: u64 = 2;
-
-// Executed FLOPs of the plain kernels, as the hardware's fp32 counters see them (add + mul +
-// 2·fma thread instructions, flops-audit.sh), read off the SASS that nvcc 13.0 emits for
-// sm_90a (cuobjdump -sass; the IEEE fast paths, which normal inputs take). They are to be
-// confirmed by the first audit on a GPU, and recounted when a kernel or the compiler changes.
-//
-// RMSNorm, per row of d in a 256-thread block: the operation's 4d (5d with the residual add),
-// then block_sum's two warp sums, 9 adds in every thread (the fifth add of the second only in
-// the threads that go on), and in each of the min(d, 256) threads that write: that add, the
-// division ss / d (rcp + 5 fma), + eps, sqrtf (2 mul + 2 fma) and 1 / that (add + 2 fma).
-const NORM_THREADS: u64 = 256;
-fn norm_overhead(d: u64) -> u64 {
-    9 * NORM_THREADS + (3 + 2 + 2 * 9) * d.min(NORM_THREADS)
-}
-// SiLU·mul per element: expf (1 add, 5 fma besides ex2), the IEEE division g / (1 + e)
-// (5 fma), the multiply by u: 1 + 1 + 2·10.
-const SILU_MUL_EXECUTED: u64 = 22;
 
 /// A tensor in the dtype a kernel needs: the caller's, or a converted copy.
 pub(crate) enum Held<'a> {
@@ -260,7 +244,7 @@ impl Cuda {
         self.launch(
             "rms_norm",
             (x.rows as u32, 1, 1),
-            256,
+            executed::NORM_THREADS as u32,
             0,
             &[
                 Arg::P(x.ptr()),
@@ -274,7 +258,7 @@ impl Cuda {
         self.record(
             "rmsnorm",
             Counts {
-                executed_flops: n * (4 * d + norm_overhead(d)),
+                executed_flops: executed::rms_norm(n, d, false),
                 ..Counts::exact(4 * n * d, n * d * (F32 + BF16) + d * BF16, n)
             },
         );
@@ -299,7 +283,7 @@ impl Cuda {
         self.launch(
             "add_rms_norm",
             (x.rows as u32, 1, 1),
-            256,
+            executed::NORM_THREADS as u32,
             0,
             &[
                 Arg::P(residual.ptr()),
@@ -314,7 +298,7 @@ impl Cuda {
         self.record(
             "add_rmsnorm",
             Counts {
-                executed_flops: n * (5 * d + norm_overhead(d)),
+                executed_flops: executed::rms_norm(n, d, true),
                 ..Counts::exact(5 * n * d, n * d * (3 * F32 + BF16) + d * BF16, n)
             },
         );
@@ -383,7 +367,7 @@ impl Cuda {
         self.record(
             "silu_mul",
             Counts {
-                executed_flops: SILU_MUL_EXECUTED * n,
+                executed_flops: executed::silu_mul(n),
                 ..Counts::exact(3 * n, n * (2 * F32 + BF16), n)
             },
         );

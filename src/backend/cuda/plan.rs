@@ -34,6 +34,9 @@ pub(crate) struct BatchMeta {
     pub(crate) decode: DSlice<i32>,
     pub(crate) n_decode: usize,
     pub(crate) decode_keys: u64,
+    /// Σ over the decode items of their splits that hold keys (the others only write an
+    /// empty partial): what attn_decode's executed FLOPs scale with, besides the keys.
+    pub(crate) live_splits: u64,
     pub(crate) splits: usize,
     pub(crate) chunk: usize,
     pub(crate) n_slots: usize,
@@ -280,7 +283,12 @@ impl Cuda {
                 prefix_pairs += (*lp * chunk_members.len()) as u64;
             }
         }
-        let decode_keys = decode.iter().map(|d| (d[2] - d[1]).max(0) as u64).sum();
+        let own_keys = |d: &[i32; 4]| (d[2] - d[1]).max(0) as u64;
+        let decode_keys = decode.iter().map(own_keys).sum();
+        let live_splits = decode
+            .iter()
+            .map(|d| own_keys(d).div_ceil(chunk as u64))
+            .sum();
         let flat: Vec<i32> = decode.iter().flatten().copied().collect();
         Ok(BatchMeta {
             max_slot,
@@ -296,6 +304,7 @@ impl Cuda {
             decode: self.upload(&flat)?,
             n_decode,
             decode_keys,
+            live_splits,
             splits,
             chunk,
             n_slots,
