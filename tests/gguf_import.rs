@@ -324,6 +324,37 @@ fn imports_tiny_llama_exactly() {
     assert_eq!(scratch.entries(), ["model"]);
 }
 
+/// ok_tiny_llama_spm.gguf: the same llama with a SentencePiece vocabulary as llama.cpp writes
+/// Llama's and Mistral's (tokenizer.ggml.model "llama", scores, byte pieces, no merges):
+/// <unk> <s> </s>, <0x00>..<0xFF> (ids 3..=258), then ▁t he ▁the ▁ t h e (259..=265) with
+/// scores falling from 0. The merges come from the scores (src/model/import/spm.rs).
+#[test]
+fn imports_a_sentencepiece_vocabulary() {
+    let scratch = Scratch::new("spm");
+    let out = scratch.0.join("model");
+    import_gguf(&fixture("ok_tiny_llama_spm.gguf"), &out).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    // The dummy prefix: "the" is read as "▁the"; a second space stays a piece of its own.
+    assert_roundtrip(&tok, "the the", &[261, 261]);
+    assert_roundtrip(&tok, " the", &[262, 261]);
+    // What the vocabulary lacks falls back to UTF-8 bytes (é = C3 A9).
+    assert_roundtrip(&tok, "thé", &[259, 264, 3 + 0xC3, 3 + 0xA9]);
+    let tc = read_json(&out.join("tokenizer_config.json"));
+    assert_eq!(
+        (&tc["tokenizer_class"], &tc["bos_token"], &tc["eos_token"]),
+        (&"LlamaTokenizer".into(), &"<s>".into(), &"</s>".into())
+    );
+    // ponder's own tokenizer over the folder: control pieces are special, skipped on request,
+    // and a continuation keeps the space that joins it to what came before.
+    let t = ponder::model::tokenizer::Tokenizer::from_dir(&out, Some(1), vec![2]).unwrap();
+    assert_eq!(t.encode("<s>the").unwrap(), [1, 261]);
+    assert_eq!(t.decode(&[1, 261, 2], true).unwrap(), "the");
+    assert_eq!(
+        t.decode_continuation(&[261], &[261], false).unwrap(),
+        " the"
+    );
+}
+
 fn assert_refused(input: &Path, want: &str) {
     let scratch = Scratch::new("bad");
     let out = scratch.0.join("model");

@@ -1,7 +1,7 @@
 //! GGUF → HF model directory: `config.json`, `model.safetensors` (f32, so the loader can map
 //! it zero-copy), `tokenizer.json` and `tokenizer_config.json`. Only the llama architecture
-//! with a GPT-2 style byte-level BPE vocabulary is supported; anything else is refused rather
-//! than converted approximately.
+//! is supported, with a GPT-2 style byte-level BPE vocabulary or a SentencePiece BPE one
+//! (Llama, Mistral); anything else is refused rather than converted approximately.
 use super::gguf::{GgufFile, GgufTensorInfo, GgufValue};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -9,6 +9,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub mod spm;
 mod tokenizer;
 
 /// The files `import_gguf` writes; an existing output directory holding only these may be

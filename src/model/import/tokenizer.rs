@@ -1,5 +1,6 @@
-//! The HF `tokenizer.json` and `tokenizer_config.json` of a GGUF's GPT-2 style byte-level
-//! BPE vocabulary.
+//! The HF `tokenizer.json` and `tokenizer_config.json` of a GGUF's vocabulary: GPT-2 style
+//! byte-level BPE, or SentencePiece BPE (Llama, Mistral; converted in spm.rs).
+use super::spm;
 use crate::model::gguf::{GgufFile, GgufValue};
 use anyhow::{bail, Context, Result};
 use serde::ser::{SerializeMap, Serializer};
@@ -95,30 +96,16 @@ fn byte_level(add_prefix_space: bool, trim_offsets: bool) -> Value {
 }
 
 pub(super) fn build(g: &GgufFile) -> Result<TokenizerFiles> {
-    match g.get("tokenizer.ggml.model") {
-        Some(GgufValue::String(m)) if m == "gpt2" => {}
+    let model = match g.get("tokenizer.ggml.model") {
+        Some(GgufValue::String(m)) if m == "gpt2" || m == "llama" => m.as_str(),
         Some(GgufValue::String(m)) => {
             bail!(
-                "tokenizer.ggml.model {m:?} is not supported (ponder imports gpt2 byte-level BPE)"
+                "tokenizer.ggml.model {m:?} is not supported (ponder imports gpt2 byte-level \
+                 BPE and llama SentencePiece BPE)"
             )
         }
         Some(v) => bail!("metadata tokenizer.ggml.model is a {}", v.type_name()),
         None => bail!("metadata tokenizer.ggml.model is missing"),
-    }
-    // The pre-tokenizer decides how text is split before BPE; guessing it wrong gives
-    // plausible but different ids, so unknown ones are refused.
-    let pre_tokenizer = match g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()) {
-        Some("smollm") => json!({
-            "type": "Sequence",
-            "pretokenizers": [
-                { "type": "Digits", "individual_digits": true },
-                byte_level(false, true),
-            ],
-        }),
-        None | Some("gpt2") | Some("default") => byte_level(false, true),
-        Some(p) => {
-            bail!("tokenizer.ggml.pre {p:?} is not supported (ponder knows smollm, gpt2, default)")
-        }
     };
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
     let n = tokens.len();
@@ -140,6 +127,73 @@ pub(super) fn build(g: &GgufFile) -> Result<TokenizerFiles> {
             types.len()
         );
     }
+    let (tokenizer_json, class) = if model == "llama" {
+        (sentencepiece(g, &tokens, &types)?, "LlamaTokenizer")
+    } else {
+        (byte_level_bpe(g, &tokens, &types)?, "GPT2Tokenizer")
+    };
+    let mut cfg = serde_json::Map::new();
+    let flag = |key: &str| -> Result<bool> {
+        match g.get(key) {
+            None => Ok(false),
+            Some(v) => v
+                .as_bool()
+                .with_context(|| format!("metadata {key} is a {}, not a bool", v.type_name())),
+        }
+    };
+    cfg.insert(
+        "add_bos_token".into(),
+        flag("tokenizer.ggml.add_bos_token")?.into(),
+    );
+    cfg.insert(
+        "add_eos_token".into(),
+        flag("tokenizer.ggml.add_eos_token")?.into(),
+    );
+    for (name, key) in [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+        ("unk_token", "tokenizer.ggml.unknown_token_id"),
+    ] {
+        if let Some(id) = token_id(g, key, n)? {
+            cfg.insert(name.into(), tokens[id].into());
+        }
+    }
+    match g.get("tokenizer.chat_template") {
+        None => {}
+        Some(GgufValue::String(t)) => {
+            cfg.insert("chat_template".into(), t.as_str().into());
+        }
+        Some(v) => bail!("metadata tokenizer.chat_template is a {}", v.type_name()),
+    }
+    cfg.insert("clean_up_tokenization_spaces".into(), false.into());
+    cfg.insert("tokenizer_class".into(), class.into());
+    let config_json = serde_json::to_string_pretty(&Value::Object(cfg))? + "\n";
+    Ok(TokenizerFiles {
+        tokenizer_json: tokenizer_json + "\n",
+        config_json,
+        n_tokens: n,
+    })
+}
+
+/// The `tokenizer.json` of a GPT-2 style byte-level BPE vocabulary (its merges are listed).
+fn byte_level_bpe(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<String> {
+    let n = tokens.len();
+    // The pre-tokenizer decides how text is split before BPE; guessing it wrong gives
+    // plausible but different ids, so unknown ones are refused.
+    let pre_tokenizer = match g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()) {
+        Some("smollm") => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                { "type": "Digits", "individual_digits": true },
+                byte_level(false, true),
+            ],
+        }),
+        None | Some("gpt2") | Some("default") => byte_level(false, true),
+        Some(p) => {
+            bail!("tokenizer.ggml.pre {p:?} is not supported (ponder knows smollm, gpt2, default)")
+        }
+    };
     let merges = strings(g, "tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| {
@@ -187,46 +241,51 @@ pub(super) fn build(g: &GgufFile) -> Result<TokenizerFiles> {
             anyhow::anyhow!("the tokenizer built from the GGUF metadata does not load: {e}")
         })?;
 
-    let mut cfg = serde_json::Map::new();
-    let flag = |key: &str| -> Result<bool> {
+    Ok(tokenizer_json)
+}
+
+/// The `tokenizer.json` of a SentencePiece BPE vocabulary (Llama, Mistral): its merge order
+/// comes from the pieces' scores (spm.rs).
+fn sentencepiece(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<String> {
+    let n = tokens.len();
+    let scores = g
+        .get("tokenizer.ggml.scores")
+        .context("metadata tokenizer.ggml.scores is missing (a SentencePiece vocabulary's merge order comes from its scores)")?
+        .as_array()
+        .context("metadata tokenizer.ggml.scores is not an array")?;
+    if scores.len() != n {
+        bail!(
+            "tokenizer.ggml.scores has {} entries for {n} tokens",
+            scores.len()
+        );
+    }
+    let flag = |key: &str, default: bool| -> Result<bool> {
         match g.get(key) {
-            None => Ok(false),
+            None => Ok(default),
             Some(v) => v
                 .as_bool()
                 .with_context(|| format!("metadata {key} is a {}, not a bool", v.type_name())),
         }
     };
-    cfg.insert(
-        "add_bos_token".into(),
-        flag("tokenizer.ggml.add_bos_token")?.into(),
-    );
-    cfg.insert(
-        "add_eos_token".into(),
-        flag("tokenizer.ggml.add_eos_token")?.into(),
-    );
-    for (name, key) in [
-        ("bos_token", "tokenizer.ggml.bos_token_id"),
-        ("eos_token", "tokenizer.ggml.eos_token_id"),
-        ("pad_token", "tokenizer.ggml.padding_token_id"),
-        ("unk_token", "tokenizer.ggml.unknown_token_id"),
-    ] {
-        if let Some(id) = token_id(g, key, n)? {
-            cfg.insert(name.into(), tokens[id].into());
-        }
+    if flag("tokenizer.ggml.remove_extra_whitespaces", false)? {
+        bail!(
+            "tokenizer.ggml.remove_extra_whitespaces is not supported (ponder keeps every space)"
+        );
     }
-    match g.get("tokenizer.chat_template") {
-        None => {}
-        Some(GgufValue::String(t)) => {
-            cfg.insert("chat_template".into(), t.as_str().into());
-        }
-        Some(v) => bail!("metadata tokenizer.chat_template is a {}", v.type_name()),
-    }
-    cfg.insert("clean_up_tokenization_spaces".into(), false.into());
-    cfg.insert("tokenizer_class".into(), "GPT2Tokenizer".into());
-    let config_json = serde_json::to_string_pretty(&Value::Object(cfg))? + "\n";
-    Ok(TokenizerFiles {
-        tokenizer_json: tokenizer_json + "\n",
-        config_json,
-        n_tokens: n,
-    })
+    let pieces = (0..n)
+        .map(|i| {
+            let score = scores[i]
+                .as_f64()
+                .context("metadata tokenizer.ggml.scores holds a non-number")?;
+            let kind = spm::PieceKind::from_code(types[i])
+                .with_context(|| format!("tokenizer.ggml.token_type of token {i}"))?;
+            Ok(spm::Piece {
+                text: tokens[i],
+                score: score as f32,
+                kind,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    spm::tokenizer_json(&pieces, flag("tokenizer.ggml.add_space_prefix", true)?)
+        .context("the tokenizer built from the GGUF metadata")
 }

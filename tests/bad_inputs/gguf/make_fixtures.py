@@ -38,13 +38,24 @@ def byte_tokens():
     return [chr(table[b]) for b in range(256)]
 
 
-def tiny_llama():
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    merges = ["h e", "t he", "Ġ the"]
-    tokens = specials + byte_tokens() + ["he", "the", "Ġthe"]
-    types = [3] * len(specials) + [1] * (len(tokens) - len(specials))
+def tiny_llama(spm=False):
+    if spm:
+        # A SentencePiece vocabulary as llama.cpp writes Llama's and Mistral's: unknown,
+        # controls, the 256 byte pieces, then pieces whose scores fall with their id.
+        specials = ["<unk>", "<s>", "</s>"]
+        pieces = ["▁t", "he", "▁the", "▁", "t", "h", "e"]
+        tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + pieces
+        types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+        scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
+        name = "ok_tiny_llama_spm.gguf"
+    else:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        merges = ["h e", "t he", "Ġ the"]
+        tokens = specials + byte_tokens() + ["he", "the", "Ġthe"]
+        types = [3] * len(specials) + [1] * (len(tokens) - len(specials))
+        name = "ok_tiny_llama.gguf"
     vocab = len(tokens)
-    w = gguf.GGUFWriter(os.path.join(HERE, "ok_tiny_llama.gguf"), "llama")
+    w = gguf.GGUFWriter(os.path.join(HERE, name), "llama")
     w.add_block_count(LAYERS)
     w.add_context_length(512)
     w.add_embedding_length(D)
@@ -55,11 +66,17 @@ def tiny_llama():
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(vocab)
     w.add_rope_dimension_count(HD)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
+    if spm:
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_scores(scores)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("smollm")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_pad_token_id(0)
@@ -130,6 +147,7 @@ BAD = {
 
 if __name__ == "__main__":
     tiny_llama()
+    tiny_llama(spm=True)
     for name, data in BAD.items():
         with open(os.path.join(HERE, name), "wb") as f:
             f.write(data)
