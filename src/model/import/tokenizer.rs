@@ -228,7 +228,7 @@ fn byte_level_bpe(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<String
             fuse_unk: false,
             byte_fallback: false,
             ignore_merges: false,
-            vocab: Vocab(&tokens),
+            vocab: Vocab(tokens),
             merges,
         },
     };
