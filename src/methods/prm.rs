@@ -14,6 +14,19 @@ use anyhow::{Context, Result};
 
 pub const STEP_TAG: &str = " ки";
 
+/// The ids of '+' and '-' in the PRM's tokenizer, each encoded alone as Math-Shepherd's code
+/// does (`encode("+ -")[1:]`): in a SentencePiece vocabulary that is "▁+" and "▁-" (648 and
+/// 387 for Mistral's, tests/mistral_tokenizer.rs).
+pub fn reward_ids(tok: &Tokenizer) -> Result<(u32, u32)> {
+    let plus = tok
+        .single_token("+")
+        .context("the PRM's tokenizer needs a '+' token")?;
+    let minus = tok
+        .single_token("-")
+        .context("the PRM's tokenizer needs a '-' token")?;
+    Ok((plus, minus))
+}
+
 pub struct Prm<'a, B: Backend> {
     pub runner: Runner<'a, B>,
     pub tok: &'a Tokenizer,
@@ -31,12 +44,7 @@ pub struct Prm<'a, B: Backend> {
 
 impl<'a, B: Backend> Prm<'a, B> {
     pub fn new(runner: Runner<'a, B>, tok: &'a Tokenizer, name: String) -> Result<Self> {
-        let plus = tok
-            .single_token("+")
-            .context("the PRM's tokenizer needs a '+' token")?;
-        let minus = tok
-            .single_token("-")
-            .context("the PRM's tokenizer needs a '-' token")?;
+        let (plus, minus) = reward_ids(tok)?;
         Ok(Prm {
             runner,
             tok,
