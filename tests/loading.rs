@@ -217,5 +217,10 @@ fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
         .err()
         .expect("a missing start_embedding is an error");
     assert!(format!("{err:#}").contains("start_embedding"), "{err:#}");
+    // Also when the "---" re-initialisation (the default) would not use the markers.
+    let err = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), true, 6)
+        .err()
+        .expect("a missing start_embedding is an error under the re-initialisation too");
+    assert!(format!("{err:#}").contains("start_embedding"), "{err:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -82,10 +82,13 @@ impl<B: Backend> QuietStar<B> {
                     let t = w.get(name, &[2, d])?;
                     Ok(t.to_f32()[..d].iter().map(|x| x * 100.0).collect())
                 };
+                // Read (and so checked) even when "---" replaces them: a checkpoint missing
+                // its markers is incomplete whichever markers this run uses.
+                let trained_markers = (row0("start_embedding")?, row0("end_embedding")?);
                 let (start, end) = if reinit {
                     (dash.clone(), dash)
                 } else {
-                    (row0("start_embedding")?, row0("end_embedding")?)
+                    trained_markers
                 };
                 let p = |name: &str, shape: &[usize]| -> Result<B::Weight> {
                     be.weight(shape, w.param(name, shape)?)

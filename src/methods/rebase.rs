@@ -103,10 +103,7 @@ pub fn solve<B: Backend>(
         .iter()
         .map(|n| {
             let text = n.steps.join("\n");
-            let answer = match s.protocol {
-                Protocol::Seed => last_integer(&text),
-                Protocol::Wu => wu_answer(&text),
-            };
+            let answer = leaf_answer(s.protocol, &n.text, &text);
             Vote {
                 text,
                 answer,
@@ -116,7 +113,8 @@ pub fn solve<B: Backend>(
         })
         .collect();
     // The study: the last integer of the best leaf by last-step score, among the leaves that
-    // hold one (its code skips a leaf it extracts nothing from; ties to the earlier leaf).
+    // hold one (its code skips a leaf it extracts nothing from, which a question with a number
+    // in it never is; ties to the earlier leaf).
     // Wu et al.: the weighted vote over last-step scores, with their "[invalid]" group.
     let leaves: Vec<(Option<String>, Vec<f64>)> = votes
         .iter()
@@ -157,13 +155,15 @@ fn search<B: Backend>(
         if remaining == 0 || open.is_empty() {
             break;
         }
+        // Parents expand best score first (`expansion_order`).
+        let last = |n: &Node| n.scores.last().copied().unwrap_or(0.0);
+        let order = expansion_order(s.protocol, &open.iter().map(last).collect::<Vec<_>>());
+        let mut slots: Vec<Option<Node>> = open.drain(..).map(Some).collect();
+        open.extend(order.iter().filter_map(|&i| slots[i].take()));
         let counts = if depth == 0 {
             vec![remaining; open.len()]
         } else {
-            let scores: Vec<f64> = open
-                .iter()
-                .map(|n| n.scores.last().copied().unwrap_or(0.0))
-                .collect();
+            let scores: Vec<f64> = open.iter().map(last).collect();
             allocate(&scores, remaining, s.rebase_temperature)
         };
         let mut kids: Vec<Kid> = Vec::new();
@@ -384,6 +384,40 @@ fn generate_steps<B: Backend>(
     Ok(())
 }
 
+/// The order in which open nodes with these last-step scores expand: best first, as
+/// `select_softmax` hands them to `expand` in both reference codes, so that the children, and
+/// with them the next depth's candidates and the leaves, come in the same order and ties in
+/// the next allocation (whose own sort is stable) and in best-of-N fall as theirs do. Equal
+/// scores: the study's `sorted(reverse=True)` keeps the order the nodes were made in; Wu et
+/// al.'s `sorted()` then `.reverse()` turns it round.
+fn expansion_order(protocol: Protocol, scores: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let ascending = |a: &usize, b: &usize| {
+        scores[*a]
+            .partial_cmp(&scores[*b])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    };
+    match protocol {
+        Protocol::Seed => order.sort_by(|a, b| ascending(b, a)),
+        Protocol::Wu => {
+            order.sort_by(ascending);
+            order.reverse();
+        }
+    }
+    order
+}
+
+/// A leaf's answer. `--protocol seed`: the last integer of the node's text, which is the
+/// question followed by the steps as generated, as the study's code reads its node text: a
+/// leaf whose steps hold no integer answers with the question's last one. `--protocol wu`:
+/// Wu et al.'s "The answer is:" extraction from the steps (`steps`, joined by newlines).
+fn leaf_answer(protocol: Protocol, node_text: &str, steps: &str) -> Option<String> {
+    match protocol {
+        Protocol::Seed => last_integer(node_text),
+        Protocol::Wu => wu_answer(steps),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +435,33 @@ mod tests {
             step_prompt(Protocol::Wu, "Q?\nStep 1: a", 1),
             "Q?\nStep 1: a"
         );
+    }
+
+    #[test]
+    fn parents_expand_best_first_with_each_references_ties() {
+        let scores = [0.5, 0.9, 0.5, 0.2, 0.9];
+        assert_eq!(expansion_order(Protocol::Seed, &scores), [1, 4, 0, 2, 3]);
+        assert_eq!(expansion_order(Protocol::Wu, &scores), [4, 1, 2, 0, 3]);
+        assert!(expansion_order(Protocol::Seed, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_seed_leaf_reads_its_whole_text() {
+        let q = "Tom has 12 apples and eats 5.";
+        // The steps' last integer, when they hold one (commas dropped).
+        let text = format!("{q} He has 12 - 5 = 7 left. So 1,007 minus 1,000.");
+        assert_eq!(
+            leaf_answer(Protocol::Seed, &text, "").as_deref(),
+            Some("1000")
+        );
+        // Steps without a number: the question's last, as the study's code reads it.
+        let text = format!("{q} He ate some, so fewer remain.");
+        assert_eq!(leaf_answer(Protocol::Seed, &text, "").as_deref(), Some("5"));
+        assert_eq!(leaf_answer(Protocol::Seed, "How many? None.", ""), None);
+        // Wu et al.'s extraction reads the steps only.
+        let steps = "Step 1: 12 - 5 = 7 ки\nStep 2: The answer is: 7 ки";
+        assert_eq!(leaf_answer(Protocol::Wu, q, steps).as_deref(), Some("7"));
+        assert_eq!(leaf_answer(Protocol::Wu, q, "Step 1: 12 - 5 ки"), None);
     }
 
     #[test]
