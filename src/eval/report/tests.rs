@@ -278,6 +278,10 @@ fn study_figures_only_for_the_study_subset() {
     );
     assert!(md.contains("| Quiet-STaR + REBASE (width 6) | 9.38% (12/128) | 4.250e12 | 143.66 s |"));
     assert!(md.contains("formula"));
+    assert!(
+        md.contains("13/128 (width 3), 13/128 (width 6), 15/128 (width 16) and 11/128"),
+        "{md}"
+    );
     // A few problems of 128 are not the study's run, and the report says so.
     assert!(md.contains("**Not the study's setup**"), "{md}");
     assert!(
