@@ -438,3 +438,45 @@ fn refuses_a_block_count_the_file_cannot_hold() {
         assert!(t.elapsed().as_secs() < 10, "took {:?}", t.elapsed());
     }
 }
+
+/// ok_tiny_llama_spm.gguf with one metadata key renamed (same length), so that the key it
+/// had is missing and an unknown one stands in its place.
+fn with_key_renamed(good: &[u8], key: &str, to: &str) -> Vec<u8> {
+    assert_eq!(key.len(), to.len());
+    let at = good
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())
+        .unwrap_or_else(|| panic!("the fixture has {key}"));
+    let mut bad = good.to_vec();
+    bad[at..at + key.len()].copy_from_slice(to.as_bytes());
+    bad
+}
+
+#[test]
+fn refuses_a_sentencepiece_vocabulary_it_cannot_rebuild() {
+    let good = std::fs::read(fixture("ok_tiny_llama_spm.gguf")).unwrap();
+    let scratch = Scratch::new("spm-bad");
+    let cases = [
+        // Without scores there is no merge order.
+        (
+            "no_scores.gguf",
+            with_key_renamed(&good, "tokenizer.ggml.scores", "tokenizer.ggml.scorez"),
+            "tokenizer.ggml.scores is missing",
+        ),
+        // Every piece "normal": no unknown piece to fall back on.
+        (
+            "no_types.gguf",
+            with_key_renamed(
+                &good,
+                "tokenizer.ggml.token_type",
+                "tokenizer.ggml.token_typo",
+            ),
+            "no unknown piece",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let path = scratch.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        assert_refused(&path, want);
+    }
+}
