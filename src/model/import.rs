@@ -9,6 +9,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+mod bpe_json;
 pub mod spm;
 mod tokenizer;
 

@@ -8,11 +8,10 @@
 //! highest score. HF's BPE repeatedly applies the merge of lowest rank. So every split of a
 //! piece into two pieces becomes a merge, ranked by the merged piece's score (ties by id, as
 //! SentencePiece's scores are unique but for the whitespace-run pieces that share one floor).
+use super::bpe_json::{added_token, BpeJson};
 use anyhow::{bail, Context, Result};
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// SentencePiece's piece types, numbered as in its model proto and in GGUF's
 /// `tokenizer.ggml.token_type`.
@@ -45,51 +44,6 @@ pub struct Piece<'a> {
     pub text: &'a str,
     pub score: f32,
     pub kind: PieceKind,
-}
-
-/// The vocabulary in id order (a piece listed twice keeps its first id, as HF's map must).
-struct Vocab<'a>(&'a [Piece<'a>]);
-
-impl Serialize for Vocab<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seen = HashSet::with_capacity(self.0.len());
-        let mut m = s.serialize_map(None)?;
-        for (id, p) in self.0.iter().enumerate() {
-            if seen.insert(p.text) {
-                m.serialize_entry(p.text, &id)?;
-            }
-        }
-        m.end()
-    }
-}
-
-/// Structs rather than `json!`, whose map would re-sort the vocabulary.
-#[derive(Serialize)]
-struct TokenizerJson<'a> {
-    version: &'static str,
-    truncation: Option<()>,
-    padding: Option<()>,
-    added_tokens: Vec<Value>,
-    normalizer: Value,
-    pre_tokenizer: Option<()>,
-    post_processor: Option<()>,
-    decoder: Value,
-    model: Bpe<'a>,
-}
-
-#[derive(Serialize)]
-struct Bpe<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    dropout: Option<f32>,
-    unk_token: Option<&'a str>,
-    continuing_subword_prefix: Option<&'a str>,
-    end_of_word_suffix: Option<&'a str>,
-    fuse_unk: bool,
-    byte_fallback: bool,
-    ignore_merges: bool,
-    vocab: Vocab<'a>,
-    merges: Vec<(&'a str, &'a str)>,
 }
 
 /// The merges that rebuild each normal piece from two shorter ones, best score first.
@@ -147,13 +101,7 @@ pub fn tokenizer_json(pieces: &[Piece], add_dummy_prefix: bool) -> Result<String
                 PieceKind::Unknown | PieceKind::Control | PieceKind::UserDefined
             )
         })
-        .map(|(id, p)| {
-            json!({
-                "id": id, "content": p.text, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false,
-                "special": p.kind != PieceKind::UserDefined,
-            })
-        })
+        .map(|(id, p)| added_token(id, p.text, p.kind != PieceKind::UserDefined))
         .collect();
     let space = json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"});
     let normalizer = if add_dummy_prefix {
@@ -169,34 +117,20 @@ pub fn tokenizer_json(pieces: &[Piece], add_dummy_prefix: bool) -> Result<String
     if add_dummy_prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    let tokenizer = TokenizerJson {
-        version: "1.0",
-        truncation: None,
-        padding: None,
+    let texts: Vec<&str> = pieces.iter().map(|p| p.text).collect();
+    BpeJson {
         added_tokens: added,
         normalizer,
-        pre_tokenizer: None,
-        post_processor: None,
+        pre_tokenizer: Value::Null,
+        post_processor: Value::Null,
         decoder: json!({"type": "Sequence", "decoders": decoders}),
-        model: Bpe {
-            kind: "BPE",
-            dropout: None,
-            unk_token: Some(unk),
-            continuing_subword_prefix: None,
-            end_of_word_suffix: None,
-            fuse_unk: true,
-            byte_fallback: true,
-            ignore_merges: false,
-            vocab: Vocab(pieces),
-            merges: merges(pieces),
-        },
-    };
-    // Pretty, as HF writes it: a model folder is read by people too.
-    let text = serde_json::to_string_pretty(&tokenizer)?;
-    // What the tokenizers crate would refuse, refused here rather than in a model folder.
-    text.parse::<tokenizers::Tokenizer>()
-        .map_err(|e| anyhow::anyhow!("the tokenizer built from the pieces does not load: {e}"))?;
-    Ok(text)
+        unk_token: Some(unk),
+        fuse_unk: true,
+        byte_fallback: true,
+        vocab: &texts,
+        merges: merges(pieces),
+    }
+    .write()
 }
 
 fn byte_of(piece: &str) -> Option<u8> {

@@ -1,12 +1,10 @@
 //! The HF `tokenizer.json` and `tokenizer_config.json` of a GGUF's vocabulary: GPT-2 style
 //! byte-level BPE, or SentencePiece BPE (Llama, Mistral; converted in spm.rs).
+use super::bpe_json::{added_token, BpeJson};
 use super::spm;
 use crate::model::gguf::{GgufFile, GgufValue};
 use anyhow::{bail, Context, Result};
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::HashSet;
 
 pub(super) struct TokenizerFiles {
     pub tokenizer_json: String,
@@ -32,58 +30,22 @@ fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
         .collect()
 }
 
+/// A bool of the metadata, `default` when absent.
+fn flag(g: &GgufFile, key: &str, default: bool) -> Result<bool> {
+    match g.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .with_context(|| format!("metadata {key} is a {}, not a bool", v.type_name())),
+    }
+}
+
 fn token_id(g: &GgufFile, key: &str, n: usize) -> Result<Option<usize>> {
     let Some(v) = g.get(key) else { return Ok(None) };
     match v.as_u64().and_then(|id| usize::try_from(id).ok()) {
         Some(id) if id < n => Ok(Some(id)),
         _ => bail!("metadata {key} = {v:?} is not a token id below the vocabulary size {n}"),
     }
-}
-
-/// The vocabulary as a JSON object in id order, as HF writes it.
-/// llama.cpp tolerates a token listed twice; HF's map cannot hold it, so the first id wins.
-struct Vocab<'a>(&'a [&'a str]);
-
-impl Serialize for Vocab<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seen = HashSet::with_capacity(self.0.len());
-        let mut m = s.serialize_map(None)?;
-        for (id, tok) in self.0.iter().enumerate() {
-            if seen.insert(*tok) {
-                m.serialize_entry(tok, &id)?;
-            }
-        }
-        m.end()
-    }
-}
-
-/// Structs rather than `json!`, whose map would re-sort the vocabulary.
-#[derive(Serialize)]
-struct TokenizerJson<'a> {
-    version: &'static str,
-    truncation: Option<()>,
-    padding: Option<()>,
-    added_tokens: Vec<Value>,
-    normalizer: Option<()>,
-    pre_tokenizer: Value,
-    post_processor: Value,
-    decoder: Value,
-    model: Bpe<'a>,
-}
-
-#[derive(Serialize)]
-struct Bpe<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    dropout: Option<f32>,
-    unk_token: Option<&'a str>,
-    continuing_subword_prefix: Option<&'a str>,
-    end_of_word_suffix: Option<&'a str>,
-    fuse_unk: bool,
-    byte_fallback: bool,
-    ignore_merges: bool,
-    vocab: Vocab<'a>,
-    merges: Vec<(&'a str, &'a str)>,
 }
 
 fn byte_level(add_prefix_space: bool, trim_offsets: bool) -> Value {
@@ -133,21 +95,13 @@ pub(super) fn build(g: &GgufFile) -> Result<TokenizerFiles> {
         (byte_level_bpe(g, &tokens, &types)?, "GPT2Tokenizer")
     };
     let mut cfg = serde_json::Map::new();
-    let flag = |key: &str| -> Result<bool> {
-        match g.get(key) {
-            None => Ok(false),
-            Some(v) => v
-                .as_bool()
-                .with_context(|| format!("metadata {key} is a {}, not a bool", v.type_name())),
-        }
-    };
     cfg.insert(
         "add_bos_token".into(),
-        flag("tokenizer.ggml.add_bos_token")?.into(),
+        flag(g, "tokenizer.ggml.add_bos_token", false)?.into(),
     );
     cfg.insert(
         "add_eos_token".into(),
-        flag("tokenizer.ggml.add_eos_token")?.into(),
+        flag(g, "tokenizer.ggml.add_eos_token", false)?.into(),
     );
     for (name, key) in [
         ("bos_token", "tokenizer.ggml.bos_token_id"),
@@ -203,45 +157,22 @@ fn byte_level_bpe(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<String
         .collect::<Result<Vec<_>>>()?;
     let added: Vec<Value> = (0..n)
         .filter(|&i| types[i] == CONTROL || types[i] == USER_DEFINED)
-        .map(|i| {
-            json!({
-                "id": i, "content": tokens[i], "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true,
-            })
-        })
+        .map(|i| added_token(i, tokens[i], true))
         .collect();
-    let tokenizer = TokenizerJson {
-        version: "1.0",
-        truncation: None,
-        padding: None,
+    BpeJson {
         added_tokens: added,
-        normalizer: None,
+        normalizer: Value::Null,
         pre_tokenizer,
         post_processor: byte_level(true, false),
         decoder: byte_level(true, true),
-        model: Bpe {
-            kind: "BPE",
-            dropout: None,
-            unk_token: None,
-            continuing_subword_prefix: None,
-            end_of_word_suffix: None,
-            fuse_unk: false,
-            byte_fallback: false,
-            ignore_merges: false,
-            vocab: Vocab(tokens),
-            merges,
-        },
-    };
-    let tokenizer_json = serde_json::to_string_pretty(&tokenizer)?;
-    // A merge naming a token the vocabulary lacks only shows up when the tokenizers crate
-    // loads the file; catch it here rather than leave an unloadable model behind.
-    tokenizer_json
-        .parse::<tokenizers::Tokenizer>()
-        .map_err(|e| {
-            anyhow::anyhow!("the tokenizer built from the GGUF metadata does not load: {e}")
-        })?;
-
-    Ok(tokenizer_json)
+        unk_token: None,
+        fuse_unk: false,
+        byte_fallback: false,
+        vocab: tokens,
+        merges,
+    }
+    .write()
+    .context("the tokenizer built from the GGUF metadata")
 }
 
 /// The `tokenizer.json` of a SentencePiece BPE vocabulary (Llama, Mistral): its merge order
@@ -259,15 +190,7 @@ fn sentencepiece(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<String>
             scores.len()
         );
     }
-    let flag = |key: &str, default: bool| -> Result<bool> {
-        match g.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .with_context(|| format!("metadata {key} is a {}, not a bool", v.type_name())),
-        }
-    };
-    if flag("tokenizer.ggml.remove_extra_whitespaces", false)? {
+    if flag(g, "tokenizer.ggml.remove_extra_whitespaces", false)? {
         bail!(
             "tokenizer.ggml.remove_extra_whitespaces is not supported (ponder keeps every space)"
         );
@@ -286,6 +209,6 @@ fn sentencepiece(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<String>
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    spm::tokenizer_json(&pieces, flag("tokenizer.ggml.add_space_prefix", true)?)
+    spm::tokenizer_json(&pieces, flag(g, "tokenizer.ggml.add_space_prefix", true)?)
         .context("the tokenizer built from the GGUF metadata")
 }
