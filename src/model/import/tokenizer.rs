@@ -12,10 +12,6 @@ pub(super) struct TokenizerFiles {
     pub n_tokens: usize,
 }
 
-/// llama.cpp's token types that HF treats as added tokens: control and user-defined.
-const CONTROL: i64 = 3;
-const USER_DEFINED: i64 = 4;
-
 fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
     let arr = g
         .get(key)
@@ -156,7 +152,14 @@ fn byte_level_bpe(g: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<String
         })
         .collect::<Result<Vec<_>>>()?;
     let added: Vec<Value> = (0..n)
-        .filter(|&i| types[i] == CONTROL || types[i] == USER_DEFINED)
+        // llama.cpp's token types (SentencePiece's numbering) that HF treats as added
+        // tokens: control and user-defined.
+        .filter(|&i| {
+            matches!(
+                spm::PieceKind::from_code(types[i]),
+                Ok(spm::PieceKind::Control | spm::PieceKind::UserDefined)
+            )
+        })
         .map(|i| added_token(i, tokens[i], true))
         .collect();
     BpeJson {
