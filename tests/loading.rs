@@ -59,12 +59,12 @@ fn write_model(dir: &Path, config: &str, shards: usize, bf: bool, extra: &[(&str
         .map(|(n, s)| {
             let v = syn.param(n, s).unwrap();
             let b: Vec<u8> = if bf {
-                v.as_slice()
+                v.to_f32()
                     .iter()
                     .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
                     .collect()
             } else {
-                v.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect()
+                v.to_f32().iter().flat_map(|x| x.to_le_bytes()).collect()
             };
             (n.clone(), s.clone(), b)
         })
@@ -106,36 +106,51 @@ fn logits(be: &Cpu, m: &Model<Cpu>) -> Vec<f32> {
         .unwrap()
 }
 
+/// The ledger's matmul bytes of `logits`: weights at 4 bytes a value if held as f32, 2 as bf16.
+fn matmul_bytes(be: &Cpu) -> u64 {
+    let l = be.ledger().lock().unwrap();
+    l.by_op().get("matmul").map_or(0, |c| c.bytes)
+}
+
 #[test]
 fn f32_file_and_bf16_shards_load_the_same_model() {
     let root = std::env::temp_dir().join(format!("ponder-loading-{}", std::process::id()));
     let (a, b) = (root.join("f32"), root.join("bf16-sharded"));
     write_dir(&a, 1, false);
     write_dir(&b, 3, true);
-    let be = Cpu::new();
     let cache = cache_dir(None);
+    let (be0, be1, be2) = (Cpu::new(), Cpu::new(), Cpu::new());
     let direct = Model::load(
-        &be,
+        &be0,
         Config::from_json(config_json()).unwrap(),
         &Synthetic { seed: 7 },
     )
     .unwrap();
-    let la = load(&be, Some(a.to_str().unwrap()), &cache).unwrap();
-    let lb = load(&be, Some(b.to_str().unwrap()), &cache).unwrap();
+    let la = load(&be1, Some(a.to_str().unwrap()), &cache).unwrap();
+    let lb = load(&be2, Some(b.to_str().unwrap()), &cache).unwrap();
     let (x, y, z) = (
-        logits(&be, &direct),
-        logits(&be, &la.model),
-        logits(&be, &lb.model),
+        logits(&be0, &direct),
+        logits(&be1, &la.model),
+        logits(&be2, &lb.model),
     );
+    // Synthetic weights are bf16 values, so the f32 file holds them exactly: the f32 file
+    // (held as f32), the bf16 shards and the synthetic model (both held as bf16 and widened
+    // just before use) give the same logits bit for bit.
     assert_eq!(x, y, "an f32 file must load bit for bit");
-    let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let err = x
-        .iter()
-        .zip(&z)
-        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()))
-        / scale;
-    assert!(err < 0.05, "bf16 shards differ by {err} relative");
-    assert!(err > 0.0, "bf16 rounding should show");
+    assert_eq!(y, z, "bf16 shards must load bit for bit");
+    // …and the bf16 model really is held as bf16: half the weight bytes.
+    let (f32_bytes, bf16_bytes) = (matmul_bytes(&be1), matmul_bytes(&be2));
+    assert_eq!(matmul_bytes(&be0), bf16_bytes);
+    // One forward: every layer's four projections and the LM head, each matrix read once.
+    let c = Config::from_json(config_json()).unwrap();
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let layer = (c.q_dim() + 2 * c.kv_dim()) * d + d * c.q_dim() + 2 * f * d + d * f;
+    let values = (c.num_hidden_layers * layer + c.vocab_size * d) as u64;
+    assert_eq!(
+        f32_bytes - bf16_bytes,
+        2 * values,
+        "2 bytes fewer a weight value"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -167,7 +182,7 @@ fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
     let syn = Synthetic { seed: 7 };
     let row0_x100 = |name: &str| -> Vec<f32> {
         let v = syn.param(name, &[2, d]).unwrap();
-        v.as_slice()[..d].iter().map(|x| x * 100.0).collect()
+        v.to_f32()[..d].iter().map(|x| x * 100.0).collect()
     };
     let trained = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), false, 6).unwrap();
     assert_eq!(trained.origin, "checkpoint");

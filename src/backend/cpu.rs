@@ -3,6 +3,8 @@
 //! (`linear`, whose loops are in cpu_linear.rs, and `attention`, in cpu_attn.rs).
 use super::cpu_math::norm_row;
 pub use super::cpu_math::{angles, inv_freq, rotate_half};
+pub use super::cpu_weight::CpuWeight;
+use super::cpu_weight::{store, Vals};
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
@@ -41,56 +43,6 @@ pub struct CpuTensor {
     pub data: Vec<f32>,
 }
 
-pub enum CpuStore {
-    Mapped(crate::model::weights::MappedF32),
-    Owned(Vec<f32>),
-}
-
-pub struct CpuWeight {
-    pub shape: Vec<usize>,
-    /// Row blocks in order: one for an ordinary weight, several for a stacked projection
-    /// (Backend::stacked_weight), whose memory-mapped parts stay in the map.
-    parts: Vec<CpuStore>,
-}
-
-impl CpuStore {
-    fn as_slice(&self) -> &[f32] {
-        match self {
-            CpuStore::Mapped(m) => m.as_slice(),
-            CpuStore::Owned(v) => v,
-        }
-    }
-}
-
-impl CpuWeight {
-    /// The values of a weight held in one block: every weight but the stacked projections,
-    /// which only `linear` reads (through `blocks`).
-    pub fn data(&self) -> Result<&[f32]> {
-        match &self.parts[..] {
-            [one] => Ok(one.as_slice()),
-            _ => bail!("a stacked weight is an operand of linear only"),
-        }
-    }
-    /// The row blocks, in order.
-    pub(super) fn blocks(&self) -> Vec<&[f32]> {
-        self.parts.iter().map(CpuStore::as_slice).collect()
-    }
-    fn rows_cols(&self) -> (usize, usize) {
-        match self.shape[..] {
-            [r, c] => (r, c),
-            [c] => (1, c),
-            _ => (0, 0),
-        }
-    }
-}
-
-fn store(data: WeightData) -> CpuStore {
-    match data {
-        WeightData::Mapped(m) => CpuStore::Mapped(m),
-        WeightData::Host(c) => CpuStore::Owned(c.into_owned()),
-    }
-}
-
 pub struct CpuKv {
     pub(super) shape: KvShape,
     pub(super) k: Vec<f32>,
@@ -126,18 +78,21 @@ impl Backend for Cpu {
     }
 
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<CpuWeight> {
-        crate::backend::check_weight_shape(shape, data.as_slice().len())?;
+        crate::backend::check_weight_shape(shape, data.len())?;
         Ok(CpuWeight {
             shape: shape.to_vec(),
-            parts: vec![store(data)],
+            parts: vec![store(data, shape.len() == 2)],
         })
     }
 
     fn stacked_weight(&self, cols: usize, parts: Vec<(usize, WeightData)>) -> Result<CpuWeight> {
         let rows = crate::backend::check_stacked_parts(cols, &parts)?;
+        // One dtype for every block (linear reads them alike): a mix of f32 and bf16 parts,
+        // which no checkpoint has, is widened.
+        let all_bf16 = parts.iter().all(|(_, d)| d.bf16_bits().is_some());
         Ok(CpuWeight {
             shape: vec![rows, cols],
-            parts: parts.into_iter().map(|(_, d)| store(d)).collect(),
+            parts: parts.into_iter().map(|(_, d)| store(d, all_bf16)).collect(),
         })
     }
 
@@ -205,20 +160,26 @@ impl Backend for Cpu {
 
     fn embed(&self, table: &CpuWeight, ids: &[u32]) -> Result<CpuTensor> {
         let (vocab, d) = table.rows_cols();
-        let t = table.data()?;
-        let mut data = Vec::with_capacity(ids.len() * d);
-        for &id in ids {
+        let t = match &table.blocks()[..] {
+            [one] => *one,
+            _ => bail!("a stacked weight is an operand of linear only"),
+        };
+        let mut data = vec![0.0f32; ids.len() * d];
+        for (&id, row) in ids.iter().zip(data.chunks_mut(d.max(1))) {
             let id = id as usize;
             ensure!(
                 id < vocab,
                 "token id {id} is outside the vocabulary ({vocab})"
             );
-            data.extend_from_slice(&t[id * d..(id + 1) * d]);
+            match t {
+                Vals::F32(v) => row.copy_from_slice(&v[id * d..(id + 1) * d]),
+                Vals::Bf16(v) => super::widen_bf16(row, &v[id * d..(id + 1) * d]),
+            }
         }
         let n = ids.len() as u64;
         self.record(
             "embedding",
-            Counts::exact(0, 2 * n * d as u64 * F32 + n * 4, 0),
+            Counts::exact(0, n * d as u64 * (table.value_bytes() + F32) + n * 4, 0),
         );
         Ok(CpuTensor {
             rows: ids.len(),
@@ -295,7 +256,11 @@ impl Backend for Cpu {
         let (n, m, k) = (n as u64, m as u64, k as u64);
         self.record(
             "matmul",
-            Counts::exact(2 * n * m * k, (m * k + n * k + n * m) * F32, 0),
+            Counts::exact(
+                2 * n * m * k,
+                m * k * w.value_bytes() + (n * k + n * m) * F32,
+                0,
+            ),
         );
         Ok(CpuTensor {
             rows: x.rows,

@@ -1,18 +1,20 @@
 //! The CPU backend's matrix multiply: `x` [n, k] times `w` [m, k] transposed, the hottest
 //! loop of the CPU backend (every linear layer), kept apart from the other forward ops.
 use super::cpu_math::{dot, dot4, dot_rows4};
+use super::cpu_weight::Vals;
+use super::widen_bf16;
 use rayon::prelude::*;
 
 /// A weight's rows, held as one or more row blocks of k columns (a stacked projection's
-/// parts stay where they were loaded, memory-mapped ones included).
+/// parts stay where they were loaded, memory-mapped ones included), f32 or bf16.
 pub(super) struct Rows<'a> {
     /// (first row, values) of each block, in row order; the first block starts at row 0.
-    blocks: Vec<(usize, &'a [f32])>,
+    blocks: Vec<(usize, Vals<'a>)>,
     k: usize,
 }
 
 impl<'a> Rows<'a> {
-    pub(super) fn new(blocks: &[&'a [f32]], k: usize) -> Self {
+    pub(super) fn new(blocks: &[Vals<'a>], k: usize) -> Self {
         let mut first = 0;
         let blocks = blocks
             .iter()
@@ -33,13 +35,43 @@ impl<'a> Rows<'a> {
 
     /// Row j (a few blocks at most: a linear scan).
     #[inline]
-    fn row(&self, j: usize) -> &'a [f32] {
+    fn row(&self, j: usize) -> Vals<'a> {
         let mut b = 0;
         while b + 1 < self.blocks.len() && self.blocks[b + 1].0 <= j {
             b += 1;
         }
         let (at, data) = self.blocks[b];
-        &data[(j - at) * self.k..(j - at + 1) * self.k]
+        let r = (j - at) * self.k..(j - at + 1) * self.k;
+        match data {
+            Vals::F32(v) => Vals::F32(&v[r]),
+            Vals::Bf16(v) => Vals::Bf16(&v[r]),
+        }
+    }
+
+    /// Rows j0..j0+rows as f32 slices of k values each: borrowed where held as f32, widened
+    /// into `scratch` where held as bf16 (exactly, so the products are the same bits).
+    fn rows_f32<'s>(&self, j0: usize, rows: usize, scratch: &'s mut Vec<f32>) -> Vec<&'s [f32]>
+    where
+        'a: 's,
+    {
+        let k = self.k;
+        let widen = (0..rows).any(|jj| matches!(self.row(j0 + jj), Vals::Bf16(_)));
+        if widen {
+            scratch.resize(rows * k, 0.0);
+            for (jj, dst) in scratch.chunks_mut(k.max(1)).take(rows).enumerate() {
+                match self.row(j0 + jj) {
+                    Vals::F32(v) => dst.copy_from_slice(v),
+                    Vals::Bf16(v) => widen_bf16(dst, v),
+                }
+            }
+        }
+        let scratch: &'s [f32] = scratch;
+        (0..rows)
+            .map(|jj| match self.row(j0 + jj) {
+                Vals::F32(v) if !widen => v,
+                _ => &scratch[jj * k..(jj + 1) * k],
+            })
+            .collect()
     }
 }
 
@@ -59,10 +91,13 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
     // into the row-major result (a column-major scratch and a transpose cost a second
     // n*m buffer, its memset and a pass over it, 5-7% of a small-batch decode step).
     let dst = Columns(out.as_mut_ptr());
-    (0..m.div_ceil(BLOCK)).into_par_iter().for_each(|b| {
+    let tasks = (0..m.div_ceil(BLOCK)).into_par_iter();
+    tasks.for_each_init(Vec::new, |scratch, b| {
         let j0 = b * BLOCK;
         let rows = BLOCK.min(m - j0);
-        let w = |jj: usize| wd.row(j0 + jj);
+        // A bf16 block is widened once per task, then read as f32 by every tile.
+        let wrows = wd.rows_f32(j0, rows, scratch);
+        let w = |jj: usize| wrows[jj];
         let xr = |i: usize| &x[i * k..(i + 1) * k];
         let put1 = |i: usize, jj: usize, val: f32| {
             debug_assert!(i < n && jj < rows);

@@ -7,6 +7,7 @@ mod cpu_attn;
 mod cpu_linear;
 mod cpu_math;
 mod cpu_mix;
+mod cpu_weight;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
@@ -107,7 +108,7 @@ pub fn check_stacked_parts(cols: usize, parts: &[(usize, WeightData)]) -> Result
         "a stacked weight needs at least one part"
     );
     for (r, part) in parts {
-        check_weight_shape(&[*r, cols], part.as_slice().len())?;
+        check_weight_shape(&[*r, cols], part.len())?;
     }
     Ok(parts.iter().map(|p| p.0).sum())
 }
@@ -194,7 +195,7 @@ pub trait Backend: Send + Sync {
         crate::account::with_ledger(self.ledger(), |l| l.clone())
     }
 
-    /// A parameter from host f32 values (the backend chooses its storage dtype).
+    /// A parameter from host values, f32 or bf16 (the backend chooses its storage dtype).
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<Self::Weight>;
     /// Parameters of `cols` columns stacked by rows into one [Σ rows, cols] weight (`parts`:
     /// each part's rows and values), for the fused projections q|k|v and gate|up. This
@@ -202,9 +203,20 @@ pub trait Backend: Send + Sync {
     /// are (a memory-mapped part is not copied).
     fn stacked_weight(&self, cols: usize, parts: Vec<(usize, WeightData)>) -> Result<Self::Weight> {
         let rows = check_stacked_parts(cols, &parts)?;
+        // bf16 parts stay bf16 (a mix is widened: f32 loses nothing).
+        if parts.iter().all(|(_, p)| p.bf16_bits().is_some()) {
+            let mut bits = Vec::with_capacity(rows * cols);
+            for (_, part) in &parts {
+                bits.extend_from_slice(part.bf16_bits().unwrap_or_default());
+            }
+            return self.weight(
+                &[rows, cols],
+                WeightData::HostBf16(std::borrow::Cow::Owned(bits)),
+            );
+        }
         let mut data = Vec::with_capacity(rows * cols);
         for (_, part) in &parts {
-            data.extend_from_slice(part.as_slice());
+            data.extend_from_slice(&part.to_f32());
         }
         self.weight(
             &[rows, cols],
@@ -308,18 +320,82 @@ pub struct TalkHead<B: Backend> {
     pub w3: B::Weight,
 }
 
-/// Parameter values handed to a backend.
+/// Parameter values handed to a backend, in the dtype they were stored in: a backend that
+/// holds weights as bf16 takes bf16 bits as they are, and f32 values rounded to nearest even.
 pub enum WeightData<'a> {
     /// f32 values in a memory map: a CPU backend can use them without copying.
     Mapped(crate::model::weights::MappedF32),
     Host(std::borrow::Cow<'a, [f32]>),
+    /// bf16 values (their bits) in a memory map: a bf16 checkpoint's tensors, zero-copy.
+    MappedBf16(crate::model::weights::MappedBf16),
+    /// bf16 bits in host memory (synthetic weights, an unaligned bf16 tensor).
+    HostBf16(std::borrow::Cow<'a, [u16]>),
 }
 
 impl WeightData<'_> {
-    pub fn as_slice(&self) -> &[f32] {
+    /// The number of values.
+    pub fn len(&self) -> usize {
         match self {
-            WeightData::Mapped(m) => m.as_slice(),
-            WeightData::Host(c) => c,
+            WeightData::Mapped(m) => m.as_slice().len(),
+            WeightData::Host(c) => c.len(),
+            WeightData::MappedBf16(m) => m.as_slice().len(),
+            WeightData::HostBf16(c) => c.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bf16 bits when the values are stored as bf16.
+    pub fn bf16_bits(&self) -> Option<&[u16]> {
+        match self {
+            WeightData::MappedBf16(m) => Some(m.as_slice()),
+            WeightData::HostBf16(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The values as f32 (bf16 widens exactly): borrowed when stored as f32.
+    pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        use std::borrow::Cow;
+        match self {
+            WeightData::Mapped(m) => Cow::Borrowed(m.as_slice()),
+            WeightData::Host(c) => Cow::Borrowed(c),
+            WeightData::MappedBf16(_) | WeightData::HostBf16(_) => {
+                let bits = self.bf16_bits().unwrap_or_default();
+                let mut out = vec![0.0f32; bits.len()];
+                widen_bf16(&mut out, bits);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The values as bf16 bits: borrowed when stored as bf16, else rounded to nearest even.
+    pub fn to_bf16_bits(&self) -> std::borrow::Cow<'_, [u16]> {
+        use std::borrow::Cow;
+        match self.bf16_bits() {
+            Some(b) => Cow::Borrowed(b),
+            None => Cow::Owned(round_to_bf16_bits(&self.to_f32())),
+        }
+    }
+}
+
+/// f32 values rounded to bf16 (nearest even; half's rounding, which the CUDA backend's
+/// uploads and the synthetic weights share).
+pub fn round_to_bf16_bits(v: &[f32]) -> Vec<u16> {
+    use rayon::prelude::*;
+    v.par_iter()
+        .map(|x| half::bf16::from_f32(*x).to_bits())
+        .collect()
+}
+
+/// `out[i] = bits[i]` as f32: exact (a bf16 is the top half of an f32), so a weight held as
+/// bf16 and widened before use gives the same products as the same weight held as f32.
+#[inline]
+pub fn widen_bf16(out: &mut [f32], bits: &[u16]) {
+    debug_assert_eq!(out.len(), bits.len());
+    for (o, b) in out.iter_mut().zip(bits) {
+        *o = f32::from_bits(u32::from(*b) << 16);
     }
 }

@@ -1,7 +1,7 @@
 //! The llama / mistral forward pass over any Backend, on a ragged batch of sequences whose
 //! K/V live in the paged pool.
 use super::config::Config;
-use super::weights::Weights;
+use super::weights::{DType, Weights};
 use crate::backend::{AttnDims, Backend, Batch, WeightData};
 use anyhow::{Context, Result};
 use std::borrow::Cow;
@@ -65,10 +65,19 @@ pub trait ParamSource {
 impl ParamSource for Weights {
     fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>> {
         let t = self.get(name, shape)?;
-        Ok(match t.mapped_f32() {
-            Some(m) => WeightData::Mapped(m),
-            None => WeightData::Host(t.to_f32()),
-        })
+        // f32 and bf16 stay as stored (zero-copy where aligned); f16 is widened to f32.
+        if let Some(m) = t.mapped_f32() {
+            return Ok(WeightData::Mapped(m));
+        }
+        if let Some(m) = t.mapped_bf16() {
+            return Ok(WeightData::MappedBf16(m));
+        }
+        if t.dtype == DType::Bf16 {
+            let bits = t.bytes().chunks_exact(2);
+            let bits = bits.map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            return Ok(WeightData::HostBf16(Cow::Owned(bits)));
+        }
+        Ok(WeightData::Host(t.to_f32()))
     }
     fn has(&self, name: &str) -> bool {
         Weights::has(self, name)
@@ -199,7 +208,7 @@ impl<B: Backend> Model<B> {
 }
 
 /// Seeded random parameters for synthetic models: uniform in ±sqrt(3/fan_in) (unit variance
-/// activations through each linear), norms at 1. Deterministic for a given seed and name.
+/// activations through each linear) rounded to bf16, norms at 1. Deterministic for a given seed and name.
 pub struct Synthetic {
     pub seed: u64,
 }
@@ -214,7 +223,10 @@ impl ParamSource for Synthetic {
         let bound = (3.0 / fan_in).sqrt();
         let h = crate::rng::fnv1a(crate::rng::FNV_OFFSET ^ self.seed, name.as_bytes());
         let data = crate::rng::fill_uniform(h, n, bound);
-        Ok(WeightData::Host(Cow::Owned(data)))
+        // Rounded to bf16, as a real checkpoint's weights are: every backend then holds the
+        // same values (the CUDA backend holds bf16, the CPU widens exactly).
+        let bits = crate::backend::round_to_bf16_bits(&data);
+        Ok(WeightData::HostBf16(Cow::Owned(bits)))
     }
     fn has(&self, _name: &str) -> bool {
         false

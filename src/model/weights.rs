@@ -1,5 +1,5 @@
 //! Safetensors loading: one file or shards listed in `model.safetensors.index.json`, memory
-//! mapped. f32 tensors stay in the map (zero-copy); bf16/f16 are widened when a backend asks.
+//! mapped. f32 and bf16 tensors can stay in the map (zero-copy); f16 is widened to f32.
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -72,29 +72,54 @@ impl TensorRef {
 
     /// A handle that keeps the map alive, for zero-copy use by a backend.
     pub fn mapped_f32(&self) -> Option<MappedF32> {
-        if self.dtype != DType::F32 || !cfg!(target_endian = "little") {
+        if self.dtype != DType::F32 {
             return None;
         }
-        bytemuck::try_cast_slice::<u8, f32>(self.bytes()).ok()?;
-        Some(MappedF32 {
-            map: self.map.clone(),
-            start: self.start,
-            len: self.len / 4,
-        })
+        Mapped::new(self)
+    }
+
+    /// The same for bf16 values (their raw bits), which a backend may hold as they are.
+    pub fn mapped_bf16(&self) -> Option<MappedBf16> {
+        if self.dtype != DType::Bf16 {
+            return None;
+        }
+        Mapped::new(self)
     }
 }
 
-/// f32 values living in a memory map (checked aligned at construction).
+/// Values of type T living in a memory map (checked aligned at construction).
 #[derive(Clone)]
-pub struct MappedF32 {
+pub struct Mapped<T> {
     map: Arc<Mmap>,
     start: usize,
     len: usize,
+    _t: std::marker::PhantomData<T>,
 }
 
-impl MappedF32 {
-    pub fn as_slice(&self) -> &[f32] {
-        bytemuck::cast_slice(&self.map[self.start..self.start + self.len * 4])
+/// f32 values in a map.
+pub type MappedF32 = Mapped<f32>;
+/// bf16 values in a map, as their bits (little-endian u16).
+pub type MappedBf16 = Mapped<u16>;
+
+impl<T: bytemuck::Pod> Mapped<T> {
+    /// None on a big-endian host or for a tensor not aligned for T in the map.
+    fn new(t: &TensorRef) -> Option<Self> {
+        if !cfg!(target_endian = "little") {
+            return None;
+        }
+        bytemuck::try_cast_slice::<u8, T>(t.bytes()).ok()?;
+        Some(Mapped {
+            map: t.map.clone(),
+            start: t.start,
+            len: t.len / std::mem::size_of::<T>(),
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        bytemuck::cast_slice(
+            &self.map[self.start..self.start + self.len * std::mem::size_of::<T>()],
+        )
     }
 }
 

@@ -59,7 +59,7 @@ pub(crate) struct Bf16Src(ponder::model::llama::Synthetic);
 impl ponder::model::llama::ParamSource for Bf16Src {
     fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>> {
         let w = self.0.param(name, shape)?;
-        Ok(WeightData::Host(Cow::Owned(bf16(w.as_slice()))))
+        Ok(WeightData::Host(Cow::Owned(bf16(&w.to_f32()))))
     }
     fn has(&self, name: &str) -> bool {
         self.0.has(name)
@@ -74,7 +74,7 @@ pub(crate) fn naive_forward(
     ids: &[u32],
 ) -> (Vec<f32>, Vec<f32>) {
     use ponder::model::llama::ParamSource;
-    let get = |n: &str, s: &[usize]| src.param(n, s).unwrap().as_slice().to_vec();
+    let get = |n: &str, s: &[usize]| src.param(n, s).unwrap().to_f32().to_vec();
     let (d, f, v, n) = (
         cfg.hidden_size,
         cfg.intermediate_size,

@@ -8,7 +8,6 @@ use crate::backend::{KvShape, WeightData};
 use crate::flops::Counts;
 use crate::kv::PageCopy;
 use anyhow::{bail, ensure, Result};
-use rayon::prelude::*;
 use std::ops::Deref;
 
 const F32: u64 = 4;
@@ -32,12 +31,6 @@ impl Deref for Held<'_> {
 
 pub(crate) fn same_shape(a: &CudaTensor, b: &CudaTensor, op: &str) -> Result<()> {
     crate::backend::check_same_shape((a.rows, a.cols), (b.rows, b.cols), op)
-}
-
-pub(crate) fn to_bf16_bits(v: &[f32]) -> Vec<u16> {
-    v.par_iter()
-        .map(|x| half::bf16::from_f32(*x).to_bits())
-        .collect()
 }
 
 impl Cuda {
@@ -92,8 +85,9 @@ impl Cuda {
     }
 
     pub(super) fn weight_impl(&self, shape: &[usize], data: WeightData) -> Result<CudaWeight> {
-        crate::backend::check_weight_shape(shape, data.as_slice().len())?;
-        let bits = to_bf16_bits(data.as_slice());
+        crate::backend::check_weight_shape(shape, data.len())?;
+        // A bf16 checkpoint's (or synthetic model's) bits go up as they are.
+        let bits = data.to_bf16_bits();
         Ok(CudaWeight {
             shape: shape.to_vec(),
             buf: self.upload(&bits)?,
