@@ -2,8 +2,8 @@
 //! machines without a GPU: every method end to end (`ponder solve --device cuda-emu`) and an
 //! evaluation with two problems in flight (their forward passes batched on the backend).
 //!
-//! The CUDA backend holds weights and KV in bf16, the CPU backend in f32, so the sampled
-//! tokens differ; with `--fixed-lengths` the amount of work does not: the prompt, generated
+//! Both backends hold synthetic:tiny's bf16 weights, but the CUDA backend keeps KV and
+//! GEMM inputs in bf16 where the CPU backend computes in f32, so the sampled tokens differ; with `--fixed-lengths` the amount of work does not: the prompt, generated
 //! and thought token counts and the study's formula must equal the CPU backend's. (Exact
 //! useful FLOPs of the same shapes are compared op by op in tests/backend_dual/; here the
 //! texts differ, and with them e.g. the trailing whitespace the answer phase trims.)

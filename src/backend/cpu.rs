@@ -165,12 +165,13 @@ impl Backend for Cpu {
             _ => bail!("a stacked weight is an operand of linear only"),
         };
         let mut data = vec![0.0f32; ids.len() * d];
-        for (&id, row) in ids.iter().zip(data.chunks_mut(d.max(1))) {
+        for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
             ensure!(
                 id < vocab,
                 "token id {id} is outside the vocabulary ({vocab})"
             );
+            let row = &mut data[i * d..(i + 1) * d];
             match t {
                 Vals::F32(v) => row.copy_from_slice(&v[id * d..(id + 1) * d]),
                 Vals::Bf16(v) => super::widen_bf16(row, &v[id * d..(id + 1) * d]),

@@ -2,7 +2,7 @@
 //! loop of the CPU backend (every linear layer), kept apart from the other forward ops.
 use super::cpu_math::{dot, dot4, dot_rows4};
 use super::cpu_weight::Vals;
-use super::widen_bf16;
+use super::widen_one;
 use rayon::prelude::*;
 
 /// A weight's rows, held as one or more row blocks of k columns (a stacked projection's
@@ -57,11 +57,13 @@ impl<'a> Rows<'a> {
         let k = self.k;
         let widen = (0..rows).any(|jj| matches!(self.row(j0 + jj), Vals::Bf16(_)));
         if widen {
-            scratch.resize(rows * k, 0.0);
-            for (jj, dst) in scratch.chunks_mut(k.max(1)).take(rows).enumerate() {
+            // Appended, not resized and overwritten: no zero-fill of up to 3.7 MB per task.
+            scratch.clear();
+            scratch.reserve(rows * k);
+            for jj in 0..rows {
                 match self.row(j0 + jj) {
-                    Vals::F32(v) => dst.copy_from_slice(v),
-                    Vals::Bf16(v) => widen_bf16(dst, v),
+                    Vals::F32(v) => scratch.extend_from_slice(v),
+                    Vals::Bf16(v) => scratch.extend(v.iter().map(|b| widen_one(*b))),
                 }
             }
         }
@@ -91,12 +93,14 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
     // into the row-major result (a column-major scratch and a transpose cost a second
     // n*m buffer, its memset and a pass over it, 5-7% of a small-batch decode step).
     let dst = Columns(out.as_mut_ptr());
-    let tasks = (0..m.div_ceil(BLOCK)).into_par_iter();
-    tasks.for_each_init(Vec::new, |scratch, b| {
+    (0..m.div_ceil(BLOCK)).into_par_iter().for_each(|b| {
         let j0 = b * BLOCK;
         let rows = BLOCK.min(m - j0);
-        // A bf16 block is widened once per task, then read as f32 by every tile.
-        let wrows = wd.rows_f32(j0, rows, scratch);
+        // A bf16 block is widened once per task into this thread's scratch (kept between
+        // calls: one allocation per thread, not one per task), then read as f32 by every tile.
+        // The task calls no rayon op, so nothing else runs on this thread while it is borrowed.
+        let mut scratch = SCRATCH.with(|s| s.take());
+        let wrows = wd.rows_f32(j0, rows, &mut scratch);
         let w = |jj: usize| wrows[jj];
         let xr = |i: usize| &x[i * k..(i + 1) * k];
         let put1 = |i: usize, jj: usize, val: f32| {
@@ -143,8 +147,15 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
                 }
             }
         }
+        drop(wrows);
+        SCRATCH.with(|s| s.set(scratch));
     });
     out
+}
+
+thread_local! {
+    /// Each rayon worker's buffer for widened bf16 weight rows (matmul_nt).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The output of matmul_nt, shared by its tasks, each of which writes only its own columns.

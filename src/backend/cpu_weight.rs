@@ -135,7 +135,7 @@ mod tests {
         let be = Cpu::new();
         // k not a multiple of the SIMD width, m with a remainder past the quads and more than
         // one task block (64 rows), n through every row grouping and past one tile (32 rows).
-        let (k, parts) = (37, [70usize, 5, 9]);
+        let (k, parts) = (37, [70usize, 5, 11]);
         let m: usize = parts.iter().sum();
         let wb: Vec<Vec<u16>> = parts
             .iter()
@@ -182,7 +182,7 @@ mod tests {
             be.embed(&th, &ids).unwrap().data
         );
         assert!(
-            be.embed(&th, &[84]).is_err(),
+            be.embed(&th, &[m as u32]).is_err(),
             "an id past the table is refused"
         );
         let v = be

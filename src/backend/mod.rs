@@ -396,6 +396,12 @@ pub fn round_to_bf16_bits(v: &[f32]) -> Vec<u16> {
 pub fn widen_bf16(out: &mut [f32], bits: &[u16]) {
     debug_assert_eq!(out.len(), bits.len());
     for (o, b) in out.iter_mut().zip(bits) {
-        *o = f32::from_bits(u32::from(*b) << 16);
+        *o = widen_one(*b);
     }
+}
+
+/// One bf16 (its bits) as f32, exactly.
+#[inline]
+pub fn widen_one(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
 }
