@@ -11,6 +11,9 @@
 #               launches synchronous (CUDA_LAUNCH_BLOCKING=1) so that a fault names its own
 #               launch; if any fails, each test again in a process of its own (a fault kills
 #               the CUDA context of every later test in its process)
+#   check       ponder check: Mistral-7B's whole forward pass (synthetic weights, bf16 on both)
+#               on the GPU against the CPU backend in the same binary, 4 × 128-token prompts
+#               and 8 greedy steps: logits within 5e-2, equal useful FLOPs
 #   sanitize    compute-sanitizer memcheck and racecheck over the dual-backend CUDA tests
 #   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B)
 #   smoke       generate on synthetic:tiny; Quiet-STaR's parallel mode on synthetic:tiny
@@ -32,7 +35,7 @@ export PONDER_CACHE="${PONDER_CACHE:-$here/cache}"
 export RUST_BACKTRACE=1
 budget=${PONDER_GPU_BUDGET:-480}
 start=$SECONDS
-steps=("$@"); [[ ${#steps[@]} -eq 0 ]] && steps=(info dual sanitize bench smoke eval audit kernels)
+steps=("$@"); [[ ${#steps[@]} -eq 0 ]] && steps=(info dual check sanitize bench smoke eval audit kernels)
 declare -a summary
 fail=0
 P="$here/ponder"
@@ -113,6 +116,9 @@ dual)
         run dual-each 120 20 env CUDA_LAUNCH_BLOCKING=1 bash -c 'each_dual "$1"' _ \
             "$here/tests/backend_dual"
     fi ;;
+check)
+    run check-mistral 150 60 "$P" check "${M[@]}" --tokens 128 --steps 8 --batch 4 \
+        --tol 0.05 ;;
 smoke)
     run smoke-tiny 30 5 "$P" generate --model synthetic:tiny --device "$DEV" \
         --prompt "2+2=" --max-tokens 8 --temperature 0 --flops

@@ -57,8 +57,8 @@ def main():
     summary = read(logs / "summary.txt")
     if summary:
         fenced("Summary", summary, out)
-    for name in ["roofline", "bench-decode", "bench-prefill", "bench-attention", "smoke-tiny",
-                 "smoke-parallel"]:
+    for name in ["roofline", "check-mistral", "bench-decode", "bench-prefill",
+                 "bench-attention", "smoke-tiny", "smoke-parallel"]:
         text = read(logs / f"{name}.log")
         if text:
             fenced(name, text[-6000:], out)

@@ -190,3 +190,62 @@ fn generate_costs_the_same_useful_flops_on_both_backends() {
     };
     assert_eq!(run("cuda-emu"), run("cpu"));
 }
+
+#[test]
+fn check_compares_the_emulated_cuda_forward_pass_with_the_cpus() {
+    // synthetic:smollm2-135m's depth (30 layers) and GQA at a few tokens: the whole forward
+    // pass, prefill and decode, within bf16's tolerance and with the CPU's useful FLOPs.
+    let args = [
+        "check",
+        "--model",
+        "synthetic:smollm2-135m",
+        "--device",
+        "cuda-emu",
+        "--tokens",
+        "20",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--tol",
+        "0.05",
+    ];
+    let (ok, stdout, stderr) = ponder(&args);
+    assert!(ok, "check failed: {stderr}\n{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("prefill")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("step 2"), "{stdout}");
+    let flops = stdout
+        .lines()
+        .find(|l| l.starts_with("useful FLOPs: cpu "))
+        .expect("a FLOP line");
+    let nums: Vec<&str> = flops
+        .split_whitespace()
+        .filter(|w| w.parse::<u64>().is_ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "{flops}");
+    assert_eq!(nums[0], nums[1], "{flops}");
+    assert_eq!(stdout.lines().last(), Some("ok"));
+    // The check can fail: bf16 never matches f32 to 1e-6, and the error is one line.
+    let (ok, _, stderr) = ponder(&[
+        "check",
+        "--model",
+        "synthetic:tiny",
+        "--device",
+        "cuda-emu",
+        "--tol",
+        "1e-6",
+    ]);
+    assert!(!ok, "a 1e-6 tolerance must fail");
+    assert!(stderr.contains("differs from the CPU"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let (ok, _, stderr) = ponder(&["check", "--device", "cpu"]);
+    assert!(
+        !ok && stderr.contains("compares another backend"),
+        "{stderr}"
+    );
+}

@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod bench;
 mod bench_attention;
+mod check;
 mod common;
 mod eval;
 mod generate;
@@ -64,6 +65,8 @@ enum Cmd {
     Report(eval::ReportArgs),
     /// Time decode or prefill, with GB/s and FLOP/s beside the roofline.
     Bench(bench::Args),
+    /// Compare a backend's forward pass with the CPU's: same model, same tokens, logits and FLOPs.
+    Check(check::Args),
     /// Convert a GGUF file (llama architecture) into an HF model directory.
     ImportGguf {
         file: PathBuf,
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Sweep(a) => eval::sweep(a, &cache),
         Cmd::Report(a) => eval::report(a),
         Cmd::Bench(a) => bench::run(a, &cache),
+        Cmd::Check(a) => check::run(a, &cache),
         Cmd::ImportGguf { file, out } => {
             ponder::model::import::import_gguf(&file, &out)?;
             eprintln!("imported {} into {}", file.display(), out.display());

