@@ -1,5 +1,6 @@
 //! The CPU backend's matrix multiply: `x` [n, k] times `w` [m, k] transposed, the hottest
 //! loop of the CPU backend (every linear layer), kept apart from the other forward ops.
+use super::cpu_dot_bf16::{dot4_bf16, dot_bf16, dot_rows4_bf16};
 use super::cpu_math::{dot, dot4, dot_rows4};
 use super::cpu_weight::Vals;
 use super::widen_one;
@@ -48,30 +49,33 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// Rows j0..j0+rows as f32 slices of k values each: borrowed where held as f32, widened
-    /// into `scratch` where held as bf16 (exactly, so the products are the same bits).
-    fn rows_f32<'s>(&self, j0: usize, rows: usize, scratch: &'s mut Vec<f32>) -> Vec<&'s [f32]>
-    where
-        'a: 's,
-    {
-        let k = self.k;
-        let widen = (0..rows).any(|jj| matches!(self.row(j0 + jj), Vals::Bf16(_)));
-        if widen {
-            // Appended, not resized and overwritten: no zero-fill of up to 3.7 MB per task.
-            scratch.clear();
-            scratch.reserve(rows * k);
-            for jj in 0..rows {
-                match self.row(j0 + jj) {
-                    Vals::F32(v) => scratch.extend_from_slice(v),
-                    Vals::Bf16(v) => scratch.extend(v.iter().map(|b| widen_one(*b))),
-                }
-            }
-        }
-        let scratch: &'s [f32] = scratch;
+    /// Rows j0..j0+rows as bf16 bits, when every one of them is held as bf16.
+    fn rows_bf16(&self, j0: usize, rows: usize) -> Option<Vec<&'a [u16]>> {
         (0..rows)
             .map(|jj| match self.row(j0 + jj) {
-                Vals::F32(v) if !widen => v,
-                _ => &scratch[jj * k..(jj + 1) * k],
+                Vals::Bf16(v) => Some(v),
+                Vals::F32(_) => None,
+            })
+            .collect()
+    }
+
+    /// Rows j0..j0+rows as f32 values, when every one of them is held as f32.
+    fn rows_f32(&self, j0: usize, rows: usize) -> Option<Vec<&'a [f32]>> {
+        (0..rows)
+            .map(|jj| match self.row(j0 + jj) {
+                Vals::F32(v) => Some(v),
+                Vals::Bf16(_) => None,
+            })
+            .collect()
+    }
+
+    /// Rows j0..j0+rows widened to owned f32 values (exact): for a block that mixes f32 and
+    /// bf16 rows, which CpuWeight never holds (it widens such a stack at load time).
+    fn rows_widened(&self, j0: usize, rows: usize) -> Vec<Vec<f32>> {
+        (0..rows)
+            .map(|jj| match self.row(j0 + jj) {
+                Vals::F32(v) => v.to_vec(),
+                Vals::Bf16(v) => v.iter().map(|b| widen_one(*b)).collect(),
             })
             .collect()
     }
@@ -88,7 +92,6 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
     // is one `dot` over k in a fixed order, so a row's result never depends on which other
     // rows share its batch, nor on whether it came in a prefill or a decode step.
     const BLOCK: usize = 64;
-    const TILE: usize = 32;
     // Task b owns the output columns b*BLOCK.. of every row: disjoint strided writes straight
     // into the row-major result (a column-major scratch and a transpose cost a second
     // n*m buffer, its memset and a pass over it, 5-7% of a small-batch decode step).
@@ -96,17 +99,91 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
     (0..m.div_ceil(BLOCK)).into_par_iter().for_each(|b| {
         let j0 = b * BLOCK;
         let rows = BLOCK.min(m - j0);
-        // A bf16 block is widened once per task into this thread's scratch (kept between
-        // calls: one allocation per thread, not one per task), then read as f32 by every tile.
-        // The task calls no rayon op, so nothing else runs on this thread while it is borrowed.
-        let mut scratch = SCRATCH.with(|s| s.take());
-        let wrows = wd.rows_f32(j0, rows, &mut scratch);
-        let w = |jj: usize| wrows[jj];
+        let task = Task {
+            x,
+            n,
+            k,
+            m,
+            j0,
+            rows,
+            dst,
+        };
+        // A block held as bf16 streams its two-byte values through the bf16 kernels, which
+        // widen in registers (the same bits as the f32 kernels on the widened rows).
+        if let Some(w) = wd.rows_bf16(j0, rows) {
+            task.run(&w);
+        } else if let Some(w) = wd.rows_f32(j0, rows) {
+            task.run(&w);
+        } else {
+            let owned = wd.rows_widened(j0, rows);
+            task.run(&owned.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        }
+    });
+    out
+}
+
+/// A weight row as the dot kernels take it: f32 values, or bf16 bits (cpu_dot_bf16.rs, the
+/// same bits as the f32 kernels on the widened row).
+trait WeightRow: Copy {
+    fn four(a: &[f32], w: [Self; 4]) -> [f32; 4];
+    fn rows4<const M: usize>(a: [&[f32]; M], w: [Self; 4]) -> [[f32; 4]; M];
+    fn one(a: &[f32], w: Self) -> f32;
+}
+
+impl WeightRow for &[f32] {
+    fn four(a: &[f32], w: [Self; 4]) -> [f32; 4] {
+        dot4(a, w)
+    }
+    fn rows4<const M: usize>(a: [&[f32]; M], w: [Self; 4]) -> [[f32; 4]; M] {
+        dot_rows4(a, w)
+    }
+    fn one(a: &[f32], w: Self) -> f32 {
+        dot(a, w)
+    }
+}
+
+impl WeightRow for &[u16] {
+    fn four(a: &[f32], w: [Self; 4]) -> [f32; 4] {
+        dot4_bf16(a, w)
+    }
+    fn rows4<const M: usize>(a: [&[f32]; M], w: [Self; 4]) -> [[f32; 4]; M] {
+        dot_rows4_bf16(a, w)
+    }
+    fn one(a: &[f32], w: Self) -> f32 {
+        dot_bf16(a, w)
+    }
+}
+
+/// One task of matmul_nt: output columns j0..j0+rows of every input row.
+struct Task<'a> {
+    x: &'a [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    j0: usize,
+    rows: usize,
+    dst: Columns,
+}
+
+impl Task<'_> {
+    /// `w[jj]` is weight row j0 + jj.
+    fn run<W: WeightRow>(&self, w: &[W]) {
+        const TILE: usize = 32;
+        let Task {
+            x,
+            n,
+            k,
+            m,
+            j0,
+            rows,
+            dst,
+        } = *self;
+        debug_assert_eq!(w.len(), rows);
         let xr = |i: usize| &x[i * k..(i + 1) * k];
         let put1 = |i: usize, jj: usize, val: f32| {
             debug_assert!(i < n && jj < rows);
             // SAFETY: i < n and j0 + jj < m, so the index is inside `out` (n*m values),
-            // which outlives this parallel loop; column j0 + jj belongs to task b alone,
+            // which outlives this parallel loop; column j0 + jj belongs to this task alone,
             // and within the task each (i, jj) is written once, so no two writes alias.
             unsafe { *dst.at(i * m + j0 + jj) = val };
         };
@@ -115,7 +192,7 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
         for i0 in (0..n).step_by(TILE) {
             let i1 = (i0 + TILE).min(n);
             for jj in (0..quads).step_by(4) {
-                let ws = [w(jj), w(jj + 1), w(jj + 2), w(jj + 3)];
+                let ws = [w[jj], w[jj + 1], w[jj + 2], w[jj + 3]];
                 let put = |i: usize, v: [f32; 4]| {
                     for (r, val) in v.into_iter().enumerate() {
                         put1(i, jj + r, val);
@@ -125,37 +202,29 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
                 // dot's bits (dot_rows4 and dot4 give the same).
                 let mut i = i0;
                 while i + 3 <= i1 {
-                    let v = dot_rows4([xr(i), xr(i + 1), xr(i + 2)], ws);
+                    let v = W::rows4([xr(i), xr(i + 1), xr(i + 2)], ws);
                     for (d, vi) in v.into_iter().enumerate() {
                         put(i + d, vi);
                     }
                     i += 3;
                 }
                 if i + 2 <= i1 {
-                    let v = dot_rows4([xr(i), xr(i + 1)], ws);
+                    let v = W::rows4([xr(i), xr(i + 1)], ws);
                     put(i, v[0]);
                     put(i + 1, v[1]);
                     i += 2;
                 }
                 if i < i1 {
-                    put(i, dot4(xr(i), ws));
+                    put(i, W::four(xr(i), ws));
                 }
             }
-            for jj in quads..rows {
+            for (jj, wj) in w.iter().enumerate().skip(quads) {
                 for i in i0..i1 {
-                    put1(i, jj, dot(xr(i), w(jj)));
+                    put1(i, jj, W::one(xr(i), *wj));
                 }
             }
         }
-        drop(wrows);
-        SCRATCH.with(|s| s.set(scratch));
-    });
-    out
-}
-
-thread_local! {
-    /// Each rayon worker's buffer for widened bf16 weight rows (matmul_nt).
-    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
 }
 
 /// The output of matmul_nt, shared by its tasks, each of which writes only its own columns.
@@ -176,3 +245,26 @@ impl Columns {
 // (matmul_nt), and the buffer outlives every task of the parallel loop that uses it.
 unsafe impl Send for Columns {}
 unsafe impl Sync for Columns {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_of_f32_and_bf16_rows_gives_the_f32_bits() {
+        // Rows 0..5 f32, 5..71 bf16: the first task (rows 0..64) mixes them.
+        let k = 19;
+        let f: Vec<f32> = crate::rng::fill_uniform(1, 5 * k, 1.0);
+        let h = crate::backend::round_to_bf16_bits(&crate::rng::fill_uniform(2, 66 * k, 1.0));
+        let mut all = f.clone();
+        all.extend(h.iter().map(|b| widen_one(*b)));
+        let x = crate::rng::fill_uniform(3, 7 * k, 1.0);
+        let mixed = Rows::new(&[Vals::F32(&f), Vals::Bf16(&h)], k);
+        let plain = Rows::new(&[Vals::F32(&all)], k);
+        let (a, b) = (
+            matmul_nt(&x, 7, k, &mixed, 71),
+            matmul_nt(&x, 7, k, &plain, 71),
+        );
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+}

@@ -22,7 +22,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 /// FMA chain, then the lanes summed pairwise, in a fixed order (so results depend neither on
 /// threading nor on which kernel variant ran).
 #[inline(always)]
-fn finish(acc: &mut [f32; 16], a_tail: &[f32], b_tail: &[f32]) -> f32 {
+pub(super) fn finish(acc: &mut [f32; 16], a_tail: &[f32], b_tail: &[f32]) -> f32 {
     let mut s = 0.0f32;
     for (x, y) in a_tail.iter().zip(b_tail) {
         s = x.mul_add(*y, s);
@@ -115,7 +115,7 @@ unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static F: OnceLock<bool> = OnceLock::new();
     *F.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
