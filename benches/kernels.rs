@@ -68,13 +68,26 @@ fn case<B: Backend>(
     });
 }
 
+/// A parameter as models hold it: a matrix as bf16 (synthetic and bf16 checkpoints), a vector
+/// as f32.
 fn weight<B: Backend>(be: &B, shape: &[usize], seed: u64) -> B::Weight {
     let n = shape.iter().product();
-    be.weight(
-        shape,
-        WeightData::Host(Cow::Owned(fill_uniform(seed, n, 0.05))),
-    )
-    .expect("weight")
+    let v = fill_uniform(seed, n, 0.05);
+    let data = if shape.len() == 2 {
+        WeightData::HostBf16(Cow::Owned(ponder::backend::round_to_bf16_bits(&v)))
+    } else {
+        WeightData::Host(Cow::Owned(v))
+    };
+    be.weight(shape, data).expect("weight")
+}
+
+/// The same matrix held as f32 (an f32 checkpoint, e.g. the bundled default model), which
+/// only the CPU backend keeps as such.
+fn weight_f32<B: Backend>(be: &B, shape: &[usize], seed: u64) -> B::Weight {
+    let n = shape.iter().product();
+    let v = fill_uniform(seed, n, 0.05);
+    be.weight(shape, WeightData::Host(Cow::Owned(v)))
+        .expect("weight")
 }
 
 fn tensor<B: Backend>(be: &B, rows: usize, cols: usize, seed: u64) -> B::Tensor {
@@ -126,6 +139,15 @@ fn kernels<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), model: &str, 
         ok(be.linear(&x, &w))
     });
     drop(w);
+    if be.name() == "cpu" {
+        let w = weight_f32(be, &[ff, d], 6);
+        case(&mut g, be, sync, "linear_gate_f32/16", true, || {
+            ok(be.linear(&xr, &w))
+        });
+        case(&mut g, be, sync, "linear_gate_f32/512", false, || {
+            ok(be.linear(&x, &w))
+        });
+    }
     let gate_up = tensor(be, TOKENS, 2 * ff, 8);
     case(&mut g, be, sync, "silu_mul/512", true, || {
         ok(be.silu_mul(&gate_up))

@@ -109,9 +109,23 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
             dst,
         };
         // A block held as bf16 streams its two-byte values through the bf16 kernels, which
-        // widen in registers (the same bits as the f32 kernels on the widened rows).
+        // widen in registers (the same bits as the f32 kernels on the widened rows). Those
+        // widen a weight again for every three input rows, so from WIDEN_ONCE rows on the
+        // block is widened once into this thread's scratch and read as f32 by every row (the
+        // task calls no rayon op, so nothing else runs on this thread while it is out).
         if let Some(w) = wd.rows_bf16(j0, rows) {
-            task.run(&w);
+            if n >= WIDEN_ONCE && k > 0 {
+                let mut scratch = SCRATCH.with(|s| s.take());
+                scratch.clear();
+                scratch.reserve(rows * k);
+                for r in &w {
+                    scratch.extend(r.iter().map(|b| widen_one(*b)));
+                }
+                task.run(&scratch.chunks_exact(k.max(1)).collect::<Vec<_>>());
+                SCRATCH.with(|s| s.set(scratch));
+            } else {
+                task.run(&w);
+            }
         } else if let Some(w) = wd.rows_f32(j0, rows) {
             task.run(&w);
         } else {
@@ -120,6 +134,15 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
         }
     });
     out
+}
+
+/// From this many input rows on, a bf16 block is widened once per task rather than in
+/// registers per group of three rows (docs/BENCHMARKS.md, 2026-12-07).
+const WIDEN_ONCE: usize = 16;
+
+thread_local! {
+    /// Each rayon worker's buffer for a widened bf16 block (matmul_nt).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A weight row as the dot kernels take it: f32 values, or bf16 bits (cpu_dot_bf16.rs, the
