@@ -1,7 +1,6 @@
 //! The CPU backend's matrix multiply: `x` [n, k] times `w` [m, k] transposed, the hottest
 //! loop of the CPU backend (every linear layer), kept apart from the other forward ops.
-use super::cpu_dot_bf16::{dot4_bf16, dot_bf16, dot_rows4_bf16};
-use super::cpu_math::{dot, dot4, dot_rows4};
+use super::cpu_math::{dot, dot4, dot_rows4, Weight};
 use super::cpu_weight::Vals;
 use super::widen_one;
 use rayon::prelude::*;
@@ -109,7 +108,7 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
             dst,
         };
         // A block held as bf16 streams its two-byte values through the bf16 kernels, which
-        // widen in registers (the same bits as the f32 kernels on the widened rows). Those
+        // widen in registers (cpu_math::Weight: the same bits as on the widened rows). Those
         // widen a weight again for every three input rows, so from WIDEN_ONCE rows on the
         // block is widened once into this thread's scratch and read as f32 by every row (the
         // task calls no rayon op, so nothing else runs on this thread while it is out).
@@ -145,38 +144,6 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// A weight row as the dot kernels take it: f32 values, or bf16 bits (cpu_dot_bf16.rs, the
-/// same bits as the f32 kernels on the widened row).
-trait WeightRow: Copy {
-    fn four(a: &[f32], w: [Self; 4]) -> [f32; 4];
-    fn rows4<const M: usize>(a: [&[f32]; M], w: [Self; 4]) -> [[f32; 4]; M];
-    fn one(a: &[f32], w: Self) -> f32;
-}
-
-impl WeightRow for &[f32] {
-    fn four(a: &[f32], w: [Self; 4]) -> [f32; 4] {
-        dot4(a, w)
-    }
-    fn rows4<const M: usize>(a: [&[f32]; M], w: [Self; 4]) -> [[f32; 4]; M] {
-        dot_rows4(a, w)
-    }
-    fn one(a: &[f32], w: Self) -> f32 {
-        dot(a, w)
-    }
-}
-
-impl WeightRow for &[u16] {
-    fn four(a: &[f32], w: [Self; 4]) -> [f32; 4] {
-        dot4_bf16(a, w)
-    }
-    fn rows4<const M: usize>(a: [&[f32]; M], w: [Self; 4]) -> [[f32; 4]; M] {
-        dot_rows4_bf16(a, w)
-    }
-    fn one(a: &[f32], w: Self) -> f32 {
-        dot_bf16(a, w)
-    }
-}
-
 /// One task of matmul_nt: output columns j0..j0+rows of every input row.
 struct Task<'a> {
     x: &'a [f32],
@@ -190,7 +157,7 @@ struct Task<'a> {
 
 impl Task<'_> {
     /// `w[jj]` is weight row j0 + jj.
-    fn run<W: WeightRow>(&self, w: &[W]) {
+    fn run<W: Weight>(&self, w: &[&[W]]) {
         const TILE: usize = 32;
         let Task {
             x,
@@ -225,25 +192,25 @@ impl Task<'_> {
                 // dot's bits (dot_rows4 and dot4 give the same).
                 let mut i = i0;
                 while i + 3 <= i1 {
-                    let v = W::rows4([xr(i), xr(i + 1), xr(i + 2)], ws);
+                    let v = dot_rows4([xr(i), xr(i + 1), xr(i + 2)], ws);
                     for (d, vi) in v.into_iter().enumerate() {
                         put(i + d, vi);
                     }
                     i += 3;
                 }
                 if i + 2 <= i1 {
-                    let v = W::rows4([xr(i), xr(i + 1)], ws);
+                    let v = dot_rows4([xr(i), xr(i + 1)], ws);
                     put(i, v[0]);
                     put(i + 1, v[1]);
                     i += 2;
                 }
                 if i < i1 {
-                    put(i, W::four(xr(i), ws));
+                    put(i, dot4(xr(i), ws));
                 }
             }
             for (jj, wj) in w.iter().enumerate().skip(quads) {
                 for i in i0..i1 {
-                    put1(i, jj, W::one(xr(i), *wj));
+                    put1(i, jj, dot(xr(i), wj));
                 }
             }
         }

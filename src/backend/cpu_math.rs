@@ -1,9 +1,53 @@
 //! Inner loops of the CPU backend. Written so LLVM vectorises them (eight independent
 //! accumulators), and compiled twice: for AVX2+FMA, picked at run time, and for the baseline
 //! target, so one binary is fast on modern x86-64 and still runs everywhere.
+//!
+//! The dot products read their second operand (a weight row) as f32 or as bf16 bits
+//! (`Weight`): a bf16 is widened, exactly, right before its FMA, in a register on AVX2, and
+//! every lane, tail and pairwise sum is the same, so a bf16 row gives bit for bit what its
+//! f32 copy gives, while the weights stream at two bytes a value.
+
+/// A weight element as the dot products read it: f32, or bf16 held as its bits (u16).
+pub trait Weight: Copy + Send + Sync {
+    /// The value as f32 (exact for both).
+    fn f32(self) -> f32;
+    /// Eight values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points at eight readable values and the CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Weight for u16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        super::widen_one(self)
+    }
+    /// Zero-extend to 32 bits and shift into the top half.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const u16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+}
 
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+fn dot_body<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; 16];
@@ -12,7 +56,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..16 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+            acc[l] = x[l].mul_add(y[l].f32(), acc[l]);
         }
     }
     finish(&mut acc, ra, rb)
@@ -22,10 +66,10 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 /// FMA chain, then the lanes summed pairwise, in a fixed order (so results depend neither on
 /// threading nor on which kernel variant ran).
 #[inline(always)]
-pub(super) fn finish(acc: &mut [f32; 16], a_tail: &[f32], b_tail: &[f32]) -> f32 {
+fn finish<W: Weight>(acc: &mut [f32; 16], a_tail: &[f32], b_tail: &[W]) -> f32 {
     let mut s = 0.0f32;
     for (x, y) in a_tail.iter().zip(b_tail) {
-        s = x.mul_add(*y, s);
+        s = x.mul_add(y.f32(), s);
     }
     let mut w = 16;
     while w > 1 {
@@ -42,7 +86,7 @@ pub(super) fn finish(acc: &mut [f32; 16], a_tail: &[f32], b_tail: &[f32]) -> f32
 /// and the pairwise sum are the same. Four independent chains keep the FMA units busy where
 /// one chain waits on its own latency, and each chunk of `a` is loaded once for four rows.
 #[inline(always)]
-fn dot4_body(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+fn dot4_body<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
     let n = b.iter().fold(a.len(), |n, r| n.min(r.len()));
     let a = &a[..n];
     let b = b.map(|r| &r[..n]);
@@ -51,9 +95,9 @@ fn dot4_body(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     for c in (0..full).step_by(16) {
         let x: &[f32; 16] = a[c..c + 16].try_into().expect("16 lanes");
         for (r, accr) in acc.iter_mut().enumerate() {
-            let y: &[f32; 16] = b[r][c..c + 16].try_into().expect("16 lanes");
+            let y = &b[r][c..c + 16];
             for l in 0..16 {
-                accr[l] = x[l].mul_add(y[l], accr[l]);
+                accr[l] = x[l].mul_add(y[l].f32(), accr[l]);
             }
         }
     }
@@ -73,7 +117,7 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot_avx2<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     dot_body(a, b)
 }
 
@@ -81,7 +125,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// ymm registers, so the four rows keep eight independent FMA chains in flight.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+unsafe fn dot4_avx2<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let n = b.iter().fold(a.len(), |n, r| n.min(r.len()));
     let full = n / 16 * 16;
@@ -93,8 +137,8 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
         // SAFETY: c + 16 <= full <= the length of `a` and of every row.
         let (x0, x1) = (_mm256_loadu_ps(pa.add(c)), _mm256_loadu_ps(pa.add(c + 8)));
         for r in 0..4 {
-            lo[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pb[r].add(c)), lo[r]);
-            hi[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pb[r].add(c + 8)), hi[r]);
+            lo[r] = _mm256_fmadd_ps(x0, W::load8(pb[r].add(c)), lo[r]);
+            hi[r] = _mm256_fmadd_ps(x1, W::load8(pb[r].add(c + 8)), hi[r]);
         }
         c += 16;
     }
@@ -115,7 +159,7 @@ unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) fn has_avx2() -> bool {
+fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static F: OnceLock<bool> = OnceLock::new();
     *F.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
@@ -123,7 +167,7 @@ pub(super) fn has_avx2() -> bool {
 
 /// Σ a·b over the common length.
 #[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports avx2 and fma (checked above).
@@ -138,12 +182,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// vectors for M × 4 FMAs (dot4 loads 10 for 8), and both halves meet in `finish`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows4_avx2<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f32; 4]; M] {
+unsafe fn dot_rows4_avx2<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f32; 4]; M] {
     use std::arch::x86_64::*;
-    let n = a
-        .iter()
-        .chain(b.iter())
-        .fold(usize::MAX, |n, r| n.min(r.len()));
+    let n = a.iter().fold(usize::MAX, |n, r| n.min(r.len()));
+    let n = b.iter().fold(n, |n, r| n.min(r.len()));
     let full = n / 16 * 16;
     let (pa, pb) = (a.map(|r| r.as_ptr()), b.map(|r| r.as_ptr()));
     let mut lanes = [[[0.0f32; 16]; 4]; M];
@@ -154,7 +196,7 @@ unsafe fn dot_rows4_avx2<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f3
             // SAFETY: c + 8 <= full <= the length of every row.
             let x: [__m256; M] = std::array::from_fn(|i| _mm256_loadu_ps(pa[i].add(c)));
             for r in 0..4 {
-                let w = _mm256_loadu_ps(pb[r].add(c));
+                let w = W::load8(pb[r].add(c));
                 for i in 0..M {
                     acc[i][r] = _mm256_fmadd_ps(x[i], w, acc[i][r]);
                 }
@@ -178,7 +220,7 @@ unsafe fn dot_rows4_avx2<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f3
 
 /// `dot4` for `M` rows of `a` at once: `[dot4(a[0], b), …]`, bit for bit.
 #[inline]
-pub fn dot_rows4<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f32; 4]; M] {
+pub fn dot_rows4<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f32; 4]; M] {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: as in `dot`.
@@ -189,7 +231,7 @@ pub fn dot_rows4<const M: usize>(a: [&[f32]; M], b: [&[f32]; 4]) -> [[f32; 4]; M
 
 /// `[dot(a, b[0]), …, dot(a, b[3])]`, bit for bit, faster.
 #[inline]
-pub fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+pub fn dot4<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: as in `dot`.
@@ -247,6 +289,63 @@ pub fn rotate_half(h: &mut [f32], cos: &[f32], sin: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_rows_give_their_f32_copys_bits() {
+        // Lengths around the 16-lane chunks and the 8-lane halves, tails included.
+        let bits = |n: usize, seed: u64| -> Vec<u16> {
+            crate::backend::round_to_bf16_bits(&crate::rng::fill_uniform(seed, n, 3.0))
+        };
+        let same = |p: &[f32], q: &[f32]| p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits());
+        for k in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 100, 576] {
+            let b: Vec<Vec<u16>> = (0..4).map(|r| bits(k, 10 + r)).collect();
+            // The f32 copy by half's conversion, independent of Weight::f32 and load8.
+            let w: Vec<Vec<f32>> = b
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .map(|x| half::bf16::from_bits(*x).to_f32())
+                        .collect()
+                })
+                .collect();
+            let x: Vec<Vec<f32>> = (0..3)
+                .map(|i| crate::rng::fill_uniform(20 + i, k, 1.0))
+                .collect();
+            let bb = [&b[0][..], &b[1], &b[2], &b[3]];
+            let ww = [&w[0][..], &w[1], &w[2], &w[3]];
+            assert!(same(&dot4(&x[0], bb), &dot4(&x[0], ww)), "dot4, k = {k}");
+            let (p, q) = (
+                dot_rows4([&x[0][..], &x[1], &x[2]], bb),
+                dot_rows4([&x[0][..], &x[1], &x[2]], ww),
+            );
+            assert!(
+                (0..3).all(|i| same(&p[i], &q[i])),
+                "dot_rows4::<3>, k = {k}"
+            );
+            let (p, q) = (
+                dot_rows4([&x[0][..], &x[1]], bb),
+                dot_rows4([&x[0][..], &x[1]], ww),
+            );
+            assert!(
+                (0..2).all(|i| same(&p[i], &q[i])),
+                "dot_rows4::<2>, k = {k}"
+            );
+            assert_eq!(
+                dot(&x[2], &b[1]).to_bits(),
+                dot(&x[2], &w[1]).to_bits(),
+                "dot, k = {k}"
+            );
+            // The scalar bodies (the baseline target's path) too.
+            assert!(
+                same(&dot4_body(&x[0], bb), &dot4(&x[0], ww)),
+                "dot4_body, k = {k}"
+            );
+            assert_eq!(
+                dot_body(&x[2], &b[1]).to_bits(),
+                dot(&x[2], &w[1]).to_bits()
+            );
+        }
+    }
 
     #[test]
     fn dot4_is_four_dots_bit_for_bit() {

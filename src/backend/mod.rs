@@ -4,7 +4,6 @@
 mod batch;
 pub mod cpu;
 mod cpu_attn;
-mod cpu_dot_bf16;
 mod cpu_linear;
 mod cpu_math;
 mod cpu_mix;
