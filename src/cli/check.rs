@@ -19,6 +19,7 @@ use anyhow::{bail, Result};
 use ponder::backend::cpu::Cpu;
 use ponder::backend::Backend;
 use ponder::generate::Runner;
+use ponder::model::config::Config;
 use ponder::model::source::load_as;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -60,6 +61,11 @@ pub fn run(a: Args, cache: &Path) -> Result<()> {
     if a.batch > 256 || a.steps > 4096 {
         bail!("--batch is at most 256 and --steps at most 4096");
     }
+    // The positions are checked before a (possibly 7B) model is generated or read, where its
+    // config can be read alone; `run_side` checks again after loading, for the rest.
+    if let Some(cfg) = config_alone(a.model.as_deref()) {
+        positions_fit(&a, &cfg)?;
+    }
     with_backend(
         a.device,
         Check {
@@ -72,6 +78,24 @@ pub fn run(a: Args, cache: &Path) -> Result<()> {
 struct Check {
     a: Args,
     cache: PathBuf,
+}
+
+/// The model's config without loading it: a synthetic name's, or a directory's config.json
+/// (None for the default model or an unreadable config: loading reports those).
+fn config_alone(model: Option<&str>) -> Option<Config> {
+    let m = model?;
+    match m.strip_prefix("synthetic:") {
+        Some(name) => Config::builtin(name).ok(),
+        None => Config::from_file(&Path::new(m).join("config.json")).ok(),
+    }
+}
+
+fn positions_fit(a: &Args, cfg: &Config) -> Result<()> {
+    fits_positions(
+        a.tokens + a.steps,
+        &format!("--tokens {} + --steps {}", a.tokens, a.steps),
+        cfg,
+    )
 }
 
 /// What one backend produced: per pass, each sequence's last-position logits ([batch, vocab]
@@ -115,11 +139,7 @@ fn run_side<B: Backend>(
     // so that the difference measured is the kernels', not the weights'.
     let m = load_as(be, a.model.as_deref(), cache, true)?;
     let cfg = &m.model.cfg;
-    fits_positions(
-        a.tokens + a.steps,
-        &format!("--tokens {} + --steps {}", a.tokens, a.steps),
-        cfg,
-    )?;
+    positions_fit(a, cfg)?;
     let vocab = cfg.vocab_size;
     let page = 16;
     let pages = a.batch * (a.tokens + a.steps).div_ceil(page);
