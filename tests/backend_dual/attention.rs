@@ -209,11 +209,16 @@ pub(crate) fn op_rope_and_prefill_attention<B: Backend>(be: &B, tol: f32) -> Res
 }
 
 pub(crate) fn op_decode_attention_long<B: Backend>(be: &B, tol: f32) -> Result<()> {
-    for window in [None, Some(257)] {
+    // head_dim 64, and Mistral-7B's 128 with its 4:1 GQA ratio.
+    for (window, hq, hk, hd) in [
+        (None, 8, 2, 64),
+        (Some(257), 8, 2, 64),
+        (Some(257), 8, 2, 128),
+    ] {
         let mut pg = Pages(0);
         let (a, b) = (pg.take(63), pg.take(19));
         let sc = Scenario {
-            d: dims(8, 2, 64),
+            d: dims(hq, hk, hd),
             ps: 16,
             window,
             pages: Pages::N,
@@ -222,7 +227,7 @@ pub(crate) fn op_decode_attention_long<B: Backend>(be: &B, tol: f32) -> Result<(
             window_at: None,
             seed: 7,
         };
-        check_scenario(be, tol, &sc, &format!("decode window {window:?}"))?;
+        check_scenario(be, tol, &sc, &format!("decode hd{hd} window {window:?}"))?;
     }
     Ok(())
 }

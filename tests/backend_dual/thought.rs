@@ -156,6 +156,9 @@ pub(crate) fn op_thought_mask_attention<B: Backend>(be: &B, tol: f32) -> Result<
         (8, 2, 64, 33, 1, 4, 5),
         (4, 1, 32, 5, 7, 16, 1),
         (2, 2, 16, 20, 0, 8, 3),
+        // Mistral-7B's head size and GQA ratio (Quiet-STaR's parallel mode at the study's
+        // shape), the thought block past one 64-row tile.
+        (8, 2, 128, 66, 2, 16, 9),
     ] {
         for window in [None, Some(20)] {
             let c = ThoughtCase {
