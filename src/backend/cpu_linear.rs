@@ -67,17 +67,6 @@ impl<'a> Rows<'a> {
             })
             .collect()
     }
-
-    /// Rows j0..j0+rows widened to owned f32 values (exact): for a block that mixes f32 and
-    /// bf16 rows, which CpuWeight never holds (it widens such a stack at load time).
-    fn rows_widened(&self, j0: usize, rows: usize) -> Vec<Vec<f32>> {
-        (0..rows)
-            .map(|jj| match self.row(j0 + jj) {
-                Vals::F32(v) => v.to_vec(),
-                Vals::Bf16(v) => v.iter().map(|b| widen_one(*b)).collect(),
-            })
-            .collect()
-    }
 }
 
 /// `out[i, j] = dot(x[i, ..], w[j, ..])` for `x` [n, k] and `w` [m, k], row-major [n, m].
@@ -107,30 +96,34 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
             rows,
             dst,
         };
-        // A block held as bf16 streams its two-byte values through the bf16 kernels, which
-        // widen in registers (cpu_math::Weight: the same bits as on the widened rows). Those
-        // widen a weight again for every three input rows, so from WIDEN_ONCE rows on the
-        // block is widened once into this thread's scratch and read as f32 by every row (the
-        // task calls no rayon op, so nothing else runs on this thread while it is out).
-        if let Some(w) = wd.rows_bf16(j0, rows) {
-            if n >= WIDEN_ONCE && k > 0 {
-                let mut scratch = SCRATCH.with(|s| s.take());
-                scratch.clear();
-                scratch.reserve(rows * k);
-                for r in &w {
-                    scratch.extend(r.iter().map(|b| widen_one(*b)));
-                }
-                task.run(&scratch.chunks_exact(k.max(1)).collect::<Vec<_>>());
-                SCRATCH.with(|s| s.set(scratch));
-            } else {
-                task.run(&w);
-            }
-        } else if let Some(w) = wd.rows_f32(j0, rows) {
-            task.run(&w);
-        } else {
-            let owned = wd.rows_widened(j0, rows);
-            task.run(&owned.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        // An f32 block is read where it lies. A bf16 block streams its two-byte values through
+        // the dot kernels, which widen in registers (cpu_math::Weight: the same bits as on the
+        // widened rows). Those widen a weight again for every three input rows, so from
+        // WIDEN_ONCE rows on the block is widened once into this thread's scratch and read as
+        // f32 by every row; so is a block mixing f32 and bf16 rows, which CpuWeight never
+        // holds (it widens such a stack at load time). The task calls no rayon op, so nothing
+        // else runs on this thread while the scratch is out.
+        if let Some(w) = wd.rows_f32(j0, rows) {
+            return task.run(&w);
         }
+        if n < WIDEN_ONCE {
+            if let Some(w) = wd.rows_bf16(j0, rows) {
+                return task.run(&w);
+            }
+        }
+        let mut scratch = SCRATCH.with(|s| s.take());
+        scratch.clear();
+        scratch.reserve(rows * k);
+        for jj in 0..rows {
+            match wd.row(j0 + jj) {
+                Vals::F32(v) => scratch.extend_from_slice(v),
+                Vals::Bf16(v) => scratch.extend(v.iter().map(|b| widen_one(*b))),
+            }
+        }
+        let w: Vec<&[f32]> = (0..rows).map(|jj| &scratch[jj * k..(jj + 1) * k]).collect();
+        task.run(&w);
+        drop(w);
+        SCRATCH.with(|s| s.set(scratch));
     });
     out
 }

@@ -208,7 +208,8 @@ impl<B: Backend> Model<B> {
 }
 
 /// Seeded random parameters for synthetic models: uniform in ±sqrt(3/fan_in) (unit variance
-/// activations through each linear) rounded to bf16, norms at 1. Deterministic for a given seed and name.
+/// activations through each linear) rounded to bf16, norms at 1. Deterministic for a given
+/// seed and name.
 pub struct Synthetic {
     pub seed: u64,
 }

@@ -54,23 +54,11 @@ pub(crate) fn op_talk_mix<B: Backend>(be: &B, tol: f32) -> Result<()> {
 
 // ---------------------------------------------------------------- the whole model
 
-/// synthetic:tiny with its weights rounded to bf16 (what the CUDA backend holds).
-pub(crate) struct Bf16Src(ponder::model::llama::Synthetic);
-impl ponder::model::llama::ParamSource for Bf16Src {
-    fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>> {
-        let w = self.0.param(name, shape)?;
-        Ok(WeightData::Host(Cow::Owned(bf16(&w.to_f32()))))
-    }
-    fn has(&self, name: &str) -> bool {
-        self.0.has(name)
-    }
-}
-
 /// The forward pass written out plainly for one sequence: logits and final hidden state of
 /// its last token.
 pub(crate) fn naive_forward(
     cfg: &ponder::model::config::Config,
-    src: &Bf16Src,
+    src: &ponder::model::llama::Synthetic,
     ids: &[u32],
 ) -> (Vec<f32>, Vec<f32>) {
     use ponder::model::llama::ParamSource;
@@ -142,13 +130,14 @@ pub(crate) fn model_forward_tiny<B: Backend>(be: &B, tol: f32) -> Result<()> {
     use ponder::model::config::Config;
     use ponder::model::llama::{Model, Synthetic};
     let cfg = Config::builtin("tiny")?;
-    let src = Bf16Src(Synthetic { seed: 7 });
+    // Synthetic weights are bf16 values: both backends hold exactly these.
+    let src = Synthetic { seed: 7 };
     let p1: Vec<u32> = (0..70).map(|i| (i * 13 % 500) as u32).collect();
     let p2: Vec<u32> = (0..9).map(|i| (i * 7 % 500 + 3) as u32).collect();
     fn run<B: Backend>(
         be: &B,
         cfg: &Config,
-        src: &Bf16Src,
+        src: &Synthetic,
         p1: &[u32],
         p2: &[u32],
     ) -> Result<Vec<Vec<f32>>> {
