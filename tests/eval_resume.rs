@@ -404,7 +404,7 @@ fn shards_merge_into_the_unsharded_report_and_overlaps_are_refused() {
     }
 }
 
-/// `--resume` continues one experiment: other settings (here the seed, then the data) are
+/// `--resume` continues one experiment: other settings (the seed, the KV pool, the data) are
 /// refused with the field named, and nothing is added to the results; a new method or a
 /// larger --limit with the same settings goes on. `ponder report` refuses to merge folders of
 /// different runs the same way.
@@ -447,6 +447,13 @@ fn resume_with_other_settings_is_refused() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("seed was 0, now 9"), "{err}");
+    // A smaller KV pool can make the scheduler recompute sequences: the same answers, more
+    // prefill FLOPs, so it is a setting of the run too.
+    let (code, err) = run(&[
+        "--method", "baseline", "--limit", "2", "--kv-pages", "12", "--resume",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("kv-pages was 4096, now 12"), "{err}");
     let data = dir.with_extension("jsonl");
     std::fs::write(&data, "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n").unwrap();
     let data_arg = data.to_str().unwrap();

@@ -161,7 +161,10 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str, cfg: &Config) -> Manifest
         .set("max-depth", s.max_depth)
         .set("quiet-mode", format!("{:?}", s.quiet_mode).to_lowercase())
         .set("n-ahead", o.n_ahead(cfg))
-        .set("keep-thought-embeddings", o.keep_thought_embeddings);
+        .set("keep-thought-embeddings", o.keep_thought_embeddings)
+        // A pool too small for a problem's tree makes the scheduler free and later recompute
+        // sequences: the answers stay the same, the prefill FLOPs do not.
+        .set("kv-pages", o.kv_pages);
     m
 }
 
