@@ -450,7 +450,13 @@ fn resume_with_other_settings_is_refused() {
     // A smaller KV pool can make the scheduler recompute sequences: the same answers, more
     // prefill FLOPs, so it is a setting of the run too.
     let (code, err) = run(&[
-        "--method", "baseline", "--limit", "2", "--kv-pages", "12", "--resume",
+        "--method",
+        "baseline",
+        "--limit",
+        "2",
+        "--kv-pages",
+        "12",
+        "--resume",
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("kv-pages was 4096, now 12"), "{err}");

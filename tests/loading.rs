@@ -1,5 +1,6 @@
-//! HF directories: one f32 file and bf16 shards with an index load to the same model.
-use half::bf16;
+//! HF directories: one f32 file, bf16 shards with an index and an f16 file load to the same
+//! model.
+use half::{bf16, f16};
 use ponder::backend::cpu::Cpu;
 use ponder::backend::Backend;
 use ponder::generate::Runner;
@@ -39,13 +40,23 @@ fn config_json() -> &'static str {
         "eos_token_id":2}"#
 }
 
-fn write_dir(dir: &Path, shards: usize, bf: bool) {
-    write_model(dir, config_json(), shards, bf, &[]);
+/// How `write_model` stores the synthetic model's values (bf16 values, so exact in f32 and
+/// bf16), or the values rounded to f16, stored as f16 or as f32.
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    F32,
+    Bf16,
+    F16,
+    F32OfF16,
+}
+
+fn write_dir(dir: &Path, shards: usize, store: Store) {
+    write_model(dir, config_json(), shards, store, &[]);
 }
 
 /// An HF directory of the model `config` with seeded weights, the default model's tokenizer,
 /// and the `extra` tensors beside the model's own.
-fn write_model(dir: &Path, config: &str, shards: usize, bf: bool, extra: &[(&str, &[usize])]) {
+fn write_model(dir: &Path, config: &str, shards: usize, store: Store, extra: &[(&str, &[usize])]) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.json"), config).unwrap();
     let default = ensure_default_model(&cache_dir(None)).unwrap();
@@ -58,17 +69,30 @@ fn write_model(dir: &Path, config: &str, shards: usize, bf: bool, extra: &[(&str
         .iter()
         .map(|(n, s)| {
             let v = syn.param(n, s).unwrap();
-            let b: Vec<u8> = if bf {
-                v.to_f32()
+            let v = v.to_f32();
+            let b: Vec<u8> = match store {
+                Store::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Store::Bf16 => v
                     .iter()
                     .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
-                    .collect()
-            } else {
-                v.to_f32().iter().flat_map(|x| x.to_le_bytes()).collect()
+                    .collect(),
+                Store::F16 => v
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                Store::F32OfF16 => v
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_f32().to_le_bytes())
+                    .collect(),
             };
             (n.clone(), s.clone(), b)
         })
         .collect();
+    let dtype = match store {
+        Store::F32 | Store::F32OfF16 => Dtype::F32,
+        Store::Bf16 => Dtype::BF16,
+        Store::F16 => Dtype::F16,
+    };
     let per = bytes.len().div_ceil(shards);
     let mut map = serde_json::Map::new();
     for (k, chunk) in bytes.chunks(per).enumerate() {
@@ -79,13 +103,7 @@ fn write_model(dir: &Path, config: &str, shards: usize, bf: bool, extra: &[(&str
         };
         let views: Vec<(String, TensorView)> = chunk
             .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.clone(),
-                    TensorView::new(if bf { Dtype::BF16 } else { Dtype::F32 }, s.clone(), b)
-                        .unwrap(),
-                )
-            })
+            .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
             .collect();
         safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
         for (n, _, _) in chunk {
@@ -116,8 +134,8 @@ fn matmul_bytes(be: &Cpu) -> u64 {
 fn f32_file_and_bf16_shards_load_the_same_model() {
     let root = std::env::temp_dir().join(format!("ponder-loading-{}", std::process::id()));
     let (a, b) = (root.join("f32"), root.join("bf16-sharded"));
-    write_dir(&a, 1, false);
-    write_dir(&b, 3, true);
+    write_dir(&a, 1, Store::F32);
+    write_dir(&b, 3, Store::Bf16);
     let cache = cache_dir(None);
     let (be0, be1, be2) = (Cpu::new(), Cpu::new(), Cpu::new());
     let direct = Model::load(
@@ -141,14 +159,40 @@ fn f32_file_and_bf16_shards_load_the_same_model() {
     // …and the bf16 model really is held as bf16: half the weight bytes.
     let (f32_bytes, bf16_bytes) = (matmul_bytes(&be1), matmul_bytes(&be2));
     assert_eq!(matmul_bytes(&be0), bf16_bytes);
-    // One forward: every layer's four projections and the LM head, each matrix read once.
+    assert_eq!(
+        f32_bytes - bf16_bytes,
+        2 * matrix_values(),
+        "2 bytes fewer a weight value"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The weight values one forward pass reads: every layer's four projections and the LM head,
+/// each matrix once.
+fn matrix_values() -> u64 {
     let c = Config::from_json(config_json()).unwrap();
     let (d, f) = (c.hidden_size, c.intermediate_size);
     let layer = (c.q_dim() + 2 * c.kv_dim()) * d + d * c.q_dim() + 2 * f * d + d * f;
-    let values = (c.num_hidden_layers * layer + c.vocab_size * d) as u64;
+    (c.num_hidden_layers * layer + c.vocab_size * d) as u64
+}
+
+#[test]
+fn an_f16_file_loads_as_its_f32_copy_at_half_the_bytes() {
+    let root = std::env::temp_dir().join(format!("ponder-loading-f16-{}", std::process::id()));
+    let (a, b) = (root.join("f32"), root.join("f16"));
+    write_dir(&a, 1, Store::F32OfF16);
+    write_dir(&b, 2, Store::F16);
+    let cache = cache_dir(None);
+    let (be1, be2) = (Cpu::new(), Cpu::new());
+    let la = load(&be1, Some(a.to_str().unwrap()), &cache).unwrap();
+    let lb = load(&be2, Some(b.to_str().unwrap()), &cache).unwrap();
+    // f16 widens exactly, so the f16 file (held as f16, widened just before use) gives the
+    // logits of the f32 file of the same values bit for bit…
+    assert_eq!(logits(&be1, &la.model), logits(&be2, &lb.model));
+    // …while its matrices stream at two bytes a value.
     assert_eq!(
-        f32_bytes - bf16_bytes,
-        2 * values,
+        matmul_bytes(&be1) - matmul_bytes(&be2),
+        2 * matrix_values(),
         "2 bytes fewer a weight value"
     );
     let _ = std::fs::remove_dir_all(&root);
@@ -171,7 +215,7 @@ fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
         ("talk_head.0.4.weight", &[1, d]),
     ];
     let dir = std::env::temp_dir().join(format!("ponder-quiet-ckpt-{}", std::process::id()));
-    write_model(&dir, &config, 1, false, &extra);
+    write_model(&dir, &config, 1, Store::F32, &extra);
     let be = Cpu::new();
     let m = load(&be, Some(dir.to_str().unwrap()), &cache_dir(None)).unwrap();
     assert_eq!(
@@ -217,7 +261,7 @@ fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
     assert_ne!(mixed(&trained), vec![0.5; d]);
     // A checkpoint without one of the head's tensors is refused, naming it.
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    write_model(&dir, &config, 1, false, &extra[..6]);
+    write_model(&dir, &config, 1, Store::F32, &extra[..6]);
     let err = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), false, 6)
         .err()
         .expect("a missing talk_head.0.4.weight is an error");
@@ -227,7 +271,7 @@ fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
     );
     // So is one with the head but no markers (it used to fall back to the untrained head).
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    write_model(&dir, &config, 1, false, &extra[1..]);
+    write_model(&dir, &config, 1, Store::F32, &extra[1..]);
     let err = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), false, 6)
         .err()
         .expect("a missing start_embedding is an error");

@@ -3,8 +3,8 @@
 //! (`linear`, whose loops are in cpu_linear.rs, and `attention`, in cpu_attn.rs).
 use super::cpu_math::norm_row;
 pub use super::cpu_math::{angles, inv_freq, rotate_half};
+use super::cpu_weight::store;
 pub use super::cpu_weight::CpuWeight;
-use super::cpu_weight::{store, Vals};
 use super::{AttnDims, Backend, Batch, KvShape, TalkHead, WeightData};
 use crate::flops::{Counts, Ledger};
 use crate::kv::PageCopy;
@@ -87,12 +87,12 @@ impl Backend for Cpu {
 
     fn stacked_weight(&self, cols: usize, parts: Vec<(usize, WeightData)>) -> Result<CpuWeight> {
         let rows = crate::backend::check_stacked_parts(cols, &parts)?;
-        // One dtype for every block (linear reads them alike): a mix of f32 and bf16 parts,
-        // which no checkpoint has, is widened.
-        let all_bf16 = parts.iter().all(|(_, d)| d.bf16_bits().is_some());
+        // One dtype for every block (linear reads them alike): a mix of dtypes, which no
+        // checkpoint has, is widened to f32.
+        let one = parts.windows(2).all(|p| p[0].1.dtype() == p[1].1.dtype());
         Ok(CpuWeight {
             shape: vec![rows, cols],
-            parts: parts.into_iter().map(|(_, d)| store(d, all_bf16)).collect(),
+            parts: parts.into_iter().map(|(_, d)| store(d, one)).collect(),
         })
     }
 
@@ -172,10 +172,7 @@ impl Backend for Cpu {
                 "token id {id} is outside the vocabulary ({vocab})"
             );
             let row = &mut data[i * d..(i + 1) * d];
-            match t {
-                Vals::F32(v) => row.copy_from_slice(&v[id * d..(id + 1) * d]),
-                Vals::Bf16(v) => super::widen_bf16(row, &v[id * d..(id + 1) * d]),
-            }
+            t.slice(id * d..(id + 1) * d).widen_into(row);
         }
         let n = ids.len() as u64;
         self.record(

@@ -1,12 +1,11 @@
 //! The CPU backend's matrix multiply: `x` [n, k] times `w` [m, k] transposed, the hottest
 //! loop of the CPU backend (every linear layer), kept apart from the other forward ops.
 use super::cpu_math::{dot, dot4, dot_rows4, Weight};
-use super::cpu_weight::Vals;
-use super::widen_one;
+use super::cpu_weight::{Held, Vals};
 use rayon::prelude::*;
 
 /// A weight's rows, held as one or more row blocks of k columns (a stacked projection's
-/// parts stay where they were loaded, memory-mapped ones included), f32 or bf16.
+/// parts stay where they were loaded, memory-mapped ones included), f32, bf16 or f16.
 pub(super) struct Rows<'a> {
     /// (first row, values) of each block, in row order; the first block starts at row 0.
     blocks: Vec<(usize, Vals<'a>)>,
@@ -41,31 +40,12 @@ impl<'a> Rows<'a> {
             b += 1;
         }
         let (at, data) = self.blocks[b];
-        let r = (j - at) * self.k..(j - at + 1) * self.k;
-        match data {
-            Vals::F32(v) => Vals::F32(&v[r]),
-            Vals::Bf16(v) => Vals::Bf16(&v[r]),
-        }
+        data.slice((j - at) * self.k..(j - at + 1) * self.k)
     }
 
-    /// Rows j0..j0+rows as bf16 bits, when every one of them is held as bf16.
-    fn rows_bf16(&self, j0: usize, rows: usize) -> Option<Vec<&'a [u16]>> {
-        (0..rows)
-            .map(|jj| match self.row(j0 + jj) {
-                Vals::Bf16(v) => Some(v),
-                Vals::F32(_) => None,
-            })
-            .collect()
-    }
-
-    /// Rows j0..j0+rows as f32 values, when every one of them is held as f32.
-    fn rows_f32(&self, j0: usize, rows: usize) -> Option<Vec<&'a [f32]>> {
-        (0..rows)
-            .map(|jj| match self.row(j0 + jj) {
-                Vals::F32(v) => Some(v),
-                Vals::Bf16(_) => None,
-            })
-            .collect()
+    /// Rows j0..j0+rows as values of type W, when every one of them is held as W.
+    fn rows_as<W: Held>(&self, j0: usize, rows: usize) -> Option<Vec<&'a [W]>> {
+        (0..rows).map(|jj| W::of(self.row(j0 + jj))).collect()
     }
 }
 
@@ -96,29 +76,32 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
             rows,
             dst,
         };
-        // An f32 block is read where it lies. A bf16 block streams its two-byte values through
-        // the dot kernels, which widen in registers (cpu_math::Weight: the same bits as on the
-        // widened rows). Those widen a weight again for every three input rows, so from
-        // WIDEN_ONCE rows on the block is widened once into this thread's scratch and read as
-        // f32 by every row; so is a block mixing f32 and bf16 rows, which CpuWeight never
-        // holds (it widens such a stack at load time). The task calls no rayon op, so nothing
+        // An f32 block is read where it lies. A bf16 or f16 block streams its two-byte values
+        // through the dot kernels, which widen in registers (cpu_math::Weight: the same bits
+        // as on the widened rows). Those widen a weight again for every three input rows, so
+        // from WIDEN_ONCE rows on the block is widened once into this thread's scratch and
+        // read as f32 by every row; so is a block mixing dtypes, which CpuWeight never holds
+        // (it widens such a stack at load time). The task calls no rayon op, so nothing
         // else runs on this thread while the scratch is out.
-        if let Some(w) = wd.rows_f32(j0, rows) {
+        if let Some(w) = wd.rows_as::<f32>(j0, rows) {
             return task.run(&w);
         }
         if n < WIDEN_ONCE {
-            if let Some(w) = wd.rows_bf16(j0, rows) {
+            if let Some(w) = wd.rows_as::<u16>(j0, rows) {
+                return task.run(&w);
+            }
+            if let Some(w) = wd.rows_as::<half::f16>(j0, rows) {
                 return task.run(&w);
             }
         }
+        // (Every value below rows * k is overwritten: no need to clear what a previous block
+        // left there.)
         let mut scratch = SCRATCH.with(|s| s.take());
-        scratch.clear();
-        scratch.reserve(rows * k);
-        for jj in 0..rows {
-            match wd.row(j0 + jj) {
-                Vals::F32(v) => scratch.extend_from_slice(v),
-                Vals::Bf16(v) => scratch.extend(v.iter().map(|b| widen_one(*b))),
-            }
+        if scratch.len() < rows * k {
+            scratch.resize(rows * k, 0.0);
+        }
+        for (jj, out) in scratch[..rows * k].chunks_exact_mut(k.max(1)).enumerate() {
+            wd.row(j0 + jj).widen_into(out);
         }
         let w: Vec<&[f32]> = (0..rows).map(|jj| &scratch[jj * k..(jj + 1) * k]).collect();
         task.run(&w);
@@ -128,7 +111,7 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
     out
 }
 
-/// From this many input rows on, a bf16 block is widened once per task rather than in
+/// From this many input rows on, a 16-bit block is widened once per task rather than in
 /// registers per group of three rows (docs/BENCHMARKS.md, 2026-12-07).
 const WIDEN_ONCE: usize = 16;
 
@@ -234,20 +217,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_block_of_f32_and_bf16_rows_gives_the_f32_bits() {
-        // Rows 0..5 f32, 5..71 bf16: the first task (rows 0..64) mixes them.
+    fn a_block_of_f32_bf16_and_f16_rows_gives_the_f32_bits() {
+        // Rows 0..5 f32, 5..40 bf16, 40..71 f16: the first task (rows 0..64) mixes all three.
         let k = 19;
         let f: Vec<f32> = crate::rng::fill_uniform(1, 5 * k, 1.0);
-        let h = crate::backend::round_to_bf16_bits(&crate::rng::fill_uniform(2, 66 * k, 1.0));
+        let b = crate::backend::round_to_bf16_bits(&crate::rng::fill_uniform(2, 35 * k, 1.0));
+        let h: Vec<half::f16> = crate::rng::fill_uniform(4, 31 * k, 1.0)
+            .iter()
+            .map(|x| half::f16::from_f32(*x))
+            .collect();
         let mut all = f.clone();
-        all.extend(h.iter().map(|b| widen_one(*b)));
-        let x = crate::rng::fill_uniform(3, 7 * k, 1.0);
-        let mixed = Rows::new(&[Vals::F32(&f), Vals::Bf16(&h)], k);
+        all.extend(b.iter().map(|x| half::bf16::from_bits(*x).to_f32()));
+        all.extend(h.iter().map(|x| x.to_f32()));
+        let mixed = Rows::new(&[Vals::F32(&f), Vals::Bf16(&b), Vals::F16(&h)], k);
         let plain = Rows::new(&[Vals::F32(&all)], k);
-        let (a, b) = (
-            matmul_nt(&x, 7, k, &mixed, 71),
-            matmul_nt(&x, 7, k, &plain, 71),
-        );
-        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        // Input rows below and past WIDEN_ONCE.
+        for n in [7, 20] {
+            let x = crate::rng::fill_uniform(3, n * k, 1.0);
+            let (p, q) = (
+                matmul_nt(&x, n, k, &mixed, 71),
+                matmul_nt(&x, n, k, &plain, 71),
+            );
+            assert!(
+                p.iter().zip(&q).all(|(u, v)| u.to_bits() == v.to_bits()),
+                "n = {n}"
+            );
+        }
     }
 }

@@ -1,13 +1,13 @@
 //! Inner loops of the CPU backend. Written so LLVM vectorises them (eight independent
-//! accumulators), and compiled twice: for AVX2+FMA, picked at run time, and for the baseline
+//! accumulators), and compiled twice: for AVX2+FMA (+F16C), picked at run time, and for the baseline
 //! target, so one binary is fast on modern x86-64 and still runs everywhere.
 //!
-//! The dot products read their second operand (a weight row) as f32 or as bf16 bits
-//! (`Weight`): a bf16 is widened, exactly, right before its FMA, in a register on AVX2, and
-//! every lane, tail and pairwise sum is the same, so a bf16 row gives bit for bit what its
-//! f32 copy gives, while the weights stream at two bytes a value.
+//! The dot products read their second operand (a weight row) as f32, as bf16 bits or as f16
+//! (`Weight`): a 16-bit value is widened, exactly, right before its FMA, in a register on
+//! AVX2, and every lane, tail and pairwise sum is the same, so a bf16 or f16 row gives bit for
+//! bit what its f32 copy gives, while the weights stream at two bytes a value.
 
-/// A weight element as the dot products read it: f32, or bf16 held as its bits (u16).
+/// A weight element as the dot products read it: f32, bf16 held as its bits (u16), or f16.
 pub trait Weight: Copy + Send + Sync {
     /// The value as f32 (exact for both).
     fn f32(self) -> f32;
@@ -43,6 +43,20 @@ impl Weight for u16 {
         use std::arch::x86_64::*;
         let h = _mm_loadu_si128(p as *const __m128i);
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+}
+
+impl Weight for half::f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    /// F16C's conversion (every AVX2 CPU has it; `has_avx2` checks), exact like half's.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 }
 
@@ -116,7 +130,7 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     dot_body(a, b)
 }
@@ -124,7 +138,7 @@ unsafe fn dot_avx2<W: Weight>(a: &[f32], b: &[W]) -> f32 {
 /// `dot4_body` in AVX2 registers: lanes 0..8 and 8..16 of each row's accumulator are two
 /// ymm registers, so the four rows keep eight independent FMA chains in flight.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4_avx2<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let n = b.iter().fold(a.len(), |n, r| n.min(r.len()));
@@ -153,7 +167,7 @@ unsafe fn dot4_avx2<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
     axpy_body(y, a, x)
 }
@@ -162,7 +176,11 @@ unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
 fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static F: OnceLock<bool> = OnceLock::new();
-    *F.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *F.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 /// Σ a·b over the common length.
@@ -170,7 +188,7 @@ fn has_avx2() -> bool {
 pub fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU supports avx2 and fma (checked above).
+        // SAFETY: the CPU supports avx2, fma and f16c (checked above).
         return unsafe { dot_avx2(a, b) };
     }
     dot_body(a, b)
@@ -181,7 +199,7 @@ pub fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
 /// computed one half after the other: each half keeps M × 4 ymm accumulators and loads M + 4
 /// vectors for M × 4 FMAs (dot4 loads 10 for 8), and both halves meet in `finish`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_rows4_avx2<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f32; 4]; M] {
     use std::arch::x86_64::*;
     let n = a.iter().fold(usize::MAX, |n, r| n.min(r.len()));
@@ -290,37 +308,38 @@ pub fn rotate_half(h: &mut [f32], cos: &[f32], sin: &[f32]) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bf16_rows_give_their_f32_copys_bits() {
-        // Lengths around the 16-lane chunks and the 8-lane halves, tails included.
-        let bits = |n: usize, seed: u64| -> Vec<u16> {
-            crate::backend::round_to_bf16_bits(&crate::rng::fill_uniform(seed, n, 3.0))
-        };
+    /// Every kernel on 16-bit rows gives the bits of the same kernel on their f32 copy (made
+    /// by half's conversion, independent of Weight::f32 and load8), for lengths around the
+    /// 16-lane chunks and the 8-lane halves, tails included.
+    fn halves_give_their_f32_copys_bits<W: Weight>(
+        name: &str,
+        round: impl Fn(&[f32]) -> Vec<W>,
+        widen: impl Fn(W) -> f32,
+    ) {
+        let vals = |n: usize, seed: u64| round(&crate::rng::fill_uniform(seed, n, 3.0));
         let same = |p: &[f32], q: &[f32]| p.iter().zip(q).all(|(u, v)| u.to_bits() == v.to_bits());
         for k in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 100, 576] {
-            let b: Vec<Vec<u16>> = (0..4).map(|r| bits(k, 10 + r)).collect();
-            // The f32 copy by half's conversion, independent of Weight::f32 and load8.
+            let b: Vec<Vec<W>> = (0..4).map(|r| vals(k, 10 + r)).collect();
             let w: Vec<Vec<f32>> = b
                 .iter()
-                .map(|r| {
-                    r.iter()
-                        .map(|x| half::bf16::from_bits(*x).to_f32())
-                        .collect()
-                })
+                .map(|r| r.iter().map(|x| widen(*x)).collect())
                 .collect();
             let x: Vec<Vec<f32>> = (0..3)
                 .map(|i| crate::rng::fill_uniform(20 + i, k, 1.0))
                 .collect();
             let bb = [&b[0][..], &b[1], &b[2], &b[3]];
             let ww = [&w[0][..], &w[1], &w[2], &w[3]];
-            assert!(same(&dot4(&x[0], bb), &dot4(&x[0], ww)), "dot4, k = {k}");
+            assert!(
+                same(&dot4(&x[0], bb), &dot4(&x[0], ww)),
+                "{name} dot4, k = {k}"
+            );
             let (p, q) = (
                 dot_rows4([&x[0][..], &x[1], &x[2]], bb),
                 dot_rows4([&x[0][..], &x[1], &x[2]], ww),
             );
             assert!(
                 (0..3).all(|i| same(&p[i], &q[i])),
-                "dot_rows4::<3>, k = {k}"
+                "{name} dot_rows4::<3>, k = {k}"
             );
             let (p, q) = (
                 dot_rows4([&x[0][..], &x[1]], bb),
@@ -328,23 +347,80 @@ mod tests {
             );
             assert!(
                 (0..2).all(|i| same(&p[i], &q[i])),
-                "dot_rows4::<2>, k = {k}"
+                "{name} dot_rows4::<2>, k = {k}"
             );
             assert_eq!(
                 dot(&x[2], &b[1]).to_bits(),
                 dot(&x[2], &w[1]).to_bits(),
-                "dot, k = {k}"
+                "{name} dot, k = {k}"
             );
             // The scalar bodies (the baseline target's path) too.
             assert!(
                 same(&dot4_body(&x[0], bb), &dot4(&x[0], ww)),
-                "dot4_body, k = {k}"
+                "{name} dot4_body, k = {k}"
             );
             assert_eq!(
                 dot_body(&x[2], &b[1]).to_bits(),
                 dot(&x[2], &w[1]).to_bits()
             );
         }
+    }
+
+    #[test]
+    fn bf16_rows_give_their_f32_copys_bits() {
+        halves_give_their_f32_copys_bits("bf16", crate::backend::round_to_bf16_bits, |x: u16| {
+            half::bf16::from_bits(x).to_f32()
+        });
+    }
+
+    #[test]
+    fn f16_rows_give_their_f32_copys_bits() {
+        // Values down to f16's subnormals (uniform in ±3, so some are tiny), and beyond: the
+        // rounding of tiny values to subnormals or zero is half's, the widening must be exact.
+        let round = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x * 1e-3)).collect();
+        halves_give_their_f32_copys_bits("f16", round, f16_by_hand);
+    }
+
+    /// An f16's value from its fields, in f64 (exact) then f32 (exact: f32 holds every f16),
+    /// independent of half's conversion, which may itself use F16C.
+    fn f16_by_hand(h: half::f16) -> f32 {
+        let b = h.to_bits();
+        let sign = if b >> 15 == 1 { -1.0 } else { 1.0 };
+        let (e, m) = (i32::from((b >> 10) & 0x1f), f64::from(b & 0x3ff));
+        let v = match e {
+            0 => m / 1024.0 * 2f64.powi(-14),
+            31 if m == 0.0 => f64::INFINITY,
+            31 => f64::NAN,
+            _ => (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+        };
+        (sign * v) as f32
+    }
+
+    /// `load8` widens every 16-bit pattern as half does (NaNs stay NaNs).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn load8_widens_every_pattern_exactly() {
+        if !has_avx2() {
+            return;
+        }
+        fn check<W: Weight>(all: &[W], want: impl Fn(W) -> f32, name: &str) {
+            for (i, c) in all.chunks_exact(8).enumerate() {
+                let mut got = [0.0f32; 8];
+                // SAFETY: eight values at c, and the CPU has AVX2 and F16C.
+                unsafe {
+                    std::arch::x86_64::_mm256_storeu_ps(got.as_mut_ptr(), W::load8(c.as_ptr()))
+                };
+                for (g, w) in got.iter().zip(c) {
+                    let e = want(*w);
+                    let ok = g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan());
+                    assert!(ok, "{name}: pattern {:#06x}", i * 8);
+                }
+            }
+        }
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        check(&bits, |b| half::bf16::from_bits(b).to_f32(), "bf16");
+        let f16s: Vec<half::f16> = bits.iter().map(|b| half::f16::from_bits(*b)).collect();
+        check(&f16s, f16_by_hand, "f16");
     }
 
     #[test]

@@ -1,19 +1,25 @@
-//! How the CPU backend holds a weight: f32 as loaded, or bf16 bits for a matrix from a bf16
-//! checkpoint or a synthetic model. bf16 halves the memory (Mistral-7B in ~14.5 GB instead of
-//! ~29 GB) and loses nothing: `linear` and `embed` widen rows just before use, and widening is
-//! exact, so every product is the one the f32 copy of the same values gives.
+//! How the CPU backend holds a weight: f32 as loaded, or a matrix from a bf16 checkpoint or a
+//! synthetic model as bf16 bits, one from an f16 checkpoint as f16. Two bytes a value halve the
+//! memory (Mistral-7B in ~14.5 GB instead of ~29 GB) and lose nothing: `linear` and `embed`
+//! widen rows just before use, and widening is exact, so every product is the one the f32
+//! copy of the same values gives.
 use super::cpu::F32;
+use super::cpu_math::Weight;
 use super::WeightData;
 use anyhow::{bail, Result};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
-/// Where a weight's values live, in the dtype they were loaded in: f32, or bf16 bits for a
-/// matrix from a bf16 checkpoint or a synthetic model (half the memory; `linear` and `embed`
-/// widen rows just before use, exactly, so the results are those of the same values as f32).
+/// Where a weight's values live, in the dtype they were loaded in: f32, or for a matrix bf16
+/// bits or f16 (half the memory; `linear` and `embed` widen rows just before use, exactly, so
+/// the results are those of the same values as f32).
 pub enum CpuStore {
     Mapped(crate::model::weights::MappedF32),
     Owned(Vec<f32>),
     MappedBf16(crate::model::weights::MappedBf16),
     OwnedBf16(Vec<u16>),
+    MappedF16(crate::model::weights::MappedF16),
+    OwnedF16(Vec<f16>),
 }
 
 /// A store's values, borrowed.
@@ -21,13 +27,65 @@ pub enum CpuStore {
 pub(super) enum Vals<'a> {
     F32(&'a [f32]),
     Bf16(&'a [u16]),
+    F16(&'a [f16]),
 }
 
-impl Vals<'_> {
+impl<'a> Vals<'a> {
     pub(super) fn len(&self) -> usize {
         match self {
             Vals::F32(v) => v.len(),
             Vals::Bf16(v) => v.len(),
+            Vals::F16(v) => v.len(),
+        }
+    }
+
+    /// Values `r` of the same dtype.
+    pub(super) fn slice(self, r: std::ops::Range<usize>) -> Vals<'a> {
+        match self {
+            Vals::F32(v) => Vals::F32(&v[r]),
+            Vals::Bf16(v) => Vals::Bf16(&v[r]),
+            Vals::F16(v) => Vals::F16(&v[r]),
+        }
+    }
+
+    /// `out[i]` = value i as f32 (exact for every dtype); `out` is as long as the values.
+    pub(super) fn widen_into(self, out: &mut [f32]) {
+        match self {
+            Vals::F32(v) => out.copy_from_slice(v),
+            Vals::Bf16(v) => super::widen_bf16(out, v),
+            Vals::F16(v) => v.convert_to_f32_slice(out),
+        }
+    }
+}
+
+/// A weight type the CPU holds, so that code generic over `Weight` can find its values.
+pub(super) trait Held: Weight {
+    fn of(v: Vals<'_>) -> Option<&[Self]>;
+}
+
+impl Held for f32 {
+    fn of(v: Vals<'_>) -> Option<&[f32]> {
+        match v {
+            Vals::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Held for u16 {
+    fn of(v: Vals<'_>) -> Option<&[u16]> {
+        match v {
+            Vals::Bf16(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Held for f16 {
+    fn of(v: Vals<'_>) -> Option<&[f16]> {
+        match v {
+            Vals::F16(v) => Some(v),
+            _ => None,
         }
     }
 }
@@ -46,6 +104,8 @@ impl CpuStore {
             CpuStore::Owned(v) => Vals::F32(v),
             CpuStore::MappedBf16(m) => Vals::Bf16(m.as_slice()),
             CpuStore::OwnedBf16(v) => Vals::Bf16(v),
+            CpuStore::MappedF16(m) => Vals::F16(m.as_slice()),
+            CpuStore::OwnedF16(v) => Vals::F16(v),
         }
     }
 }
@@ -57,9 +117,7 @@ impl CpuWeight {
         match &self.parts[..] {
             [one] => match one.vals() {
                 Vals::F32(v) => Ok(v),
-                Vals::Bf16(_) => {
-                    bail!("a weight held as bf16 is an operand of linear and embed only")
-                }
+                _ => bail!("a weight held as bf16 or f16 is an operand of linear and embed only"),
             },
             _ => bail!("a stacked weight is an operand of linear only"),
         }
@@ -68,10 +126,10 @@ impl CpuWeight {
     pub(super) fn blocks(&self) -> Vec<Vals<'_>> {
         self.parts.iter().map(CpuStore::vals).collect()
     }
-    /// Bytes per value (4 for f32, 2 for bf16), for the ledger's byte counts.
+    /// Bytes per value (4 for f32, 2 for bf16 and f16), for the ledger's byte counts.
     pub(super) fn value_bytes(&self) -> u64 {
         match self.parts.first().map(CpuStore::vals) {
-            Some(Vals::Bf16(_)) => 2,
+            Some(Vals::Bf16(_) | Vals::F16(_)) => 2,
             _ => F32,
         }
     }
@@ -84,14 +142,16 @@ impl CpuWeight {
     }
 }
 
-/// Holds `data` as loaded, except that a bf16 vector is widened (norms and biases are
-/// read by f32 loops, and are small).
-pub(super) fn store(data: WeightData, matrix: bool) -> CpuStore {
+/// Holds `data` as loaded when `keep`, else (a vector: norms and biases are read by f32 loops,
+/// and are small) a 16-bit one widened to f32.
+pub(super) fn store(data: WeightData, keep: bool) -> CpuStore {
     match data {
         WeightData::Mapped(m) => CpuStore::Mapped(m),
         WeightData::Host(c) => CpuStore::Owned(c.into_owned()),
-        WeightData::MappedBf16(m) if matrix => CpuStore::MappedBf16(m),
-        WeightData::HostBf16(c) if matrix => CpuStore::OwnedBf16(c.into_owned()),
+        WeightData::MappedBf16(m) if keep => CpuStore::MappedBf16(m),
+        WeightData::HostBf16(c) if keep => CpuStore::OwnedBf16(c.into_owned()),
+        WeightData::MappedF16(m) if keep => CpuStore::MappedF16(m),
+        WeightData::HostF16(c) if keep => CpuStore::OwnedF16(c.into_owned()),
         other => CpuStore::Owned(other.to_f32().into_owned()),
     }
 }
@@ -130,31 +190,66 @@ mod tests {
         }
     }
 
+    /// Random f16 values of moderate magnitude, some of them subnormal.
+    fn halves(n: usize, seed: u64) -> Vec<f16> {
+        let v = crate::rng::fill_uniform(seed, n, 2.0);
+        v.iter().map(|x| f16::from_f32(x * x * x * 1e-2)).collect()
+    }
+
+    /// A 16-bit store of `parts` (bf16 bits of seed i for part i, or f16), and its f32 copy.
+    fn data(bf: bool, n: usize, seed: u64) -> (WeightData<'static>, Vec<f32>) {
+        if bf {
+            let b = bits(n, seed);
+            let f = widened(&b);
+            (WeightData::HostBf16(Cow::Owned(b)), f)
+        } else {
+            let h = halves(n, seed);
+            let f = h.iter().map(|x| x.to_f32()).collect();
+            (WeightData::HostF16(Cow::Owned(h)), f)
+        }
+    }
+
     #[test]
-    fn a_bf16_weight_gives_the_bits_of_its_f32_copy() {
+    fn a_16_bit_weight_gives_the_bits_of_its_f32_copy() {
+        for bf in [true, false] {
+            held_16_bit_gives_f32_bits(bf);
+        }
+    }
+
+    fn held_16_bit_gives_f32_bits(bf: bool) {
         let be = Cpu::new();
+        let name = if bf { "bf16" } else { "f16" };
         // k not a multiple of the SIMD width, m with a remainder past the quads and more than
-        // one task block (64 rows), n through every row grouping and past one tile (32 rows).
+        // one task block (64 rows), n through every row grouping, past one tile (32 rows) and
+        // past WIDEN_ONCE.
         let (k, parts) = (37, [70usize, 5, 11]);
         let m: usize = parts.iter().sum();
-        let wb: Vec<Vec<u16>> = parts
+        let stores: Vec<_> = parts
             .iter()
             .enumerate()
-            .map(|(i, r)| bits(r * k, i as u64))
+            .map(|(i, r)| data(bf, r * k, i as u64))
             .collect();
-        let held = |bf: bool| {
-            let ps = wb.iter().zip(parts).map(|(b, r)| {
-                let d = if bf {
-                    WeightData::HostBf16(Cow::Borrowed(&b[..]))
-                } else {
-                    WeightData::Host(Cow::Owned(widened(b)))
-                };
-                (r, d)
-            });
-            be.stacked_weight(k, ps.collect()).unwrap()
+        let (wh, wf) = {
+            let ps = |f32_copy: bool| {
+                stores
+                    .iter()
+                    .zip(parts)
+                    .map(|((d, f), r)| {
+                        let d = match (f32_copy, d) {
+                            (true, _) => WeightData::Host(Cow::Borrowed(&f[..])),
+                            (false, WeightData::HostBf16(b)) => WeightData::HostBf16(b.clone()),
+                            (false, WeightData::HostF16(h)) => WeightData::HostF16(h.clone()),
+                            _ => unreachable!("data() makes host 16-bit stores"),
+                        };
+                        (r, d)
+                    })
+                    .collect()
+            };
+            let wh = be.stacked_weight(k, ps(false)).unwrap();
+            let wf = be.stacked_weight(k, ps(true)).unwrap();
+            (wh, wf)
         };
-        let (wf, wh) = (held(false), held(true));
-        assert!(matches!(wh.blocks()[0], Vals::Bf16(_)), "held as bf16");
+        assert_eq!(wh.value_bytes(), 2, "{name} held as 16 bits");
         for n in [1, 2, 3, 4, 5, 7, 33, 70] {
             let x = be
                 .tensor(n, k, &widened(&bits(n * k, 99 + n as u64)))
@@ -166,16 +261,14 @@ mod tests {
                 .iter()
                 .zip(&b.data)
                 .all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(same, "n = {n}: bf16-held linear differs from f32-held");
+            assert!(same, "n = {n}: {name}-held linear differs from f32-held");
         }
-        // embed reads a bf16 table row by row, widened; a vector is always held as f32.
-        let table = bits(m * k, 7);
+        // embed reads a 16-bit table row by row, widened; a vector is always held as f32.
+        let (table, tf32) = data(bf, m * k, 7);
         let tf = be
-            .weight(&[m, k], WeightData::Host(Cow::Owned(widened(&table))))
+            .weight(&[m, k], WeightData::Host(Cow::Borrowed(&tf32)))
             .unwrap();
-        let th = be
-            .weight(&[m, k], WeightData::HostBf16(Cow::Borrowed(&table)))
-            .unwrap();
+        let th = be.weight(&[m, k], table).unwrap();
         let ids = [0u32, 83, 5, 5];
         assert_eq!(
             be.embed(&tf, &ids).unwrap().data,
@@ -185,11 +278,25 @@ mod tests {
             be.embed(&th, &[m as u32]).is_err(),
             "an id past the table is refused"
         );
-        let v = be
-            .weight(&[k], WeightData::HostBf16(Cow::Borrowed(&table[..k])))
-            .unwrap();
-        assert_eq!(v.data().unwrap(), &widened(&table[..k])[..]);
+        let (vector, vf32) = data(bf, k, 8);
+        let v = be.weight(&[k], vector).unwrap();
+        assert_eq!(v.data().unwrap(), &vf32[..]);
         let e = th.data().unwrap_err().to_string();
-        assert!(e.contains("bf16"), "{e}");
+        assert!(e.contains("bf16 or f16"), "{e}");
+    }
+
+    #[test]
+    fn a_stack_of_mixed_dtypes_is_widened() {
+        let be = Cpu::new();
+        let (a, af) = data(true, 3 * 8, 1);
+        let (b, bf) = data(false, 2 * 8, 2);
+        let w = be.stacked_weight(8, vec![(3, a), (2, b)]).unwrap();
+        assert_eq!(w.value_bytes(), 4, "one dtype for every block");
+        let x = be
+            .tensor(1, 8, &[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            .unwrap();
+        let y = be.linear(&x, &w).unwrap().data;
+        let col0: Vec<f32> = af.chunks(8).chain(bf.chunks(8)).map(|r| r[0]).collect();
+        assert_eq!(y, col0);
     }
 }

@@ -330,6 +330,9 @@ pub enum WeightData<'a> {
     MappedBf16(crate::model::weights::MappedBf16),
     /// bf16 bits in host memory (synthetic weights, an unaligned bf16 tensor).
     HostBf16(std::borrow::Cow<'a, [u16]>),
+    /// f16 values in a memory map (an f16 checkpoint's tensors, zero-copy), and in host memory.
+    MappedF16(crate::model::weights::MappedF16),
+    HostF16(std::borrow::Cow<'a, [half::f16]>),
 }
 
 impl WeightData<'_> {
@@ -340,6 +343,8 @@ impl WeightData<'_> {
             WeightData::Host(c) => c.len(),
             WeightData::MappedBf16(m) => m.as_slice().len(),
             WeightData::HostBf16(c) => c.len(),
+            WeightData::MappedF16(m) => m.as_slice().len(),
+            WeightData::HostF16(c) => c.len(),
         }
     }
 
@@ -356,7 +361,26 @@ impl WeightData<'_> {
         }
     }
 
-    /// The values as f32 (bf16 widens exactly): borrowed when stored as f32.
+    /// The dtype the values are stored in.
+    pub fn dtype(&self) -> crate::model::weights::DType {
+        use crate::model::weights::DType;
+        match self {
+            WeightData::Mapped(_) | WeightData::Host(_) => DType::F32,
+            WeightData::MappedBf16(_) | WeightData::HostBf16(_) => DType::Bf16,
+            WeightData::MappedF16(_) | WeightData::HostF16(_) => DType::F16,
+        }
+    }
+
+    /// The f16 values when they are stored as f16.
+    pub fn f16_vals(&self) -> Option<&[half::f16]> {
+        match self {
+            WeightData::MappedF16(m) => Some(m.as_slice()),
+            WeightData::HostF16(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The values as f32 (bf16 and f16 widen exactly): borrowed when stored as f32.
     pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
         use std::borrow::Cow;
         match self {
@@ -366,6 +390,13 @@ impl WeightData<'_> {
                 let bits = self.bf16_bits().unwrap_or_default();
                 let mut out = vec![0.0f32; bits.len()];
                 widen_bf16(&mut out, bits);
+                Cow::Owned(out)
+            }
+            WeightData::MappedF16(_) | WeightData::HostF16(_) => {
+                use half::slice::HalfFloatSliceExt;
+                let vals = self.f16_vals().unwrap_or_default();
+                let mut out = vec![0.0f32; vals.len()];
+                vals.convert_to_f32_slice(&mut out);
                 Cow::Owned(out)
             }
         }

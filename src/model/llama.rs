@@ -65,19 +65,26 @@ pub trait ParamSource {
 impl ParamSource for Weights {
     fn param(&self, name: &str, shape: &[usize]) -> Result<WeightData<'_>> {
         let t = self.get(name, shape)?;
-        // f32 and bf16 stay as stored (zero-copy where aligned); f16 is widened to f32.
+        // Every dtype stays as stored: zero-copy where aligned, else copied (a 16-bit value
+        // from its two little-endian bytes).
         if let Some(m) = t.mapped_f32() {
             return Ok(WeightData::Mapped(m));
         }
         if let Some(m) = t.mapped_bf16() {
             return Ok(WeightData::MappedBf16(m));
         }
-        if t.dtype == DType::Bf16 {
-            let bits = t.bytes().chunks_exact(2);
-            let bits = bits.map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-            return Ok(WeightData::HostBf16(Cow::Owned(bits)));
+        if let Some(m) = t.mapped_f16() {
+            return Ok(WeightData::MappedF16(m));
         }
-        Ok(WeightData::Host(t.to_f32()))
+        let halves = t.bytes().chunks_exact(2);
+        let halves = halves.map(|c| u16::from_le_bytes([c[0], c[1]]));
+        Ok(match t.dtype {
+            DType::F32 => WeightData::Host(t.to_f32()),
+            DType::Bf16 => WeightData::HostBf16(Cow::Owned(halves.collect())),
+            DType::F16 => {
+                WeightData::HostF16(Cow::Owned(halves.map(half::f16::from_bits).collect()))
+            }
+        })
     }
     fn has(&self, name: &str) -> bool {
         Weights::has(self, name)

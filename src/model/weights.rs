@@ -1,5 +1,5 @@
 //! Safetensors loading: one file or shards listed in `model.safetensors.index.json`, memory
-//! mapped. f32 and bf16 tensors can stay in the map (zero-copy); f16 is widened to f32.
+//! mapped. f32, bf16 and f16 tensors can stay in the map (zero-copy).
 use anyhow::{bail, Context, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -85,6 +85,14 @@ impl TensorRef {
         }
         Mapped::new(self)
     }
+
+    /// The same for f16 values.
+    pub fn mapped_f16(&self) -> Option<MappedF16> {
+        if self.dtype != DType::F16 {
+            return None;
+        }
+        Mapped::new(self)
+    }
 }
 
 /// Values of type T living in a memory map (checked aligned at construction).
@@ -100,6 +108,8 @@ pub struct Mapped<T> {
 pub type MappedF32 = Mapped<f32>;
 /// bf16 values in a map, as their bits (little-endian u16).
 pub type MappedBf16 = Mapped<u16>;
+/// f16 values in a map.
+pub type MappedF16 = Mapped<f16>;
 
 impl<T: bytemuck::Pod> Mapped<T> {
     /// None on a big-endian host or for a tensor not aligned for T in the map.
