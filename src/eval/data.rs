@@ -14,7 +14,8 @@ pub const DEFAULT_PROBLEMS: &str = include_str!("../../data/default-problems.jso
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Problem {
-    /// 0-based row in the data file.
+    /// 0-based row in the data file: blank lines are not rows (a stray one must not shift
+    /// the subset's rows), malformed ones are.
     pub index: usize,
     pub question: String,
     pub gold: Option<String>,
