@@ -69,7 +69,7 @@ pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
     let prompt = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => {
-            let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            let bytes = ponder::input::read_file_or_pipe(f)?;
             String::from_utf8(bytes)
                 .map_err(|e| anyhow::anyhow!("prompt file {} is not UTF-8 ({e})", f.display()))?
         }

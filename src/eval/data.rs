@@ -71,9 +71,8 @@ pub fn parse(text: &str) -> Loaded {
 
 pub fn load(path: Option<&Path>) -> Result<Loaded> {
     let text = match path {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
-        }
+        Some(p) => String::from_utf8(crate::input::read_file_or_pipe(p)?)
+            .map_err(|e| anyhow::anyhow!("data file {} is not UTF-8 ({e})", p.display()))?,
         None => DEFAULT_PROBLEMS.to_string(),
     };
     Ok(parse(&text))

@@ -85,6 +85,7 @@ pub fn data_fingerprint(data: &Loaded) -> String {
 /// The manifest of `dir`, if it has one.
 fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
+    crate::input::refuse_non_regular(&path, "")?;
     match std::fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t)
             .map(Some)

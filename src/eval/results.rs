@@ -34,6 +34,8 @@ pub struct Read {
 /// Reads every complete record of `dir/results.jsonl`.
 pub fn read_records(dir: &Path) -> Result<Read> {
     let path = dir.join(RESULTS);
+    // ponder writes a regular file there: a pipe would block, a device never end.
+    crate::input::refuse_non_regular(&path, "")?;
     let text = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::default()),

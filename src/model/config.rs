@@ -75,7 +75,7 @@ struct RawConfig {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        super::refuse_non_regular(path, "")?;
+        crate::input::refuse_non_regular(path, "")?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("bad model config {}", path.display()))

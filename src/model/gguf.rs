@@ -150,11 +150,16 @@ impl GgufFile {
     }
 
     fn open_inner(path: &Path) -> Result<GgufFile> {
-        let file = std::fs::File::open(path).context("cannot open it")?;
-        let meta = file.metadata().context("cannot stat it")?;
+        // Checked before opening: opening a pipe would wait for a writer, and a GGUF file is
+        // mapped, so it must be a file.
+        let meta = std::fs::metadata(path).context("cannot open it")?;
         if meta.is_dir() {
             bail!("it is a directory, not a GGUF file");
         }
+        if !meta.is_file() {
+            bail!("it is not a regular file (a pipe or a device), not a GGUF file");
+        }
+        let file = std::fs::File::open(path).context("cannot open it")?;
         let len = meta.len();
         // Mapping an empty file fails on some systems with an unhelpful error.
         if len < 8 {

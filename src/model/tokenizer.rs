@@ -30,7 +30,7 @@ impl Tokenizer {
             bail!("{} is missing", path.display());
         }
         for p in [&path, &dir.join("tokenizer_config.json")] {
-            super::refuse_non_regular(p, "")?;
+            crate::input::refuse_non_regular(p, "")?;
         }
         let mut tk = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;

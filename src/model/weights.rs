@@ -144,7 +144,7 @@ impl Weights {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
             // A FIFO would block the read forever and /dev/zero would never end it.
-            super::refuse_non_regular(&index, "")?;
+            crate::input::refuse_non_regular(&index, "")?;
             let text = std::fs::read_to_string(&index)
                 .with_context(|| format!("cannot read {}", index.display()))?;
             #[derive(serde::Deserialize)]
@@ -209,7 +209,7 @@ impl Weights {
 
 fn open_file(path: &Path) -> Result<Vec<TensorRef>> {
     // A directory, a pipe or a device is no weights file (and a pipe would block the open).
-    super::refuse_non_regular(path, " (a safetensors file is)")?;
+    crate::input::refuse_non_regular(path, " (a safetensors file is)")?;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: the file is opened read-only; ponder does not modify model files while running,

@@ -148,6 +148,47 @@ fn prompt_file_not_utf8() {
     );
 }
 
+/// A device (read until memory runs out) or a named pipe where ponder reads or maps a file it
+/// owns: refused in one line, before anything opens it.
+#[test]
+fn devices_and_pipes_are_refused_where_a_file_is_read() {
+    let dev = "/dev/zero";
+    let tiny = ["--model", "synthetic:tiny"];
+    let prompt = [
+        &["generate", "--prompt-file", dev, "--max-tokens", "1"][..],
+        &tiny,
+    ]
+    .concat();
+    assert_one_line_error(&prompt, &["/dev/zero is not a regular file or a pipe"]);
+    let eval = [
+        &["eval", "--data", dev, "--out", "/nonexistent/x"][..],
+        &tiny,
+    ]
+    .concat();
+    assert_one_line_error(&eval, &["/dev/zero is not a regular file or a pipe"]);
+    let dir = fresh_dir("devices");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if made.map(|s| s.success()).unwrap_or(false) {
+        let f = fifo.to_str().unwrap();
+        assert_one_line_error(
+            &["import-gguf", f, "--out", dir.join("m").to_str().unwrap()],
+            &["not a regular file"],
+        );
+        // A results folder whose files are a pipe and a link to a device.
+        let rd = dir.join("results");
+        std::fs::create_dir_all(&rd).unwrap();
+        std::fs::rename(&fifo, rd.join("run.json")).unwrap();
+        std::os::unix::fs::symlink(dev, rd.join("results.jsonl")).unwrap();
+        let r = rd.to_str().unwrap();
+        assert_one_line_error(&["report", r], &["is not a regular file"]);
+        std::fs::remove_file(rd.join("run.json")).unwrap();
+        assert_one_line_error(&["report", r], &["results.jsonl is not a regular file"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn gguf_import_of_a_missing_file() {
     let out = std::env::temp_dir().join("ponder-bad-gguf-out");
