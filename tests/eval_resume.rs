@@ -261,6 +261,17 @@ fn a_torn_last_line_is_dropped_on_resume() {
         ("method", serde_json::json!("baseline "), "not written as"),
         ("budget", serde_json::json!(0), "budget 0"),
         ("seconds", serde_json::json!(-1.0), "seconds -1"),
+        // The report counts `correct` as written: it must agree with prediction and gold.
+        (
+            "correct",
+            serde_json::json!(!rec["correct"].as_bool().unwrap()),
+            "grades",
+        ),
+        (
+            "gold",
+            serde_json::json!("abc"),
+            "gold \"abc\" is not a number",
+        ),
     ] {
         let mut bad = rec.clone();
         bad[field] = value;

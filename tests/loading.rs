@@ -283,3 +283,36 @@ fn a_quiet_star_checkpoint_loads_its_markers_head_and_thought_length() {
     assert!(format!("{err:#}").contains("start_embedding"), "{err:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A NaN or an infinity in a checkpoint, in any dtype, is refused at load by tensor name:
+/// otherwise every logit it reaches is NaN and sampling picks tokens from nothing.
+#[test]
+fn a_non_finite_weight_is_a_corrupt_checkpoint() {
+    let root = std::env::temp_dir().join(format!("ponder-loading-nan-{}", std::process::id()));
+    let cache = cache_dir(None);
+    // The last value of the file's last tensor, in each dtype: NaN, +inf, -inf.
+    let cases: [(Store, &[u8]); 4] = [
+        (Store::F32, &f32::NAN.to_le_bytes()),
+        (Store::F32, &f32::INFINITY.to_le_bytes()),
+        (Store::Bf16, &bf16::NEG_INFINITY.to_le_bytes()),
+        (Store::F16, &f16::NAN.to_le_bytes()),
+    ];
+    for (k, (store, last)) in cases.into_iter().enumerate() {
+        let dir = root.join(k.to_string());
+        write_dir(&dir, 1, store);
+        let file = dir.join("model.safetensors");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n - last.len()..].copy_from_slice(last);
+        std::fs::write(&file, bytes).unwrap();
+        let err = load(&Cpu::new(), Some(dir.to_str().unwrap()), &cache)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .expect("a non-finite weight must be refused");
+        assert!(
+            err.contains("holds a NaN or infinite value") && err.contains("corrupt"),
+            "case {k}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -98,6 +98,24 @@ impl Record {
             "seconds {} is not a duration",
             self.seconds
         );
+        if let Some(g) = &self.gold {
+            anyhow::ensure!(
+                crate::methods::answer::normalise_number(g).is_some(),
+                "gold {g:?} is not a number"
+            );
+        }
+        // The report counts `correct` as it stands, so it must be what one of the two
+        // gradings gives (which one depends on the protocol, in run.json, not in the record).
+        let (p, g) = (self.prediction.as_deref(), self.gold.as_deref());
+        let graded = [false, true].map(|signed| super::run::is_correct(p, g, signed));
+        anyhow::ensure!(
+            graded.contains(&self.correct),
+            "correct is {} but the prediction {} against gold {} grades {}",
+            self.correct,
+            p.map_or("null".into(), |p| format!("{p:?}")),
+            g.map_or("null".into(), |g| format!("{g:?}")),
+            !self.correct
+        );
         Ok(())
     }
 

@@ -70,6 +70,24 @@ impl TensorRef {
         }
     }
 
+    /// The index of the first NaN or infinite value, if any. A checkpoint holding one is
+    /// corrupt: every logit it reaches would be NaN, and sampling would pick tokens from
+    /// nothing without a word. (A scan at memory speed, on every thread.)
+    pub fn first_non_finite(&self) -> Option<usize> {
+        // All-ones exponent: infinite or NaN, in each format's little-endian bits.
+        match self.dtype {
+            DType::F32 => first_match(self.bytes(), |v: [u8; 4]| {
+                u32::from_le_bytes(v) & 0x7f80_0000 == 0x7f80_0000
+            }),
+            DType::Bf16 => first_match(self.bytes(), |v: [u8; 2]| {
+                u16::from_le_bytes(v) & 0x7f80 == 0x7f80
+            }),
+            DType::F16 => first_match(self.bytes(), |v: [u8; 2]| {
+                u16::from_le_bytes(v) & 0x7c00 == 0x7c00
+            }),
+        }
+    }
+
     /// A handle that keeps the map alive, for zero-copy use by a backend.
     pub fn mapped_f32(&self) -> Option<MappedF32> {
         if self.dtype != DType::F32 {
@@ -131,6 +149,24 @@ impl<T: bytemuck::Pod> Mapped<T> {
             &self.map[self.start..self.start + self.len * std::mem::size_of::<T>()],
         )
     }
+}
+
+/// The index of the first N-byte value of `bytes` that `hit` holds for.
+fn first_match<const N: usize>(
+    bytes: &[u8],
+    hit: impl Fn([u8; N]) -> bool + Sync,
+) -> Option<usize> {
+    use rayon::prelude::*;
+    const VALUES: usize = 1 << 16;
+    bytes
+        .par_chunks(VALUES * N)
+        .enumerate()
+        .find_map_first(|(k, c)| {
+            let at = c
+                .chunks_exact(N)
+                .position(|v| hit(v.try_into().expect("N bytes")));
+            at.map(|i| k * VALUES + i)
+        })
 }
 
 /// All tensors of a model directory, by name.
@@ -198,6 +234,9 @@ impl Weights {
                 t.shape,
                 shape
             );
+        }
+        if let Some(i) = t.first_non_finite() {
+            bail!("tensor {name} holds a NaN or infinite value (element {i}): the checkpoint is corrupt");
         }
         Ok(t)
     }
