@@ -7,7 +7,7 @@ use crate::account;
 use crate::backend::Backend;
 use crate::batcher::Batcher;
 use crate::methods::answer::{first_integer, normalise_number};
-use crate::methods::common::{Protocol, Settings, Solution};
+use crate::methods::common::{DoesNotFit, Protocol, Settings, Solution};
 use crate::methods::engines::{Engines, Method};
 use crate::rng::mix64;
 use anyhow::Result;
@@ -91,6 +91,7 @@ pub fn run<B: Backend>(
     for line in other_budgets(&held, &plan.runs()) {
         eprintln!("{line}");
     }
+    let mut skipped = 0;
     for (method, budget) in plan.runs() {
         let mut s = plan.settings.clone();
         if method.uses_prm() {
@@ -140,7 +141,7 @@ pub fn run<B: Backend>(
                         let prev = account::install(Some(Default::default()));
                         let res = e.solve(method, &p.question, &ps);
                         account::install(prev);
-                        let failed = res.is_err();
+                        let failed = res.as_ref().is_err_and(|e| !does_not_fit(e));
                         if tx.send((k, res)).is_err() || failed {
                             stop.store(true, Ordering::SeqCst);
                             break;
@@ -154,6 +155,14 @@ pub fn run<B: Backend>(
                 let p = todo[k];
                 let sol = match res {
                     Ok(sol) => sol,
+                    // Skipped, as a malformed data line is: no record (a resume meets it
+                    // again, and skips it again).
+                    Err(e) if does_not_fit(&e) => {
+                        eprintln!("ponder: [{}] skipping row {}: {e}", progress.label, p.index);
+                        progress.total -= 1;
+                        skipped += 1;
+                        continue;
+                    }
                     Err(e) => {
                         first_error.get_or_insert(e.context(format!(
                             "{} on row {}",
@@ -189,7 +198,17 @@ pub fn run<B: Backend>(
             return Err(e);
         }
     }
+    if records.is_empty() && skipped > 0 {
+        anyhow::bail!(
+            "no problem fits the model's positions at these token limits ({skipped} skipped)"
+        );
+    }
     Ok(records)
+}
+
+/// Whether a method refused the problem as too long for the model before it took any page.
+fn does_not_fit(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<DoesNotFit>())
 }
 
 /// The progress line of one (method, budget) run.

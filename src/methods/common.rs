@@ -6,6 +6,13 @@ use crate::model::tokenizer::Tokenizer;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// A problem too long for the model's positions at the method's token limits, found before
+/// the method took any KV page: an evaluation skips the problem (and says so) and goes on,
+/// as it skips a malformed data line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DoesNotFit(pub String);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -237,15 +244,18 @@ impl<B: Backend> Policy<'_, B> {
 
     /// Refuses a problem whose prompt and the tokens its method may add (`what` names them)
     /// do not fit the model's positions: past them RoPE would extrapolate silently, and the
-    /// flags' own check cannot know the prompt.
+    /// flags' own check cannot know the prompt. Methods call it before they take any KV page,
+    /// so an evaluation can skip the problem and go on (`DoesNotFit`).
     pub fn check_fits(&self, prompt_tokens: usize, more: usize, what: &str) -> anyhow::Result<()> {
         let max = self.runner.model.cfg.max_position_embeddings;
         let n = prompt_tokens.saturating_add(more);
-        anyhow::ensure!(
-            n <= max,
-            "the problem's prompt of {prompt_tokens} tokens + {what} needs {n} positions, past \
-             the model's {max} (max_position_embeddings)"
-        );
+        if n > max {
+            return Err(DoesNotFit(format!(
+                "the problem's prompt of {prompt_tokens} tokens + {what} needs {n} positions, \
+                 past the model's {max} (max_position_embeddings)"
+            ))
+            .into());
+        }
         Ok(())
     }
 

@@ -171,3 +171,80 @@ fn stdout_that_cannot_be_written_is_a_one_line_error() {
         assert!(last.starts_with("error: cannot write to stdout"), "{err}");
     }
 }
+
+/// A problem too long for the model's positions is skipped with a line naming its row, as a
+/// malformed data line is, and the others run (with problems in flight, too); a resume meets
+/// it again and adds nothing. Data with no problem that fits is an error.
+#[test]
+fn a_problem_too_long_for_the_model_is_skipped() {
+    let dir = fresh_dir("too-long");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = |q: &str| format!("{{\"question\":\"{q}\",\"answer\":\"#### 4\"}}\n");
+    // synthetic:tiny reads bytes and has 4096 positions.
+    let long = ok(&"word ".repeat(2000));
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        [ok("2+2?"), ok("3+1?"), long.clone(), ok("1+3?")].concat(),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let args = |data: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "eval",
+            "--model",
+            "synthetic:tiny",
+            "--method",
+            "baseline",
+            "--votes",
+            "1",
+            "--max-tokens",
+            "2",
+            "--answer-tokens",
+            "1",
+            "--in-flight",
+            "2",
+            "--data",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push(data.to_str().unwrap().into());
+        a.extend(["--out".into(), out.to_str().unwrap().into()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    for extra in [&[][..], &["--resume"]] {
+        let a = args(&data, extra);
+        let (code, err) = ponder(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{err}");
+        let skips: Vec<&str> = err.lines().filter(|l| l.contains("skipping row")).collect();
+        assert_eq!(skips.len(), 1, "{err}");
+        assert!(skips[0].contains("row 2: the problem's prompt of"), "{err}");
+        let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+        let rows: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        let mut sorted = rows.clone();
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 3], "{extra:?}");
+    }
+    let only_long = dir.join("long.jsonl");
+    std::fs::write(&only_long, long).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let a = args(&only_long, &[]);
+    let (code, err) = ponder(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with("error: no problem fits"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
