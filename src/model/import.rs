@@ -4,7 +4,6 @@
 //! (Llama, Mistral); anything else is refused rather than converted approximately.
 use super::gguf::{GgufFile, GgufTensorInfo, GgufValue};
 use anyhow::{bail, Context, Result};
-use rayon::prelude::*;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +11,9 @@ use std::path::{Path, PathBuf};
 mod bpe_json;
 pub mod spm;
 mod tokenizer;
+mod weights_out;
+
+use weights_out::{torch_dtype, write_safetensors};
 
 /// The files `import_gguf` writes; an existing output directory holding only these may be
 /// replaced.
@@ -327,7 +329,7 @@ impl<'a> Plan<'a> {
             "bos_token_id": self.bos,
             "eos_token_id": self.eos,
             "pad_token_id": self.pad,
-            "torch_dtype": "float32",
+            "torch_dtype": torch_dtype(&self.tensors),
         });
         Ok(serde_json::to_string_pretty(&cfg)? + "\n")
     }
@@ -337,71 +339,6 @@ impl<'a> Plan<'a> {
 /// instead of 9.999999747378752e-06.
 fn shortest_f64(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
-}
-
-/// Inverts llama.cpp's convert, which reordered the rows of each head from [half 0 | half 1]
-/// to interleaved pairs: `w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2)`.
-fn unpermute_rows(w: &[f32], rows: usize, cols: usize, heads: usize) -> Result<Vec<f32>> {
-    if heads == 0 || !rows.is_multiple_of(2 * heads) || rows.checked_mul(cols) != Some(w.len()) {
-        bail!("cannot un-permute a [{rows}, {cols}] matrix over {heads} heads");
-    }
-    let per_head = rows / heads;
-    let half = per_head / 2;
-    let mut out = vec![0f32; w.len()];
-    out.par_chunks_exact_mut(cols.max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (h, within) = (r / per_head, r % per_head);
-            let (j, i) = (within / half, within % half);
-            let src = (h * per_head + 2 * i + j) * cols;
-            row.copy_from_slice(&w[src..src + cols]);
-        });
-    Ok(out)
-}
-
-/// Writes the safetensors format one tensor at a time, so memory holds at most one
-/// dequantized tensor (and its un-permuted copy), not the whole model.
-fn write_safetensors(path: &Path, g: &GgufFile, tensors: &[Out]) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({ "format": "pt" }));
-    let mut offset = 0usize;
-    for t in tensors {
-        let len = t
-            .src
-            .n_elements
-            .checked_mul(4)
-            .context("tensor size overflows")?;
-        let end = offset.checked_add(len).context("model size overflows")?;
-        let info = json!({ "dtype": "F32", "shape": t.shape, "data_offsets": [offset, end] });
-        header.insert(t.name.clone(), info);
-        offset = end;
-    }
-    let mut h = serde_json::to_vec(&header)?;
-    // Pad as the python library does, so the data (and every f32 in it) starts 8-aligned.
-    h.resize(h.len().div_ceil(8) * 8, b' ');
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 22, file);
-    let io = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
-    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-    w.write_all(&h).map_err(io)?;
-    for t in tensors {
-        let mut vals = g.dequantize(t.src)?;
-        if let Some(heads) = t.unpermute_heads {
-            let (rows, cols) = (t.shape[0], t.shape[1]);
-            vals = unpermute_rows(&vals, rows, cols, heads)
-                .with_context(|| format!("tensor {}", t.src.name))?;
-        }
-        if cfg!(target_endian = "little") {
-            w.write_all(bytemuck::cast_slice(&vals)).map_err(io)?;
-        } else {
-            for x in &vals {
-                w.write_all(&x.to_le_bytes()).map_err(io)?;
-            }
-        }
-    }
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -1,4 +1,4 @@
-"""Writes the GGUF fixtures of tests/gguf_import.rs into this directory.
+"""Writes the GGUF fixtures of tests/gguf_import/ into this directory.
 
 ok_tiny_llama.gguf is a valid 2-layer llama (written with the `gguf` package) whose weights
 follow formulas the Rust test checks exactly; the others are hand-packed broken files.

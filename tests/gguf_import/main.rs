@@ -3,84 +3,10 @@
 //! files that must be refused with a one-line error.
 use ponder::model::gguf::GgufFile;
 use ponder::model::import::import_gguf;
-use safetensors::SafeTensors;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/bad_inputs/gguf")
-        .join(name)
-}
-
-/// A scratch directory, removed on drop; outputs go one level down so leftovers show.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "ponder-gguf-import-{}-{tag}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-
-    fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The model's tensors as (shape, values), checking the layout the loader relies on.
-fn read_tensors(dir: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-    assert_eq!(
-        (8 + header_len) % 8,
-        0,
-        "data section is not 8-byte aligned"
-    );
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
-            let off = v.data().as_ptr() as usize - bytes.as_ptr() as usize;
-            assert_eq!(off % 4, 0, "{name} is not f32-aligned in the file");
-            let vals = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, (v.shape().to_vec(), vals))
-        })
-        .collect()
-}
-
-fn assert_roundtrip(tok: &tokenizers::Tokenizer, text: &str, ids: &[u32]) {
-    let enc = tok.encode(text, false).unwrap();
-    assert_eq!(enc.get_ids(), ids, "encoding {text:?}");
-    assert_eq!(tok.decode(ids, false).unwrap(), text);
-}
+mod files;
+use files::*;
 
 #[test]
 fn imports_smollm2() {
@@ -298,6 +224,26 @@ fn imports_tiny_llama_exactly() {
         t["model.layers.1.post_attention_layernorm.weight"].1,
         [3.0; 16]
     );
+    // F16 and BF16 tensors are written as they are (ponder holds them at two bytes a value),
+    // the 4-byte ones first so that every value stays aligned; the rest as F32.
+    use safetensors::Dtype;
+    let typed = read_typed_tensors(&out);
+    for (name, want) in [
+        ("model.embed_tokens.weight", Dtype::F16),
+        ("lm_head.weight", Dtype::F16),
+        ("model.layers.1.self_attn.q_proj.weight", Dtype::F16),
+        ("model.layers.1.self_attn.k_proj.weight", Dtype::BF16),
+        ("model.layers.1.self_attn.v_proj.weight", Dtype::F32),
+        ("model.layers.0.self_attn.q_proj.weight", Dtype::F32),
+        ("model.norm.weight", Dtype::F32),
+    ] {
+        assert_eq!(typed[name].0, want, "{name}");
+    }
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    // …and the model loads so (layer 1's q|k|v stack mixes three dtypes and is widened).
+    let cache = ponder::model::source::cache_dir(None);
+    let be = ponder::backend::cpu::Cpu::new();
+    ponder::model::source::load(&be, Some(out.to_str().unwrap()), &cache).unwrap();
 
     let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     assert_roundtrip(&tok, "<|im_start|>the the<|im_end|>", &[1, 260, 261, 2]);
