@@ -210,6 +210,7 @@ fn host_sampling(c: &mut Criterion, model: &str, cfg: &Config) {
             Sampling {
                 temperature: 1.0,
                 top_p: 1.0,
+                top_k: 0,
             },
         ),
         (
@@ -217,6 +218,7 @@ fn host_sampling(c: &mut Criterion, model: &str, cfg: &Config) {
             Sampling {
                 temperature: 1.0,
                 top_p: 0.9,
+                top_k: 0,
             },
         ),
     ] {
@@ -277,6 +279,7 @@ fn cuda(c: &mut Criterion, be: &ponder::backend::cuda::Cuda, default_model: &str
     let top_p = Sampling {
         temperature: 1.0,
         top_p: 0.9,
+        top_k: 0,
     };
     g.bench_function("sample_top_p/16", |b| {
         b.iter(|| {

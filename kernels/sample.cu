@@ -1,6 +1,8 @@
 // Token sampling on the device, reproducing src/sample.rs: one block (1024 threads) per row.
 //   greedy (temperature <= 0 or limit <= 1): argmax over logits[..limit], ties to the lowest id.
 //   temperature: w_i = exp(f64(l_i − max) · (1/T)) (f64, as the CPU), total = Σ w;
+//     top_k (0 < k < limit): w_i = 0 for the ids whose logit is below the k-th largest (f32's
+//     total order, ties at it kept), found by a bitwise search over order keys (32 passes);
 //     top_p >= 1: the first id whose cumulative weight (id order) exceeds u · total;
 //     top_p < 1: the nucleus = the smallest prefix of ids sorted by (w desc, id asc) whose mass
 //     reaches top_p · total; then the draw walks that sorted order: the first element whose
@@ -26,6 +28,7 @@ struct SampleParams {
     int ld;
     int limit;
     int greedy;
+    int top_k;
 };
 
 template <typename T, typename Op>
@@ -69,6 +72,25 @@ struct MaxF { __device__ float operator()(float a, float b) const { return fmaxf
 
 __device__ __forceinline__ unsigned long long bits(double x) {
     return (unsigned long long)__double_as_longlong(x);
+}
+
+// A float's place in f32's total order, as an unsigned key (negatives reversed, below the
+// positives; -0 just below +0): Rust's f32::total_cmp, which the CPU's top-k cut uses.
+__device__ __forceinline__ unsigned int order_key(float x) {
+    const unsigned int b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The key of the k-th largest logit: the largest K with #{i : key(l_i) >= K} >= k.
+__device__ unsigned int top_k_key(const float* l, int limit, int k, int* ish) {
+    unsigned int key = 0;
+    for (int b = 31; b >= 0; --b) {
+        const unsigned int cand = key | (1u << b);
+        int c = 0;
+        for (int i = threadIdx.x; i < limit; i += SB) c += order_key(l[i]) >= cand;
+        if (block_reduce(c, ish, AddI()) >= k) key = cand;
+    }
+    return key;
 }
 
 // Σ w_i over ids whose weight bits are >= tau.
@@ -136,9 +158,11 @@ extern "C" __global__ void __launch_bounds__(SB) sample_rows(const SampleParams 
         return;
     }
     double* w = P.w + row * (size_t)limit;
+    // Every key passes the cut 0 (no top-k).
+    const unsigned int cut = (P.top_k > 0 && P.top_k < limit) ? top_k_key(l, limit, P.top_k, ish) : 0u;
     double part = 0.0;
     for (int i = tid; i < limit; i += SB) {
-        const double x = exp((double)(l[i] - mx) * P.inv_t);
+        const double x = order_key(l[i]) >= cut ? exp((double)(l[i] - mx) * P.inv_t) : 0.0;
         w[i] = x;
         part += x;
     }

@@ -1,5 +1,5 @@
-//! Choosing the next token from logits: greedy, temperature, top-p. One uniform draw per token
-//! (inverse CDF), taken from the branch's own counter-based stream (see rng.rs).
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p. One uniform draw
+//! per token (inverse CDF), taken from the branch's own counter-based stream (see rng.rs).
 use crate::flops::Counts;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -8,13 +8,27 @@ pub struct Sampling {
     pub temperature: f32,
     /// Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p.
     pub top_p: f32,
+    /// Keep only the tokens whose logit is at least the k-th largest (ties at it all kept, as
+    /// HF's top-k filter does), before top-p; 0 keeps every token.
+    pub top_k: usize,
 }
 
 impl Sampling {
     pub const GREEDY: Sampling = Sampling {
         temperature: 0.0,
         top_p: 1.0,
+        top_k: 0,
     };
+}
+
+/// The k-th largest of `l` in f32's total order (-0 below +0), when that filters anything.
+pub fn top_k_cut(l: &[f32], k: usize) -> Option<f32> {
+    if k == 0 || k >= l.len() {
+        return None;
+    }
+    let mut v = l.to_vec();
+    let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    Some(*kth)
 }
 
 /// Samples one id from `logits[..limit]` (ids at or above `limit`, such as added thought
@@ -27,8 +41,16 @@ pub fn sample(logits: &[f32], limit: usize, s: Sampling, u: f64) -> (u32, Counts
     }
     let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let inv_t = 1.0 / s.temperature as f64;
-    // f64 weights: the tail of a 50k-token softmax must not vanish into rounding.
-    let w: Vec<f64> = l.iter().map(|&x| ((x - mx) as f64 * inv_t).exp()).collect();
+    // f64 weights: the tail of a 50k-token softmax must not vanish into rounding. Tokens under
+    // the top-k cut weigh nothing: never drawn, and the softmax renormalised over the rest.
+    let cut = top_k_cut(l, s.top_k);
+    let w: Vec<f64> = l
+        .iter()
+        .map(|&x| match cut {
+            Some(c) if x.total_cmp(&c).is_lt() => 0.0,
+            _ => ((x - mx) as f64 * inv_t).exp(),
+        })
+        .collect();
     let total: f64 = w.iter().sum();
     let cost = Counts::exact(3 * v, v * 4, v);
     if s.top_p < 1.0 {
@@ -115,6 +137,7 @@ mod tests {
         let s = Sampling {
             temperature: 1.0,
             top_p: 1.0,
+            top_k: 0,
         };
         let mut counts = [0usize; 3];
         let n = 20_000;
@@ -161,11 +184,47 @@ mod tests {
     }
 
     #[test]
+    fn top_k_keeps_the_k_largest_and_their_ties() {
+        let logits = [1.0f32, 5.0, 3.0, 5.0, 4.0, 3.0];
+        let s = |k| Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: k,
+        };
+        let seen = |k| {
+            let mut ids = std::collections::BTreeSet::new();
+            for i in 0..3000 {
+                ids.insert(sample(&logits, 6, s(k), crate::rng::uniform(4, 2, i)).0);
+            }
+            ids.into_iter().collect::<Vec<u32>>()
+        };
+        assert_eq!(seen(1), [1, 3], "the tie at the cut is kept");
+        assert_eq!(seen(3), [1, 3, 4]);
+        assert_eq!(seen(4), [1, 2, 3, 4, 5], "both 3.0s tie at the 4th");
+        assert_eq!(seen(0), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(seen(6), seen(0));
+        // Within the kept tokens the draw is the softmax renormalised over them: for the same
+        // uniform, top-k over these weights picks what an unfiltered draw over the kept
+        // logits alone picks.
+        let kept = [5.0f32, 5.0, 4.0];
+        for i in 0..200 {
+            let u = crate::rng::uniform(4, 3, i);
+            let a = sample(&logits, 6, s(3), u).0;
+            let b = [1u32, 3, 4][sample(&kept, 3, s(0), u).0 as usize];
+            assert_eq!(a, b, "u = {u}");
+        }
+        // -0 sorts below +0 (f32's total order, the device's key order too).
+        assert_eq!(top_k_cut(&[0.0, -0.0, 1.0], 2), Some(0.0));
+        assert!(top_k_cut(&[0.0, -0.0, 1.0], 2).unwrap().is_sign_positive());
+    }
+
+    #[test]
     fn top_p_keeps_only_the_nucleus() {
         let logits = [0.0f32, (2.0f32).ln(), (7.0f32).ln()];
         let s = Sampling {
             temperature: 1.0,
             top_p: 0.75,
+            top_k: 0,
         };
         for i in 0..2000 {
             let id = sample(&logits, 3, s, crate::rng::uniform(9, 1, i)).0;
@@ -174,6 +233,7 @@ mod tests {
         let s = Sampling {
             temperature: 1.0,
             top_p: 0.5,
+            top_k: 0,
         };
         for i in 0..200 {
             assert_eq!(sample(&logits, 3, s, crate::rng::uniform(9, 1, i)).0, 2);

@@ -152,3 +152,61 @@ fn sweep_reports_every_budget_and_draws_the_frontier() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--top-k 1` keeps only the most likely token (and its ties, which random logits do not
+/// have): sampling at temperature 1 then gives the greedy text, for `generate` and for a
+/// method's votes, while without it the draws differ.
+#[test]
+fn top_k_one_samples_what_greedy_picks() {
+    let gen = |extra: &[&str]| {
+        let base = [
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt",
+            "2+2=",
+            "--max-tokens",
+            "12",
+        ];
+        ponder(&[&base[..], extra].concat()).0
+    };
+    let greedy = gen(&["--temperature", "0"]);
+    assert_eq!(
+        gen(&["--temperature", "1", "--top-k", "1", "--seed", "5"]),
+        greedy
+    );
+    assert_ne!(gen(&["--temperature", "1", "--seed", "5"]), greedy);
+    let solve = |extra: &[&str]| {
+        let base = [
+            "solve",
+            "--method",
+            "baseline",
+            "--model",
+            "synthetic:tiny",
+            "--question",
+            "2+2?",
+            "--votes",
+            "2",
+            "--max-tokens",
+            "8",
+            "--answer-tokens",
+            "2",
+            "--json",
+        ];
+        let out: serde_json::Value =
+            serde_json::from_str(&ponder(&[&base[..], extra].concat()).0).unwrap();
+        let votes = out["votes"].as_array().unwrap().clone();
+        votes
+            .iter()
+            .map(|v| v["text"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (
+        solve(&["--top-k", "1", "--seed", "1"]),
+        solve(&["--top-k", "1", "--seed", "2"]),
+    );
+    assert_eq!(a, b, "one token to choose from: the seed does not matter");
+    assert_eq!(a[0], a[1], "nor the vote");
+    let c = solve(&["--seed", "1"]);
+    assert_ne!(c, a, "without --top-k the votes are drawn");
+}

@@ -73,6 +73,10 @@ pub struct Opts {
     pub aggregate: AggregateArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Sample votes and steps from the k most likely tokens only (ties at the k-th kept);
+    /// 0, the protocol's: every token. 50 is HF's default, which the study's code sampled with.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
     /// Tokens per vote before the answer phase; default 384, the protocol's (48 with --quick).
     #[arg(long)]
     pub max_tokens: Option<usize>,
@@ -189,6 +193,7 @@ impl Opts {
                 ProtocolArg::Wu => Protocol::Wu,
             },
             rebase_temperature: self.rebase_temperature,
+            top_k: self.top_k,
             fixed_lengths: self.fixed_lengths,
             max_tokens,
             answer_tokens: self.answer_tokens,

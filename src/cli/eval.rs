@@ -153,6 +153,7 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str, cfg: &Config) -> Manifest
             format!("{:?}", s.aggregate).to_lowercase(),
         )
         .set("temperature", s.temperature)
+        .set("top-k", s.top_k)
         .set("fixed-lengths", s.fixed_lengths)
         .set("max-tokens", s.max_tokens)
         .set("answer-tokens", s.answer_tokens)

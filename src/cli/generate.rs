@@ -31,6 +31,10 @@ pub struct Args {
     temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Sample from the k most likely tokens only (ties at the k-th kept), before --top-p;
+    /// 0: every token.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Apply the model's chat template to the prompt.
@@ -133,6 +137,7 @@ impl OnBackend for Generate {
             sampling: Sampling {
                 temperature: a.temperature,
                 top_p: a.top_p,
+                top_k: a.top_k,
             },
             seed: a.seed,
             stop: a.stop.clone(),

@@ -17,6 +17,11 @@ pub const MANIFEST: &str = "run.json";
 /// difference is reported, not refused.
 const TIMING_ONLY: &[&str] = &["device"];
 
+/// Fields recorded since a later version, with the value every run before it had (None: it
+/// varied and went unrecorded, so it is not compared): a folder written before a field existed
+/// still resumes and merges with runs that agree with it.
+const LATER_FIELDS: &[(&str, Option<&str>)] = &[("kv-pages", None), ("top-k", Some("0"))];
+
 /// Field name → value, in a stable order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest(pub BTreeMap<String, String>);
@@ -48,10 +53,20 @@ impl Manifest {
         keys.into_iter()
             .filter(|k| timing == TIMING_ONLY.contains(&k.as_str()))
             .find_map(|k| {
-                let (a, b) = (self.0.get(k), other.0.get(k));
+                let (mut a, mut b) = (self.0.get(k).cloned(), other.0.get(k).cloned());
+                if let Some((_, before)) = LATER_FIELDS.iter().find(|(f, _)| f == k) {
+                    match before {
+                        None if a.is_none() || b.is_none() => return None,
+                        None => {}
+                        Some(v) => {
+                            a = a.or(Some(v.to_string()));
+                            b = b.or(Some(v.to_string()));
+                        }
+                    }
+                }
                 (a != b).then(|| {
-                    let a = a.cloned().unwrap_or_else(none);
-                    let b = b.cloned().unwrap_or_else(none);
+                    let a = a.unwrap_or_else(none);
+                    let b = b.unwrap_or_else(none);
                     (k.clone(), a, b)
                 })
             })
@@ -259,6 +274,27 @@ mod tests {
         assert_eq!(
             a.first_difference(&c, false),
             Some(("prm".into(), "(none)".into(), "p".into()))
+        );
+    }
+
+    #[test]
+    fn a_field_recorded_later_is_compared_with_what_older_runs_had() {
+        let old = manifest(1, "cpu");
+        let mut now = old.clone();
+        now.set("kv-pages", 4096).set("top-k", 0);
+        // kv-pages went unrecorded (it varied), top-k was always off.
+        assert_eq!(old.first_difference(&now, false), None);
+        assert_eq!(now.first_difference(&old, false), None);
+        now.set("top-k", 50);
+        assert_eq!(
+            old.first_difference(&now, false),
+            Some(("top-k".into(), "0".into(), "50".into()))
+        );
+        let mut other = now.clone();
+        other.set("kv-pages", 12).set("top-k", 50);
+        assert_eq!(
+            now.first_difference(&other, false),
+            Some(("kv-pages".into(), "4096".into(), "12".into()))
         );
     }
 

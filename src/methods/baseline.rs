@@ -81,6 +81,7 @@ fn sample_votes<B: Backend>(
     let sampling = Sampling {
         temperature: s.temperature,
         top_p: 1.0,
+        top_k: s.top_k,
     };
     let rule = StopRule {
         stop_ids: p.stop_ids(),

@@ -34,6 +34,9 @@ pub struct Settings {
     pub rebase_temperature: f64,
     /// Sampling temperature of the policy (the protocol's 1.0).
     pub temperature: f32,
+    /// The policy's top-k filter for votes and steps (0, the protocol's: none; HF's default
+    /// of 50 is what the study's code sampled with). Thoughts always sample the full vocabulary.
+    pub top_k: usize,
     /// Run every vote, step and thought to its token limit (replays the study's workload).
     pub fixed_lengths: bool,
     /// Token limits (protocol values by default; smaller for quick runs).
@@ -71,6 +74,7 @@ impl Default for Settings {
             protocol: Protocol::Seed,
             rebase_temperature: 0.2,
             temperature: 1.0,
+            top_k: 0,
             fixed_lengths: false,
             max_tokens: 384,
             answer_tokens: 12,

@@ -409,6 +409,7 @@ impl<B: Backend> ThoughtStep<'_, B> {
         let any = Sampling {
             temperature: 1.0,
             top_p: 1.0,
+            top_k: 0,
         };
         // Incremental mode feeds the last sampled token and the end marker in one pass (two
         // new tokens of each fork): the same tokens at the same positions, so the same

@@ -358,6 +358,7 @@ fn sampling(s: &Settings) -> Sampling {
     Sampling {
         temperature: s.temperature,
         top_p: 1.0,
+        top_k: s.top_k,
     }
 }
 

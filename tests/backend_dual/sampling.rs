@@ -1,4 +1,5 @@
-//! Device sampling (argmax, temperature, top-p, Gumbel) against a naive sampler given the same uniforms.
+//! Device sampling (argmax, temperature, top-k, top-p, Gumbel) against a naive sampler given the
+//! same uniforms.
 use super::*;
 
 /// src/sample.rs's semantics written out plainly: sort, cut, walk.
@@ -17,9 +18,18 @@ pub(crate) fn naive_sample(l: &[f32], limit: usize, s: Sampling, u: f64) -> u32 
         return argmax();
     }
     let mx = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    // Top-k: the k-th value of a full sort (f32's total order), ties at it kept.
+    let cut = (s.top_k > 0 && s.top_k < l.len()).then(|| {
+        let mut sorted = l.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        sorted[s.top_k - 1]
+    });
     let w: Vec<f64> = l
         .iter()
-        .map(|x| ((x - mx) as f64 / s.temperature as f64).exp())
+        .map(|x| match cut {
+            Some(c) if x.total_cmp(&c).is_lt() => 0.0,
+            _ => ((x - mx) as f64 / s.temperature as f64).exp(),
+        })
         .collect();
     let total: f64 = w.iter().sum();
     let mut order: Vec<usize> = (0..l.len()).collect();
@@ -74,24 +84,23 @@ pub(crate) fn sampling_case<B: Backend>(
     logits[(rows - 1) * v + 7] = 40.0; // a dominant token
     logits[(rows / 2) * v + limit + 5] = 90.0; // past the limit: never chosen
     let t = be.tensor(rows, v, &logits)?;
+    let s = |temperature, top_p, top_k| Sampling {
+        temperature,
+        top_p,
+        top_k,
+    };
     let settings = [
         Sampling::GREEDY,
-        Sampling {
-            temperature: 1.0,
-            top_p: 1.0,
-        },
-        Sampling {
-            temperature: 0.7,
-            top_p: 0.9,
-        },
-        Sampling {
-            temperature: 1.3,
-            top_p: 0.5,
-        },
-        Sampling {
-            temperature: 1.0,
-            top_p: 1e-4,
-        },
+        s(1.0, 1.0, 0),
+        s(0.7, 0.9, 0),
+        s(1.3, 0.5, 0),
+        s(1.0, 1e-4, 0),
+        // Top-k alone and before top-p; a k that cuts inside a run of ties on the grid; one
+        // past the limit (no filter).
+        s(1.0, 1.0, 50),
+        s(0.8, 0.9, 7),
+        s(1.0, 1.0, 1),
+        s(1.0, 1.0, limit + 3),
     ];
     for (si, s) in settings.iter().enumerate() {
         for draw in 0..draws {

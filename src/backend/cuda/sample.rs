@@ -19,9 +19,10 @@ struct SampleParams {
     ld: i32,
     limit: i32,
     greedy: i32,
+    top_k: i32,
 }
 
-const _: () = assert!(std::mem::size_of::<SampleParams>() == 56);
+const _: () = assert!(std::mem::size_of::<SampleParams>() == 64);
 
 impl Cuda {
     /// One id per row of `logits`, from ids below `limit`, with `u[row]` the row's uniform
@@ -70,6 +71,8 @@ impl Cuda {
             ld: l.cols as i32,
             limit: limit as i32,
             greedy: greedy as i32,
+            // k at or past the limit filters nothing (as on the CPU).
+            top_k: s.top_k.min(limit) as i32,
         };
         self.launch_struct("sample_rows", (rows as u32, 1, 1), 1024, 0, &p)?;
         let ids = self.dev().download(&out)?;
