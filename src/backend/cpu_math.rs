@@ -14,7 +14,7 @@ pub trait Weight: Copy + Send + Sync {
     /// Eight values at `p` as f32 lanes.
     ///
     /// # Safety
-    /// `p` points at eight readable values and the CPU has AVX2.
+    /// `p` points at eight readable values and the CPU has AVX2 and F16C (`has_avx2`).
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }

@@ -114,6 +114,7 @@ fn write(dir: &Path, m: &Manifest) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(MANIFEST);
     let text = serde_json::to_string_pretty(m)? + "\n";
+    crate::input::refuse_non_regular(&path, "")?;
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -124,6 +125,21 @@ fn write(dir: &Path, m: &Manifest) -> Result<()> {
 pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(".lock");
+    // Every file the eval will read or write there, before any work: opening a pipe would
+    // wait forever, and a device would never end.
+    use super::report::{FLOPS_SVG, REPORT_MD, SECONDS_SVG, SUMMARY_CSV, SUMMARY_JSON};
+    for name in [
+        ".lock",
+        MANIFEST,
+        RESULTS,
+        REPORT_MD,
+        SUMMARY_CSV,
+        SUMMARY_JSON,
+        FLOPS_SVG,
+        SECONDS_SVG,
+    ] {
+        crate::input::refuse_non_regular(&dir.join(name), "")?;
+    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -369,6 +369,7 @@ pub fn write_report(
     let summaries = summarize(records);
     let write = |name: &str, text: &str| -> Result<()> {
         let path = dir.join(name);
+        crate::input::refuse_non_regular(&path, "")?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
     let md = markdown::render(records, &summaries, settings);

@@ -91,7 +91,8 @@ pub fn run<B: Backend>(
     for line in other_budgets(&held, &plan.runs()) {
         eprintln!("{line}");
     }
-    let mut skipped = 0;
+    // Rows skipped as too long, per run (label), for the closing line.
+    let mut skipped: Vec<(String, Vec<usize>)> = Vec::new();
     for (method, budget) in plan.runs() {
         let mut s = plan.settings.clone();
         if method.uses_prm() {
@@ -125,6 +126,7 @@ pub fn run<B: Backend>(
             b.expect(n_workers);
         }
         let mut first_error = None;
+        let mut too_long = Vec::new();
         std::thread::scope(|sc| {
             for e in workers.iter_mut().take(n_workers) {
                 let (tx, todo, next, stop, s) = (tx.clone(), &todo, &next, &stop, &s);
@@ -160,7 +162,7 @@ pub fn run<B: Backend>(
                     Err(e) if does_not_fit(&e) => {
                         eprintln!("ponder: [{}] skipping row {}: {e}", progress.label, p.index);
                         progress.total -= 1;
-                        skipped += 1;
+                        too_long.push(p.index);
                         continue;
                     }
                     Err(e) => {
@@ -194,14 +196,32 @@ pub fn run<B: Backend>(
                 records.push(rec);
             }
         });
+        if !too_long.is_empty() {
+            too_long.sort_unstable();
+            skipped.push((progress.label.clone(), too_long));
+        }
         if let Some(e) = first_error {
             return Err(e);
         }
     }
-    if records.is_empty() && skipped > 0 {
-        anyhow::bail!(
-            "no problem fits the model's positions at these token limits ({skipped} skipped)"
+    if !skipped.is_empty() {
+        // Said again at the end, beside the report: a method's accuracy there counts only
+        // the problems it ran, which may differ between methods.
+        let runs: Vec<String> = skipped
+            .iter()
+            .map(|(label, rows)| {
+                let rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+                format!("{label} row(s) {}", rows.join(", "))
+            })
+            .collect();
+        eprintln!(
+            "ponder: skipped as too long for the model's positions (no record, not in the \
+             report): {}",
+            runs.join("; ")
         );
+        if records.is_empty() {
+            anyhow::bail!("no problem fits the model's positions at these token limits");
+        }
     }
     Ok(records)
 }

@@ -61,7 +61,10 @@ impl<'a, B: Backend> Prm<'a, B> {
         let mut ids = Vec::new();
         ids.extend(self.runner.model.cfg.bos_token_id);
         ids.extend(self.tok.encode(&format!("{question} "))?);
-        self.check_fits(ids.len())?;
+        // Before any page is taken: a question the PRM cannot even read is skipped by an
+        // evaluation (DoesNotFit), as one the policy cannot.
+        self.check_fits(ids.len())
+            .map_err(|e| super::common::DoesNotFit(e.to_string()))?;
         let b = Branch::new(self.runner.pool.create(), ids, 0);
         self.root_len = b.all.len();
         // Cache the question once: every first-level child forks it instead of re-reading it.

@@ -183,6 +183,9 @@ fn devices_and_pipes_are_refused_where_a_file_is_read() {
         std::os::unix::fs::symlink(dev, rd.join("results.jsonl")).unwrap();
         let r = rd.to_str().unwrap();
         assert_one_line_error(&["report", r], &["is not a regular file"]);
+        // An eval into that folder is refused before it writes run.json (which would block).
+        let eval = [&["eval", "--out", r, "--limit", "1"][..], &tiny].concat();
+        assert_one_line_error(&eval, &["run.json is not a regular file"]);
         std::fs::remove_file(rd.join("run.json")).unwrap();
         assert_one_line_error(&["report", r], &["results.jsonl is not a regular file"]);
     }
