@@ -1,6 +1,6 @@
 //! Inner loops of the CPU backend. Written so LLVM vectorises them (eight independent
-//! accumulators), and compiled twice: for AVX2+FMA (+F16C), picked at run time, and for the baseline
-//! target, so one binary is fast on modern x86-64 and still runs everywhere.
+//! accumulators), and compiled twice: for AVX2+FMA+F16C, picked at run time, and for the
+//! baseline target, so one binary is fast on modern x86-64 and still runs everywhere.
 //!
 //! The dot products read their second operand (a weight row) as f32, as bf16 bits or as f16
 //! (`Weight`): a 16-bit value is widened, exactly, right before its FMA, in a register on

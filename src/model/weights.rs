@@ -236,7 +236,10 @@ impl Weights {
             );
         }
         if let Some(i) = t.first_non_finite() {
-            bail!("tensor {name} holds a NaN or infinite value (element {i}): the checkpoint is corrupt");
+            bail!(
+                "tensor {name} holds a NaN or infinite value (element {i}): the checkpoint is \
+                 corrupt"
+            );
         }
         Ok(t)
     }
