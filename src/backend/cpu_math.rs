@@ -1,6 +1,6 @@
 //! Inner loops of the CPU backend. Written so LLVM vectorises them (eight independent
-//! accumulators), and compiled twice: for AVX2+FMA+F16C, picked at run time, and for the
-//! baseline target, so one binary is fast on modern x86-64 and still runs everywhere.
+//! accumulators), and compiled for AVX2+FMA (with F16C for f16 weights), picked at run time,
+//! and for the baseline target, so one binary is fast on modern x86-64 and runs everywhere.
 //!
 //! The dot products read their second operand (a weight row) as f32, as bf16 bits or as f16
 //! (`Weight`): a 16-bit value is widened, exactly, right before its FMA, in a register on
@@ -9,12 +9,14 @@
 
 /// A weight element as the dot products read it: f32, bf16 held as its bits (u16), or f16.
 pub trait Weight: Copy + Send + Sync {
-    /// The value as f32 (exact for both).
+    /// Whether `load8` needs F16C (besides AVX2 and FMA).
+    const F16C: bool = false;
+    /// The value as f32 (exact for every type).
     fn f32(self) -> f32;
     /// Eight values at `p` as f32 lanes.
     ///
     /// # Safety
-    /// `p` points at eight readable values and the CPU has AVX2 and F16C (`has_avx2`).
+    /// `p` points at eight readable values, and the CPU has AVX2, and F16C if `F16C` (`simd`).
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
@@ -47,11 +49,12 @@ impl Weight for u16 {
 }
 
 impl Weight for half::f16 {
+    const F16C: bool = true;
     #[inline(always)]
     fn f32(self) -> f32 {
         self.to_f32()
     }
-    /// F16C's conversion (every AVX2 CPU has it; `has_avx2` checks), exact like half's.
+    /// F16C's conversion, exact like half's.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
@@ -129,17 +132,12 @@ fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2<W: Weight>(a: &[f32], b: &[W]) -> f32 {
-    dot_body(a, b)
-}
-
 /// `dot4_body` in AVX2 registers: lanes 0..8 and 8..16 of each row's accumulator are two
-/// ymm registers, so the four rows keep eight independent FMA chains in flight.
+/// ymm registers, so the four rows keep eight independent FMA chains in flight. Inlined into
+/// the `simd_kernels!` wrappers, which enable the CPU features.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot4_avx2<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
+#[inline(always)]
+unsafe fn dot4_simd<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let n = b.iter().fold(a.len(), |n, r| n.min(r.len()));
     let full = n / 16 * 16;
@@ -166,41 +164,13 @@ unsafe fn dot4_avx2<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
     out
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
-    axpy_body(y, a, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    use std::sync::OnceLock;
-    static F: OnceLock<bool> = OnceLock::new();
-    *F.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
-}
-
-/// Σ a·b over the common length.
-#[inline]
-pub fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports avx2, fma and f16c (checked above).
-        return unsafe { dot_avx2(a, b) };
-    }
-    dot_body(a, b)
-}
-
 /// `M` rows of `a` against four rows `b`, every output bit for bit `dot_body(a[i], b[r])`.
 /// Lanes 0..8 and 8..16 of a dot product's accumulator are independent chains, so they are
 /// computed one half after the other: each half keeps M × 4 ymm accumulators and loads M + 4
 /// vectors for M × 4 FMAs (dot4 loads 10 for 8), and both halves meet in `finish`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows4_avx2<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f32; 4]; M] {
+#[inline(always)]
+unsafe fn dot_rows4_simd<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f32; 4]; M] {
     use std::arch::x86_64::*;
     let n = a.iter().fold(usize::MAX, |n, r| n.min(r.len()));
     let n = b.iter().fold(n, |n, r| n.min(r.len()));
@@ -236,13 +206,89 @@ unsafe fn dot_rows4_avx2<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]
     out
 }
 
+/// The SIMD kernels compiled for one set of CPU features: AVX2+FMA for f32 and bf16 weights,
+/// and with F16C besides for f16 ones, so that a CPU with AVX2 but without F16C still runs the
+/// f32 and bf16 kernels at speed.
+macro_rules! simd_kernels {
+    ($features:literal, $dot:ident, $dot4:ident, $rows4:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
+            dot_body(a, b)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $dot4<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
+            dot4_simd(a, b)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $rows4<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f32; 4]; M] {
+            dot_rows4_simd(a, b)
+        }
+    };
+}
+simd_kernels!("avx2,fma", dot_avx2, dot4_avx2, dot_rows4_avx2);
+simd_kernels!("avx2,fma,f16c", dot_f16c, dot4_f16c, dot_rows4_f16c);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+    axpy_body(y, a, x)
+}
+
+/// Which SIMD kernels this CPU runs for weights of type W: None (the portable loops), the
+/// AVX2+FMA ones, or for f16 weights the ones with F16C too.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq)]
+enum Simd {
+    None,
+    Avx2,
+    F16c,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd<W: Weight>() -> Simd {
+    use std::sync::OnceLock;
+    static F: OnceLock<(bool, bool)> = OnceLock::new();
+    let (avx2, f16c) = *F.get_or_init(|| {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        (avx2, avx2 && is_x86_feature_detected!("f16c"))
+    });
+    match (W::F16C, avx2, f16c) {
+        (false, true, _) => Simd::Avx2,
+        (true, _, true) => Simd::F16c,
+        _ => Simd::None,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    simd::<f32>() == Simd::Avx2
+}
+
+/// Σ a·b over the common length.
+#[inline]
+pub fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
+    // SAFETY (all three): `simd` checked the CPU for the features each kernel enables.
+    #[cfg(target_arch = "x86_64")]
+    match simd::<W>() {
+        Simd::Avx2 => return unsafe { dot_avx2(a, b) },
+        Simd::F16c => return unsafe { dot_f16c(a, b) },
+        Simd::None => {}
+    }
+    dot_body(a, b)
+}
+
 /// `dot4` for `M` rows of `a` at once: `[dot4(a[0], b), …]`, bit for bit.
 #[inline]
 pub fn dot_rows4<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f32; 4]; M] {
+    // SAFETY: as in `dot`.
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: as in `dot`.
-        return unsafe { dot_rows4_avx2(a, b) };
+    match simd::<W>() {
+        Simd::Avx2 => return unsafe { dot_rows4_avx2(a, b) },
+        Simd::F16c => return unsafe { dot_rows4_f16c(a, b) },
+        Simd::None => {}
     }
     a.map(|x| dot4_body(x, b))
 }
@@ -250,10 +296,12 @@ pub fn dot_rows4<W: Weight, const M: usize>(a: [&[f32]; M], b: [&[W]; 4]) -> [[f
 /// `[dot(a, b[0]), …, dot(a, b[3])]`, bit for bit, faster.
 #[inline]
 pub fn dot4<W: Weight>(a: &[f32], b: [&[W]; 4]) -> [f32; 4] {
+    // SAFETY: as in `dot`.
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: as in `dot`.
-        return unsafe { dot4_avx2(a, b) };
+    match simd::<W>() {
+        Simd::Avx2 => return unsafe { dot4_avx2(a, b) },
+        Simd::F16c => return unsafe { dot4_f16c(a, b) },
+        Simd::None => {}
     }
     dot4_body(a, b)
 }
@@ -396,17 +444,29 @@ mod tests {
         (sign * v) as f32
     }
 
+    /// f16 weights never reach a kernel compiled without F16C; the others need only AVX2+FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn each_weight_type_gets_the_kernels_its_load_needs() {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let f16c = avx2 && is_x86_feature_detected!("f16c");
+        let want = |ok, s| if ok { s } else { Simd::None };
+        assert!(simd::<f32>() == want(avx2, Simd::Avx2));
+        assert!(simd::<u16>() == want(avx2, Simd::Avx2));
+        assert!(simd::<half::f16>() == want(f16c, Simd::F16c));
+    }
+
     /// `load8` widens every 16-bit pattern as half does (NaNs stay NaNs).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn load8_widens_every_pattern_exactly() {
-        if !has_avx2() {
-            return;
-        }
         fn check<W: Weight>(all: &[W], want: impl Fn(W) -> f32, name: &str) {
+            if simd::<W>() == Simd::None {
+                return;
+            }
             for (i, c) in all.chunks_exact(8).enumerate() {
                 let mut got = [0.0f32; 8];
-                // SAFETY: eight values at c, and the CPU has AVX2 and F16C.
+                // SAFETY: eight values at c, and the CPU has what W's load8 needs (`simd`).
                 unsafe {
                     std::arch::x86_64::_mm256_storeu_ps(got.as_mut_ptr(), W::load8(c.as_ptr()))
                 };
