@@ -210,3 +210,56 @@ fn top_k_one_samples_what_greedy_picks() {
     let c = solve(&["--seed", "1"]);
     assert_ne!(c, a, "without --top-k the votes are drawn");
 }
+
+/// A job array larger than the data: the shards with nothing to run succeed, leaving their
+/// folders empty, and `ponder report` merges every folder into the report of the whole.
+#[test]
+fn an_array_larger_than_the_data_still_merges() {
+    let root = std::env::temp_dir().join(format!("ponder-array-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let base = [
+        "eval",
+        "--model",
+        "synthetic:tiny",
+        "--method",
+        "baseline",
+        "--votes",
+        "1",
+        "--max-tokens",
+        "2",
+        "--answer-tokens",
+        "1",
+        "--limit",
+        "2",
+    ];
+    let mut dirs = Vec::new();
+    for i in 0..4 {
+        let d = root.join(format!("s{i}"));
+        let shard = format!("{i}/4");
+        let (_, err) = ponder(
+            &[
+                &base[..],
+                &["--shard", &shard, "--out", d.to_str().unwrap()],
+            ]
+            .concat(),
+        );
+        if i >= 2 {
+            assert!(
+                err.contains("--shard ") && err.contains("is left empty"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "nothing written");
+        }
+        dirs.push(d.to_str().unwrap().to_string());
+    }
+    let merged = root.join("merged");
+    let mut args = vec!["report"];
+    args.extend(dirs.iter().map(String::as_str));
+    args.extend(["--out", merged.to_str().unwrap()]);
+    ponder(&args);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary[0]["n"], 2, "{summary}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -104,7 +104,18 @@ fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
         limit: a.limit.or(if a.opts.quick { Some(3) } else { None }),
         shard: a.shard.as_deref().map(parse_shard).transpose()?,
     };
-    let problems = select(&data, &sel)?;
+    let problems = match select(&data, &sel) {
+        Err(e) if e.is::<ponder::eval::data::EmptyShard>() => {
+            std::fs::create_dir_all(&a.out)
+                .with_context(|| format!("cannot create {}", a.out.display()))?;
+            eprintln!(
+                "ponder: {e}: {} is left empty, and `ponder report` merges it as adding nothing",
+                a.out.display()
+            );
+            return Ok(());
+        }
+        other => other?,
+    };
     let data_id = data_fingerprint(&data);
     let device = a.opts.device;
     with_backend(

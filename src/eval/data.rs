@@ -78,6 +78,13 @@ pub fn load(path: Option<&Path>) -> Result<Loaded> {
     Ok(parse(&text))
 }
 
+/// A shard of a job array with nothing to run, while other shards have problems: an eval
+/// leaves its folder empty (which `ponder report` merges as contributing nothing) and
+/// succeeds, so that an array larger than the data still completes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EmptyShard(pub String);
+
 /// Which rows to run.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
@@ -134,16 +141,27 @@ pub fn select(data: &Loaded, sel: &Selection) -> Result<Vec<Problem>> {
         }
         rows.truncate(l);
     }
+    let valid = |rows: &[usize]| {
+        rows.iter()
+            .any(|&r| matches!(data.rows.get(r), Some(Some(_))))
+    };
     if let Some((i, n)) = sel.shard {
         let before = rows.len();
+        let any = valid(&rows);
         rows = rows
             .into_iter()
             .enumerate()
             .filter(|(k, _)| k % n == i)
             .map(|(_, r)| r)
             .collect();
-        if rows.is_empty() {
-            bail!("--shard {i}/{n} gets none of the {before} selected problems");
+        // Another shard of the same job has work: this one is empty, not wrong.
+        if any && !valid(&rows) {
+            return Err(EmptyShard(format!(
+                "--shard {i}/{n} gets no problem to run of the {before} selected ({} of its \
+                 rows, all malformed)",
+                rows.len()
+            ))
+            .into());
         }
     }
     let out: Vec<Problem> = rows
@@ -245,6 +263,28 @@ mod tests {
             vec![2, 3, 4]
         );
         assert!(parse_shard("3/3").is_err() && parse_shard("x").is_err());
+        // A shard with nothing to run while others have work is empty, not an error of the
+        // data: 3 problems over 8 shards, or a shard whose one row is malformed.
+        let shard = |i, n, limit| Selection {
+            shard: Some((i, n)),
+            limit: Some(limit),
+            ..Default::default()
+        };
+        let e = select(&d, &shard(5, 8, 3)).unwrap_err();
+        assert!(e.is::<EmptyShard>(), "{e}");
+        let text = "{\"question\":\"a\",\"answer\":\"#### 1\"}\nnot json\n";
+        let bad = parse(text);
+        assert!(select(&bad, &shard(1, 2, 2))
+            .unwrap_err()
+            .is::<EmptyShard>());
+        assert_eq!(select(&bad, &shard(0, 2, 2)).unwrap().len(), 1);
+        // With nothing valid anywhere, it stays the data's error.
+        let none = parse("not json\n{oops\n");
+        let e = select(&none, &shard(0, 2, 2)).unwrap_err();
+        assert!(
+            !e.is::<EmptyShard>() && e.to_string().contains("all malformed"),
+            "{e}"
+        );
         assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
     }
 }
