@@ -2,7 +2,7 @@
 //   greedy (temperature <= 0 or limit <= 1): argmax over logits[..limit], ties to the lowest id.
 //   temperature: w_i = exp(f64(l_i − max) · (1/T)) (f64, as the CPU), total = Σ w;
 //     top_k (0 < k < limit): w_i = 0 for the ids whose logit is below the k-th largest (f32's
-//     total order, ties at it kept), found by a bitwise search over order keys (32 passes);
+//     total order, -0 as +0, ties at it kept), found by a bitwise search over order keys;
 //     top_p >= 1: the first id whose cumulative weight (id order) exceeds u · total;
 //     top_p < 1: the nucleus = the smallest prefix of ids sorted by (w desc, id asc) whose mass
 //     reaches top_p · total; then the draw walks that sorted order: the first element whose
@@ -75,8 +75,10 @@ __device__ __forceinline__ unsigned long long bits(double x) {
 }
 
 // A float's place in f32's total order, as an unsigned key (negatives reversed, below the
-// positives; -0 just below +0): Rust's f32::total_cmp, which the CPU's top-k cut uses.
+// positives), with -0 taken as +0 (they tie under HF's `<`): src/sample.rs's top_k_key
+// compared by f32::total_cmp, as the CPU's top-k cut does.
 __device__ __forceinline__ unsigned int order_key(float x) {
+    if (x == 0.0f) x = 0.0f;
     const unsigned int b = __float_as_uint(x);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }

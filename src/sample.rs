@@ -21,12 +21,23 @@ impl Sampling {
     };
 }
 
-/// The k-th largest of `l` in f32's total order (-0 below +0), when that filters anything.
+/// A logit as top-k compares it: f32's total order, except that -0 and +0 tie, as they do
+/// under HF's `<` (the order then gives NaN a place, which `<` does not).
+#[inline]
+pub fn top_k_key(x: f32) -> f32 {
+    if x == 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// The k-th largest of `l` by `top_k_key`, when that filters anything.
 pub fn top_k_cut(l: &[f32], k: usize) -> Option<f32> {
     if k == 0 || k >= l.len() {
         return None;
     }
-    let mut v = l.to_vec();
+    let mut v: Vec<f32> = l.iter().map(|&x| top_k_key(x)).collect();
     let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     Some(*kth)
 }
@@ -47,7 +58,7 @@ pub fn sample(logits: &[f32], limit: usize, s: Sampling, u: f64) -> (u32, Counts
     let w: Vec<f64> = l
         .iter()
         .map(|&x| match cut {
-            Some(c) if x.total_cmp(&c).is_lt() => 0.0,
+            Some(c) if top_k_key(x).total_cmp(&c).is_lt() => 0.0,
             _ => ((x - mx) as f64 * inv_t).exp(),
         })
         .collect();
@@ -213,9 +224,13 @@ mod tests {
             let b = [1u32, 3, 4][sample(&kept, 3, s(0), u).0 as usize];
             assert_eq!(a, b, "u = {u}");
         }
-        // -0 sorts below +0 (f32's total order, the device's key order too).
-        assert_eq!(top_k_cut(&[0.0, -0.0, 1.0], 2), Some(0.0));
-        assert!(top_k_cut(&[0.0, -0.0, 1.0], 2).unwrap().is_sign_positive());
+        // -0 and +0 tie (HF's `<`): both are kept at a cut of zero, whichever comes first.
+        let zeros = [-0.0f32, 2.0, 0.0, -1.0];
+        let mut kept = std::collections::BTreeSet::new();
+        for i in 0..500 {
+            kept.insert(sample(&zeros, 4, s(2), crate::rng::uniform(4, 4, i)).0);
+        }
+        assert_eq!(kept.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
     }
 
     #[test]

@@ -245,13 +245,25 @@ fn an_array_larger_than_the_data_still_merges() {
         );
         if i >= 2 {
             assert!(
-                err.contains("--shard ") && err.contains("is left empty"),
+                err.contains("none of them") && err.contains("stays empty"),
                 "{err}"
             );
             assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "nothing written");
         }
         dirs.push(d.to_str().unwrap().to_string());
     }
+    // A shard with nothing to run refuses a folder that holds a run (it checks nothing
+    // against it, and a merge would take its results).
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args([&base[..], &["--shard", "3/4", "--out", &dirs[0]]].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("exists: give this shard an empty --out"),
+        "{err}"
+    );
     let merged = root.join("merged");
     let mut args = vec!["report"];
     args.extend(dirs.iter().map(String::as_str));

@@ -106,10 +106,26 @@ fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
     };
     let problems = match select(&data, &sel) {
         Err(e) if e.is::<ponder::eval::data::EmptyShard>() => {
+            // Nothing is written, so nothing is checked against this run: a folder holding
+            // anything of a run (another shard's, an old one's) is refused instead of being
+            // called empty and merged later.
+            let held = [
+                ponder::eval::manifest::MANIFEST,
+                ponder::eval::results::RESULTS,
+            ]
+            .iter()
+            .map(|f| a.out.join(f))
+            .find(|p| p.exists());
+            if let Some(p) = held {
+                bail!(
+                    "{e}, but {} exists: give this shard an empty --out",
+                    p.display()
+                );
+            }
             std::fs::create_dir_all(&a.out)
                 .with_context(|| format!("cannot create {}", a.out.display()))?;
             eprintln!(
-                "ponder: {e}: {} is left empty, and `ponder report` merges it as adding nothing",
+                "ponder: {e}: {} stays empty, and `ponder report` merges it as adding nothing",
                 a.out.display()
             );
             return Ok(());

@@ -156,10 +156,12 @@ pub fn select(data: &Loaded, sel: &Selection) -> Result<Vec<Problem>> {
             .collect();
         // Another shard of the same job has work: this one is empty, not wrong.
         if any && !valid(&rows) {
+            let why = match rows.len() {
+                0 => "none of them".to_string(),
+                k => format!("{k} row(s), all malformed"),
+            };
             return Err(EmptyShard(format!(
-                "--shard {i}/{n} gets no problem to run of the {before} selected ({} of its \
-                 rows, all malformed)",
-                rows.len()
+                "--shard {i}/{n} has no problem to run of the {before} selected ({why})"
             ))
             .into());
         }

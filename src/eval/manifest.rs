@@ -17,10 +17,25 @@ pub const MANIFEST: &str = "run.json";
 /// difference is reported, not refused.
 const TIMING_ONLY: &[&str] = &["device"];
 
-/// Fields recorded since a later version, with the value every run before it had (None: it
-/// varied and went unrecorded, so it is not compared): a folder written before a field existed
-/// still resumes and merges with runs that agree with it.
-const LATER_FIELDS: &[(&str, Option<&str>)] = &[("kv-pages", None), ("top-k", Some("0"))];
+/// What runs from before a field was recorded had for it.
+enum Before {
+    /// It varied and went unrecorded: not compared where one side lacks it.
+    Unrecorded,
+    /// Every run had this value.
+    Always(&'static str),
+    /// The protocol's default (`--protocol seed`, `--protocol wu`).
+    ByProtocol(&'static str, &'static str),
+}
+
+/// Fields recorded since a later version: a folder written before a field existed still
+/// resumes and merges with runs that agree with what it had.
+const LATER_FIELDS: &[(&str, Before)] = &[
+    ("kv-pages", Before::Unrecorded),
+    ("top-k", Before::Always("0")),
+    // --select and --aggregate arrived with their fields (9f4f84d); before, the protocol's rule.
+    ("rebase-select", Before::ByProtocol("best", "weighted")),
+    ("rebase-aggregate", Before::Always("last")),
+];
 
 /// Field name → value, in a stable order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,13 +70,19 @@ impl Manifest {
             .find_map(|k| {
                 let (mut a, mut b) = (self.0.get(k).cloned(), other.0.get(k).cloned());
                 if let Some((_, before)) = LATER_FIELDS.iter().find(|(f, _)| f == k) {
-                    match before {
-                        None if a.is_none() || b.is_none() => return None,
-                        None => {}
-                        Some(v) => {
-                            a = a.or(Some(v.to_string()));
-                            b = b.or(Some(v.to_string()));
-                        }
+                    let protocol = |m: &Manifest| m.0.get("protocol").cloned();
+                    let had = |m: &Manifest| match before {
+                        Before::Unrecorded => None,
+                        Before::Always(v) => Some(v.to_string()),
+                        Before::ByProtocol(seed, wu) => match protocol(m).as_deref() {
+                            Some("wu") => Some(wu.to_string()),
+                            _ => Some(seed.to_string()),
+                        },
+                    };
+                    a = a.or_else(|| had(self));
+                    b = b.or_else(|| had(other));
+                    if a.is_none() || b.is_none() {
+                        return None;
                     }
                 }
                 (a != b).then(|| {
@@ -242,24 +263,24 @@ pub fn check_indices(m: &Manifest, records: &[super::record::Record]) -> Result<
 /// Before merging folders: every folder with a manifest must agree with the first such one,
 /// which is returned (None when no folder has one).
 pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
-    let mut first: Option<(&Path, Manifest)> = None;
+    let mut seen: Vec<(&Path, Manifest)> = Vec::new();
     for &d in dirs {
         let Some(m) = read(d)? else { continue };
-        match &first {
-            None => first = Some((d, m)),
-            Some((d0, m0)) => {
-                if let Some((k, a, b)) = m0.first_difference(&m, false) {
-                    bail!(
-                        "result directories {} and {} come from different runs: {k} is {a} \
-                         in one and {b} in the other",
-                        d0.display(),
-                        d.display()
-                    );
-                }
+        // Every pair, not each against the first: a folder from before a field was recorded
+        // agrees with any value of it, so two later folders must still meet each other.
+        for (d0, m0) in &seen {
+            if let Some((k, a, b)) = m0.first_difference(&m, false) {
+                bail!(
+                    "result directories {} and {} come from different runs: {k} is {a} \
+                     in one and {b} in the other",
+                    d0.display(),
+                    d.display()
+                );
             }
         }
+        seen.push((d, m));
     }
-    Ok(first.map(|(_, m)| m))
+    Ok(seen.into_iter().next().map(|(_, m)| m))
 }
 
 #[cfg(test)]
@@ -312,6 +333,49 @@ mod tests {
             now.first_difference(&other, false),
             Some(("kv-pages".into(), "4096".into(), "12".into()))
         );
+        // The answer rule before --select existed was the protocol's.
+        let mut wu = old.clone();
+        wu.set("protocol", "wu");
+        let mut wu_now = wu.clone();
+        wu_now
+            .set("rebase-select", "weighted")
+            .set("rebase-aggregate", "last");
+        assert_eq!(wu.first_difference(&wu_now, false), None);
+        wu_now.set("rebase-select", "best");
+        assert_eq!(
+            wu.first_difference(&wu_now, false),
+            Some(("rebase-select".into(), "weighted".into(), "best".into()))
+        );
+        let mut seed_now = old.clone();
+        seed_now
+            .set("protocol", "seed")
+            .set("rebase-select", "best");
+        let mut seed_old = old.clone();
+        seed_old.set("protocol", "seed");
+        assert_eq!(seed_old.first_difference(&seed_now, false), None);
+    }
+
+    #[test]
+    fn folders_merge_only_when_every_pair_agrees() {
+        let root = std::env::temp_dir().join(format!("ponder-merge-{}", std::process::id()));
+        let dir = |name: &str, kv: Option<u32>| {
+            let d = root.join(name);
+            let mut m = manifest(1, "cpu");
+            if let Some(kv) = kv {
+                m.set("kv-pages", kv);
+            }
+            write(&d, &m).unwrap();
+            d
+        };
+        // An old folder (no kv-pages) first accepts either pool; the two others still differ.
+        let (a, b, c) = (dir("a", None), dir("b", Some(64)), dir("c", Some(32)));
+        for order in [[&a, &b, &c], [&b, &c, &a], [&a, &c, &b]] {
+            let dirs: Vec<&Path> = order.iter().map(|d| d.as_path()).collect();
+            let e = check_same_run(&dirs).unwrap_err().to_string();
+            assert!(e.contains("kv-pages is"), "{e}");
+        }
+        assert!(check_same_run(&[a.as_path(), b.as_path()]).is_ok());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -18,16 +18,17 @@ pub(crate) fn naive_sample(l: &[f32], limit: usize, s: Sampling, u: f64) -> u32 
         return argmax();
     }
     let mx = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    // Top-k: the k-th value of a full sort (f32's total order), ties at it kept.
+    // Top-k: the k-th value of a full sort (-0 as +0), ties at it kept.
+    let key = |x: f32| if x == 0.0 { 0.0 } else { x };
     let cut = (s.top_k > 0 && s.top_k < l.len()).then(|| {
-        let mut sorted = l.to_vec();
-        sorted.sort_by(|a, b| b.total_cmp(a));
+        let mut sorted: Vec<f32> = l.iter().map(|&x| key(x)).collect();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
         sorted[s.top_k - 1]
     });
     let w: Vec<f64> = l
         .iter()
         .map(|x| match cut {
-            Some(c) if x.total_cmp(&c).is_lt() => 0.0,
+            Some(c) if key(*x) < c => 0.0,
             _ => ((x - mx) as f64 / s.temperature as f64).exp(),
         })
         .collect();
@@ -66,7 +67,50 @@ pub(crate) fn op_sampling<B: Backend>(be: &B, _tol: f32) -> Result<()> {
     // A row narrower than the device's 1024-thread block, and one wider (each thread then
     // scans several ids, so its own tie rule matters too).
     sampling_case(be, (5, 300, 290), 4.0, 12)?;
-    sampling_case(be, (2, 3000, 2900), 0.5, 3)
+    sampling_case(be, (2, 3000, 2900), 0.5, 3)?;
+    top_k_at_zero(be)
+}
+
+/// A top-k cut at zero with both zeros among the ties: -0 and +0 are one value (HF's `<`),
+/// so every one of them is kept, on the device as on the CPU.
+fn top_k_at_zero<B: Backend>(be: &B) -> Result<()> {
+    let (rows, v) = (2, 300);
+    let mut logits = vec![-3.0f32; rows * v];
+    for r in 0..rows {
+        for i in 0..10 {
+            logits[r * v + 3 * i] = 1.0 + i as f32 * 0.1;
+            // Twelve zeros of both signs, the -0s first in one row and last in the other.
+            logits[r * v + 100 + i] = if (i < 6) == (r == 0) { -0.0 } else { 0.0 };
+        }
+        logits[r * v + 150] = -0.0;
+        logits[r * v + 151] = 0.0;
+    }
+    let t = be.tensor(rows, v, &logits)?;
+    let s = Sampling {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 12,
+    };
+    let mut kept = std::collections::BTreeSet::new();
+    for draw in 0..64 {
+        let u: Vec<f64> = (0..rows as u64)
+            .map(|r| ponder::rng::uniform(6, r, draw))
+            .collect();
+        let got = be.sample_rows(&t, v, s, &u)?;
+        for r in 0..rows {
+            let want = naive_sample(&logits[r * v..(r + 1) * v], v, s, u[r]);
+            assert_eq!(got[r], want, "{} top-k at zero, row {r}", be.name());
+            kept.insert(got[r]);
+        }
+    }
+    assert!(
+        kept.iter().any(|&i| (100..110).contains(&i) || i >= 150),
+        "zeros drawn: {kept:?}"
+    );
+    assert!(kept
+        .iter()
+        .all(|&i| i < 30 || (100..110).contains(&i) || i == 150 || i == 151));
+    Ok(())
 }
 
 /// `shape` = (rows, vocabulary, limit); logits in [-6, 6] on a grid of 1/`grid`.
