@@ -195,7 +195,7 @@ pub trait Backend: Send + Sync {
         crate::account::with_ledger(self.ledger(), |l| l.clone())
     }
 
-    /// A parameter from host values, f32 or bf16 (the backend chooses its storage dtype).
+    /// A parameter from host values, f32, bf16 or f16 (the backend chooses its storage dtype).
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<Self::Weight>;
     /// Parameters of `cols` columns stacked by rows into one [Σ rows, cols] weight (`parts`:
     /// each part's rows and values), for the fused projections q|k|v and gate|up. This

@@ -23,6 +23,16 @@ impl DType {
             _ => 2,
         }
     }
+
+    /// The safetensors dtype of the same values (its header names it "F32", "F16", "BF16"):
+    /// the inverse of what `open_file` reads.
+    pub fn safetensors(self) -> Dtype {
+        match self {
+            DType::F32 => Dtype::F32,
+            DType::F16 => Dtype::F16,
+            DType::Bf16 => Dtype::BF16,
+        }
+    }
 }
 
 /// One tensor's place in a mapped file.

@@ -75,12 +75,11 @@ pub(super) fn write_safetensors(path: &Path, g: &GgufFile, tensors: &[Out]) -> R
             .checked_mul(dtype.size())
             .context("tensor size overflows")?;
         let end = offset.checked_add(len).context("model size overflows")?;
-        let name = match dtype {
-            DType::F32 => "F32",
-            DType::F16 => "F16",
-            DType::Bf16 => "BF16",
-        };
-        let info = json!({ "dtype": name, "shape": t.shape, "data_offsets": [offset, end] });
+        let info = json!({
+            "dtype": dtype.safetensors(),
+            "shape": t.shape,
+            "data_offsets": [offset, end]
+        });
         header.insert(t.name.clone(), info);
         offset = end;
     }
