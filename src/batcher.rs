@@ -231,7 +231,11 @@ impl<'a, B: Backend> Batcher<'a, B> {
         let t = Instant::now();
         let (res, ledger) = account::capture(|| {
             self.be.set_phase(g[0].phase);
+            // A GPU's launches return when queued: the pass's time is only known once they
+            // have run. Without the wait, the worker whose turn comes first would wait for
+            // them in its sampling and be charged every problem's GPU time as its own.
             self.combined_pass(&g)
+                .and_then(|outs| self.be.synchronize().map(|()| outs))
         });
         let secs = t.elapsed().as_secs_f64();
         self.be.set_phase(own);

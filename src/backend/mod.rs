@@ -194,6 +194,12 @@ pub trait Backend: Send + Sync {
     fn snapshot(&self) -> Ledger {
         crate::account::with_ledger(self.ledger(), |l| l.clone())
     }
+    /// Waits until every op queued so far has run, and reports a fault of any of them. The
+    /// CPU runs each op as it is called, so it returns at once; a GPU's launches return when
+    /// queued, so whoever reads a clock after a pass calls this first.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// A parameter from host values, f32, bf16 or f16 (the backend chooses its storage dtype).
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<Self::Weight>;

@@ -53,7 +53,7 @@ macro_rules! dual_test {
                     let be = ponder::backend::cuda::Cuda::new(0).unwrap();
                     be.set_poison(true);
                     super::$body(&be, super::GPU_TOL).unwrap();
-                    be.synchronize().unwrap();
+                    ponder::backend::Backend::synchronize(&be).unwrap();
                 }
                 #[cfg(not(feature = "cuda"))]
                 println!("skipped: no CUDA GPU (built without the cuda feature)");

@@ -5,7 +5,7 @@
 //! ledger — is one code path for both, so the emulator tests it on machines without a GPU.
 use super::emu;
 use anyhow::{anyhow, Context, Result};
-use cudarc::cublas::CudaBlas;
+use cudarc::cublas;
 use cudarc::driver::{
     result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
     DeviceRepr, ValidAsZeroBits,
@@ -54,14 +54,7 @@ impl<T> std::ops::DerefMut for GpuBuf<T> {
 
 impl<T> Drop for GpuBuf<T> {
     fn drop(&mut self) {
-        let ctx = self.0.stream().context().cu_ctx();
-        // Not bind_to_thread: it would first take (and so lose) an error recorded earlier,
-        // which the next checked call must still report.
-        if result::ctx::get_current().ok().flatten() != Some(ctx) {
-            // SAFETY: the context outlives its buffers (each holds its stream, which holds
-            // the context); making it current only changes this thread's binding.
-            let _ = unsafe { result::ctx::set_current(ctx) };
-        }
+        bind_quietly(self.0.stream());
         // SAFETY: dropped once, here; the field is never used again.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.0) };
     }
@@ -137,11 +130,57 @@ impl<T> Drop for HostBuf<T> {
     }
 }
 
+/// A cuBLAS handle bound to the backend's stream. Not cudarc's `CudaBlas`, whose drop unwraps
+/// cublasDestroy's status: a run ended by a kernel fault drops the backend while its error is
+/// on the way to being printed, and a panic there would replace the one-line error.
+pub struct Blas {
+    handle: cublas::sys::cublasHandle_t,
+    /// The stream the handle launches on, kept alive as long as the handle.
+    stream: Arc<CudaStream>,
+}
+
+// SAFETY: the handle is only used with the backend's context bound, one call at a time on its
+// one stream (cuBLAS handles may be used from any thread that binds their context).
+unsafe impl Send for Blas {}
+unsafe impl Sync for Blas {}
+
+impl Blas {
+    fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        stream.context().bind_to_thread()?;
+        let blas = Blas {
+            handle: cublas::result::create_handle()?,
+            stream,
+        };
+        // SAFETY: a live handle and this context's live stream.
+        unsafe { cublas::result::set_stream(blas.handle, blas.stream.cu_stream() as _) }?;
+        Ok(blas)
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        bind_quietly(&self.stream);
+        // SAFETY: created in `new`, destroyed once, here. Its status is of no use now.
+        let _ = unsafe { cublas::result::destroy_handle(self.handle) };
+    }
+}
+
+/// Makes the stream's context current without `bind_to_thread`, which would first take (and
+/// so lose) an error recorded earlier, which the next checked call must still report.
+fn bind_quietly(stream: &CudaStream) {
+    let ctx = stream.context().cu_ctx();
+    if result::ctx::get_current().ok().flatten() != Some(ctx) {
+        // SAFETY: the context outlives the stream that holds it; making it current only
+        // changes this thread's binding.
+        let _ = unsafe { result::ctx::set_current(ctx) };
+    }
+}
+
 /// A real GPU: context, the one stream, cuBLAS, the loaded kernels.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    pub blas: CudaBlas,
+    pub blas: Blas,
     pub funcs: HashMap<&'static str, CudaFunction>,
     pub _modules: Vec<Arc<CudaModule>>,
 }
@@ -284,7 +323,7 @@ impl Device {
                 // handle is bound to this backend's stream.
                 unsafe {
                     cudarc::cublas::result::gemm_ex(
-                        *gpu.blas.handle(),
+                        gpu.blas.handle,
                         op(g.trans_a),
                         op(g.trans_b),
                         g.m,
@@ -383,7 +422,7 @@ impl Device {
         unsafe { ctx.disable_event_tracking() };
         keep_pool_memory(&ctx);
         let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
-        let blas = CudaBlas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
+        let blas = Blas::new(stream.clone()).context("cannot create a cuBLAS handle")?;
         Ok(Gpu {
             ctx,
             stream,

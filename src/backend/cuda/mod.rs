@@ -244,11 +244,6 @@ impl Cuda {
         &self.name
     }
 
-    /// Waits for everything queued so far (kernel faults surface here).
-    pub fn synchronize(&self) -> Result<()> {
-        self.dev.synchronize()
-    }
-
     /// When on, every fresh output buffer is filled with NaN before the kernel writes it, so
     /// a tests sees any element a kernel forgot.
     pub fn set_poison(&self, on: bool) {
@@ -343,6 +338,10 @@ impl Backend for Cuda {
     }
     fn ledger(&self) -> &Mutex<Ledger> {
         &self.ledger
+    }
+    /// Kernel faults surface here.
+    fn synchronize(&self) -> Result<()> {
+        self.dev.synchronize()
     }
     fn set_phase(&self, p: crate::flops::Phase) {
         self.ranges.enter(p);
