@@ -18,6 +18,16 @@ pub fn refuse_non_regular(path: &Path, hint: &str) -> Result<()> {
     Ok(())
 }
 
+/// Creates a folder ponder writes into, with its parents; one that is already there is kept.
+/// A file in its place is named as such (create_dir_all's own error, "File exists", reads as if
+/// the folder were the problem).
+pub fn create_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{} exists and is not a directory", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
 /// The bytes of a regular file or a pipe (up to 1 GiB); anything else is refused by name.
 /// Opening a named pipe waits for its writer, as `cat` does.
 pub fn read_file_or_pipe(path: &Path) -> Result<Vec<u8>> {

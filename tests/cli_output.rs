@@ -19,7 +19,7 @@ const Q: &str = "Tom has 3 apples and buys 4 more. How many apples does he have?
 
 #[test]
 fn solve_prints_the_answer_the_votes_and_the_cost() {
-    let (out, _) = ponder(&[
+    let (out, err) = ponder(&[
         "solve",
         "--model",
         "synthetic:tiny",
@@ -36,6 +36,7 @@ fn solve_prints_the_answer_the_votes_and_the_cost() {
     ]);
     let first = out.lines().next().unwrap();
     assert!(first.starts_with("answer: "), "{out}");
+    assert!(!err.contains("note"), "every flag given is used: {err}");
     assert_eq!(
         out.lines()
             .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())
@@ -55,7 +56,7 @@ fn solve_prints_the_answer_the_votes_and_the_cost() {
         assert!(out.contains(row), "no {row:?} in {out}");
     }
     // The tree: every node on its own line, its parent named, the root first.
-    let (out, _) = ponder(&[
+    let (out, err) = ponder(&[
         "solve",
         "--model",
         "synthetic:tiny",
@@ -68,9 +69,16 @@ fn solve_prints_the_answer_the_votes_and_the_cost() {
         "--path-tokens",
         "12",
         "--show-tree",
+        "--votes",
+        "3",
         "--question",
         Q,
     ]);
+    // A flag of another method's is said to change nothing, and the solve goes on.
+    assert!(
+        err.contains("note: --method rebase uses none of --votes (for baseline and quiet-star)"),
+        "{err}"
+    );
     let nodes: Vec<&str> = out
         .lines()
         .filter(|l| l.trim_start().starts_with('#'))

@@ -272,6 +272,12 @@ fn a_torn_last_line_is_dropped_on_resume() {
             serde_json::json!("abc"),
             "gold \"abc\" is not a number",
         ),
+        // The phases split the total: a total edited alone no longer adds up.
+        (
+            "flops",
+            serde_json::json!(u64::MAX),
+            "is not the sum of flops_by_phase",
+        ),
     ] {
         let mut bad = rec.clone();
         bad[field] = value;
@@ -498,15 +504,24 @@ fn resume_with_other_settings_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("come from different runs: data is"), "{err}");
-    // Without run.json (a folder from before manifests) the records still name their seed
-    // and model: a resume of another run is refused all the same, and adds nothing.
+    // Without run.json the records' settings cannot be checked (they name their model and
+    // seed, not their token limits): a resume, even with the same settings, is refused and
+    // adds nothing, and so is a report merging the folder.
     std::fs::remove_file(dir.join("run.json")).unwrap();
-    let (code, err) = run(&[
-        "--method", "baseline", "--limit", "3", "--seed", "9", "--resume",
-    ]);
+    let (code, err) = run(&["--method", "baseline,rebase", "--limit", "3", "--resume"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("was run with seed 0 (this run: 9)"), "{err}");
+    assert!(err.contains("holds results but no run.json"), "{err}");
     assert_eq!(lines(&dir), 4);
+    assert!(!dir.join("run.json").exists());
+    let out = ponder()
+        .arg("report")
+        .arg(&other)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds results but no run.json"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
     let _ = std::fs::remove_file(&data);

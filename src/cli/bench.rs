@@ -61,13 +61,16 @@ pub enum What {
         /// Batch sizes, comma-separated.
         #[arg(long, default_value = "1,16")]
         batch: String,
+        /// Tokens of the shared prefix, prefilled once before the timed steps.
         #[arg(long, default_value_t = 512)]
         context: usize,
+        /// Timed decode steps per batch size.
         #[arg(long, default_value_t = 16)]
         steps: usize,
     },
     /// One prefill of `tokens` tokens.
     Prefill {
+        /// Tokens of the one sequence.
         #[arg(long, default_value_t = 2048)]
         tokens: usize,
     },
@@ -100,14 +103,17 @@ pub enum What {
 pub struct Args {
     #[command(subcommand)]
     what: What,
-    /// HF model directory or synthetic:NAME; default: the bundled SmolLM2-135M-Instruct.
+    /// HF model directory or synthetic:NAME; default: the bundled SmolLM2-135M-Instruct for
+    /// decode and prefill, synthetic:mistral-7b's geometry for attention.
     #[arg(long, global = true)]
     model: Option<String>,
+    /// Where to run.
     #[arg(long, value_enum, default_value = "auto", global = true)]
     device: Device,
 }
 
 pub fn run(a: Args, cache: &Path) -> Result<()> {
+    check_sizes(&a.what)?;
     with_backend(
         a.device,
         Bench {
@@ -116,6 +122,29 @@ pub fn run(a: Args, cache: &Path) -> Result<()> {
             cache: cache.to_path_buf(),
         },
     )
+}
+
+/// Sizes no run could use are refused before a model (Mistral-7B's takes a minute) is loaded;
+/// those that depend on the model (its positions) after.
+fn check_sizes(what: &What) -> Result<()> {
+    match what {
+        What::Decode {
+            batch,
+            context,
+            steps,
+        } => {
+            let batches = super::parse_positive_list(batch, "batch size")?;
+            if *context == 0 || *steps == 0 {
+                bail!("--context and --steps must be at least 1");
+            }
+            if let Some(b) = batches.iter().find(|&&b| b > 1 << 16) {
+                bail!("batch size {b} is more than ponder runs in one step (at most 65536)");
+            }
+        }
+        What::Prefill { tokens } if *tokens == 0 => bail!("--tokens must be at least 1"),
+        _ => {}
+    }
+    Ok(())
 }
 
 struct Bench {
@@ -176,17 +205,11 @@ impl OnBackend for Bench {
                 steps,
             } => {
                 let batches = super::parse_positive_list(&batch, "batch size")?;
-                if context == 0 || steps == 0 {
-                    bail!("--context and --steps must be at least 1");
-                }
                 fits_positions(
                     context.saturating_add(steps),
                     &format!("--context {context} + --steps {steps}"),
                     &m.model.cfg,
                 )?;
-                if let Some(b) = batches.iter().find(|&&b| b > 1 << 16) {
-                    bail!("batch size {b} is more than ponder runs in one step (at most 65536)");
-                }
                 outln!(
                     "decode on {} ({}), {context}-token shared prefix, {steps} steps",
                     m.name,
@@ -254,9 +277,6 @@ impl OnBackend for Bench {
             }
             What::Attention { .. } => unreachable!("handled above"),
             What::Prefill { tokens } => {
-                if tokens == 0 {
-                    bail!("--tokens must be at least 1");
-                }
                 fits_positions(tokens, &format!("--tokens {tokens}"), &m.model.cfg)?;
                 let mut r = Runner::new(&be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
                 let warm = r.pool.create();

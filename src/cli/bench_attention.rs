@@ -165,10 +165,15 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()
     let kd = d.kv_heads * d.head_dim;
     let per_branch = (s.batch * (ctx + tail)) as f64 * kd as f64 * 2.0 * kv_elem_bytes(on_gpu);
     outln!(
-        "{:<14} K/V read per branch would be {:.1} MB; the kernels were charged {:.1} MB",
+        "{:<14} K/V read per branch would be {:.1} MB; the kernels were charged {:.1} MB{}",
         "",
         per_branch / 1e6,
-        n.bytes as f64 / 1e6
+        n.bytes as f64 / 1e6,
+        if on_gpu {
+            ""
+        } else {
+            " (the CPU reads each branch's keys, the prefix included, so it saves nothing)"
+        }
     );
     Ok(())
 }

@@ -29,9 +29,9 @@ pub struct Args {
     /// HF model directory or synthetic:NAME; default: the bundled SmolLM2-135M-Instruct.
     #[arg(long)]
     model: Option<String>,
-    /// The backend compared with the CPU (cuda, or cuda-emu; auto: cuda when a GPU answers).
+    /// The backend compared with the CPU (auto: cuda when a GPU answers).
     #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
+    device: CheckDevice,
     /// Prompt tokens of each sequence (prefilled in one pass).
     #[arg(long, default_value_t = 64)]
     tokens: usize,
@@ -48,10 +48,16 @@ pub struct Args {
     tol: f64,
 }
 
+/// `--device` without `cpu`, which check compares the others with.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum CheckDevice {
+    Auto,
+    Cuda,
+    /// The CUDA backend on the CUDA emulator (docs/cuda-emulator.md).
+    CudaEmu,
+}
+
 pub fn run(a: Args, cache: &Path) -> Result<()> {
-    if a.device == Device::Cpu {
-        bail!("--device cpu: check compares another backend (cuda, cuda-emu) with the CPU");
-    }
     if a.tokens == 0 || a.batch == 0 {
         bail!("--tokens and --batch must be at least 1");
     }
@@ -66,8 +72,13 @@ pub fn run(a: Args, cache: &Path) -> Result<()> {
     if let Some(cfg) = config_alone(a.model.as_deref()) {
         positions_fit(&a, &cfg)?;
     }
+    let device = match a.device {
+        CheckDevice::Auto => Device::Auto,
+        CheckDevice::Cuda => Device::Cuda,
+        CheckDevice::CudaEmu => Device::CudaEmu,
+    };
     with_backend(
-        a.device,
+        device,
         Check {
             a,
             cache: cache.to_path_buf(),
@@ -198,7 +209,14 @@ impl OnBackend for Check {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let a = &self.a;
         if be.name() == "cpu" {
-            bail!("--device auto found no GPU: check compares cuda or cuda-emu with the CPU");
+            bail!(
+                "--device auto found no GPU{}: check compares cuda or cuda-emu with the CPU",
+                if cfg!(feature = "cuda") {
+                    ""
+                } else {
+                    " (this ponder was built without the cuda feature)"
+                }
+            );
         }
         let (cpu, fed) = run_side(&Cpu::new(), a, &self.cache, None)?;
         let (dev, _) = run_side(&be, a, &self.cache, Some(&fed))?;

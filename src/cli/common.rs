@@ -18,7 +18,11 @@ use std::sync::Arc;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum ProtocolArg {
+    /// The study's (protocol.md): few-shot prompts, 96-token steps, 384-token paths, leaves
+    /// dropped at PRM score <= 0.1, best-of-N by score.
     Seed,
+    /// Wu et al.'s REBASE: zero-shot "Step k:" format, 256-token steps, leaf at "The answer
+    /// is", score-weighted vote.
     Wu,
 }
 
@@ -51,6 +55,7 @@ pub struct Opts {
     /// The process reward model (REBASE); default: the policy model itself.
     #[arg(long)]
     pub prm: Option<String>,
+    /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
     /// Votes (baseline, Quiet-STaR); default 6 (2 with --quick).
@@ -59,6 +64,8 @@ pub struct Opts {
     /// REBASE width (budget N); default 6 (2 with --quick).
     #[arg(long)]
     pub width: Option<usize>,
+    /// The REBASE protocol (docs/methods.md); baseline and Quiet-STaR always follow the
+    /// study's.
     #[arg(long, value_enum, default_value = "seed")]
     pub protocol: ProtocolArg,
     /// REBASE softmax temperature over PRM scores.
@@ -71,6 +78,7 @@ pub struct Opts {
     /// How a leaf's step scores become its score for --select best and weighted.
     #[arg(long, value_enum, default_value = "last")]
     pub aggregate: AggregateArg,
+    /// Seed of every random draw (each vote, branch and thought has its own stream from it).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Sample votes and steps from the k most likely tokens only (ties at the k-th kept);
@@ -113,7 +121,7 @@ pub struct Opts {
     #[arg(long)]
     pub max_batch: Option<usize>,
     /// Small sizes for a demo that finishes in minutes on two CPU cores: 2 votes, width 2,
-    /// 48-token votes and steps, 96-token paths (and, for eval, 3 problems); a size given
+    /// 48-token votes and steps, 96-token paths (and, for eval and sweep, 3 problems); a size given
     /// with its own flag (--votes, --width, --max-tokens, --step-tokens, --path-tokens,
     /// --limit) wins over --quick's.
     #[arg(long)]
@@ -302,6 +310,54 @@ impl Opts {
             !self.keep_thought_embeddings,
             self.n_ahead(&m.model.cfg),
         )?)))
+    }
+
+    /// The flags given for a part that none of the methods to run has (`--width` for the
+    /// baseline alone, say), as a note to print when the work starts: they change nothing, and
+    /// a user who thought they did should hear it, while a script that passes one set of
+    /// flags to every method keeps working. `running` names the methods; `votes`, `trees`,
+    /// `thoughts`: whether any of them votes (baseline, Quiet-STaR), grows a REBASE tree
+    /// (rebase, combined), thinks (Quiet-STaR, combined).
+    pub fn unused_flags(
+        &self,
+        running: &str,
+        votes: bool,
+        trees: bool,
+        thoughts: bool,
+    ) -> Option<String> {
+        const VOTES: &str = "baseline and quiet-star";
+        const TREES: &str = "rebase and combined";
+        let flags = [
+            ("--votes", self.votes.is_some(), votes, VOTES),
+            ("--max-tokens", self.max_tokens.is_some(), votes, VOTES),
+            ("--width", self.width.is_some(), trees, TREES),
+            ("--step-tokens", self.step_tokens.is_some(), trees, TREES),
+            ("--path-tokens", self.path_tokens.is_some(), trees, TREES),
+            ("--prm", self.prm.is_some(), trees, TREES),
+            ("--select", self.select.is_some(), trees, TREES),
+            (
+                "--n-ahead",
+                self.n_ahead.is_some(),
+                thoughts,
+                "quiet-star and combined",
+            ),
+        ];
+        let unused: Vec<String> = flags
+            .iter()
+            .filter(|(_, given, used, _)| *given && !used)
+            .map(|(flag, _, _, who)| format!("{flag} (for {who})"))
+            .collect();
+        (!unused.is_empty()).then(|| {
+            format!(
+                "ponder: note: --method {running} uses none of {}; {} nothing",
+                unused.join(", "),
+                if unused.len() == 1 {
+                    "it changes"
+                } else {
+                    "they change"
+                }
+            )
+        })
     }
 
     /// Refuses, before any work, token limits that no sequence could hold: past the model's

@@ -1,7 +1,7 @@
 //! `ponder eval`, `ponder sweep` and `ponder report`.
 use super::common::{prm_spec, Opts};
 use super::{with_backend, OnBackend};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ponder::backend::Backend;
 use ponder::eval::data::{load as load_data, parse_shard, select, Selection};
 use ponder::eval::manifest::{self, data_fingerprint, Manifest};
@@ -25,8 +25,11 @@ pub struct EvalArgs {
     /// seed42-128: the study's 128 problems of the 1319-row test split.
     #[arg(long)]
     subset: Option<String>,
+    /// Run at most this many problems (after --subset and --offset); default: all (3 with
+    /// --quick).
     #[arg(long)]
     limit: Option<usize>,
+    /// Skip this many problems first (after --subset).
     #[arg(long, default_value_t = 0)]
     offset: usize,
     /// i/n: this process runs every n-th selected problem starting at i.
@@ -48,6 +51,8 @@ pub struct EvalArgs {
 }
 
 #[derive(clap::Args)]
+// --budgets sets the votes and widths (both flags are refused beside it).
+#[command(mut_arg("votes", |a| a.hide(true)), mut_arg("width", |a| a.hide(true)))]
 pub struct SweepArgs {
     /// Budgets: votes for baseline / Quiet-STaR, width for REBASE / combined.
     #[arg(long, default_value = "1,2,4,8,16")]
@@ -122,8 +127,7 @@ fn run(a: EvalArgs, budgets: Vec<usize>, cache: &Path) -> Result<()> {
                     p.display()
                 );
             }
-            std::fs::create_dir_all(&a.out)
-                .with_context(|| format!("cannot create {}", a.out.display()))?;
+            ponder::input::create_dir(&a.out)?;
             eprintln!(
                 "ponder: {e}: {} stays empty, and `ponder report` merges it as adding nothing",
                 a.out.display()
@@ -243,14 +247,44 @@ impl OnBackend for Eval {
                 r.method
             );
         }
+        let runs = plan.runs();
+        let done: std::collections::HashSet<_> = opened.1.iter().map(|r| r.key()).collect();
+        let left = runs
+            .iter()
+            .flat_map(|(method, budget)| {
+                problems
+                    .iter()
+                    .map(move |p| (method.name().to_string(), *budget, p.index))
+            })
+            .filter(|k| !done.contains(k))
+            .count();
+        let total = problems.len() * runs.len();
+        let names: Vec<&str> = plan.methods.iter().map(|m| m.name()).collect();
+        let unused = a.opts.unused_flags(
+            &names.join(","),
+            plan.methods.iter().any(|m| !m.uses_prm()),
+            plan.methods.iter().any(|m| m.uses_prm()),
+            plan.methods.iter().any(|m| m.uses_thoughts()),
+        );
         eprintln!(
-            "ponder: {} problem(s) × {} run(s) on {} ({}) → {}",
+            "ponder: {} problem(s) × {} run(s) on {} ({}) → {}{}",
             problems.len(),
-            plan.runs().len(),
+            runs.len(),
             m.name,
             be.name(),
-            a.out.display()
+            a.out.display(),
+            if left < total {
+                format!(
+                    " ({} of {total} already there, {left} to run)",
+                    total - left
+                )
+            } else {
+                String::new()
+            }
         );
+        if let Some(note) = unused {
+            eprintln!("{note}");
+        }
         let in_flight = a.in_flight.min(problems.len()).max(1);
         let records = if in_flight == 1 {
             let e = a
@@ -342,7 +376,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
             out.display()
         );
     }
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    ponder::input::create_dir(&out)?;
     outln!("{}", write_report(&out, &all, settings.as_ref())?);
     Ok(())
 }

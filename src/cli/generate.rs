@@ -22,19 +22,24 @@ pub struct Args {
     /// bundled SmolLM2-135M-Instruct.
     #[arg(long)]
     model: Option<String>,
+    /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
+    /// Tokens to generate at most.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
+    /// Sample from the smallest set of most likely tokens whose probability reaches this;
+    /// 1: every token.
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
     /// Sample from the k most likely tokens only (ties at the k-th kept), before --top-p;
     /// 0: every token.
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Apply the model's chat template to the prompt.

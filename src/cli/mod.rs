@@ -43,8 +43,11 @@ pub struct Cli {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Device {
+    /// CUDA where a driver and a GPU are present (in a build with the cuda feature), else
+    /// the CPU.
     Auto,
     Cpu,
+    /// The CUDA backend on GPU 0; an error where there is none.
     Cuda,
     /// The CUDA backend on the CUDA emulator: kernels/*.cu compiled for the CPU (slow; for
     /// checking the CUDA code without a GPU, docs/cuda-emulator.md).
@@ -63,13 +66,15 @@ enum Cmd {
     Sweep(eval::SweepArgs),
     /// Write the report of one or more results folders (shards are merged).
     Report(eval::ReportArgs),
-    /// Time decode or prefill, with GB/s and FLOP/s beside the roofline.
+    /// Time decode, prefill or the attention kernels, with GB/s and FLOP/s beside the roofline.
     Bench(bench::Args),
     /// Compare a backend's forward pass with the CPU's: same model, same tokens, logits and FLOPs.
     Check(check::Args),
     /// Convert a GGUF file (llama architecture) into an HF model directory.
     ImportGguf {
+        /// The .gguf file.
         file: PathBuf,
+        /// The model directory to write (config.json, model.safetensors, tokenizer.json).
         #[arg(long)]
         out: PathBuf,
     },

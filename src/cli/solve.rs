@@ -14,10 +14,12 @@ pub struct Args {
     /// baseline | quiet-star | rebase | combined
     #[arg(long)]
     method: String,
+    /// The question, as a GSM8K problem's text.
     #[arg(long)]
     question: String,
     #[command(flatten)]
     opts: Opts,
+    /// Draw REBASE's tree (rebase, combined): every node with its step's text and score.
     #[arg(long)]
     show_tree: bool,
     /// Print the whole solution as JSON instead of the tables.
@@ -68,6 +70,12 @@ impl OnBackend for Solve {
             method.uses_prm(),
             method.uses_thoughts(),
         )?;
+        let unused = a
+            .opts
+            .unused_flags(method.name(), !trees, trees, method.uses_thoughts());
+        if let Some(note) = unused {
+            eprintln!("{note}");
+        }
         let sol = e.solve(method, &a.question, &settings)?;
         if a.json {
             outln!("{}", serde_json::to_string_pretty(&sol)?);

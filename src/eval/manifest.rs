@@ -132,7 +132,7 @@ fn read(dir: &Path) -> Result<Option<Manifest>> {
 }
 
 fn write(dir: &Path, m: &Manifest) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::input::create_dir(dir)?;
     let path = dir.join(MANIFEST);
     let text = serde_json::to_string_pretty(m)? + "\n";
     crate::input::refuse_non_regular(&path, "")?;
@@ -144,7 +144,7 @@ fn write(dir: &Path, m: &Manifest) -> Result<()> {
 /// ends, however it ends). A second eval on the same folder is refused instead of
 /// interleaving its records with the first one's.
 pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::input::create_dir(dir)?;
     let path = dir.join(".lock");
     // Every file the eval will read or write there, before any work: opening a pipe would
     // wait forever, and a device would never end.
@@ -196,11 +196,9 @@ pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest
         return Ok(m.clone());
     }
     let Some(old) = read(dir)? else {
-        // A folder from before run.json: its records still name their model, seed and
-        // subset, which must be this run's before it is adopted.
-        check_records(dir, m)?;
-        write(dir, m)?;
-        return Ok(m.clone());
+        // Its records name their model, seed and subset, not the token limits, votes or
+        // data they were run with: adopting them would mix two runs in one report.
+        bail!("{}", without_manifest(dir));
     };
     if let Some((k, was, now)) = old.first_difference(m, false) {
         bail!(
@@ -217,25 +215,6 @@ pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest
         );
     }
     Ok(old)
-}
-
-/// The first record of `dir` whose model, seed or subset is not `m`'s is an error naming it.
-fn check_records(dir: &Path, m: &Manifest) -> Result<()> {
-    for r in super::results::read_records(dir)?.records {
-        for (key, was) in r.run_fields() {
-            let now = m.0.get(key).cloned().unwrap_or_else(|| "(none)".into());
-            if was != now {
-                bail!(
-                    "{} holds results of another run: its {} row {} was run with {key} {was} \
-                     (this run: {now}); resume with the same settings, or choose another --out",
-                    dir.display(),
-                    r.method,
-                    r.index
-                );
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The data's row count as `data_fingerprint` recorded it ("N rows, ..."), when it did.
@@ -262,10 +241,26 @@ pub fn check_indices(m: &Manifest, records: &[super::record::Record]) -> Result<
 
 /// Before merging folders: every folder with a manifest must agree with the first such one,
 /// which is returned (None when no folder has one).
+/// The error for a folder that holds results but no run.json (deleted, or never copied with
+/// them).
+fn without_manifest(dir: &Path) -> String {
+    format!(
+        "{} holds results but no {MANIFEST}, so the settings they were run with cannot be \
+         checked: restore {MANIFEST} beside them, or choose another --out",
+        dir.display()
+    )
+}
+
 pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
     let mut seen: Vec<(&Path, Manifest)> = Vec::new();
     for &d in dirs {
-        let Some(m) = read(d)? else { continue };
+        let Some(m) = read(d)? else {
+            // An empty shard's folder holds nothing, not even run.json.
+            if std::fs::metadata(d.join(RESULTS)).is_ok_and(|md| md.len() > 0) {
+                bail!("{}", without_manifest(d));
+            }
+            continue;
+        };
         // Every pair, not each against the first: a folder from before a field was recorded
         // agrees with any value of it, so two later folders must still meet each other.
         for (d0, m0) in &seen {
@@ -386,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn resume_refuses_another_run_and_adopts_an_old_folder() {
+    fn resume_refuses_another_run_and_a_folder_without_its_settings() {
         let dir = std::env::temp_dir().join(format!("ponder-manifest-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let a = manifest(1, "cpu: 2 threads");
@@ -400,21 +395,25 @@ mod tests {
         // Without --resume the folder is not touched (the results file refuses it).
         check_or_write(&dir, &manifest(3, "x"), false).unwrap();
         assert_eq!(read(&dir).unwrap(), Some(a.clone()));
-        // A folder from before manifests: adopted on resume, if its records are this run's.
-        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
-        let mut r = crate::eval::report::tests::rec("baseline", 6, 0, true, 1.0, 1);
-        (r.model, r.seed) = ("x".into(), 3);
-        std::fs::write(dir.join(RESULTS), serde_json::to_string(&r).unwrap() + "\n").unwrap();
-        let e = check_or_write(&dir, &manifest(4, "x"), true).unwrap_err();
-        assert!(e.to_string().contains("with seed 3 (this run: 4)"), "{e}");
-        assert_eq!(read(&dir).unwrap(), None, "a refused folder is not adopted");
-        check_or_write(&dir, &manifest(3, "x"), true).unwrap();
-        assert_eq!(read(&dir).unwrap(), Some(manifest(3, "x")));
         let other = dir.join("other");
         check_or_write(&other, &a, false).unwrap();
         assert_eq!(check_same_run(&[&other]).unwrap(), Some(a.clone()));
-        let e = check_same_run(&[&dir, &other]).unwrap_err().to_string();
+        let third = dir.join("third");
+        check_or_write(&third, &manifest(3, "x"), false).unwrap();
+        let e = check_same_run(&[&third, &other]).unwrap_err().to_string();
         assert!(e.contains("seed is 3 in one and 1 in the other"), "{e}");
+        // Results without run.json: nothing says what they were run with, so neither a
+        // resume nor a merge takes them, and the folder is left as it was.
+        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        let e = check_or_write(&dir, &a, true).unwrap_err().to_string();
+        assert!(e.contains("holds results but no run.json"), "{e}");
+        assert_eq!(read(&dir).unwrap(), None, "a refused folder is not adopted");
+        let e = check_same_run(&[&other, &dir]).unwrap_err().to_string();
+        assert!(e.contains("holds results but no run.json"), "{e}");
+        // An empty shard's folder (no run.json, no results) merges as adding nothing.
+        let empty = dir.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        assert_eq!(check_same_run(&[&empty, &other]).unwrap(), Some(a.clone()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -98,6 +98,17 @@ impl Record {
             "seconds {} is not a duration",
             self.seconds
         );
+        // The phases split the problem's ledger: they sum to its total exactly.
+        let phases = self
+            .flops_by_phase
+            .values()
+            .try_fold(0u64, |a, &f| a.checked_add(f));
+        anyhow::ensure!(
+            phases == Some(self.flops),
+            "flops {} is not the sum of flops_by_phase ({})",
+            self.flops,
+            phases.map_or("more than 2^64".into(), |p| p.to_string())
+        );
         if let Some(g) = &self.gold {
             anyhow::ensure!(
                 crate::methods::answer::normalise_number(g).is_some(),

@@ -205,8 +205,8 @@ pub fn summarize(records: &[Record]) -> Vec<Summary> {
 }
 
 /// Merging result directories: every record must come from one run, the same model, seed
-/// and subset (what each record carries, so folders without run.json are held to it too);
-/// fails naming the two folders and the field.
+/// and subset (what each record carries: a check of the records themselves, beside run.json's
+/// of the folders); fails naming the two folders and the field.
 pub fn check_one_run(sets: &[(PathBuf, Vec<Record>)]) -> Result<()> {
     let mut first: Option<(&Path, &Record)> = None;
     for (dir, records) in sets {
@@ -365,7 +365,7 @@ pub fn write_report(
     records: &[Record],
     settings: Option<&crate::eval::manifest::Manifest>,
 ) -> Result<String> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::input::create_dir(dir)?;
     let summaries = summarize(records);
     let write = |name: &str, text: &str| -> Result<()> {
         let path = dir.join(name);

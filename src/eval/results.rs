@@ -100,7 +100,7 @@ impl ResultsFile {
     /// Opens `dir/results.jsonl` for appending. Without `resume` an existing non-empty file is
     /// refused (results are never overwritten); with it, the records already there are returned.
     pub fn open(dir: &Path, resume: bool) -> Result<(Self, Vec<Record>)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::input::create_dir(dir)?;
         let path = dir.join(RESULTS);
         let read = read_records(dir)?;
         // The intact part and the torn tail together are the whole file as read.

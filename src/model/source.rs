@@ -53,7 +53,7 @@ pub fn ensure_default_model(cache: &Path) -> Result<PathBuf> {
     if is_complete(&dir) {
         return Ok(dir);
     }
-    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    crate::input::create_dir(cache)?;
     let lock = cache.join(".fetch.lock");
     let start = Instant::now();
     let mut said = false;

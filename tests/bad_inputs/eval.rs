@@ -27,6 +27,16 @@ fn a_folder_with_results_is_refused_in_one_line() {
     assert_eq!(code, 0, "{err}");
     // No banner before the refusal: the error is the whole of stderr.
     assert_one_line_error(&args, &["already holds results", "--resume"]);
+    // A file where the results folder should be is named as such, for eval and report.
+    let file = dir.join("results.jsonl");
+    let f = file.to_str().unwrap();
+    let mut into_file: Vec<&str> = args.to_vec();
+    *into_file.last_mut().unwrap() = f;
+    assert_one_line_error(&into_file, &[f, "exists and is not a directory"]);
+    assert_one_line_error(
+        &["report", d, "--out", f],
+        &[f, "exists and is not a directory"],
+    );
     // A record of a row the data does not have (the default data has 8) is refused on resume.
     let path = dir.join("results.jsonl");
     let mut rec: serde_json::Value =

@@ -61,6 +61,7 @@ pub fn accuracy_cell(correct: usize, n: usize) -> String {
 /// "6 votes" for the voting methods, "width 3" for the tree searches.
 pub fn budget_cell(method: &str, budget: usize) -> String {
     match method {
+        "baseline" | "quiet-star" if budget == 1 => "1 vote".into(),
         "baseline" | "quiet-star" => format!("{budget} votes"),
         "rebase" | "combined" => format!("width {budget}"),
         _ => format!("budget {budget}"),
