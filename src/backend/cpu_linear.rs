@@ -1,6 +1,6 @@
 //! The CPU backend's matrix multiply: `x` [n, k] times `w` [m, k] transposed, the hottest
 //! loop of the CPU backend (every linear layer), kept apart from the other forward ops.
-use super::cpu_math::{dot, dot4, dot_rows4, Weight};
+use super::cpu_math::{dot, dot4, dot_rows, dot_rows4, Weight};
 use super::cpu_weight::{Held, Vals};
 use rayon::prelude::*;
 
@@ -111,6 +111,11 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
     out
 }
 
+/// Below this many input rows, a task streams each weight row once past all of them
+/// (`Task::stream`); from it on, it reuses blocks of four weight rows from cache for groups of
+/// three input rows, which the FMAs then bound (docs/BENCHMARKS.md, 2026-12-07).
+const STREAM_BELOW: usize = 8;
+
 /// From this many input rows on, a 16-bit block is widened once per task rather than in
 /// registers per group of three rows (docs/BENCHMARKS.md, 2026-12-07).
 const WIDEN_ONCE: usize = 16;
@@ -145,6 +150,9 @@ impl Task<'_> {
             dst,
         } = *self;
         debug_assert_eq!(w.len(), rows);
+        if n < STREAM_BELOW {
+            return self.stream(w);
+        }
         let xr = |i: usize| &x[i * k..(i + 1) * k];
         let put1 = |i: usize, jj: usize, val: f32| {
             debug_assert!(i < n && jj < rows);
@@ -188,6 +196,42 @@ impl Task<'_> {
                 for i in i0..i1 {
                     put1(i, jj, dot(xr(i), wj));
                 }
+            }
+        }
+    }
+}
+
+impl Task<'_> {
+    /// Each weight row once, against every input row in pairs (dot_rows): with few input
+    /// rows a step waits on the weights coming in from memory, so each is used up while it
+    /// passes, in one sequential stream.
+    fn stream<W: Weight>(&self, w: &[&[W]]) {
+        let Task {
+            x,
+            n,
+            k,
+            m,
+            j0,
+            rows,
+            dst,
+        } = *self;
+        let xr = |i: usize| &x[i * k..(i + 1) * k];
+        let put = |i: usize, jj: usize, val: f32| {
+            debug_assert!(i < n && jj < rows);
+            // SAFETY: as in `run`: i < n, j0 + jj < m, this task's own column.
+            unsafe { *dst.at(i * m + j0 + jj) = val };
+        };
+        for (jj, wj) in w.iter().enumerate() {
+            let mut i = 0;
+            if n % 2 == 1 {
+                put(0, jj, dot_rows([xr(0)], wj)[0]);
+                i = 1;
+            }
+            while i < n {
+                let [a, b] = dot_rows([xr(i), xr(i + 1)], wj);
+                put(i, jj, a);
+                put(i + 1, jj, b);
+                i += 2;
             }
         }
     }
