@@ -3,11 +3,30 @@
 //! row sees the keys `Batch::visible` lists, so ordinary sequences and Quiet-STaR's thought
 //! blocks go through the same loops.
 use super::cpu::{angles, inv_freq, rotate_half, Cpu, CpuKv, CpuTensor, F32};
-use super::cpu_math::{axpy, dot, dot4};
+use super::cpu_math::{axpy, dot_rows};
 use super::{AttnDims, Batch};
 use crate::flops::Counts;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
+
+/// Scores of `M` query heads (`q(0..M)`) against the keys whose rows start at `at`, scaled,
+/// into `scores` (head-major: head i's at i·n..): each key row read once for all of them.
+fn head_scores<'q, const M: usize>(
+    scores: &mut [f32],
+    q: impl Fn(usize) -> &'q [f32],
+    k: &[f32],
+    at: &[usize],
+    hd: usize,
+    scale: f32,
+) {
+    let n = at.len();
+    let qs: [&[f32]; M] = std::array::from_fn(&q);
+    for (j, &a) in at.iter().enumerate() {
+        for (i, x) in dot_rows(qs, &k[a..a + hd]).into_iter().enumerate() {
+            scores[i * n + j] = x * scale;
+        }
+    }
+}
 
 pub fn rope_store_kv(
     be: &Cpu,
@@ -111,46 +130,56 @@ pub fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let ps = batch.page_size;
     let mut out = vec![0.0f32; nt * hq * hd];
-    // One task per (token, KV head): its query heads share every K/V row it reads.
+    // One task per (token, KV head): its query heads share every K/V row it reads, each row
+    // loaded once for all of them (dot_rows; the V rows added in key order for every head).
+    // Every score and output keeps the bits of one head at a time: dot's for a score, and for
+    // an output the same sequence of axpys.
     out.par_chunks_mut(group * hd)
         .enumerate()
         .for_each(|(u, o)| {
             let (t, g) = (u / hk, u % hk);
             let (si, vis) = who[t];
             let pages = &batch.seqs[si].pages;
-            let at = |k: usize| {
-                let j = vis.key(k);
-                kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd
-            };
-            let mut scores = vec![0.0f32; vis.count()];
-            for qh in 0..group {
+            // Where each visible key's row of this KV head starts in the pool.
+            let at: Vec<usize> = (0..vis.count())
+                .map(|k| {
+                    let j = vis.key(k);
+                    kv.at(layer, pages[j / ps] as usize * ps + j % ps) + g * hd
+                })
+                .collect();
+            let q_row = |qh: usize| {
                 let h = g * group + qh;
-                let qv = &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
-                let key = |k: usize| {
-                    let a = at(k);
-                    &kv.k[a..a + hd]
-                };
-                // Four keys at a time (dot4 gives dot's bits), then the rest.
-                let quads = scores.len() / 4 * 4;
-                for i in (0..quads).step_by(4) {
-                    let v = dot4(qv, [key(i), key(i + 1), key(i + 2), key(i + 3)]);
-                    for (s, x) in scores[i..i + 4].iter_mut().zip(v) {
-                        *s = x * scale;
+                &q.data[t * q.cols + h * hd..t * q.cols + (h + 1) * hd]
+            };
+            let mut scores = vec![0.0f32; group * at.len()];
+            let n = at.len();
+            match group {
+                1 => head_scores::<1>(&mut scores, q_row, &kv.k, &at, hd, scale),
+                2 => head_scores::<2>(&mut scores, q_row, &kv.k, &at, hd, scale),
+                3 => head_scores::<3>(&mut scores, q_row, &kv.k, &at, hd, scale),
+                4 => head_scores::<4>(&mut scores, q_row, &kv.k, &at, hd, scale),
+                _ => {
+                    for (qh, s) in scores.chunks_mut(n.max(1)).enumerate() {
+                        head_scores::<1>(s, |_| q_row(qh), &kv.k, &at, hd, scale);
                     }
                 }
-                for (i, s) in scores.iter_mut().enumerate().skip(quads) {
-                    *s = dot(qv, key(i)) * scale;
-                }
-                let mx = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            }
+            // Softmax per head, turned into each key's weight.
+            for s in scores.chunks_mut(n.max(1)) {
+                let mx = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - mx).exp();
-                    sum += *s;
+                for x in s.iter_mut() {
+                    *x = (*x - mx).exp();
+                    sum += *x;
                 }
-                let oh = &mut o[qh * hd..(qh + 1) * hd];
-                for (k, s) in scores.iter().enumerate() {
-                    let a = at(k);
-                    axpy(oh, *s / sum, &kv.v[a..a + hd]);
+                for x in s.iter_mut() {
+                    *x /= sum;
+                }
+            }
+            for (k, &a) in at.iter().enumerate() {
+                let v = &kv.v[a..a + hd];
+                for (qh, oh) in o.chunks_mut(hd).enumerate() {
+                    axpy(oh, scores[qh * n + k], v);
                 }
             }
         });
@@ -177,4 +206,79 @@ pub fn attention(
         cols: (hq * hd) as usize,
         data: out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench_cases as cases;
+
+    /// Each query head alone, as attention computed it before heads shared their K/V rows:
+    /// the score of every key by `dot`, the softmax, then one `axpy` per key in key order.
+    fn each_head_alone(q: &CpuTensor, kv: &CpuKv, batch: &Batch, d: AttnDims) -> Vec<f32> {
+        let (hd, group) = (d.head_dim, d.heads / d.kv_heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let ps = batch.page_size;
+        let mut out = vec![0.0f32; q.data.len()];
+        let mut t = 0;
+        for s in &batch.seqs {
+            for i in 0..s.n_tokens {
+                let vis = batch.visible(s, i);
+                for h in 0..d.heads {
+                    let at = |k: usize| {
+                        let j = vis.key(k);
+                        kv.at(0, s.pages[j / ps] as usize * ps + j % ps) + (h / group) * hd
+                    };
+                    let qv = &q.data[t * q.cols + h * hd..][..hd];
+                    let mut sc: Vec<f32> = (0..vis.count())
+                        .map(|k| super::super::cpu_math::dot(qv, &kv.k[at(k)..][..hd]) * scale)
+                        .collect();
+                    let mx = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0f32;
+                    for x in sc.iter_mut() {
+                        *x = (*x - mx).exp();
+                        sum += *x;
+                    }
+                    let o = &mut out[t * q.cols + h * hd..][..hd];
+                    for (k, x) in sc.iter().enumerate() {
+                        axpy(o, *x / sum, &kv.v[at(k)..][..hd]);
+                    }
+                }
+                t += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn heads_sharing_their_kv_rows_give_each_head_alones_bits() {
+        let be = Cpu::new();
+        // Groups of 1, 3 and 4 query heads have their own kernels; 5 goes head by head.
+        for (heads, kv_heads) in [(2, 2), (6, 2), (8, 2), (10, 2)] {
+            let d = AttnDims {
+                heads,
+                kv_heads,
+                head_dim: 24,
+                rope_theta: 10000.0,
+            };
+            let all = [
+                cases::causal(&be, d, 37).unwrap(),
+                cases::paged_decode(&be, d, 3, 70).unwrap(),
+                cases::shared_prefix(&be, d, 3, 40, 5).unwrap(),
+                cases::thought_block(&be, d, 9, 3).unwrap(),
+            ];
+            for c in &all {
+                let got = c.run(&be, d).unwrap();
+                let want = each_head_alone(&c.q, &c.kv, &c.batch, d);
+                assert!(
+                    got.data
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} with {heads} heads over {kv_heads}",
+                    c.shape
+                );
+            }
+        }
+    }
 }
