@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum ProtocolArg {
-    /// The study's (protocol.md): few-shot prompts, 96-token steps, 384-token paths, leaves
-    /// dropped at PRM score <= 0.1, best-of-N by score.
+    /// The study's (protocol.md): "Let's think step by step." then "Step k:" prompts,
+    /// 96-token steps, 384-token paths, children dropped at PRM score <= 0.1, best-of-N by
+    /// score.
     Seed,
-    /// Wu et al.'s REBASE: zero-shot "Step k:" format, 256-token steps, leaf at "The answer
-    /// is", score-weighted vote.
+    /// Wu et al.'s REBASE: the question alone, "Step k: … ки" format, 256-token steps, leaf
+    /// at "The answer is", score-weighted vote.
     Wu,
 }
 

@@ -56,10 +56,16 @@ impl<'a, B: Backend> Prm<'a, B> {
         })
     }
 
+    /// BOS as the policy finds it (`Policy::encode_with_bos`): the config's, else the
+    /// tokenizer's; Math-Shepherd's `tokenizer.encode` always adds one.
+    fn bos(&self) -> Option<u32> {
+        self.runner.model.cfg.bos_token_id.or(self.tok.bos)
+    }
+
     /// A PRM path holding just the question (nothing scored yet).
     pub fn root(&mut self, question: &str) -> Result<Branch> {
         let mut ids = Vec::new();
-        ids.extend(self.runner.model.cfg.bos_token_id);
+        ids.extend(self.bos());
         ids.extend(self.tok.encode(&format!("{question} "))?);
         // Before any page is taken: a question the PRM cannot even read is skipped by an
         // evaluation (DoesNotFit), as one the policy cannot.
@@ -168,7 +174,7 @@ impl<'a, B: Backend> Prm<'a, B> {
         let mut scored = 0u64;
         for (parent, text) in items {
             let mut ids = Vec::new();
-            ids.extend(self.runner.model.cfg.bos_token_id);
+            ids.extend(self.bos());
             ids.extend(self.tok.encode(text)?);
             self.check_fits(ids.len())?;
             scored += self.new_tokens(parent, &ids) as u64;

@@ -51,11 +51,9 @@ pub fn solve<B: Backend>(
         dropped: false,
         tokens: 0,
     }];
-    let text = match s.protocol {
-        Protocol::Seed => question.to_string(),
-        Protocol::Wu => format!("{question}\n"),
-    };
-    let ids = p.encode_with_bos(&step_prompt(s.protocol, &text, 0))?;
+    // Both protocols start from the question alone (Wu et al.'s rebase.py: `s += question`);
+    // the seed protocol's step prompt adds its "A: Let's think step by step.".
+    let ids = p.encode_with_bos(&step_prompt(s.protocol, question, 0))?;
     let thought = quiet.map_or(0, QuietStar::reach);
     p.check_fits(
         ids.len(),
@@ -71,7 +69,7 @@ pub fn solve<B: Backend>(
     let root = Node {
         prm: prm_root,
         policy: root_policy,
-        text,
+        text: question.to_string(),
         steps: vec![],
         scores: vec![],
         path_tokens: 0,
@@ -103,7 +101,7 @@ pub fn solve<B: Backend>(
         .iter()
         .map(|n| {
             let text = n.steps.join("\n");
-            let answer = leaf_answer(s.protocol, &n.text, &text);
+            let answer = leaf_answer(s.protocol, &n.text);
             Vote {
                 text,
                 answer,
@@ -194,7 +192,9 @@ fn search<B: Backend>(
             let mut steps = parent.steps.clone();
             steps.push(b.text.trim().to_string());
             let path_tokens = parent.path_tokens + generated;
-            let full = steps.join("\n");
+            // The node's text as the policy wrote it, after the question: what Wu et al.'s
+            // leaf test and answer read (TreeNode's state.text()).
+            let node_text = format!("{}{}", parent.text, b.text);
             // With fixed lengths the text and the scores mean nothing (synthetic weights): the
             // rules that end a path early on them are off, and every path runs to the path
             // limit, so the tree replays the protocol's whole token budget. EOS ends a path
@@ -204,7 +204,7 @@ fn search<B: Backend>(
                 || (!s.fixed_lengths
                     && match s.protocol {
                         Protocol::Seed => b.finish == Some(Finish::Eos) || study_is_leaf(&b.text),
-                        Protocol::Wu => wu_is_leaf(&full),
+                        Protocol::Wu => wu_is_leaf(&node_text),
                     });
             let low = s.protocol == Protocol::Seed && score <= 0.1 && !s.fixed_lengths;
             let id = tree.len();
@@ -234,7 +234,7 @@ fn search<B: Backend>(
             let node = Node {
                 policy: b,
                 prm: prm_b,
-                text: format!("{}{}", parent.text, tree[id].text),
+                text: node_text,
                 steps,
                 scores,
                 path_tokens,
@@ -247,8 +247,14 @@ fn search<B: Backend>(
             } else {
                 park(&mut p.runner, node.policy.seq);
             }
-            if leaf && !dropped {
+            // rebase.md: a child the PRM gives no score is dropped with its share of the
+            // width (Wu et al.); the study's code lets a child under its 0.1 threshold pass
+            // its share on to the next depth's allocation.
+            let lost = dropped && s.protocol == Protocol::Wu;
+            if (leaf && !dropped) || lost {
                 remaining = remaining.saturating_sub(1);
+            }
+            if leaf && !dropped {
                 leaves.push(node);
             } else if !dropped {
                 next.push(node);
@@ -411,11 +417,11 @@ fn expansion_order(protocol: Protocol, scores: &[f64]) -> Vec<usize> {
 /// A leaf's answer. `--protocol seed`: the last integer of the node's text, which is the
 /// question followed by the steps as generated, as the study's code reads its node text: a
 /// leaf whose steps hold no integer answers with the question's last one. `--protocol wu`:
-/// Wu et al.'s "The answer is:" extraction from the steps (`steps`, joined by newlines).
-fn leaf_answer(protocol: Protocol, node_text: &str, steps: &str) -> Option<String> {
+/// Wu et al.'s "The answer is:" extraction from the same text (their node's text).
+fn leaf_answer(protocol: Protocol, node_text: &str) -> Option<String> {
     match protocol {
         Protocol::Seed => last_integer(node_text),
-        Protocol::Wu => wu_answer(steps),
+        Protocol::Wu => wu_answer(node_text),
     }
 }
 
@@ -451,18 +457,16 @@ mod tests {
         let q = "Tom has 12 apples and eats 5.";
         // The steps' last integer, when they hold one (commas dropped).
         let text = format!("{q} He has 12 - 5 = 7 left. So 1,007 minus 1,000.");
-        assert_eq!(
-            leaf_answer(Protocol::Seed, &text, "").as_deref(),
-            Some("1000")
-        );
+        assert_eq!(leaf_answer(Protocol::Seed, &text).as_deref(), Some("1000"));
         // Steps without a number: the question's last, as the study's code reads it.
         let text = format!("{q} He ate some, so fewer remain.");
-        assert_eq!(leaf_answer(Protocol::Seed, &text, "").as_deref(), Some("5"));
-        assert_eq!(leaf_answer(Protocol::Seed, "How many? None.", ""), None);
-        // Wu et al.'s extraction reads the steps only.
-        let steps = "Step 1: 12 - 5 = 7 ки\nStep 2: The answer is: 7 ки";
-        assert_eq!(leaf_answer(Protocol::Wu, q, steps).as_deref(), Some("7"));
-        assert_eq!(leaf_answer(Protocol::Wu, q, "Step 1: 12 - 5 ки"), None);
+        assert_eq!(leaf_answer(Protocol::Seed, &text).as_deref(), Some("5"));
+        assert_eq!(leaf_answer(Protocol::Seed, "How many? None."), None);
+        // Wu et al.'s extraction reads the node's text as written, the question included.
+        let text = format!("{q}\nStep 1: 12 - 5 = 7 ки\nStep 2: The answer is: 7 ки");
+        assert_eq!(leaf_answer(Protocol::Wu, &text).as_deref(), Some("7"));
+        let text = format!("{q}\nStep 1: 12 - 5 ки");
+        assert_eq!(leaf_answer(Protocol::Wu, &text), None);
     }
 
     #[test]

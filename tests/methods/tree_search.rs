@@ -12,6 +12,13 @@ fn rebase_builds_a_tree_and_scores_it() {
         };
         let sol = run_rebase(&be, &m, false, usize::MAX, &s);
         assert!(sol.tree.len() > 1, "{protocol:?}");
+        // Wu et al.'s prompt is the question alone (rebase.py: `s += question`); the study's
+        // adds its "A: Let's think step by step.". BOS comes first in both.
+        let alone = 1 + m.tok.encode(Q).unwrap().len() as u64;
+        match protocol {
+            Protocol::Wu => assert_eq!(sol.prompt_tokens, alone),
+            Protocol::Seed => assert!(sol.prompt_tokens > alone),
+        }
         assert!(sol.prm_tokens > 0);
         assert!(sol.flops.useful_by_phase["prm"] > 0);
         for v in &sol.votes {
