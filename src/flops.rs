@@ -65,12 +65,14 @@ impl Counts {
         }
     }
 
+    /// Saturating: a sum past u64 (1.8e19, about 200 problems of a 7B model's parallel
+    /// Quiet-STaR in one ledger) stays at the maximum instead of wrapping to a small number.
     pub fn add(&mut self, o: &Counts) {
-        self.calls += o.calls;
-        self.useful_flops += o.useful_flops;
-        self.executed_flops += o.executed_flops;
-        self.bytes += o.bytes;
-        self.transcendentals += o.transcendentals;
+        self.calls = self.calls.saturating_add(o.calls);
+        self.useful_flops = self.useful_flops.saturating_add(o.useful_flops);
+        self.executed_flops = self.executed_flops.saturating_add(o.executed_flops);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.transcendentals = self.transcendentals.saturating_add(o.transcendentals);
     }
 }
 

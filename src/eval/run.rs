@@ -113,7 +113,7 @@ pub fn run<B: Backend>(
             label,
             correct: prev.iter().filter(|r| r.correct).count(),
             n: prev.len(),
-            flops: prev.iter().map(|r| r.flops).sum(),
+            flops: prev.iter().map(|r| r.flops as u128).sum(),
             total: prev.len() + todo.len(),
             t0: Instant::now(),
             new: 0,
@@ -236,7 +236,9 @@ struct Progress {
     label: String,
     correct: usize,
     n: usize,
-    flops: u64,
+    /// u128: a 7B model's parallel Quiet-STaR costs ~1e17 FLOPs a problem, and u64 ends at
+    /// 1.8e19.
+    flops: u128,
     total: usize,
     t0: Instant,
     new: usize,
@@ -247,7 +249,7 @@ impl Progress {
         self.n += 1;
         self.new += 1;
         self.correct += rec.correct as usize;
-        self.flops += rec.flops;
+        self.flops += rec.flops as u128;
         let per = self.t0.elapsed().as_secs_f64() / self.new as f64;
         let left = per * self.total.saturating_sub(self.n) as f64;
         let line = format!(

@@ -312,6 +312,10 @@ impl<B: Backend> Stepper<B> for ThoughtStep<'_, B> {
         let hb = r.be.tensor(n, d, &h_base)?;
         let he = r.be.tensor(n, d, &h_end)?;
         let mixed = r.be.talk_mix(&hb, &he, &self.qs.head)?;
+        // The output token's projection to the vocabulary is its decode step's, as in the
+        // baseline's decode pass (where the LM head is computed on the unmixed state): `mix`
+        // holds only what Quiet-STaR adds there, the talk head and the mixing.
+        r.be.set_phase(Phase::Decode);
         let logits = r.be.linear(&mixed, r.model.lm_head())?;
         // Incremental mode: one row per branch, already in order. Parallel: each branch's
         // last position.

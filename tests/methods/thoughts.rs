@@ -154,16 +154,21 @@ fn quiet_star_runs_the_lm_head_only_where_it_reads_logits() {
         };
         // Rows per pass: one (incremental) or one per position (parallel).
         let n = if mode == Mode::Parallel { seq.len() } else { 1 } as u64;
-        // Base pass: the pending token, and in parallel mode depth 0 of every position again.
+        // Base pass: the pending token, and in parallel mode depth 0 of every position again;
+        // then the LM head on every mixed row, the output token's projection as in a decode.
         let base = if mode == Mode::Parallel { 1 + n } else { 1 };
-        assert_eq!(matmul(Phase::Decode), base * layers_per_token, "{mode:?}");
+        assert_eq!(
+            matmul(Phase::Decode),
+            base * layers_per_token + n * head,
+            "{mode:?}"
+        );
         assert_eq!(
             matmul(Phase::Thought),
             7 * n * layers_per_token + 5 * n * head,
             "{mode:?}"
         );
-        // The mix: the talk head's three linears, then the LM head, for every row.
+        // The mix: the talk head's three linears for every row, and nothing else.
         let talk = 2 * n * (2 * d * d + d * d + d);
-        assert_eq!(matmul(Phase::Mix), talk + n * head, "{mode:?}");
+        assert_eq!(matmul(Phase::Mix), talk, "{mode:?}");
     }
 }

@@ -248,6 +248,7 @@ impl Cuda {
         if meta.n_prefix > 0 {
             // Items that are no tree member never write the prefix slot: mark it empty.
             self.fill("fill_u32", lse.ptr(), 0xff80_0000, parts)?;
+            self.record("fill", Counts::exact(0, parts as u64 * 4, 0));
             let mut p = fp;
             p.items = meta.prefix.ptr();
             p.members = meta.members.ptr();
