@@ -5,7 +5,7 @@ use clap::ValueEnum;
 use ponder::backend::Backend;
 use ponder::generate::Runner;
 use ponder::methods::common::{Policy, Protocol, Settings};
-use ponder::methods::engines::{Engines, Fleet};
+use ponder::methods::engines::{Engines, Fleet, Method};
 use ponder::methods::prm::Prm;
 use ponder::methods::quiet_star::{Mode, QuietStar};
 use ponder::methods::voting::{Aggregate, Select};
@@ -316,16 +316,15 @@ impl Opts {
     /// The flags given for a part that none of the methods to run has (`--width` for the
     /// baseline alone, say), as a note to print when the work starts: they change nothing, and
     /// a user who thought they did should hear it, while a script that passes one set of
-    /// flags to every method keeps working. `running` names the methods; `votes`, `trees`,
-    /// `thoughts`: whether any of them votes (baseline, Quiet-STaR), grows a REBASE tree
-    /// (rebase, combined), thinks (Quiet-STaR, combined).
-    pub fn unused_flags(
-        &self,
-        running: &str,
-        votes: bool,
-        trees: bool,
-        thoughts: bool,
-    ) -> Option<String> {
+    /// flags to every method keeps working.
+    pub fn unused_flags(&self, methods: &[Method]) -> Option<String> {
+        // Whether any of them votes (baseline, Quiet-STaR), grows a REBASE tree (rebase,
+        // combined), thinks (Quiet-STaR, combined).
+        let votes = methods.iter().any(|m| !m.uses_prm());
+        let trees = methods.iter().any(|m| m.uses_prm());
+        let thoughts = methods.iter().any(|m| m.uses_thoughts());
+        let running: Vec<&str> = methods.iter().map(|m| m.name()).collect();
+        let running = running.join(",");
         const VOTES: &str = "baseline and quiet-star";
         const TREES: &str = "rebase and combined";
         let flags = [

@@ -259,13 +259,7 @@ impl OnBackend for Eval {
             .filter(|k| !done.contains(k))
             .count();
         let total = problems.len() * runs.len();
-        let names: Vec<&str> = plan.methods.iter().map(|m| m.name()).collect();
-        let unused = a.opts.unused_flags(
-            &names.join(","),
-            plan.methods.iter().any(|m| !m.uses_prm()),
-            plan.methods.iter().any(|m| m.uses_prm()),
-            plan.methods.iter().any(|m| m.uses_thoughts()),
-        );
+        let unused = a.opts.unused_flags(&plan.methods);
         eprintln!(
             "ponder: {} problem(s) × {} run(s) on {} ({}) → {}{}",
             problems.len(),

@@ -70,10 +70,7 @@ impl OnBackend for Solve {
             method.uses_prm(),
             method.uses_thoughts(),
         )?;
-        let unused = a
-            .opts
-            .unused_flags(method.name(), !trees, trees, method.uses_thoughts());
-        if let Some(note) = unused {
+        if let Some(note) = a.opts.unused_flags(&[method]) {
             eprintln!("{note}");
         }
         let sol = e.solve(method, &a.question, &settings)?;
