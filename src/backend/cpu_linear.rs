@@ -137,30 +137,25 @@ struct Task<'a> {
 }
 
 impl Task<'_> {
+    /// Output (input row i, weight row j0 + jj).
+    #[inline]
+    fn put(&self, i: usize, jj: usize, val: f32) {
+        debug_assert!(i < self.n && jj < self.rows);
+        // SAFETY: i < n and j0 + jj < m, so the index is inside `out` (n*m values), which
+        // outlives this parallel loop; column j0 + jj belongs to this task alone, and within
+        // the task each (i, jj) is written once, so no two writes alias.
+        unsafe { *self.dst.at(i * self.m + self.j0 + jj) = val };
+    }
+
     /// `w[jj]` is weight row j0 + jj.
     fn run<W: Weight>(&self, w: &[&[W]]) {
         const TILE: usize = 32;
-        let Task {
-            x,
-            n,
-            k,
-            m,
-            j0,
-            rows,
-            dst,
-        } = *self;
+        let Task { x, n, k, rows, .. } = *self;
         debug_assert_eq!(w.len(), rows);
         if n < STREAM_BELOW {
             return self.stream(w);
         }
         let xr = |i: usize| &x[i * k..(i + 1) * k];
-        let put1 = |i: usize, jj: usize, val: f32| {
-            debug_assert!(i < n && jj < rows);
-            // SAFETY: i < n and j0 + jj < m, so the index is inside `out` (n*m values),
-            // which outlives this parallel loop; column j0 + jj belongs to this task alone,
-            // and within the task each (i, jj) is written once, so no two writes alias.
-            unsafe { *dst.at(i * m + j0 + jj) = val };
-        };
         // Four weight rows at a time (dot4 gives dot's bits), then the rest.
         let quads = rows / 4 * 4;
         for i0 in (0..n).step_by(TILE) {
@@ -169,7 +164,7 @@ impl Task<'_> {
                 let ws = [w[jj], w[jj + 1], w[jj + 2], w[jj + 3]];
                 let put = |i: usize, v: [f32; 4]| {
                     for (r, val) in v.into_iter().enumerate() {
-                        put1(i, jj + r, val);
+                        self.put(i, jj + r, val);
                     }
                 };
                 // Input rows three at a time, then two, then one: each output is still
@@ -194,43 +189,28 @@ impl Task<'_> {
             }
             for (jj, wj) in w.iter().enumerate().skip(quads) {
                 for i in i0..i1 {
-                    put1(i, jj, dot(xr(i), wj));
+                    self.put(i, jj, dot(xr(i), wj));
                 }
             }
         }
     }
-}
 
-impl Task<'_> {
     /// Each weight row once, against every input row in pairs (dot_rows): with few input
     /// rows a step waits on the weights coming in from memory, so each is used up while it
     /// passes, in one sequential stream.
     fn stream<W: Weight>(&self, w: &[&[W]]) {
-        let Task {
-            x,
-            n,
-            k,
-            m,
-            j0,
-            rows,
-            dst,
-        } = *self;
+        let Task { x, n, k, .. } = *self;
         let xr = |i: usize| &x[i * k..(i + 1) * k];
-        let put = |i: usize, jj: usize, val: f32| {
-            debug_assert!(i < n && jj < rows);
-            // SAFETY: as in `run`: i < n, j0 + jj < m, this task's own column.
-            unsafe { *dst.at(i * m + j0 + jj) = val };
-        };
         for (jj, wj) in w.iter().enumerate() {
             let mut i = 0;
             if n % 2 == 1 {
-                put(0, jj, dot_rows([xr(0)], wj)[0]);
+                self.put(0, jj, dot_rows([xr(0)], wj)[0]);
                 i = 1;
             }
             while i < n {
                 let [a, b] = dot_rows([xr(i), xr(i + 1)], wj);
-                put(i, jj, a);
-                put(i + 1, jj, b);
+                self.put(i, jj, a);
+                self.put(i + 1, jj, b);
                 i += 2;
             }
         }
