@@ -117,6 +117,7 @@ pub fn run<B: Backend>(
             total: prev.len() + todo.len(),
             t0: Instant::now(),
             new: 0,
+            in_flight: workers.len().min(todo.len()).max(1),
         };
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
@@ -242,6 +243,8 @@ struct Progress {
     total: usize,
     t0: Instant,
     new: usize,
+    /// Problems solved at once (at most those to run).
+    in_flight: usize,
 }
 
 impl Progress {
@@ -250,7 +253,7 @@ impl Progress {
         self.new += 1;
         self.correct += rec.correct as usize;
         self.flops += rec.flops as u128;
-        let per = self.t0.elapsed().as_secs_f64() / self.new as f64;
+        let per = seconds_per_problem(self.t0.elapsed().as_secs_f64(), self.new, self.in_flight);
         let left = per * self.total.saturating_sub(self.n) as f64;
         let line = format!(
             "[{}] {} {}/{} acc {}/{} ({:.2}%) {per:.2} s/problem, {:.3e} FLOPs so far, ETA {}",
@@ -305,6 +308,14 @@ fn other_budgets(held: &[(&str, usize)], runs: &[(Method, usize)]) -> Vec<String
     lines
 }
 
+/// Seconds per problem after `done` problems finished in `elapsed` seconds, `in_flight` at a
+/// time: the throughput so far. Until as many have finished as run at once, the others in
+/// flight are taken as about done too (they started together and share every pass), rather
+/// than the first one's whole time being counted once per problem.
+fn seconds_per_problem(elapsed: f64, done: usize, in_flight: usize) -> f64 {
+    elapsed / done.max(in_flight).max(1) as f64
+}
+
 /// A 20-cell bar of `n` done out of `total`.
 fn bar(n: usize, total: usize) -> String {
     const CELLS: usize = 20;
@@ -325,7 +336,7 @@ fn fmt_secs(s: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{bar, is_correct, other_budgets};
+    use super::{bar, is_correct, other_budgets, seconds_per_problem};
     use crate::methods::engines::Method;
 
     #[test]
@@ -365,6 +376,18 @@ mod tests {
         assert!(is_correct(Some("-7.0"), Some("-7"), true));
         assert!(!is_correct(Some("7"), Some("-7"), true));
         assert!(!is_correct(Some("7"), None, true));
+    }
+
+    #[test]
+    fn seconds_per_problem_counts_the_problems_in_flight() {
+        // One at a time: the time over the problems done.
+        assert_eq!(seconds_per_problem(30.0, 1, 1), 30.0);
+        assert_eq!(seconds_per_problem(30.0, 3, 1), 10.0);
+        // Three in flight: the first finishes after about three problems' share of the
+        // passes, and the other two are close behind it.
+        assert_eq!(seconds_per_problem(30.0, 1, 3), 10.0);
+        assert_eq!(seconds_per_problem(30.0, 3, 3), 10.0);
+        assert_eq!(seconds_per_problem(60.0, 6, 3), 10.0);
     }
 
     #[test]
