@@ -31,7 +31,8 @@ def loaded_path(name: str):
     with open("/proc/self/maps") as maps:
         for line in maps:
             path = line.split()[-1]
-            if os.path.basename(path) == name:
+            # The maps name the file itself (libcublas.so.13.0.2.14), not the soname.
+            if os.path.basename(path).startswith(name):
                 return os.path.realpath(path)
     return None
 

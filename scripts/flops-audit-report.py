@@ -17,7 +17,10 @@ from collections import defaultdict
 # op in every phase. The audit's run has one sequence, so its prefill-phase attention is
 # attn_prefill alone and its decode-phase attention attn_decode alone (no shared prefix).
 FAMILIES = [
-    (r"gemm|xmma|cutlass|sm90_|ampere_|nvjet", "matmul (cuBLAS)", [(None, "matmul")], "tensor"),
+    # cuBLAS: tensor-core GEMMs, and for the audit's one-row products its CUDA-core GEMV and
+    # split-K kernels, so the family is held to both counters together.
+    (r"gemm|gemv|xmma|cutlass|sm90_|ampere_|nvjet|splitK|cublas", "matmul (cuBLAS)",
+     [(None, "matmul")], "tensor+fp32"),
     (r"^attn_prefill|^attn_prefix", "attention (flash)", [("prefill", "attention")], "tensor"),
     (r"^attn_decode", "attention (decode)", [("decode", "attention")], "fp32"),
     (r"^attn_merge", "attn_merge", [(None, "attn_merge")], "fp32"),
@@ -40,6 +43,9 @@ FADD, FMUL, FFMA = (f"smsp__sass_thread_inst_executed_op_f{o}_pred_on.sum" for o
 DADD, DMUL, DFMA = (f"smsp__sass_thread_inst_executed_op_d{o}_pred_on.sum" for o in ("add", "mul", "fma"))
 TENSOR = "sm__ops_path_tensor_src_bf16_dst_fp32.sum"
 HMMA = "smsp__inst_executed_pipe_tensor_op_hmma.sum"
+# The same count at SM level, the name GH100's metric list is known to hold (flops-audit.sh asks
+# for both; the report reads whichever came back).
+HMMA_SM = "sm__inst_executed_pipe_tensor_op_hmma.sum"
 HMMA_FLOPS = 2 * 16 * 8 * 16  # one warp's mma.m16n8k16
 
 
@@ -52,12 +58,20 @@ def family_of(name):
 
 def read_ncu(path):
     rows = list(csv.reader(l for l in open(path) if l.startswith('"')))
-    if len(rows) < 3:
+    # The header is the row that names the columns (any other quoted line, e.g. a program's
+    # output, is not); the row after it holds the units, then one row per launch.
+    at = next((i for i, r in enumerate(rows) if r and r[0] == "ID" and "Kernel Name" in r), None)
+    if at is None:
+        raise SystemExit(f"error: {path} has no ncu header row (ID, Kernel Name, ...)")
+    head, units, body = rows[at], rows[at + 1] if at + 1 < len(rows) else [], rows[at + 2:]
+    if not body:
         raise SystemExit(f"error: {path} holds no ncu measurements")
-    head, body = rows[0], rows[2:]  # row 1 holds units
     col = {n: i for i, n in enumerate(head)}
-    if "Kernel Name" not in col:
-        raise SystemExit(f"error: {path} has no 'Kernel Name' column")
+    # Counts must come unscaled (--print-units base): a "Kinst" read as "inst" is 1000x off.
+    for name, i in col.items():
+        u = units[i] if i < len(units) else ""
+        if name.endswith(".sum") and u not in ("", "inst"):
+            raise SystemExit(f"error: {path}: {name} is in {u!r}, not instructions (run ncu with --print-units base)")
 
     def val(r, m):
         if m not in col or r[col[m]] in ("", "n/a"):
@@ -90,10 +104,10 @@ def report(ncu_csv, ledger_txt, out=sys.stdout):
         f["fp32"] += v(FADD) + v(FMUL) + 2 * v(FFMA)
         f["f64"] += v(DADD) + v(DMUL) + 2 * v(DFMA)
         f["tensor"] += v(TENSOR)
-        f["hmma"] += v(HMMA)
+        f["hmma"] += v(HMMA) if HMMA in col else v(HMMA_SM)
     # The tensor counter's unit, from ponder's flash kernels (HMMA.16816 only).
     flash = fams.get("attention (flash)")
-    if flash and flash["tensor"] > 0 and HMMA in col:
+    if flash and flash["tensor"] > 0 and (HMMA in col or HMMA_SM in col):
         per_op = flash["hmma"] * HMMA_FLOPS / flash["tensor"]
         unit = f"{per_op:.3f} FLOPs per tensor op (calibrated: the flash kernels' HMMA.16816 instructions x 4096)"
     else:
@@ -106,7 +120,7 @@ def report(ncu_csv, ledger_txt, out=sys.stdout):
     for fam in sorted(fams):
         f = fams[fam]
         tensor = f["tensor"] * per_op
-        hw = tensor if f["counter"] == "tensor" else f["fp32"]
+        hw = {"tensor": tensor, "fp32": f["fp32"], "tensor+fp32": tensor + f["fp32"]}[f["counter"]]
         l = sum(n for (ph, op), n in led.items() for kp, ko in f["keys"] if ko == op and kp in (None, ph))
         if l == 0 and hw == 0:
             ratio, verdict = "-", "ok (none)"
@@ -134,12 +148,14 @@ def self_check():
         ("attn_prefill_hd16", 0, 0, 0, 8192, 4),
         ("attn_prefill_hd16", 0, 0, 0, 8192, 4),
         ("sm90_xmma_gemm_bf16bf16_bf16f32", 0, 0, 0, 50000, 0),
+        ("void gemv2T_kernel_val<int, int, __nv_bfloat16>", 0, 0, 500, 0, 0),  # 1000
         ("attn_decode", 100, 20, 1000, 0, 0),  # 2120
         ("rms_norm", 1000, 20, 10, 0, 0),  # 1040 against 1020
         ("mystery_kernel", 5, 0, 0, 0, 0),
     ]
     with open(os.path.join(d, "ncu.csv"), "w") as fh:
         fh.write("==PROF== Connected to process 1\n")
+        fh.write('"hello" said the model\n')  # program output in the same file
         w = csv.writer(fh, quoting=csv.QUOTE_ALL)
         w.writerow(cols)
         w.writerow(["", "", "inst", "inst", "inst", "", "inst"])
@@ -148,10 +164,10 @@ def self_check():
     with open(os.path.join(d, "ledger.txt"), "w") as fh:
         fh.write("phase    op                calls       useful FLOPs     executed FLOPs\n")
         fh.write("prefill  attention             2              100              32768  0 0\n")
-        fh.write("prefill  matmul                1           100000             100000  0 0\n")
+        fh.write("prefill  matmul                2           101000             101000  0 0\n")
         fh.write("decode   attention             1              100               2120  0 0\n")
         fh.write("prefill  rmsnorm               1               10               1020  0 0\n")
-        fh.write("prefill  (all)                 5           100000             135908  0 0\n")
+        fh.write("prefill  (all)                 6           101000             136908  0 0\n")
     import io
     buf = io.StringIO()
     bad = report(os.path.join(d, "ncu.csv"), os.path.join(d, "ledger.txt"), buf)
@@ -160,7 +176,7 @@ def self_check():
     problems = []
     if "2.000 FLOPs per tensor op" not in text:
         problems.append("tensor unit not calibrated to 2.000")
-    for fam, want in [("attention (flash)", "ok (tensor)"), ("matmul (cuBLAS)", "ok (tensor)"),
+    for fam, want in [("attention (flash)", "ok (tensor)"), ("matmul (cuBLAS)", "ok (tensor+fp32)"),
                       ("attention (decode)", "ok (fp32)"), ("rmsnorm", "FAIL (fp32)"),
                       ("other: mystery_kernel", "FAIL (not in the ledger)")]:
         line = next((l for k, l in lines.items() if k.startswith(fam)), "")

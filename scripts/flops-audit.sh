@@ -20,11 +20,16 @@
 set -euo pipefail
 PONDER=${1:-./gpu-bin/ponder}
 [[ -x "$PONDER" ]] || PONDER=./target/release/ponder
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1 || true)
-[[ -n "$NCU" ]] || { echo "error: ncu (Nsight Compute) not found" >&2; exit 1; }
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+# Exit 77: nothing to audit with here (gpu-run.sh lists the step as skipped, not failed).
+[[ -n "$NCU" ]] || { echo "error: ncu (Nsight Compute) not found" >&2; exit 77; }
 logs="${OUT:+$OUT/flops-audit}"; logs="${logs:-flops-audit-logs}"
 mkdir -p "$logs"
 "$NCU" --query-metrics > "$logs/metrics.txt" 2>&1 || true
+if grep -q "==ERROR==" "$logs/metrics.txt"; then
+    echo "error: ncu cannot query this GPU's metrics: $(grep -m1 '==ERROR==' "$logs/metrics.txt")" >&2
+    exit 1
+fi
 WANT=(smsp__sass_thread_inst_executed_op_fadd_pred_on.sum
       smsp__sass_thread_inst_executed_op_fmul_pred_on.sum
       smsp__sass_thread_inst_executed_op_ffma_pred_on.sum
@@ -32,23 +37,26 @@ WANT=(smsp__sass_thread_inst_executed_op_fadd_pred_on.sum
       smsp__sass_thread_inst_executed_op_dmul_pred_on.sum
       smsp__sass_thread_inst_executed_op_dfma_pred_on.sum
       sm__ops_path_tensor_src_bf16_dst_fp32.sum
+      # The HMMA count at warp-scheduler and at SM level: whichever this ncu lists.
       smsp__inst_executed_pipe_tensor_op_hmma.sum
-      # Each launch's shape beside its counts (ncu.csv, kept in the logs), so that what the
-      # executed-FLOP models leave out can be fitted after a run.
-      launch__grid_size launch__block_size)
+      sm__inst_executed_pipe_tensor_op_hmma.sum)
+# (Each launch's grid and block sizes are in the raw page's own columns, kept in ncu.csv.)
 metrics=()
 for m in "${WANT[@]}"; do
     # An ncu that does not list a metric would refuse the whole run for it.
-    if grep -q "${m%.sum}" "$logs/metrics.txt"; then metrics+=("$m"); else
+    if grep -qw "${m%.sum}" "$logs/metrics.txt"; then metrics+=("$m"); else
         echo "warning: this ncu does not list ${m%.sum}; its column is left out" >&2; fi
 done
 ((${#metrics[@]} > 0)) || { echo "error: ncu lists none of the audit's metrics (see $logs/metrics.txt)" >&2; exit 1; }
 list=$(IFS=,; echo "${metrics[*]}")
 # A prefill of 64 tokens and 4 decode steps on synthetic:tiny; --flops prints the ledger by op.
 rc=0
-"$NCU" --clock-control none --csv --page raw --metrics "$list" \
+# ncu's own output goes to its log file (the generated text stays out of the CSV), counts
+# unscaled (--print-units base: no Kinst to misread).
+"$NCU" --clock-control none --csv --page raw --print-units base --log-file "$logs/ncu.csv" \
+    --metrics "$list" \
     "$PONDER" generate --model synthetic:tiny --device cuda --prompt "$(printf 'x%.0s' {1..64})" \
-    --max-tokens 4 --temperature 0 --flops > "$logs/ncu.csv" 2> "$logs/ledger.txt" || rc=$?
+    --max-tokens 4 --temperature 0 --flops > "$logs/generated.txt" 2> "$logs/ledger.txt" || rc=$?
 # Containers often withhold the performance counters from non-admin profiling.
 if grep -q ERR_NVGPUCTRPERM "$logs/ncu.csv" "$logs/ledger.txt"; then
     echo "error: ncu may not read this GPU's performance counters (ERR_NVGPUCTRPERM: profiling needs admin rights or NVreg_RestrictProfilingToAdminUsers=0); no audit possible here" >&2

@@ -18,11 +18,14 @@
 #   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B)
 #   smoke       generate on synthetic:tiny; Quiet-STaR's parallel mode on synthetic:tiny
 #               (Mistral-7B's loading is timed by bench)
-#   eval        the four methods, --fixed-lengths, synthetic:mistral-7b, 2 problems in flight
 #   audit       flops-audit.sh (ledger vs Nsight Compute) and profile.sh (nsys, else ncu)
+#   eval        the four methods, --fixed-lengths, synthetic:mistral-7b, 2 problems in flight
 #   kernels     the criterion kernel benches (CUDA instances)
 # Output: $OUT/summary.md (everything, by gpu-summary.py), $OUT/summary.txt and
-# $OUT/logs.tar.gz (every log); without $OUT, gpu-bin/logs/. The summary table prints last.
+# $OUT/logs.tar.gz (every log), rewritten after every step and on exit, so that a call cut
+# short still returns what finished; without $OUT, gpu-bin/logs/. The summary prints last.
+# A step whose tests report "skipped: no CUDA GPU" fails: a run that tested nothing is no
+# pass. A step whose tool is missing (exit 77) is listed as skipped.
 #
 # A rehearsal without a GPU checks every command line of it before device time is spent:
 #   PONDER_GPU_DEVICE=cuda-emu PONDER_GPU_MODEL=synthetic:tiny bash gpu-bin/run.sh info smoke bench eval kernels
@@ -35,8 +38,9 @@ export PONDER_CACHE="${PONDER_CACHE:-$here/cache}"
 export RUST_BACKTRACE=1
 budget=${PONDER_GPU_BUDGET:-480}
 start=$SECONDS
-steps=("$@"); [[ ${#steps[@]} -eq 0 ]] && steps=(info dual check sanitize bench smoke eval audit kernels)
-declare -a summary
+steps=("$@"); [[ ${#steps[@]} -eq 0 ]] && steps=(info dual check sanitize bench smoke audit eval kernels)
+ORIG_LD_LIBRARY_PATH="${LD_LIBRARY_PATH-}"
+summary=()
 fail=0
 P="$here/ponder"
 DEV=${PONDER_GPU_DEVICE:-cuda}
@@ -54,8 +58,13 @@ run() {
     local t0=$SECONDS
     timeout --kill-after=10 "$cap" "$@" > "$logs/$name.log" 2>&1
     local rc=$?
-    if (( rc == 0 )); then
+    if (( rc == 0 )) && grep -q "skipped: no CUDA GPU" "$logs/$name.log"; then
+        summary+=("FAIL $name (its tests skipped the GPU: none usable here)"); fail=1
+        grep -m3 "skipped" "$logs/$name.log"
+    elif (( rc == 0 )); then
         summary+=("PASS $name ($((SECONDS - t0)) s)"); tail -n 3 "$logs/$name.log"
+    elif (( rc == 77 )); then
+        summary+=("SKIP $name ($(tail -n 1 "$logs/$name.log" | head -c 200))")
     elif (( rc == 124 || rc == 137 )); then
         summary+=("TIME $name (stopped at its ${cap}s cap; partial log)"); fail=1
         tail -n 15 "$logs/$name.log"
@@ -63,7 +72,20 @@ run() {
         summary+=("FAIL $name (exit $rc after $((SECONDS - t0)) s)"); fail=1
         tail -n 40 "$logs/$name.log"
     fi
+    finish
 }
+# The summary and the log archive into $OUT: after every step, and once more on exit.
+finish() {
+    printf '%s\n' "${summary[@]}" > "$logs/summary.txt"
+    python3 "$here/gpu-summary.py" "$logs" > "$logs/summary.md" 2> "$logs/gpu-summary.err" ||
+        echo "gpu-summary.py failed (see gpu-summary.err in the logs)" >&2
+    cp "$logs/summary.txt" "$logs/summary.md" "$out/" 2>/dev/null
+    tar -czf "$out/logs.tar.gz" -C "$(dirname "$logs")" gpu-test 2>/dev/null
+    return 0
+}
+trap finish EXIT
+trap 'finish; exit 143' TERM
+trap 'finish; exit 130' INT
 # cudarc dlopens cuBLAS by name, trying the unversioned libcublas.so before libcublas.so.13 (an
 # older toolkit's development link would win, and ponder would refuse its version). So
 # find-cublas.py finds libcublas.so.13 (by the loader, in a toolkit outside ld.so.conf, or in
@@ -85,12 +107,17 @@ if ! "$P" --version > "$logs/version.log" 2>&1; then
     summary+=("     this machine: $(ldd --version 2>&1 | head -1)")
     cat "$logs/version.log"; steps=(); fail=1
 fi
-dual=("$here/tests/backend_dual" --skip cuda_emu --skip ::cpu --test-threads=1)
-# Each CUDA test of the dual binary in a process of its own (after a failure of the whole).
+# --show-output prints each test's "skipped: no CUDA GPU", which `run` turns into a failure.
+dual=("$here/tests/backend_dual" --skip cuda_emu --skip ::cpu --test-threads=1 --show-output)
+# Each CUDA test of the dual binary in a process of its own (after a failure of the whole),
+# 30 s at most each, its output kept in the logs (each-<test>.log).
 each_dual() {
-    local bin=$1 t rc=0
+    local bin=$1 dir=$2 t rc=0
     for t in $("$bin" --list 2>/dev/null | sed -n 's/: test$//p' | grep '::cuda$'); do
-        if "$bin" --exact "$t" --test-threads=1 > /dev/null 2>&1; then echo "ok     $t"
+        local log="$dir/each-${t//::/_}.log"
+        if timeout 30 "$bin" --exact "$t" --test-threads=1 --show-output > "$log" 2>&1 &&
+            ! grep -q "skipped: no CUDA GPU" "$log"; then
+            echo "ok     $t"
         else echo "FAILED $t"; rc=1; fi
     done
     return $rc
@@ -104,7 +131,8 @@ info)
     cat "$logs/build.log"
     { nvidia-smi || true; } > "$logs/nvidia-smi.log" 2>&1
     head -n 12 "$logs/nvidia-smi.log"
-    run roofline 90 20 python3 "$here/roofline.py"
+    # PyTorch with the library path it had: the cuBLAS links above are for ponder.
+    run roofline 90 20 env LD_LIBRARY_PATH="$ORIG_LD_LIBRARY_PATH" python3 "$here/roofline.py"
     # ponder bench prints its rates against these too (beside hardware.md's H100 figures).
     bw=$(sed -n 's/^measured copy bandwidth: \([0-9.]*\) TB\/s.*/\1/p' "$logs/roofline.log")
     tf=$(sed -n 's/^measured bf16 GEMM: \([0-9.]*\) TFLOP\/s.*/\1/p' "$logs/roofline.log")
@@ -113,8 +141,8 @@ info)
 dual)
     run dual-tests 150 20 env CUDA_LAUNCH_BLOCKING=1 "${dual[@]}"
     if [[ "${summary[-1]}" != PASS* ]]; then
-        run dual-each 120 20 env CUDA_LAUNCH_BLOCKING=1 bash -c 'each_dual "$1"' _ \
-            "$here/tests/backend_dual"
+        run dual-each 120 20 env CUDA_LAUNCH_BLOCKING=1 bash -c 'each_dual "$1" "$2"' _ \
+            "$here/tests/backend_dual" "$logs"
     fi ;;
 check)
     run check-mistral 150 60 "$P" check "${M[@]}" --tokens 128 --steps 8 --batch 4 \
@@ -135,7 +163,7 @@ eval)
     # cheap methods first, so that a cap still leaves their results (results.jsonl is
     # durable; the report is written from whatever finished).
     rm -rf "$logs/eval-mistral"
-    run eval-mistral 200 60 "$P" eval "${M[@]}" --fixed-lengths \
+    run eval-mistral 120 60 "$P" eval "${M[@]}" --fixed-lengths \
         --method baseline,rebase,combined,quiet-star --limit 2 --in-flight 2 --votes 6 \
         --width 3 --kv-pages 1024 --out "$logs/eval-mistral"
     [[ -s "$logs/eval-mistral/results.jsonl" ]] &&
@@ -161,10 +189,7 @@ kernels)
 *) echo "unknown step: $s (info dual check sanitize bench smoke eval audit kernels)" >&2; exit 2 ;;
 esac; done
 summary+=("total $((SECONDS - start)) s of a ${budget} s budget")
-printf '%s\n' "${summary[@]}" > "$logs/summary.txt"
-python3 "$here/gpu-summary.py" "$logs" > "$logs/summary.md" 2>/dev/null || echo "gpu-summary.py failed" >&2
-cp "$logs/summary.txt" "$logs/summary.md" "$out/" 2>/dev/null
-tar -czf "$out/logs.tar.gz" -C "$(dirname "$logs")" gpu-test
+finish
 echo "--- summary (logs: $out/summary.md, $out/logs.tar.gz)"
 cat "$logs/summary.txt"
 exit $fail

@@ -30,8 +30,10 @@ def criterion_table(text):
     rows, name, time = [], None, None
     for line in text.splitlines():
         s = line.strip()
-        if re.match(r"^(cpu|cuda)/\S+$", s):
-            name, time = s, None
+        # criterion prints a name of up to 23 characters on the same line as its time.
+        m = re.match(r"^((?:cpu|cuda|cuda-emu)/\S+)(?:\s+time:\s*(.*))?$", s)
+        if m:
+            name, time = m.group(1), m.group(2)
         elif s.startswith("time:") and name and time is None:
             time = s[len("time:"):].strip()
         elif s.startswith("thrpt:") and name and time:

@@ -17,20 +17,27 @@ if [[ ${#args[@]} -eq 0 ]]; then
 fi
 out="${OUT:+$OUT/profile}"; out="${out:-profile-out}"
 mkdir -p "$out"
-NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1 || true)
-NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1 || true)
+NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1 || true)
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
 if [[ -n "$NSYS" ]] && timeout 45 "$NSYS" profile --trace=cuda,cublas,nvtx --force-overwrite=true -o "$out/ponder" \
         "$PONDER" "${args[@]}" > "$out/run.log" 2>&1; then
     echo "profiler: nsys ($NSYS)"
-    "$NSYS" stats --report cuda_gpu_kern_sum "$out/ponder.nsys-rep" | tee "$out/kernels.txt" | head -40
+    # (Whole reports into files, then their heads: a `tee | head` pipe would die of SIGPIPE.)
+    "$NSYS" stats --report cuda_gpu_kern_sum "$out/ponder.nsys-rep" > "$out/kernels.txt"
+    head -40 "$out/kernels.txt"
     # The phase ranges (prefill, decode, thought, mix, prm, sample) the CUDA backend opens.
-    "$NSYS" stats --report nvtx_sum "$out/ponder.nsys-rep" | tee "$out/nvtx.txt" | head -20
+    "$NSYS" stats --report nvtx_sum "$out/ponder.nsys-rep" > "$out/nvtx.txt"
+    head -20 "$out/nvtx.txt"
 elif [[ -n "$NCU" ]]; then
     echo "profiler: ncu ($NCU) — nsys ${NSYS:+failed (see $out/run.log)}${NSYS:-not found}"
-    "$NCU" --clock-control none --launch-count 200 --set basic --csv --page details --nvtx \
-        "$PONDER" "${args[@]}" > "$out/ncu.csv" 2> "$out/run.log"
+    # The kernels of the decode steps (the NVTX push range "decode"), not the first launches,
+    # which are the prefill's; 40 launches are one decode step's first layers and more.
+    # ncu writes to its own log file as it goes, apart from the program's output.
+    "$NCU" --clock-control none --nvtx --nvtx-include "decode/" --launch-count 40 --set basic \
+        --csv --page details --log-file "$out/ncu.csv" \
+        "$PONDER" "${args[@]}" > "$out/run.log" 2>&1
     echo "per-kernel details: $out/ncu.csv"
 else
     echo "error: neither nsys nor ncu found" >&2
-    exit 1
+    exit 77
 fi
