@@ -186,7 +186,7 @@ kernels)
     [[ "$DEV" == cuda-emu ]] && timing=(--test)
     run bench-kernels 120 30 env CRITERION_HOME="$logs/criterion" PONDER_BENCH_BACKENDS="$DEV" \
         "$here/kernels-bench" --bench "${timing[@]}" ;;
-*) echo "unknown step: $s (info dual check sanitize bench smoke eval audit kernels)" >&2; exit 2 ;;
+*) echo "unknown step: $s (info dual check sanitize bench smoke audit eval kernels)" >&2; exit 2 ;;
 esac; done
 summary+=("total $((SECONDS - start)) s of a ${budget} s budget")
 finish
