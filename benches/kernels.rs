@@ -100,7 +100,7 @@ fn kernels<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), model: &str, 
     let dims: AttnDims = cfg.attn_dims();
     let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
     let mut g = c.benchmark_group(format!("{}/{model}", be.name()));
-    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    g.sample_size(10).measurement_time(measure());
     let ok = |r: anyhow::Result<B::Tensor>| drop(r.expect("kernel"));
 
     let table = weight(be, &[cfg.vocab_size, d], 1);
@@ -201,7 +201,7 @@ fn kernels<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), model: &str, 
 fn host_sampling(c: &mut Criterion, model: &str, cfg: &Config) {
     let logits = fill_uniform(20, cfg.vocab_size, 8.0);
     let mut g = c.benchmark_group(format!("cpu/{model}"));
-    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    g.sample_size(10).measurement_time(measure());
     g.throughput(Throughput::Bytes(4 * cfg.vocab_size as u64));
     for (name, s) in [
         ("sample_argmax/1", Sampling::GREEDY),
@@ -231,6 +231,18 @@ fn host_sampling(c: &mut Criterion, model: &str, cfg: &Config) {
         });
     }
     g.finish();
+}
+
+/// Each benchmark's measurement time: PONDER_BENCH_MEASURE_S seconds (the GPU session's
+/// run.sh asks for 1 to fit its budget), else 3. A group's own setting overrides criterion's
+/// --measurement-time, hence the variable.
+fn measure() -> Duration {
+    let s = std::env::var("PONDER_BENCH_MEASURE_S")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
 }
 
 /// Whether PONDER_BENCH_BACKENDS (default "cpu,cuda") names `backend`.
@@ -274,7 +286,7 @@ fn cuda(c: &mut Criterion, be: &ponder::backend::cuda::Cuda, default_model: &str
     let logits = tensor(be, ROWS, cfg.vocab_size, 21);
     let u: Vec<f64> = (0..ROWS).map(|i| (i as f64 + 0.5) / ROWS as f64).collect();
     let mut g = c.benchmark_group(format!("{}/{model}", be.name()));
-    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    g.sample_size(10).measurement_time(measure());
     g.throughput(Throughput::Bytes((4 * ROWS * cfg.vocab_size) as u64));
     let top_p = Sampling {
         temperature: 1.0,
