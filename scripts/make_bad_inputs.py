@@ -75,6 +75,9 @@ def main():
     case("missing_tensor", st=safetensors_bytes([t for t in tensors() if t[0] != "model.norm.weight"]))
     wrong = [(n, [8, 4] if n.endswith("q_proj.weight") else s) for n, s in tensors()]
     case("wrong_shape", st=safetensors_bytes(wrong))
+    # A bias ponder's layers do not compute: loading without it would run another model.
+    biased = tensors() + [("model.layers.0.self_attn.q_proj.bias", [8])]
+    case("unknown_tensor", st=safetensors_bytes(biased))
     case("malformed_config", raw_config='{"model_type": "llama", "hidden_size": 8,,}\n', st=full)
     case("missing_weights")
     with open(os.path.join(ROOT, "prompt_not_utf8.txt"), "wb") as f:

@@ -64,13 +64,37 @@ struct RawConfig {
     vocab_size: usize,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
-    sliding_window: Option<usize>,
+    /// None when absent, Some(Null) when null: HF's defaults differ by type (`from_json`).
+    #[serde(default, deserialize_with = "present")]
+    sliding_window: Option<serde_json::Value>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<serde_json::Value>,
     pad_token_id: Option<u32>,
     n_ahead: Option<usize>,
     rope_scaling: Option<serde_json::Value>,
     hidden_act: Option<String>,
+}
+
+/// A key's value when the key is there, null included (`Option`'s own rule reads null as
+/// absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+/// `eos_token_id` as HF writes it: absent, null, one id or a list of ids.
+fn eos_ids(v: Option<&serde_json::Value>) -> Result<Vec<u32>> {
+    let id = |v: &serde_json::Value| v.as_u64().and_then(|v| u32::try_from(v).ok());
+    Ok(match v {
+        None | Some(serde_json::Value::Null) => vec![],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|v| id(v).context("eos_token_id holds a non-id"))
+            .collect::<Result<_>>()?,
+        Some(v) => vec![id(v)
+            .with_context(|| format!("eos_token_id {v} is neither an id nor a list of ids"))?],
+    })
 }
 
 impl Config {
@@ -117,21 +141,28 @@ impl Config {
                 bail!("hidden_act {act:?} is not supported (only silu)");
             }
         }
-        let eos_token_ids = match &raw.eos_token_id {
-            None | Some(serde_json::Value::Null) => vec![],
-            Some(serde_json::Value::Number(n)) => vec![n
-                .as_u64()
-                .and_then(|v| u32::try_from(v).ok())
-                .context("eos_token_id is not a token id")?],
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .and_then(|v| u32::try_from(v).ok())
-                        .context("eos_token_id holds a non-id")
-                })
-                .collect::<Result<_>>()?,
-            Some(v) => bail!("eos_token_id {v} is neither an id nor a list of ids"),
+        // Biases ponder's layers do not have: loading without them would be another model.
+        for (key, on) in [
+            ("attention_bias", raw.attention_bias),
+            ("mlp_bias", raw.mlp_bias),
+        ] {
+            if on == Some(true) {
+                bail!("{key} true is not supported (ponder's llama layers have no biases)");
+            }
+        }
+        let eos_token_ids = eos_ids(raw.eos_token_id.as_ref())?;
+        let mistral = model_type == "mistral";
+        // HF's defaults: Mistral's attention window is 4096 unless the key says otherwise
+        // (null: none); Llama has no window and ignores the key.
+        let sliding_window = match &raw.sliding_window {
+            _ if !mistral => None,
+            None => Some(4096),
+            Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|w| usize::try_from(w).ok())
+                    .with_context(|| format!("sliding_window {v} is not a token count"))?,
+            ),
         };
         let heads = raw.num_attention_heads;
         let cfg = Config {
@@ -147,9 +178,14 @@ impl Config {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta: raw.rope_theta.unwrap_or(10000.0),
             vocab_size: raw.vocab_size,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            // HF's defaults: LlamaConfig 2048, MistralConfig 4096 * 32.
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(if mistral {
+                131_072
+            } else {
+                2048
+            }),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            sliding_window: raw.sliding_window,
+            sliding_window,
             bos_token_id: raw.bos_token_id,
             eos_token_ids,
             pad_token_id: raw.pad_token_id,
@@ -157,6 +193,29 @@ impl Config {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Adds the end-of-sequence ids of a `generation_config.json` beside the config (HF's
+    /// `generate` stops at those: a chat model's end-of-turn token is often only there).
+    pub fn add_generation_eos(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join("generation_config.json");
+        if !path.exists() {
+            return Ok(());
+        }
+        crate::input::refuse_non_regular(&path, "")?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("malformed {}: {e}", path.display()))?;
+        let ids =
+            eos_ids(v.get("eos_token_id")).with_context(|| format!("bad {}", path.display()))?;
+        for id in ids {
+            if !self.eos_token_ids.contains(&id) {
+                self.eos_token_ids.push(id);
+            }
+        }
+        self.validate()
+            .with_context(|| format!("bad {}", path.display()))
     }
 
     /// Checks the relations the forward pass relies on.
@@ -355,6 +414,12 @@ mod tests {
             ("n_ahead", "3", "n_ahead 3 is outside 4..=67"),
             ("n_ahead", "68", "n_ahead 68"),
             (
+                "attention_bias",
+                "true",
+                "attention_bias true is not supported",
+            ),
+            ("mlp_bias", "true", "mlp_bias true is not supported"),
+            (
                 "architectures",
                 r#"["LlamaForSequenceClassification"]"#,
                 "\"LlamaForSequenceClassification\" is not a causal language model",
@@ -369,5 +434,50 @@ mod tests {
         let mut j = base.clone();
         j["architectures"] = serde_json::json!(["MistralForCausalLM"]);
         assert!(Config::from_json(&j.to_string()).is_ok());
+    }
+
+    /// HF's per-type defaults: Mistral's window is 4096 unless the key says otherwise, Llama
+    /// has none whatever the key says.
+    #[test]
+    fn defaults_follow_the_model_type() {
+        let cfg = |ty: &str, extra: &str| {
+            Config::from_json(&format!(
+                r#"{{"model_type":"{ty}","hidden_size":64,"intermediate_size":8,
+                "num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let window = |ty, extra| cfg(ty, extra).sliding_window;
+        assert_eq!(window("mistral", ""), Some(4096));
+        assert_eq!(window("mistral", r#","sliding_window":null"#), None);
+        assert_eq!(window("mistral", r#","sliding_window":512"#), Some(512));
+        assert_eq!(window("llama", r#","sliding_window":512"#), None);
+        assert_eq!(cfg("llama", "").max_position_embeddings, 2048);
+        assert_eq!(cfg("mistral", "").max_position_embeddings, 131_072);
+        assert_eq!(cfg("llama", r#","attention_bias":false"#).hidden_size, 64);
+    }
+
+    #[test]
+    fn generation_config_adds_its_end_of_sequence_ids() {
+        let dir = std::env::temp_dir().join(format!("ponder-gencfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Config::from_json(
+            r#"{"model_type":"llama","hidden_size":64,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":4,"vocab_size":10,"eos_token_id":2}"#,
+        )
+        .unwrap();
+        c.add_generation_eos(&dir).unwrap();
+        assert_eq!(c.eos_token_ids, [2]);
+        let file = dir.join("generation_config.json");
+        std::fs::write(&file, r#"{"eos_token_id":[2,7]}"#).unwrap();
+        c.add_generation_eos(&dir).unwrap();
+        assert_eq!(c.eos_token_ids, [2, 7]);
+        std::fs::write(&file, r#"{"eos_token_id":12}"#).unwrap();
+        let e = format!("{:#}", c.clone().add_generation_eos(&dir).unwrap_err());
+        assert!(e.contains("special token id 12"), "{e}");
+        std::fs::write(&file, "{").unwrap();
+        let e = format!("{:#}", c.add_generation_eos(&dir).unwrap_err());
+        assert!(e.contains("malformed") && !e.contains('\n'), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,6 +17,13 @@ const MAX_DIMS: u32 = 4;
 /// Nested arrays are legal but never used; the limit keeps a crafted file from exhausting
 /// the stack.
 const MAX_ARRAY_DEPTH: u32 = 4;
+/// The most metadata array elements a file may hold, all arrays together. The largest real
+/// ones are tokenizer vocabularies and merges (a few hundred thousand entries each); a value
+/// takes ~32 bytes in memory against 1 in the file, so the file's size alone would let a
+/// corrupt count ask for 32 times the file's size.
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
+/// The most tensors a file may list: real checkpoints have a few thousand.
+const MAX_TENSORS: u64 = 1 << 20;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -168,7 +175,11 @@ impl GgufFile {
         // SAFETY: the file is opened read-only and ponder never writes GGUF files; another
         // process truncating it while mapped is outside what we can defend against.
         let map = unsafe { Mmap::map(&file) }.context("cannot map it")?;
-        let mut r = Reader { buf: &map, pos: 0 };
+        let mut r = Reader {
+            buf: &map,
+            pos: 0,
+            array_budget: MAX_ARRAY_ELEMENTS,
+        };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
             bail!(
@@ -200,6 +211,9 @@ impl GgufFile {
         let max_infos = (r.remaining() / 24) as u64;
         if n_tensors > max_infos {
             bail!("truncated: the header claims {n_tensors} tensors, the file has room for at most {max_infos}");
+        }
+        if n_tensors > MAX_TENSORS {
+            bail!("corrupt: the header claims {n_tensors} tensors, more than the {MAX_TENSORS} any checkpoint has");
         }
         let mut infos = Vec::with_capacity(n_tensors as usize);
         for i in 0..n_tensors {
@@ -323,6 +337,8 @@ fn check_tensor(
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata array elements still allowed (MAX_ARRAY_ELEMENTS).
+    array_budget: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -402,6 +418,12 @@ impl<'a> Reader<'a> {
                         self.remaining()
                     );
                 }
+                if n > self.array_budget {
+                    bail!(
+                        "corrupt: metadata {key:?} claims {n} elements, more than the {MAX_ARRAY_ELEMENTS} a GGUF file's arrays hold in all"
+                    );
+                }
+                self.array_budget -= n;
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     v.push(self.value(elem, key, depth + 1)?);

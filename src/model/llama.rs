@@ -91,6 +91,40 @@ impl ParamSource for Weights {
     }
 }
 
+/// Whether a checkpoint tensor is one ponder's llama reads, or harmlessly ignores (a stored
+/// RoPE table; Quiet-STaR's own top-level tensors, which `methods::quiet_star` reads). Any
+/// other `model.*` tensor (a bias, a q/k norm) belongs to a layer ponder does not compute:
+/// running without it would be another model.
+pub fn is_llama_tensor(name: &str) -> bool {
+    const LAYER: [&str; 10] = [
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "self_attn.rotary_emb.inv_freq",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+    ];
+    if let Some(rest) = name.strip_prefix("model.layers.") {
+        return rest.split_once('.').is_some_and(|(i, part)| {
+            i.bytes().all(|b| b.is_ascii_digit()) && LAYER.contains(&part)
+        });
+    }
+    if name.starts_with("model.") || name.starts_with("lm_head.") {
+        return matches!(
+            name,
+            "model.embed_tokens.weight"
+                | "model.norm.weight"
+                | "model.rotary_emb.inv_freq"
+                | "lm_head.weight"
+        );
+    }
+    true
+}
+
 impl<B: Backend> Model<B> {
     /// Builds the model from `src`, checking every tensor's shape against `cfg`.
     pub fn load(be: &B, cfg: Config, src: &dyn ParamSource) -> Result<Self> {
@@ -256,5 +290,35 @@ impl ParamSource for RoundedToBf16<'_> {
     }
     fn has(&self, name: &str) -> bool {
         self.0.has(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_llama_tensor;
+
+    #[test]
+    fn tensors_of_other_layers_are_told_apart() {
+        for ok in [
+            "model.embed_tokens.weight",
+            "model.layers.31.mlp.down_proj.weight",
+            "model.layers.0.self_attn.rotary_emb.inv_freq",
+            "model.rotary_emb.inv_freq",
+            "lm_head.weight",
+            "start_embedding",
+            "talk_head.0.0.bias",
+        ] {
+            assert!(is_llama_tensor(ok), "{ok}");
+        }
+        for other in [
+            "model.layers.0.self_attn.q_proj.bias",
+            "model.layers.0.mlp.down_proj.bias",
+            "model.layers.0.self_attn.q_norm.weight",
+            "model.layers.x.mlp.up_proj.weight",
+            "model.rotary_emb.weight",
+            "lm_head.bias",
+        ] {
+            assert!(!is_llama_tensor(other), "{other}");
+        }
     }
 }

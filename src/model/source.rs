@@ -223,7 +223,8 @@ pub fn load_as<B: Backend>(
     if !dir.is_dir() {
         bail!("model directory {} does not exist", dir.display());
     }
-    let cfg = Config::from_file(&dir.join("config.json"))?;
+    let mut cfg = Config::from_file(&dir.join("config.json"))?;
+    cfg.add_generation_eos(&dir)?;
     let weights = Weights::open_dir(&dir)?;
     let layers = cfg.num_hidden_layers;
     if weights.has(&format!("model.layers.{layers}.input_layernorm.weight")) {
@@ -231,6 +232,17 @@ pub fn load_as<B: Backend>(
         eprintln!(
             "ponder: {} holds more layers than its config's num_hidden_layers {layers}; only the \
              first {layers} are used",
+            dir.display()
+        );
+    }
+    if let Some(name) = weights
+        .tensors
+        .keys()
+        .find(|n| !super::llama::is_llama_tensor(n))
+    {
+        bail!(
+            "{} holds tensor {name}, which ponder's llama/mistral layers do not compute (a bias \
+             or a norm of another architecture); running without it would be another model",
             dir.display()
         );
     }

@@ -97,6 +97,14 @@ fn wrong_shape() {
 }
 
 #[test]
+fn tensor_of_a_layer_ponder_does_not_compute() {
+    generate_with(
+        "unknown_tensor",
+        &["model.layers.0.self_attn.q_proj.bias", "another model"],
+    );
+}
+
+#[test]
 fn malformed_config() {
     generate_with("malformed_config", &["config.json"]);
 }

@@ -179,3 +179,45 @@ fn truncated_and_corrupted_files_never_panic() {
     }
     std::fs::remove_file(&p).unwrap();
 }
+
+/// A count that the file's size allows but no checkpoint has is refused before anything is
+/// allocated for it: the in-memory values are many times larger than their bytes in the file.
+#[test]
+fn counts_beyond_any_checkpoint_are_refused() {
+    let header = |n_tensors: u64, n_kv: u64| {
+        let mut v = b"GGUF".to_vec();
+        v.extend(3u32.to_le_bytes());
+        v.extend(n_tensors.to_le_bytes());
+        v.extend(n_kv.to_le_bytes());
+        v
+    };
+    let sparse = |name: &str, bytes: &[u8], len: u64| {
+        let p = write_temp(name, bytes);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        p
+    };
+    let mut array = header(0, 1);
+    let key = "tokenizer.ggml.token_type";
+    array.extend((key.len() as u64).to_le_bytes());
+    array.extend(key.as_bytes());
+    array.extend(9u32.to_le_bytes());
+    array.extend(0u32.to_le_bytes());
+    let n = MAX_ARRAY_ELEMENTS + 1;
+    array.extend(n.to_le_bytes());
+    let len = array.len() as u64 + n;
+    let p = sparse("many-elements", &array, len);
+    let e = format!("{:#}", GgufFile::open(&p).err().unwrap());
+    std::fs::remove_file(&p).unwrap();
+    assert!(e.contains("corrupt") && e.contains(key), "{e}");
+
+    let n = MAX_TENSORS + 1;
+    let p = sparse("many-tensors", &header(n, 0), 24 + 24 * n);
+    let e = format!("{:#}", GgufFile::open(&p).err().unwrap());
+    std::fs::remove_file(&p).unwrap();
+    assert!(e.contains("corrupt") && e.contains("tensors"), "{e}");
+}
