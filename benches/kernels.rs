@@ -281,6 +281,10 @@ fn all(c: &mut Criterion) {
 fn cuda(c: &mut Criterion, be: &ponder::backend::cuda::Cuda, default_model: &str) {
     let (model, cfg) = config(default_model);
     let sync = || be.synchronize().expect("CUDA stream");
+    // The kernels themselves: each bench's op on its own kernel (prefill tiles, shared
+    // prefixes, cuBLAS's own choice per shape), not the batch-invariant routing that solve
+    // and eval use (`ponder bench --kernels invariant` times that).
+    be.set_batch_invariant(false);
     kernels(c, be, &sync, &model, &cfg);
     // Device sampling: 16 rows of the vocabulary, only the ids come back.
     let logits = tensor(be, ROWS, cfg.vocab_size, 21);

@@ -14,7 +14,8 @@
 #   check       ponder check: Mistral-7B's whole forward pass (synthetic weights, bf16 on both)
 #               on the GPU against the CPU backend in the same binary, 4 × 128-token prompts
 #               and 8 greedy steps: logits within 5e-2, equal useful FLOPs
-#   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B)
+#   bench       bench decode (batch 1,16, context 512), prefill 2048, attention (Mistral-7B),
+#               each with the batch-invariant and the fastest kernels
 #   sanitize    compute-sanitizer memcheck and racecheck over the dual-backend CUDA tests
 #   smoke       generate on synthetic:tiny; Quiet-STaR's parallel mode on synthetic:tiny
 #               (Mistral-7B's loading is timed by bench)
@@ -158,9 +159,12 @@ smoke)
         --method quiet-star --quiet-mode parallel --fixed-lengths --votes 1 --max-tokens 4 \
         --answer-tokens 1 --question "Tom has 3 apples and buys 4 more. How many now?" ;;
 bench)
-    run bench-decode 120 40 "$P" bench decode "${M[@]}" --batch 1,16 --context 512 --steps 32
-    run bench-prefill 100 40 "$P" bench prefill "${M[@]}" --tokens 2048
-    run bench-attention 90 20 "$P" bench attention "${M[@]}" ;;
+    # Each with both kinds of kernels: the batch-invariant ones that solve and eval run, and
+    # the fastest per pass (the kernels' own table).
+    run bench-decode 140 40 "$P" bench decode "${M[@]}" --batch 1,16 --context 512 --steps 32 \
+        --kernels both
+    run bench-prefill 120 40 "$P" bench prefill "${M[@]}" --tokens 2048 --kernels both
+    run bench-attention 100 20 "$P" bench attention "${M[@]}" --kernels both ;;
 eval)
     # The study's token budgets replayed (every vote, step and thought to its limit); the
     # cheap methods first, so that a cap still leaves their results (results.jsonl is

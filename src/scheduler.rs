@@ -154,18 +154,25 @@ fn forward_parts<B: Backend, T>(
     }
 }
 
+/// A problem one of whose sequences the whole KV pool cannot hold (the context of the pool's
+/// own out-of-pages error): an evaluation skips the problem, says so, and goes on. It is
+/// deterministic, so a resume at the same `--kv-pages` meets it again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PoolTooSmall(pub String);
+
 /// The error for a sequence the whole pool cannot hold; `step` is the pages its next step
 /// needs beyond those it holds (thought branches included), when known.
-fn too_long<B: Backend>(r: &Runner<'_, B>, tokens: usize, step: Option<usize>) -> String {
+fn too_long<B: Backend>(r: &Runner<'_, B>, tokens: usize, step: Option<usize>) -> PoolTooSmall {
     let step = step.map_or(String::new(), |p| {
         format!(" and {p} more pages for its next step")
     });
-    format!(
+    PoolTooSmall(format!(
         "one sequence of {tokens} tokens{step} does not fit in {} KV pages of {} tokens \
          (raise --kv-pages)",
         r.pool.n_pages(),
         r.pool.page_size()
-    )
+    ))
 }
 
 /// Whether `e` is the KV pool running out of pages.

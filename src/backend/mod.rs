@@ -201,6 +201,13 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Batch invariance: with it on, each row of every op gets the same bits whatever else
+    /// shares its pass (other branches, other problems in flight) and whether its token came
+    /// in a prefill or a decode step, so that batching, preemption and `--in-flight` change
+    /// cost, never tokens. The CPU backend is always invariant (each row in a fixed order);
+    /// the CUDA backend is on by default and, off, picks its fastest kernels per pass.
+    fn set_batch_invariant(&self, _on: bool) {}
+
     /// A parameter from host values, f32, bf16 or f16 (the backend chooses its storage dtype).
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<Self::Weight>;
     /// Parameters of `cols` columns stacked by rows into one [Σ rows, cols] weight (`parts`:

@@ -110,6 +110,46 @@ pub struct Args {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto", global = true)]
     device: Device,
+    /// CUDA kernels to time (the CPU backend has one kind, always batch-invariant).
+    #[arg(long, value_enum, default_value = "invariant", global = true)]
+    kernels: Kernels,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Kernels {
+    /// Batch-invariant, as solve and eval run them: each row's bits independent of what
+    /// shares its pass (GEMMs in 64-row blocks, attention as per-query decode items).
+    Invariant,
+    /// The fastest per pass (cuBLAS's choice per shape, prefill tiles, shared prefixes).
+    Fast,
+    /// Both, one after the other on the same loaded model.
+    Both,
+}
+
+impl Kernels {
+    /// The `set_batch_invariant` values to run, in order.
+    fn modes(self) -> &'static [bool] {
+        match self {
+            Kernels::Invariant => &[true],
+            Kernels::Fast => &[false],
+            Kernels::Both => &[true, false],
+        }
+    }
+}
+
+/// The header line of one mode's results (GPU backends only: the CPU has one kind).
+fn kernels_line<B: Backend>(be: &B, invariant: bool) -> Result<()> {
+    if be.name() != "cpu" {
+        outln!(
+            "kernels: {}",
+            if invariant {
+                "batch-invariant (what solve and eval run)"
+            } else {
+                "fastest per pass (not batch-invariant; solve and eval do not run these)"
+            }
+        );
+    }
+    Ok(())
 }
 
 pub fn run(a: Args, cache: &Path) -> Result<()> {
@@ -120,6 +160,7 @@ pub fn run(a: Args, cache: &Path) -> Result<()> {
             what: a.what,
             model: a.model,
             cache: cache.to_path_buf(),
+            kernels: a.kernels,
         },
     )
 }
@@ -151,10 +192,16 @@ struct Bench {
     what: What,
     model: Option<String>,
     cache: PathBuf,
+    kernels: Kernels,
 }
 
 impl OnBackend for Bench {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
+        let modes = if be.name() == "cpu" {
+            &[true][..]
+        } else {
+            self.kernels.modes()
+        };
         if be.name() == "cuda-emu" {
             outln!(
                 "note: the CUDA emulator runs the kernels on the CPU; its times and roofline \
@@ -179,7 +226,12 @@ impl OnBackend for Bench {
                 depth,
                 iters,
             };
-            return super::bench_attention::run(&be, &cfg, &name, &sizes);
+            for &inv in modes {
+                be.set_batch_invariant(inv);
+                kernels_line(&be, inv)?;
+                super::bench_attention::run(&be, &cfg, &name, &sizes)?;
+            }
+            return Ok(());
         }
         let t0 = Instant::now();
         let m = load(&be, self.model.as_deref(), &self.cache)?;
@@ -193,18 +245,38 @@ impl OnBackend for Bench {
             t0.elapsed().as_secs_f64()
         );
         let on_gpu = be.name() != "cpu";
+        // Ids spread over the vocabulary, whatever its size.
+        let vocab = m.model.cfg.vocab_size;
         let ids = |n: usize| -> Vec<u32> {
             (0..n)
-                .map(|i| (i * 7919 % (m.model.cfg.vocab_size - 10) + 5) as u32)
+                .map(|i| (i * 7919 % vocab.saturating_sub(10).max(1) + 5).min(vocab - 1) as u32)
                 .collect()
         };
-        match self.what {
-            What::Decode {
-                batch,
+        for &inv in modes {
+            be.set_batch_invariant(inv);
+            kernels_line(&be, inv)?;
+            self.run_mode(&be, &m, &ids, on_gpu)?;
+        }
+        Ok(())
+    }
+}
+
+impl Bench {
+    /// One kind of kernels' decode or prefill table.
+    fn run_mode<B: Backend>(
+        &self,
+        be: &B,
+        m: &ponder::model::source::Loaded<B>,
+        ids: &dyn Fn(usize) -> Vec<u32>,
+        on_gpu: bool,
+    ) -> Result<()> {
+        match &self.what {
+            &What::Decode {
+                ref batch,
                 context,
                 steps,
             } => {
-                let batches = super::parse_positive_list(&batch, "batch size")?;
+                let batches = super::parse_positive_list(batch, "batch size")?;
                 fits_positions(
                     context.saturating_add(steps),
                     &format!("--context {context} + --steps {steps}"),
@@ -225,14 +297,14 @@ impl OnBackend for Bench {
                 );
                 for b in batches {
                     let pages = (context + steps).div_ceil(16) + b * (steps.div_ceil(16) + 2) + 4;
-                    let mut r = Runner::new(&be, &m.model, pages, 16)?;
+                    let mut r = Runner::new(be, &m.model, pages, 16)?;
                     let root = r.pool.create();
                     be.set_phase(Phase::Prefill);
                     r.extend(&[(root, &ids(context))])?;
                     let (kids, copies) = r.pool.fork(root, b)?;
                     r.copy_pages(&copies)?;
                     be.set_phase(Phase::Decode);
-                    let tok = [42u32];
+                    let tok = [42u32.min(m.model.cfg.vocab_size as u32 - 1)];
                     let step: Vec<(SeqId, &[u32])> = kids.iter().map(|k| (*k, &tok[..])).collect();
                     // A warm-up step, waited for (the sampled ids come back): the prefill, the
                     // page copies and first-use costs are queued asynchronously on a GPU and
@@ -276,9 +348,9 @@ impl OnBackend for Bench {
                 }
             }
             What::Attention { .. } => unreachable!("handled above"),
-            What::Prefill { tokens } => {
+            &What::Prefill { tokens } => {
                 fits_positions(tokens, &format!("--tokens {tokens}"), &m.model.cfg)?;
-                let mut r = Runner::new(&be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
+                let mut r = Runner::new(be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
                 let warm = r.pool.create();
                 be.set_phase(Phase::Prefill);
                 // A warm-up of the same shape, waited for: cuBLAS picks (and loads on first

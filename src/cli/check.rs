@@ -103,7 +103,7 @@ fn config_alone(model: Option<&str>) -> Option<Config> {
 
 fn positions_fit(a: &Args, cfg: &Config) -> Result<()> {
     fits_positions(
-        a.tokens + a.steps,
+        a.tokens.saturating_add(a.steps),
         &format!("--tokens {} + --steps {}", a.tokens, a.steps),
         cfg,
     )

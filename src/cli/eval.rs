@@ -247,6 +247,32 @@ impl OnBackend for Eval {
                 r.method
             );
         }
+        // Every record there must be this run's (run.json agreeing is not enough: a line
+        // pasted from another run's file would be skipped as done and mix into the report).
+        let this_run = [
+            ("model", plan.model.clone()),
+            ("seed", plan.settings.seed.to_string()),
+            (
+                "subset",
+                a.subset.clone().unwrap_or_else(|| "(none)".into()),
+            ),
+        ];
+        for r in &opened.1 {
+            if let Some(((key, theirs), (_, ours))) = r
+                .run_fields()
+                .into_iter()
+                .zip(this_run.iter())
+                .find(|((_, x), (_, y))| x != y)
+            {
+                bail!(
+                    "{} holds a result of another run ({} row {}: {key} {theirs}, this run's is \
+                     {ours})",
+                    a.out.join(ponder::eval::results::RESULTS).display(),
+                    r.method,
+                    r.index
+                );
+            }
+        }
         let runs = plan.runs();
         let done: std::collections::HashSet<_> = opened.1.iter().map(|r| r.key()).collect();
         let left = runs

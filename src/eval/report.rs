@@ -221,6 +221,17 @@ pub fn check_one_run(sets: &[(PathBuf, Vec<Record>)]) -> Result<()> {
                 .zip(r.run_fields())
                 .find(|((_, a), (_, b))| a != b);
             if let Some(((key, a), (_, b))) = differs {
+                if d0 == dir.as_path() {
+                    bail!(
+                        "{} mixes results of different runs: {key} is {a} for {} row {} and \
+                         {b} for {} row {}",
+                        dir.join(super::results::RESULTS).display(),
+                        r0.method,
+                        r0.index,
+                        r.method,
+                        r.index
+                    );
+                }
                 bail!(
                     "the results in {} and {} come from different runs: {key} is {a} in one \
                      and {b} in the other",

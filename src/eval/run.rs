@@ -10,6 +10,7 @@ use crate::methods::answer::{first_integer, normalise_number};
 use crate::methods::common::{DoesNotFit, Protocol, Settings, Solution};
 use crate::methods::engines::{Engines, Method};
 use crate::rng::mix64;
+use crate::scheduler::PoolTooSmall;
 use anyhow::Result;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -93,6 +94,8 @@ pub fn run<B: Backend>(
     }
     // Rows skipped as too long, per run (label), for the closing line.
     let mut skipped: Vec<(String, Vec<usize>)> = Vec::new();
+    // Whether any of them was too long for the KV pool (not the model's positions).
+    let mut pool_skips = false;
     for (method, budget) in plan.runs() {
         let mut s = plan.settings.clone();
         if method.uses_prm() {
@@ -161,6 +164,7 @@ pub fn run<B: Backend>(
                     // Skipped, as a malformed data line is: no record (a resume meets it
                     // again, and skips it again).
                     Err(e) if does_not_fit(&e) => {
+                        pool_skips |= e.downcast_ref::<PoolTooSmall>().is_some();
                         eprintln!("ponder: [{}] skipping row {}: {e}", progress.label, p.index);
                         progress.total -= 1;
                         too_long.push(p.index);
@@ -215,21 +219,30 @@ pub fn run<B: Backend>(
                 format!("{label} row(s) {}", rows.join(", "))
             })
             .collect();
+        // A pool's size changes the FLOPs (preemption recomputes), so a folder keeps one:
+        // a larger pool is another run.
+        let pool = if pool_skips {
+            " or the KV pool (a larger --kv-pages is another run: give it a new --out)"
+        } else {
+            ""
+        };
         eprintln!(
-            "ponder: skipped as too long for the model's positions (no record, not in the \
-             report): {}",
+            "ponder: skipped as too long for the model's positions{pool} (no record, not in \
+             the report): {}",
             runs.join("; ")
         );
         if records.is_empty() {
-            anyhow::bail!("no problem fits the model's positions at these token limits");
+            anyhow::bail!("no problem fits the model's positions{pool} at these token limits");
         }
     }
     Ok(records)
 }
 
-/// Whether a method refused the problem as too long for the model before it took any page.
+/// Whether a method refused the problem as too long for the model before it took any page,
+/// or found one of its sequences too long for the KV pool (its partial costs are dropped
+/// with it: a problem has a record only once solved).
 fn does_not_fit(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<DoesNotFit>())
+    e.chain().any(|c| c.is::<DoesNotFit>()) || e.downcast_ref::<PoolTooSmall>().is_some()
 }
 
 /// The progress line of one (method, budget) run.

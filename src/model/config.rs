@@ -268,6 +268,12 @@ impl Config {
             ("num_attention_heads", c.num_attention_heads, 1 << 12),
             ("head_dim", c.head_dim, 1 << 12),
             ("vocab_size", c.vocab_size, 1 << 24),
+            // 16M positions (Llama-4 Scout's 10M context is the largest published).
+            (
+                "max_position_embeddings",
+                c.max_position_embeddings,
+                1 << 24,
+            ),
         ] {
             if v > max {
                 bail!("{name} {v} is larger than any model ponder can hold (at most {max})");
@@ -408,6 +414,11 @@ mod tests {
             ),
             ("vocab_size", "100000000000", "vocab_size 100000000000"),
             ("max_position_embeddings", "0", "max_position_embeddings 0"),
+            (
+                "max_position_embeddings",
+                "18446744073709551615",
+                "max_position_embeddings 18446744073709551615 is larger",
+            ),
             ("eos_token_id", "[2,99999]", "special token id 99999"),
             ("bos_token_id", "10", "special token id 10"),
             ("n_ahead", "2", "n_ahead 2"),

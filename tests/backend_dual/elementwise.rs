@@ -59,8 +59,18 @@ pub(crate) fn op_add_rms_norm<B: Backend>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
+/// Row counts below, at and past the CUDA backend's batch-invariant GEMM block (64 rows), in
+/// both modes (the CPU has one).
 pub(crate) fn op_linear<B: Backend>(be: &B, tol: f32) -> Result<()> {
-    for (n, k, m) in [(7, 48, 33), (1, 64, 130), (70, 16, 8)] {
+    for (n, k, m, invariant) in [
+        (7, 48, 33, false),
+        (1, 64, 130, false),
+        (70, 16, 8, false),
+        (7, 48, 33, true),
+        (64, 24, 40, true),
+        (130, 16, 8, true),
+    ] {
+        be.set_batch_invariant(invariant);
         let x = rnd(7 + n as u64, n * k, 1.0);
         let w = bf16(&rnd(8 + m as u64, m * k, 0.5));
         let run = |b: &B| -> Result<Vec<f32>> {

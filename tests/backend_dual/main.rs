@@ -8,7 +8,9 @@
 //! are rounded to bf16 first, so that both backends hold the same values. Every body also runs
 //! the op on a fresh CPU backend and asserts that the useful FLOPs agree op by op (ops the CPU
 //! does not have, such as `cast` or `attn_merge`, must count zero useful FLOPs). On the GPU,
-//! every fresh output buffer is poisoned with NaN first and NaN fails any comparison.
+//! every fresh output buffer is poisoned with NaN first and NaN fails any comparison. The CUDA
+//! instances run the fast kernels (batch invariance off) except in the body that tests
+//! batch invariance.
 use anyhow::Result;
 use ponder::backend::cpu::Cpu;
 use ponder::backend::{AttnDims, Backend, Batch, KvShape, SeqSlice, TalkHead, WeightData};
@@ -52,6 +54,9 @@ macro_rules! dual_test {
                     }
                     let be = ponder::backend::cuda::Cuda::new(0).unwrap();
                     be.set_poison(true);
+                    // The fast kernels (prefill tiles, shared prefixes); a body that tests
+                    // batch invariance turns it on itself.
+                    ponder::backend::Backend::set_batch_invariant(&be, false);
                     super::$body(&be, super::GPU_TOL).unwrap();
                     ponder::backend::Backend::synchronize(&be).unwrap();
                 }
@@ -65,6 +70,7 @@ macro_rules! dual_test {
                 {
                     let be = ponder::backend::cuda::Cuda::emulated().unwrap();
                     be.set_poison(true);
+                    ponder::backend::Backend::set_batch_invariant(&be, false);
                     super::$body(&be, super::GPU_TOL).unwrap();
                 }
                 #[cfg(not(feature = "cuda"))]
@@ -80,6 +86,7 @@ macro_rules! dual_test {
                     use ponder::backend::cuda::{Cuda, EmuOrder};
                     let be = Cuda::emulated_in(EmuOrder::Reverse).unwrap();
                     be.set_poison(true);
+                    ponder::backend::Backend::set_batch_invariant(&be, false);
                     super::$body(&be, super::GPU_TOL).unwrap();
                 }
                 #[cfg(not(feature = "cuda"))]
@@ -107,4 +114,5 @@ dual_test!(
     op_sampling,
     op_talk_mix,
     model_forward_tiny,
+    model_forward_batch_invariant,
 );

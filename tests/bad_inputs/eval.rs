@@ -45,6 +45,17 @@ fn a_folder_with_results_is_refused_in_one_line() {
     std::fs::write(&path, format!("{rec}\n")).unwrap();
     let resume: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
     assert_one_line_error(&resume, &["row 99 of baseline", "the data has 8 rows"]);
+    // A line of another run's results (another seed) is refused on resume, not skipped as
+    // done; report names the two lines of the one folder.
+    rec["index"] = serde_json::json!(0);
+    let mut other = rec.clone();
+    other["index"] = serde_json::json!(1);
+    other["seed"] = serde_json::json!(5);
+    std::fs::write(&path, format!("{rec}\n{other}\n")).unwrap();
+    let mut two = resume.clone();
+    two[6] = "2";
+    assert_one_line_error(&two, &["another run", "baseline row 1: seed 5"]);
+    assert_one_line_error(&["report", d], &["mixes results of different runs", "seed"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -259,5 +270,21 @@ fn a_problem_too_long_for_the_model_is_skipped() {
             .starts_with("error: no problem fits"),
         "{err}"
     );
+    // A problem whose sequence the KV pool cannot hold (it fits the model's positions) is
+    // skipped the same way, and the closing line says a larger pool needs a new folder.
+    let _ = std::fs::remove_dir_all(&out);
+    let pool = dir.join("pool.jsonl");
+    let mid = ok(&"word ".repeat(60));
+    std::fs::write(&pool, [ok("2+2?"), mid, ok("1+3?")].concat()).unwrap();
+    let a = args(&pool, &["--kv-pages", "8"]);
+    let (code, err) = ponder(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipping row 1: one sequence of"), "{err}");
+    assert!(
+        err.contains("a larger --kv-pages is another run: give it a new --out"),
+        "{err}"
+    );
+    let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

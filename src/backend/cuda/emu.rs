@@ -112,6 +112,9 @@ pub struct Gemm {
     pub ldb: i32,
     pub c: u64,
     pub ldc: i32,
+    /// Columns of C anyone reads (≤ n): the emulator computes only these; a GPU computes all
+    /// n (batch-invariant mode pads n to a fixed block, see `linear_impl`).
+    pub live_n: i32,
 }
 
 /// The GEMM on the host, with cuBLAS's argument checks (CUBLAS_STATUS_INVALID_VALUE).
@@ -149,6 +152,7 @@ pub unsafe fn gemm(g: &Gemm) -> Result<()> {
     };
     const TILE: usize = 64;
     let tiles = m.div_ceil(TILE);
+    let n = n.min(g.live_n.max(0) as usize);
     (0..n * tiles).into_par_iter().for_each(|t| {
         let (j, i0) = (t / tiles, (t % tiles) * TILE);
         for i in i0..(i0 + TILE).min(m) {

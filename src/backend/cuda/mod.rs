@@ -118,6 +118,8 @@ pub struct Cuda {
     dev: Device,
     ledger: Mutex<Ledger>,
     poison: AtomicBool,
+    /// `Backend::set_batch_invariant` (see plan.rs and `linear_impl`).
+    invariant: AtomicBool,
     name: String,
     sm_count: usize,
     smem_optin: usize,
@@ -226,6 +228,7 @@ impl Cuda {
             dev,
             ledger: Mutex::new(Ledger::new()),
             poison: AtomicBool::new(false),
+            invariant: AtomicBool::new(true),
             name,
             sm_count,
             smem_optin,
@@ -248,6 +251,10 @@ impl Cuda {
     /// a tests sees any element a kernel forgot.
     pub fn set_poison(&self, on: bool) {
         self.poison.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn invariant(&self) -> bool {
+        self.invariant.load(Ordering::Relaxed)
     }
 
     pub(crate) fn record(&self, op: &'static str, c: Counts) {
@@ -342,6 +349,9 @@ impl Backend for Cuda {
     /// Kernel faults surface here.
     fn synchronize(&self) -> Result<()> {
         self.dev.synchronize()
+    }
+    fn set_batch_invariant(&self, on: bool) {
+        self.invariant.store(on, Ordering::Relaxed);
     }
     fn set_phase(&self, p: crate::flops::Phase) {
         self.ranges.enter(p);

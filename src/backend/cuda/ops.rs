@@ -11,6 +11,10 @@ use anyhow::{bail, ensure, Result};
 use std::ops::Deref;
 
 const F32: u64 = 4;
+/// The one GEMM width (input rows per cuBLAS call) of batch-invariant mode: decode passes are
+/// padded up to it, longer passes run block after block (each block reads the weights again).
+/// 64 keeps a 7B decode step's padded tensor-core work (~0.9 TFLOP) under its weight read.
+pub(crate) const GEMM_ROWS: usize = 64;
 const BF16: u64 = 2;
 
 /// A tensor in the dtype a kernel needs: the caller's, or a converted copy.
@@ -302,38 +306,75 @@ impl Cuda {
     /// y = x·wᵀ through cuBLAS: bf16 operands, f32 accumulation and output. Column-major
     /// view: yᵀ [m, n] = op(W)ᵀ [m, k] · xᵀ [k, n], with W row-major [m, k] as the transposed
     /// operand (lda = k) and x row-major [n, k] as the plain one (ldb = k).
+    ///
+    /// Batch-invariant mode calls cuBLAS only with n = GEMM_ROWS, block after block of x's
+    /// rows (the last one padded with copies of x's last row): cuBLAS chooses its kernel, and
+    /// with it each output's order of summation, from the shape, so a row's bits would
+    /// otherwise change with how many rows share the pass. Every call having one shape, every
+    /// row gets the same kernel wherever it sits. The padding is executed work and is counted
+    /// as such; useful FLOPs stay 2·n·m·k.
     pub(super) fn linear_impl(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor> {
         let (m, k) = crate::backend::check_linear_shape(x.cols, &w.shape)?;
         let n = x.rows;
+        let block = if self.invariant() { GEMM_ROWS } else { n };
+        let n_run = if self.invariant() {
+            n.div_ceil(GEMM_ROWS) * GEMM_ROWS
+        } else {
+            n
+        };
         ensure!(
-            m.max(n).max(k) <= i32::MAX as usize,
+            m.max(n_run).max(k) <= i32::MAX as usize,
             "linear: shape too large for cuBLAS"
         );
         let xb = self.as_dtype(x, DType::Bf16)?;
-        let out = self.f32_tensor(n, m)?;
+        // Room for the padded rows too: the tensor is n rows, its buffer n_run (every reader
+        // of a tensor goes by rows × cols).
+        let out = CudaTensor {
+            rows: n,
+            cols: m,
+            buf: DBuf::F32(self.alloc_f32(n_run * m)?),
+        };
         if n > 0 && m > 0 && k > 0 {
-            self.dev()
-                .gemm_bf16(Gemm {
-                    trans_a: true,
-                    trans_b: false,
-                    m: m as i32,
-                    n: n as i32,
-                    k: k as i32,
-                    a: w.buf.ptr(),
-                    lda: k as i32,
-                    b: xb.ptr(),
-                    ldb: k as i32,
-                    c: out.ptr(),
-                    ldc: m as i32,
-                })
-                .map_err(|e| anyhow::anyhow!("cuBLAS gemm [{n}x{k}]·[{m}x{k}]ᵀ: {e}"))?;
+            for b0 in (0..n).step_by(block) {
+                let live = block.min(n - b0);
+                // A partial last block reads its rows from a padded copy.
+                let tail = if live < block {
+                    let rows: Vec<usize> = (b0..b0 + block).map(|r| r.min(n - 1)).collect();
+                    Some(self.gather_rows_impl(&xb, &rows)?)
+                } else {
+                    None
+                };
+                let b = match &tail {
+                    Some(t) => t.ptr(),
+                    None => xb.ptr() + (b0 * k) as u64 * BF16,
+                };
+                self.dev()
+                    .gemm_bf16(Gemm {
+                        trans_a: true,
+                        trans_b: false,
+                        m: m as i32,
+                        n: block as i32,
+                        k: k as i32,
+                        a: w.buf.ptr(),
+                        lda: k as i32,
+                        b,
+                        ldb: k as i32,
+                        c: out.ptr() + (b0 * m) as u64 * F32,
+                        ldc: m as i32,
+                        live_n: live as i32,
+                    })
+                    .map_err(|e| anyhow::anyhow!("cuBLAS gemm [{n}x{k}]·[{m}x{k}]ᵀ: {e}"))?;
+            }
         }
-        let (n, m, k) = (n as u64, m as u64, k as u64);
-        // Executed = useful: cuBLAS picks its own tiles; their padding is not visible here
-        // (the Nsight audit in docs/cuda.md is what checks this).
+        let (n, n_run, m, k) = (n as u64, n_run as u64, m as u64, k as u64);
+        // Executed = useful plus the padded rows: cuBLAS picks its own tiles, and their
+        // padding is not visible here (the Nsight audit in docs/cuda.md is what checks this).
         self.record(
             "matmul",
-            Counts::exact(2 * n * m * k, (m * k + n * k) * BF16 + n * m * F32, 0),
+            Counts {
+                executed_flops: 2 * n_run * m * k,
+                ..Counts::exact(2 * n * m * k, (m * k + n * k) * BF16 + n * m * F32, 0)
+            },
         );
         Ok(out)
     }

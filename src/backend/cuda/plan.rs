@@ -16,6 +16,10 @@ pub(crate) const DECODE_ROWS: usize = 4;
 const TREE_MIN: usize = 64;
 const MAX_SLOTS: usize = 64;
 pub(crate) const DEC_THREADS: usize = 128;
+/// Keys per split of attn_decode in batch-invariant mode: a constant, so that a query's splits
+/// (and so its bits) depend on its own keys alone, never on the pass's longest context or
+/// size. 63 splits of it bound the context at 32256 keys.
+pub(crate) const INVARIANT_CHUNK: usize = 512;
 pub(crate) const DEC_MAXG: usize = 16;
 
 /// Per-batch device work lists (see the module comment).
@@ -53,8 +57,9 @@ pub(crate) fn window_arg(w: Option<usize>) -> i32 {
     w.map_or(0, |w| w.min(i32::MAX as usize) as i32)
 }
 
-fn encode(batch: &Batch, dims: AttnDims) -> Vec<u64> {
+fn encode(batch: &Batch, dims: AttnDims, invariant: bool) -> Vec<u64> {
     let mut k = vec![
+        invariant as u64,
         batch.page_size as u64,
         batch.sliding_window.map_or(u64::MAX, |w| w as u64),
         dims.heads as u64,
@@ -102,7 +107,7 @@ pub(crate) fn check_dims(dims: AttnDims) -> Result<()> {
 impl Cuda {
     /// The batch's work lists, from the cache when the batch is the one seen last.
     pub(crate) fn batch_meta(&self, batch: &Batch, dims: AttnDims) -> Result<Arc<BatchMeta>> {
-        let key = encode(batch, dims);
+        let key = encode(batch, dims, self.invariant());
         let mut cache = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, m)) = cache.as_ref() {
             if *k == key {
@@ -120,6 +125,13 @@ impl Cuda {
         ensure!(ps > 0, "attention: page size 0");
         let (hq, hk, hd) = (dims.heads, dims.kv_heads, dims.head_dim);
         let group = hq / hk;
+        // Batch-invariant mode (Backend::set_batch_invariant): every query row outside a
+        // thought block is a decode item with its own whole key range, split in fixed chunks,
+        // so its bits do not depend on what shares the pass or on how many of its sequence's
+        // tokens came at once (a recompute after preemption prefills what was decoded). The
+        // prefill tiles and the shared-prefix kernel are fast paths whose reduction order
+        // depends on those; thought blocks keep their tiles, which depend on the block alone.
+        let invariant = self.invariant();
         let mut page_off = Vec::with_capacity(batch.seqs.len());
         let mut pages: Vec<u32> = Vec::new();
         for s in &batch.seqs {
@@ -152,7 +164,9 @@ impl Cuda {
             // A slice whose window is measured from elsewhere (a thought's tokens) is always
             // decode items: they carry each query's first key, the prefill kernel derives it
             // from the query's own position.
-            if (s.n_tokens <= DECODE_ROWS || s.window_at.is_some()) && s.thought.is_none() {
+            if (s.n_tokens <= DECODE_ROWS || s.window_at.is_some() || invariant)
+                && s.thought.is_none()
+            {
                 for i in 0..s.n_tokens {
                     let p = s.pos_start + i;
                     decode.push([
@@ -197,7 +211,7 @@ impl Cuda {
 
         // Shared prefixes among the decode items that see their whole history.
         let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
-        if group <= BQ {
+        if group <= BQ && !invariant {
             let mut by_first: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
             for (i, it) in decode.iter().enumerate() {
                 if it[1] == 0 && !dec_pages[i].is_empty() {
@@ -238,7 +252,19 @@ impl Cuda {
         let cap = (self.smem_optin.saturating_sub(fixed) / (4 * group)) / 64 * 64;
         ensure!(cap >= 64, "attention: not enough shared memory for decode");
         let (mut splits, mut chunk) = (1usize, 64usize);
-        if kv_max > 0 {
+        if invariant {
+            chunk = INVARIANT_CHUNK;
+            ensure!(
+                cap >= chunk,
+                "attention: not enough shared memory for batch-invariant decode"
+            );
+            splits = kv_max.div_ceil(chunk).max(1);
+            ensure!(
+                splits < MAX_SLOTS,
+                "attention: a context of {kv_max} keys is past batch-invariant attention's {}",
+                (MAX_SLOTS - 1) * chunk
+            );
+        } else if kv_max > 0 {
             let want = (2 * self.sm_count).div_ceil((n_decode * hk).max(1));
             splits = want.clamp(1, kv_max.div_ceil(64));
             chunk = kv_max.div_ceil(splits).div_ceil(64) * 64;
