@@ -22,8 +22,19 @@ pub fn refuse_non_regular(path: &Path, hint: &str) -> Result<()> {
 /// A file in its place is named as such (create_dir_all's own error, "File exists", reads as if
 /// the folder were the problem).
 pub fn create_dir(dir: &Path) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        bail!("{} exists and is not a directory", dir.display());
+    // The nearest part of the path that exists decides: a file there (the folder itself or
+    // one above it) or a link to nothing would make create_dir_all say only "File exists".
+    for a in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        let Ok(md) = std::fs::symlink_metadata(a) else {
+            continue;
+        };
+        if md.file_type().is_symlink() && !a.exists() {
+            bail!("{} is a symbolic link to nothing", a.display());
+        }
+        if !a.is_dir() {
+            bail!("{} exists and is not a directory", a.display());
+        }
+        break;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }

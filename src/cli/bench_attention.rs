@@ -102,6 +102,8 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()
         ("--batch", s.batch),
         ("--context", s.context),
         ("--thought-len", s.thought_len),
+        // Depth 0 sees no thought keys: the diagonal mask would time a plain causal block.
+        ("--depth", s.depth),
         ("--iters", s.iters),
     ] {
         if v == 0 {

@@ -1,6 +1,6 @@
 //! Flags shared by `solve`, `eval` and `sweep`, and building the engines from them.
 use super::Device;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use ponder::backend::Backend;
 use ponder::generate::Runner;
@@ -243,7 +243,9 @@ impl Opts {
         needed: bool,
     ) -> Result<Option<Loaded<B>>> {
         match (&self.prm, needed) {
-            (Some(spec), true) => Ok(Some(load(be, Some(spec), cache)?)),
+            (Some(spec), true) => Ok(Some(
+                load(be, Some(spec), cache).with_context(|| format!("--prm {spec}"))?,
+            )),
             // Unused by these methods, but recorded in run.json: it must at least name a
             // model, or a typo would be carried into every later --resume.
             (Some(spec), false) => {

@@ -187,7 +187,7 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
 /// it is (opening its results file refuses it). Returns the folder's manifest from now on
 /// (on a resume, the recorded one).
 pub fn check_or_write(dir: &Path, m: &Manifest, resume: bool) -> Result<Manifest> {
-    let has_results = std::fs::metadata(dir.join(RESULTS)).is_ok_and(|md| md.len() > 0);
+    let has_results = super::results::holds_results(dir);
     if !has_results {
         write(dir, m)?;
         return Ok(m.clone());
@@ -256,7 +256,7 @@ pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
     for &d in dirs {
         let Some(m) = read(d)? else {
             // An empty shard's folder holds nothing, not even run.json.
-            if std::fs::metadata(d.join(RESULTS)).is_ok_and(|md| md.len() > 0) {
+            if super::results::holds_results(d) {
                 bail!("{}", without_manifest(d));
             }
             continue;

@@ -96,6 +96,12 @@ pub fn read_records(dir: &Path) -> Result<Read> {
     })
 }
 
+/// Whether `dir`'s results file holds anything but whitespace: a file of blank lines holds no
+/// results (a folder with one is a fresh folder, not one to resume).
+pub fn holds_results(dir: &Path) -> bool {
+    std::fs::read(dir.join(RESULTS)).is_ok_and(|b| b.iter().any(|c| !c.is_ascii_whitespace()))
+}
+
 impl ResultsFile {
     /// Opens `dir/results.jsonl` for appending. Without `resume` an existing non-empty file is
     /// refused (results are never overwritten); with it, the records already there are returned.
@@ -104,7 +110,7 @@ impl ResultsFile {
         let path = dir.join(RESULTS);
         let read = read_records(dir)?;
         // The intact part and the torn tail together are the whole file as read.
-        if read.good + read.torn > 0 && !resume {
+        if read.good + read.torn > 0 && holds_results(dir) && !resume {
             bail!(
                 "{} already holds results: pass --resume to continue it, or choose another --out",
                 path.display()

@@ -368,8 +368,7 @@ fn write_atomically(out_dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     if out_dir.exists() {
         check_replaceable(out_dir)?;
     }
-    std::fs::create_dir_all(&parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
+    crate::input::create_dir(&parent)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -308,3 +308,93 @@ fn sizes_nothing_could_hold_are_refused_at_once() {
         );
     }
 }
+
+/// Found by the adversarial pass of 2026-12-07: sums that wrapped, a file or a link to
+/// nothing where a folder goes, the flag an error names, a results file of blank lines.
+#[test]
+fn wrapped_sums_and_odd_paths_are_one_line_errors() {
+    let dir = fresh_dir("odd-paths");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("afile");
+    std::fs::write(&file, "x").unwrap();
+    let dangling = dir.join("dangling");
+    std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+    let (f, l) = (file.to_str().unwrap(), dangling.to_str().unwrap());
+    let under_file = format!("{f}/x");
+    let eval = |out: &str| -> Vec<String> {
+        [
+            "eval",
+            "--model",
+            "synthetic:tiny",
+            "--method",
+            "baseline",
+            "--limit",
+            "1",
+            "--votes",
+            "1",
+            "--max-tokens",
+            "1",
+            "--answer-tokens",
+            "1",
+            "--out",
+            out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            [
+                "check",
+                "--model",
+                "synthetic:tiny",
+                "--tokens",
+                "18446744073709551615",
+                "--steps",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["do not fit the model's 4096 positions"],
+        ),
+        (
+            ["bench", "--device", "cpu", "attention", "--depth", "0"]
+                .map(String::from)
+                .to_vec(),
+            vec!["--depth must be at least 1"],
+        ),
+        (
+            [
+                "solve",
+                "--model",
+                "synthetic:tiny",
+                "--method",
+                "rebase",
+                "--question",
+                "x",
+                "--prm",
+                f,
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--prm", "is a file; a model is a directory"],
+        ),
+        (eval(l), vec!["is a symbolic link to nothing"]),
+        (
+            eval(&under_file),
+            vec!["afile exists and is not a directory"],
+        ),
+    ];
+    for (args, needles) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_one_line_error(&args, needles);
+    }
+    // A results file of blank lines holds no results: the folder is a fresh one.
+    let blank = dir.join("blank");
+    std::fs::create_dir_all(&blank).unwrap();
+    std::fs::write(blank.join("results.jsonl"), "\n\n").unwrap();
+    let args = eval(blank.to_str().unwrap());
+    let (code, err) = ponder(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -375,7 +375,9 @@ impl Device {
     pub fn open_gpu(ordinal: usize) -> Result<Gpu> {
         // SAFETY: only tries to dlopen the driver library.
         if !unsafe { sys::is_culib_present() } {
-            anyhow::bail!("no CUDA driver (libcuda.so.1 not found); use --device cpu");
+            anyhow::bail!(
+                "no CUDA driver (libcuda.so.1 not found): this machine has no usable GPU"
+            );
         }
         // The kernels are built by nvcc 13.0: an older driver cannot load them, and would
         // otherwise fail later with advice about compute capabilities that does not apply.
