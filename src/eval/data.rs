@@ -8,6 +8,12 @@ use std::path::Path;
 /// the study's order; they index the 1319-row GSM8K test split.
 pub const SEED42_128: &str = include_str!("../../data/seed42-128.txt");
 pub const TEST_SPLIT_ROWS: usize = 1319;
+/// The gold answers of the subset's first 16 rows in the test split (protocol.md): a file of
+/// 1319 rows that is not the test split, or not in its order, is refused by them.
+const SEED42_FIRST_GOLDS: [&str; 16] = [
+    "109", "89", "13", "5", "25", "452", "43", "34", "120", "11", "34", "12", "15", "24", "105",
+    "120",
+];
 
 /// ponder's own grade-school problems in GSM8K format: the default data set (no download).
 pub const DEFAULT_PROBLEMS: &str = include_str!("../../data/default-problems.jsonl");
@@ -118,11 +124,25 @@ pub fn select(data: &Loaded, sel: &Selection) -> Result<Vec<Problem>> {
                     data.rows.len()
                 );
             }
-            SEED42_128
+            let rows: Vec<usize> = SEED42_128
                 .lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| l.trim().parse::<usize>())
-                .collect::<Result<_, _>>()?
+                .collect::<Result<_, _>>()?;
+            for (&r, want) in rows.iter().zip(SEED42_FIRST_GOLDS) {
+                // A malformed row is reported as such elsewhere; its gold proves nothing.
+                if let Some(Some(p)) = data.rows.get(r) {
+                    if p.gold.as_deref() != Some(want) {
+                        bail!(
+                            "--subset seed42-128 wants GSM8K's test split in its published \
+                             order: row {r} of this file has gold answer {}, the test split's \
+                             is {want}",
+                            p.gold.as_deref().unwrap_or("(none)")
+                        );
+                    }
+                }
+            }
+            rows
         }
         Some(other) => bail!("unknown --subset {other:?} (known: seed42-128)"),
     };
@@ -234,6 +254,26 @@ mod tests {
             ..Default::default()
         };
         assert!(format!("{:#}", select(&d, &sel).unwrap_err()).contains("1319"));
+        // 1319 rows whose golds at the subset's first rows are the published ones pass; one
+        // changed gold (another file, or the split reordered) is refused.
+        let file = |bad: Option<usize>| {
+            let text: String = (0..TEST_SPLIT_ROWS)
+                .map(|r| {
+                    let gold = match ids[..16].iter().position(|&i| i == r) {
+                        Some(k) if bad != Some(k) => SEED42_FIRST_GOLDS[k].to_string(),
+                        _ => "7".to_string(),
+                    };
+                    format!("{{\"question\":\"q{r}\",\"answer\":\"#### {gold}\"}}\n")
+                })
+                .collect();
+            parse(&text)
+        };
+        assert_eq!(select(&file(None), &sel).unwrap().len(), 128);
+        let e = format!("{:#}", select(&file(Some(3)), &sel).unwrap_err());
+        assert!(
+            e.contains(&format!("row {} of this file has gold answer 7", ids[3])),
+            "{e}"
+        );
     }
 
     #[test]

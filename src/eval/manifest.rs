@@ -273,6 +273,18 @@ pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
                 );
             }
         }
+        // Shards run on different machines merge (what they computed is the same), but
+        // their seconds per problem are then an average of two machines: said, once.
+        if let Some((d0, m0)) = seen.first() {
+            if let Some((k, a, b)) = m0.first_difference(&m, true) {
+                eprintln!(
+                    "ponder: {} and {} ran on different machines ({k} {a}; {b}): the report's \
+                     seconds per problem mix them",
+                    d0.display(),
+                    d.display()
+                );
+            }
+        }
         seen.push((d, m));
     }
     Ok(seen.into_iter().next().map(|(_, m)| m))

@@ -282,8 +282,9 @@ pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manif
 
     out.push_str("## Plots\n\n");
     out.push_str(
-        "One point per (method, budget), the points of a method joined in budget order \
-         (its compute frontier).\n\n",
+        "One point per (method, budget), the points of a method joined in budget order; the \
+         dashed line is the compute frontier over all of them (each point on it is more \
+         accurate than every cheaper one).\n\n",
     );
     writeln!(
         out,

@@ -82,7 +82,7 @@ pub const STUDY: [StudyRow; 6] = [
 ];
 
 /// The study's value of each run.json setting its figures depend on (protocol.md).
-const STUDY_SETTINGS: [(&str, &str); 11] = [
+const STUDY_SETTINGS: [(&str, &str); 13] = [
     ("protocol", "seed"),
     ("max-tokens", "384"),
     ("answer-tokens", "12"),
@@ -94,6 +94,9 @@ const STUDY_SETTINGS: [(&str, &str); 11] = [
     ("rebase-aggregate", "last"),
     ("fixed-lengths", "false"),
     ("n-ahead", "8"),
+    // protocol.md: full vocabulary, no top-k; the study re-applied the "---" thought markers.
+    ("top-k", "0"),
+    ("keep-thought-embeddings", "false"),
 ];
 
 /// The ponder row shown beside a study row: same method and budget; for a study method with

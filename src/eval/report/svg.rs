@@ -293,6 +293,34 @@ pub fn scatter(title: &str, x_title: &str, points: &[Point]) -> String {
             .unwrap();
         }
     }
+    // The compute frontier over every method: the points that no cheaper point matches.
+    let hull = frontier(&good.iter().map(|p| (p.x, p.y)).collect::<Vec<_>>());
+    if hull.len() >= 2 {
+        let pts: Vec<String> = hull
+            .iter()
+            .map(|&i| format!("{},{}", num(px(good[i].x)), num(py(good[i].y))))
+            .collect();
+        writeln!(
+            s,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"#555555\" stroke-width=\"1.5\" \
+             stroke-dasharray=\"5,4\"/>",
+            pts.join(" ")
+        )
+        .unwrap();
+    }
+    // Points a log axis cannot show are named inside the plot, not only in <desc>.
+    if !bad.is_empty() {
+        let names: Vec<&str> = bad.iter().map(|p| p.label.as_str()).collect();
+        writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" {FONT} font-size=\"11\" fill=\"#aa0000\">not shown (x ≤ 0 \
+             or not finite): {}</text>",
+            LEFT + 6.0,
+            BOTTOM - 8.0,
+            escape(&names.join(", "))
+        )
+        .unwrap();
+    }
     let mut placed: Vec<(f64, f64, f64)> = Vec::new();
     for p in &good {
         let c = series
@@ -354,6 +382,38 @@ pub fn scatter(title: &str, x_title: &str, points: &[Point]) -> String {
         )
         .unwrap();
     }
+    if hull.len() >= 2 {
+        let y = TOP + 30.0 + 20.0 * series.len() as f64;
+        writeln!(s, "<line x1=\"{lx}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#555555\" stroke-width=\"1.5\" stroke-dasharray=\"5,4\"/>", lx + 24.0).unwrap();
+        writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" {FONT} font-size=\"12\">frontier</text>",
+            lx + 30.0,
+            y + 4.0
+        )
+        .unwrap();
+    }
     s.push_str("</svg>\n");
     s
+}
+
+/// The compute frontier of (cost, accuracy) points: indices, by rising cost, of the points
+/// more accurate than every cheaper one (of points at one cost, the most accurate).
+pub fn frontier(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| {
+        points[a]
+            .0
+            .total_cmp(&points[b].0)
+            .then(points[b].1.total_cmp(&points[a].1))
+    });
+    let mut best = f64::NEG_INFINITY;
+    order
+        .into_iter()
+        .filter(|&i| {
+            let keep = points[i].1 > best;
+            best = best.max(points[i].1);
+            keep
+        })
+        .collect()
 }

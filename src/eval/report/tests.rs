@@ -1,5 +1,5 @@
 use super::markdown::{accuracy_cell, dec2, sci4, sig4};
-use super::svg::{log_axis, scatter, Point};
+use super::svg::{frontier, log_axis, scatter, Point};
 use super::*;
 
 #[allow(clippy::too_many_arguments)]
@@ -386,6 +386,45 @@ fn svg_edge_cases() {
     assert_eq!(same.matches("<circle").count(), 3);
     assert_eq!(same.matches("<polyline").count(), 1);
     assert!(!same.contains("NaN") && !same.contains("inf"), "{same}");
+}
+
+/// The frontier keeps the points more accurate than every cheaper one, whatever their method
+/// or order; a method's budget line may fall, the frontier never does.
+#[test]
+fn the_frontier_is_the_points_no_cheaper_point_matches() {
+    let pts = [
+        (4.0, 50.0),
+        (1.0, 10.0),
+        (2.0, 30.0),
+        (3.0, 20.0),
+        (2.0, 40.0),
+        (5.0, 50.0),
+        (6.0, 70.0),
+    ];
+    assert_eq!(frontier(&pts), [1, 4, 0, 6]);
+    assert!(frontier(&[]).is_empty());
+    let svg = scatter(
+        "t",
+        "x",
+        &[
+            pt("baseline", "baseline@1", 1e10, 100.0),
+            pt("baseline", "baseline@2", 2e10, 50.0),
+            pt("rebase", "rebase@1", 5e9, 0.0),
+            pt("rebase", "rebase@2", 0.0, 50.0),
+        ],
+    );
+    assert!(balanced(&svg), "{svg}");
+    // Two methods' lines (rebase has one point left) and the dashed frontier.
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert_eq!(
+        svg.matches("stroke-dasharray").count(),
+        2,
+        "line and legend"
+    );
+    assert!(
+        svg.contains("not shown (x ≤ 0 or not finite): rebase@2"),
+        "{svg}"
+    );
 }
 
 #[test]
