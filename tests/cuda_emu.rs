@@ -118,6 +118,38 @@ fn quiet_star_parallel_mode_runs_on_the_emulated_cuda_backend() {
     );
 }
 
+/// The CUDA backend is batch-invariant (docs/cuda.md): a pool small enough to preempt and
+/// one sequence per pass give the votes of the default, token for token, for a method that
+/// forks (baseline) and one that prunes (REBASE).
+#[test]
+fn batching_and_preemption_change_no_token_on_the_emulated_cuda_backend() {
+    let votes = |v: &Value| -> Vec<(Value, Value)> {
+        v["votes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["text"].clone(), x["scores"].clone()))
+            .collect()
+    };
+    for (method, small) in [("baseline", "12"), ("rebase", "10")] {
+        let sizes = ["--votes", "3", "--max-tokens", "40", "--answer-tokens", "4"];
+        let with = |extra: &[&str]| {
+            let mut a = sizes.to_vec();
+            a.extend_from_slice(extra);
+            solve_with(method, "cuda-emu", &a)
+        };
+        let base = with(&[]);
+        let preempted = with(&["--kv-pages", small]);
+        let one_by_one = with(&["--max-batch", "1"]);
+        assert_eq!(votes(&base), votes(&preempted), "{method}: a small pool");
+        assert_eq!(votes(&base), votes(&one_by_one), "{method}: --max-batch 1");
+        assert!(
+            preempted["flops"]["useful"].as_u64() > base["flops"]["useful"].as_u64(),
+            "{method}: the small pool recomputed nothing"
+        );
+    }
+}
+
 #[test]
 fn an_evaluation_with_problems_in_flight_runs_on_the_emulated_cuda_backend() {
     let dir = std::env::temp_dir().join(format!("ponder-emu-eval-{}", std::process::id()));
@@ -154,6 +186,42 @@ fn an_evaluation_with_problems_in_flight_runs_on_the_emulated_cuda_backend() {
         summary.contains("cuda-emu"),
         "the summary names the backend"
     );
+    // One problem at a time gives the same answers, votes and useful FLOPs (batch
+    // invariance: the two problems' shared passes change no row's bits).
+    let alone = dir.join("alone");
+    let (ok, _, stderr) = ponder(&[
+        "eval",
+        "--device",
+        "cuda-emu",
+        "--model",
+        "synthetic:tiny",
+        "--quick",
+        "--limit",
+        "2",
+        "--method",
+        "baseline,rebase",
+        "--out",
+        alone.to_str().unwrap(),
+    ]);
+    assert!(ok, "eval failed: {stderr}");
+    let key = |r: &Value| {
+        (
+            r["method"].to_string(),
+            r["index"].to_string(),
+            r["prediction"].to_string(),
+            r["flops"].to_string(),
+            r["votes"].to_string(),
+        )
+    };
+    let mut together: Vec<_> = rows.iter().map(key).collect();
+    let mut one: Vec<_> = std::fs::read_to_string(alone.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| key(&serde_json::from_str(l).unwrap()))
+        .collect();
+    together.sort();
+    one.sort();
+    assert_eq!(together, one, "--in-flight 2 against 1");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

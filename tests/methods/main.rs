@@ -230,6 +230,11 @@ fn same_seed_same_result_whatever_the_batching_or_pool_size() {
     let q = run_baseline(&be, &m, true, 256, usize::MAX, &s);
     let q_small = run_baseline(&be, &m, true, 80, usize::MAX, &s);
     assert_eq!(texts(&q), texts(&q_small));
+    // …and the small pool did preempt (or the comparison would test nothing).
+    assert!(
+        q_small.flops.useful > q.flops.useful,
+        "the small pool recomputed nothing"
+    );
     let other = run_baseline(&be, &m, false, 256, usize::MAX, &Settings { seed: 12, ..s });
     assert_ne!(texts(&a), texts(&other));
 }
