@@ -2,13 +2,18 @@
 """The FLOP audit's table (flops-audit.sh): Nsight Compute's counters per kernel family beside
 the ledger's executed FLOPs, and whether they agree to 1% (flops.md).
 
-    flops-audit-report.py NCU_CSV LEDGER_TXT     the table; exit 3 if a family is off by > 1%
+    flops-audit-report.py NCU_CSV LEDGER_TXT [UNIT_FILE]
+                                                 the table; exit 3 if a family is off by > 1%;
+                                                 the tensor unit calibrated on the flash
+                                                 kernels goes to UNIT_FILE, and a run without
+                                                 them (batch-invariant kernels) reads it there
     flops-audit-report.py --self-check           parses a made-up run (no GPU needed)
 
 NCU_CSV is `ncu --csv --page raw` output (other lines are skipped), LEDGER_TXT the stderr of
 `ponder generate --flops` (its table: phase, op, calls, useful, executed, ...).
 """
 import csv
+import os
 import re
 import sys
 from collections import defaultdict
@@ -92,7 +97,10 @@ def read_ledger(path):
     return led
 
 
-def report(ncu_csv, ledger_txt, out=sys.stdout):
+def report(ncu_csv, ledger_txt, out=sys.stdout, unit_file=None):
+    """Prints the table; returns the number of failing families. The tensor unit calibrated
+    here is written to unit_file when one is given; a run without flash kernels (the
+    batch-invariant kernels) reads it from there instead."""
     launches, col = read_ncu(ncu_csv)
     led = read_ledger(ledger_txt)
     fams = {}
@@ -110,6 +118,13 @@ def report(ncu_csv, ledger_txt, out=sys.stdout):
     if flash and flash["tensor"] > 0 and (HMMA in col or HMMA_SM in col):
         per_op = flash["hmma"] * HMMA_FLOPS / flash["tensor"]
         unit = f"{per_op:.3f} FLOPs per tensor op (calibrated: the flash kernels' HMMA.16816 instructions x 4096)"
+        if unit_file:
+            with open(unit_file, "w") as fh:
+                fh.write(f"{per_op!r}\n")
+    elif unit_file and os.path.exists(unit_file):
+        with open(unit_file) as fh:
+            per_op = float(fh.read())
+        unit = f"{per_op:.3f} FLOPs per tensor op (calibrated on the fast kernels' run)"
     else:
         per_op = 1.0
         unit = "1 FLOP per tensor op (assumed: no flash kernel or no HMMA counter in this run)"
@@ -170,8 +185,20 @@ def self_check():
         fh.write("prefill  (all)                 6           101000             136908  0 0\n")
     import io
     buf = io.StringIO()
-    bad = report(os.path.join(d, "ncu.csv"), os.path.join(d, "ledger.txt"), buf)
+    unit_file = os.path.join(d, "unit.txt")
+    bad = report(os.path.join(d, "ncu.csv"), os.path.join(d, "ledger.txt"), buf, unit_file)
     text = buf.getvalue()
+    # A run with no flash kernel (the batch-invariant kernels) takes the unit from the file.
+    with open(os.path.join(d, "ncu2.csv"), "w") as fh:
+        w = csv.writer(fh, quoting=csv.QUOTE_ALL)
+        w.writerow(cols)
+        w.writerow(["", "", "inst", "inst", "inst", "", "inst"])
+        w.writerow([0, "sm90_xmma_gemm_bf16bf16_bf16f32", 0, 0, 0, "25,000", 0])
+    with open(os.path.join(d, "ledger2.txt"), "w") as fh:
+        fh.write("phase    op                calls       useful FLOPs     executed FLOPs\n")
+        fh.write("prefill  matmul                1             1000              50000  0 0\n")
+    buf2 = io.StringIO()
+    bad2 = report(os.path.join(d, "ncu2.csv"), os.path.join(d, "ledger2.txt"), buf2, unit_file)
     lines = {l.split("  ")[0].strip(): l for l in text.splitlines()}
     problems = []
     if "2.000 FLOPs per tensor op" not in text:
@@ -184,6 +211,9 @@ def self_check():
             problems.append(f"{fam}: expected '{want}' in: {line!r}")
     if bad != 2 or "3 of 5 families within 1%" not in text:
         problems.append(f"expected 2 failing families of 5, got {bad}")
+    text2 = buf2.getvalue()
+    if bad2 != 0 or "2.000 FLOPs per tensor op (calibrated on the fast kernels' run)" not in text2:
+        problems.append(f"the second run did not use the first run's unit: {text2!r}")
     if problems:
         sys.stdout.write(text)
         raise SystemExit("self-check failed:\n  " + "\n  ".join(problems))
@@ -193,7 +223,8 @@ def self_check():
 if __name__ == "__main__":
     if sys.argv[1:] == ["--self-check"]:
         self_check()
-    elif len(sys.argv) == 3:
-        sys.exit(3 if report(sys.argv[1], sys.argv[2]) else 0)
+    elif len(sys.argv) in (3, 4):
+        unit_file = sys.argv[3] if len(sys.argv) == 4 else None
+        sys.exit(3 if report(sys.argv[1], sys.argv[2], unit_file=unit_file) else 0)
     else:
         sys.exit(__doc__)

@@ -185,7 +185,7 @@ sanitize)
     fi ;;
 audit)
     # Their own outputs go into the log folder (so into logs.tar.gz), not beside summary.md.
-    run flops-audit 90 30 env OUT="$logs" bash "$here/flops-audit.sh" "$P"
+    run flops-audit 120 40 env OUT="$logs" bash "$here/flops-audit.sh" "$P"
     run profile 60 30 env OUT="$logs" bash "$here/profile.sh" "$P" ;;
 kernels)
     # (Rehearsed on the emulator, each bench runs once: criterion's --test.)

@@ -10,6 +10,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// `--kernels` of generate (bench's has a third value, both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelsArg {
+    /// Each row's bits independent of what shares its pass (solve's and eval's).
+    Invariant,
+    /// The fastest per pass.
+    Fast,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The prompt text.
@@ -25,6 +34,10 @@ pub struct Args {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
+    /// CUDA kernels: batch-invariant (as solve and eval run them) or the fastest per pass
+    /// (for profiling and the FLOP audit of the fast kernels). The CPU has one kind.
+    #[arg(long, value_enum, default_value = "invariant")]
+    kernels: KernelsArg,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -104,6 +117,7 @@ struct Generate {
 impl OnBackend for Generate {
     fn run<B: Backend + 'static>(self, be: B) -> Result<()> {
         let Generate { a, prompt, cache } = self;
+        be.set_batch_invariant(a.kernels == KernelsArg::Invariant);
         let cache = cache.as_path();
         let t_load = Instant::now();
         let m = load(&be, a.model.as_deref(), cache)?;
