@@ -19,8 +19,9 @@ import sys
 from collections import defaultdict
 
 # kernel-name pattern -> (family, ledger (phase, op) keys, counter). A phase of None takes the
-# op in every phase. The audit's run has one sequence, so its prefill-phase attention is
-# attn_prefill alone and its decode-phase attention attn_decode alone (no shared prefix).
+# op in every phase. The audit's run has one sequence, so with the fast kernels its
+# prefill-phase attention is attn_prefill alone and its decode-phase attention attn_decode
+# alone (no shared prefix); with the batch-invariant ones attn_decode does both (`report`).
 FAMILIES = [
     # cuBLAS: tensor-core GEMMs, and for the audit's one-row products its CUDA-core GEMV and
     # split-K kernels, so the family is held to both counters together.
@@ -128,6 +129,10 @@ def report(ncu_csv, ledger_txt, out=sys.stdout, unit_file=None):
     else:
         per_op = 1.0
         unit = "1 FLOP per tensor op (assumed: no flash kernel or no HMMA counter in this run)"
+    # Without a flash kernel (the batch-invariant kernels: prefill rows are attn_decode items)
+    # every phase's attention is attn_decode's.
+    if "attention (flash)" not in fams and "attention (decode)" in fams:
+        fams["attention (decode)"]["keys"] = [(None, "attention")]
     print(f"tensor pipe: {unit}", file=out)
     print(f"{'family':<22} {'launches':>8} {'fp32 FLOPs':>14} {'tensor FLOPs':>14} {'f64 FLOPs':>12}"
           f" {'ledger executed':>16} {'ratio':>8}  verdict", file=out)
@@ -194,9 +199,13 @@ def self_check():
         w.writerow(cols)
         w.writerow(["", "", "inst", "inst", "inst", "", "inst"])
         w.writerow([0, "sm90_xmma_gemm_bf16bf16_bf16f32", 0, 0, 0, "25,000", 0])
+        w.writerow([1, "attn_decode", 100, 20, 1000, 0, 0])  # 2120
+        w.writerow([2, "attn_decode", 0, 0, 40, 0, 0])  # 80
     with open(os.path.join(d, "ledger2.txt"), "w") as fh:
         fh.write("phase    op                calls       useful FLOPs     executed FLOPs\n")
         fh.write("prefill  matmul                1             1000              50000  0 0\n")
+        fh.write("prefill  attention             1              100               2120  0 0\n")
+        fh.write("decode   attention             1               10                 80  0 0\n")
     buf2 = io.StringIO()
     bad2 = report(os.path.join(d, "ncu2.csv"), os.path.join(d, "ledger2.txt"), buf2, unit_file)
     lines = {l.split("  ")[0].strip(): l for l in text.splitlines()}

@@ -85,6 +85,50 @@ pub(crate) fn op_linear<B: Backend>(be: &B, tol: f32) -> Result<()> {
     Ok(())
 }
 
+/// Batch-invariant linear: one input row gives the same output bits alone, at every slot of
+/// a 64-row block, in a later full block and in a padded last block. On a GPU at Mistral-7B's
+/// shapes (q/o, the MLP's down and up, the LM head), where cuBLAS picks the kernels eval
+/// runs: a kernel that splits the sum differently per output tile (stream-K) would fail here.
+pub(crate) fn op_linear_row_anywhere<B: Backend>(be: &B, _tol: f32) -> Result<()> {
+    be.set_batch_invariant(true);
+    let shapes: &[(usize, usize)] = if be.name() == "cuda" {
+        &[(4096, 4096), (14336, 4096), (4096, 14336), (4096, 32000)]
+    } else {
+        &[(48, 40), (64, 130)]
+    };
+    for (si, &(k, m)) in shapes.iter().enumerate() {
+        let w = weight(be, &[m, k], &bf16(&rnd(90 + si as u64, m * k, 0.05)));
+        let others = rnd(91 + si as u64, 130 * k, 1.0);
+        let row = rnd(92 + si as u64, k, 1.0);
+        let out_row = |x: &[f32], at: usize| -> Result<Vec<u32>> {
+            let n = x.len() / k;
+            let y = be.to_host(&be.linear(&be.tensor(n, k, x)?, &w)?)?;
+            Ok(y[at * m..(at + 1) * m]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        let alone = out_row(&row, 0)?;
+        for (n, at) in [
+            (64, 0),
+            (64, 1),
+            (64, 37),
+            (64, 63),
+            (130, 64),
+            (130, 100),
+            (130, 129),
+        ] {
+            let mut x = others[..n * k].to_vec();
+            x[at * k..(at + 1) * k].copy_from_slice(&row);
+            anyhow::ensure!(
+                out_row(&x, at)? == alone,
+                "[{k}→{m}]: the row at {at} of {n} differs from the row alone"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A weight stacked from parts (how the model holds q|k|v and gate|up) gives the same bits as
 /// the one concatenated weight, on every backend; row counts cross the CPU kernel's 4-row
 /// groups and 64-row blocks.

@@ -102,6 +102,7 @@ dual_test!(
     op_add_rms_norm,
     op_linear,
     op_linear_stacked,
+    op_linear_row_anywhere,
     op_silu_mul,
     op_add,
     op_gather_rows,

@@ -210,8 +210,10 @@ pub(crate) fn model_forward_tiny<B: Backend>(be: &B, tol: f32) -> Result<()> {
 
 /// Batch invariance (`Backend::set_batch_invariant`): a sequence's logits have the same bits
 /// whether its tokens came in one prefill, in a prefill and decode steps alone, or in a
-/// decode step shared with another sequence's prefill — a pass of more rows than one GEMM
-/// block of the CUDA backend, with a padded last block. The CPU backend is always so.
+/// decode step in the middle of another two sequences' prefills — a 201-row pass, the row in
+/// its second GEMM block (a full one), its context of 602 keys past one 512-key split. And a
+/// short sequence's logits prefilled alone (one split: attn_decode writes them directly) are
+/// those it gets in that pass (split-merged, beside the long context). The CPU is always so.
 pub(crate) fn model_forward_batch_invariant<B: Backend>(be: &B, tol: f32) -> Result<()> {
     use ponder::generate::Runner;
     use ponder::model::config::Config;
@@ -219,43 +221,55 @@ pub(crate) fn model_forward_batch_invariant<B: Backend>(be: &B, tol: f32) -> Res
     be.set_batch_invariant(true);
     let cfg = Config::builtin("tiny")?;
     let m = Model::load(be, cfg, &Synthetic { seed: 9 })?;
-    let p1: Vec<u32> = (0..70).map(|i| (i * 17 % 500 + 2) as u32).collect();
-    let p2: Vec<u32> = (0..30).map(|i| (i * 7 % 500 + 3) as u32).collect();
+    let ids = |n: usize, a: usize, b: usize| -> Vec<u32> {
+        (0..n).map(|i| ((i * a) % 500 + b) as u32).collect()
+    };
+    let (p1, p2, p3) = (ids(600, 17, 2), ids(130, 7, 3), ids(70, 11, 5));
     let (t1, t2) = ([41u32], [97u32]);
-    let last_row = |o: &ponder::model::llama::Output<B>, row: usize| -> Result<Vec<f32>> {
+    let row = |o: &ponder::model::llama::Output<B>, row: usize| -> Result<Vec<f32>> {
         let l = be.to_host(o.logits()?)?;
         let v = l.len() / be.shape(o.logits()?).0;
         Ok(l[row * v..(row + 1) * v].to_vec())
     };
+    let pages = 128;
     // Prefill, then two decode steps alone.
-    let mut r = Runner::new(be, &m, 64, 16)?;
+    let mut r = Runner::new(be, &m, pages, 16)?;
     let a = r.pool.create();
     r.extend(&[(a, &p1[..])])?;
     r.extend(&[(a, &t1[..])])?;
-    let alone = last_row(&r.extend(&[(a, &t2[..])])?, 0)?;
-    // Prefill with the first decoded token, then the second beside another prompt's prefill.
-    let mut r = Runner::new(be, &m, 64, 16)?;
-    let (a, b) = (r.pool.create(), r.pool.create());
+    let alone = row(&r.extend(&[(a, &t2[..])])?, 0)?;
+    // The short prompt prefilled alone.
+    let mut r = Runner::new(be, &m, pages, 16)?;
+    let c = r.pool.create();
+    let short_alone = row(&r.extend(&[(c, &p3[..])])?, 0)?;
+    // Prefill with the first decoded token, then the second between two prompts' prefills.
+    let mut r = Runner::new(be, &m, pages, 16)?;
+    let (a, b, c) = (r.pool.create(), r.pool.create(), r.pool.create());
     let p1t1: Vec<u32> = p1.iter().chain(&t1).copied().collect();
     r.extend(&[(a, &p1t1[..])])?;
-    let shared = last_row(&r.extend(&[(b, &p2[..]), (a, &t2[..])])?, 1)?;
+    let o = r.extend(&[(c, &p3[..]), (a, &t2[..]), (b, &p2[..])])?;
+    let (short_shared, shared) = (row(&o, 0)?, row(&o, 1)?);
     // All of it in one prefill.
-    let mut r = Runner::new(be, &m, 64, 16)?;
+    let mut r = Runner::new(be, &m, pages, 16)?;
     let a = r.pool.create();
     let all: Vec<u32> = p1t1.iter().chain(&t2).copied().collect();
-    let one = last_row(&r.extend(&[(a, &all[..])])?, 0)?;
+    let one = row(&r.extend(&[(a, &all[..])])?, 0)?;
     // And right: the one prefill against the CPU backend's.
     let cpu = Cpu::new();
     let mc = Model::load(&cpu, m.cfg.clone(), &Synthetic { seed: 9 })?;
-    let mut r = Runner::new(&cpu, &mc, 64, 16)?;
+    let mut r = Runner::new(&cpu, &mc, pages, 16)?;
     let a = r.pool.create();
     let o = r.extend(&[(a, &all[..])])?;
     assert_close(&one, &cpu.to_host(o.logits()?)?, tol.max(1e-4), "vs CPU");
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     anyhow::ensure!(
         bits(&alone) == bits(&shared),
-        "decoded alone and beside another prefill differ"
+        "decoded alone and between two other prefills differ"
     );
     anyhow::ensure!(bits(&alone) == bits(&one), "decoded and prefilled differ");
+    anyhow::ensure!(
+        bits(&short_alone) == bits(&short_shared),
+        "a short prompt alone and beside a long context differ"
+    );
     Ok(())
 }

@@ -220,19 +220,25 @@ impl Device {
     }
 
     pub fn download<T: Elem>(&self, b: &DSlice<T>) -> Result<Vec<T>> {
+        self.download_prefix(b, b.len())
+    }
+
+    /// The first `n` elements of `b` (a tensor in a larger buffer: the padded GEMM's output).
+    pub fn download_prefix<T: Elem>(&self, b: &DSlice<T>, n: usize) -> Result<Vec<T>> {
+        anyhow::ensure!(n <= b.len(), "download of {n} elements from {}", b.len());
         match (self, b) {
             (Device::Gpu(g), DSlice::Gpu(b)) => {
-                let v = g.stream.clone_dtoh(&**b)?;
+                let v = g.stream.clone_dtoh(&b.slice(..n))?;
                 // A copy into pageable memory returns once it is done on today's drivers,
                 // but the API only promises "might be synchronous"; the host reads `v` next.
                 g.stream.synchronize().context("CUDA stream")?;
                 Ok(v)
             }
             (Device::Emu(_), DSlice::Host(h)) => {
-                let mut v = vec![T::default(); h.len];
-                // SAFETY: h holds h.len elements; no launch runs concurrently on this backend
-                // (launches are synchronous in the emulator).
-                unsafe { std::ptr::copy_nonoverlapping(h.ptr.as_ptr(), v.as_mut_ptr(), h.len) };
+                let mut v = vec![T::default(); n];
+                // SAFETY: h holds h.len ≥ n elements; no launch runs concurrently on this
+                // backend (launches are synchronous in the emulator).
+                unsafe { std::ptr::copy_nonoverlapping(h.ptr.as_ptr(), v.as_mut_ptr(), n) };
                 Ok(v)
             }
             _ => Err(anyhow!("a buffer of another device")),

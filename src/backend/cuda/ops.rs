@@ -115,19 +115,15 @@ impl Cuda {
         if n == 0 {
             return Ok(Vec::new());
         }
+        // Only the tensor's own elements: its buffer may be larger (a padded GEMM's output).
         Ok(match &t.buf {
-            DBuf::F32(b) => {
-                let mut v = self.dev().download(b)?;
-                v.truncate(n);
-                v
-            }
-            DBuf::Bf16(b) => {
-                let v = self.dev().download(b)?;
-                v[..n]
-                    .iter()
-                    .map(|x| half::bf16::from_bits(*x).to_f32())
-                    .collect()
-            }
+            DBuf::F32(b) => self.dev().download_prefix(b, n)?,
+            DBuf::Bf16(b) => self
+                .dev()
+                .download_prefix(b, n)?
+                .iter()
+                .map(|x| half::bf16::from_bits(*x).to_f32())
+                .collect(),
         })
     }
 
@@ -366,14 +362,20 @@ impl Cuda {
                     .map_err(|e| anyhow::anyhow!("cuBLAS gemm [{n}x{k}]·[{m}x{k}]ᵀ: {e}"))?;
             }
         }
+        let blocks = if n == 0 { 0 } else { n.div_ceil(block) } as u64;
         let (n, n_run, m, k) = (n as u64, n_run as u64, m as u64, k as u64);
         // Executed = useful plus the padded rows: cuBLAS picks its own tiles, and their
         // padding is not visible here (the Nsight audit in docs/cuda.md is what checks this).
+        // Each call reads the weights again.
         self.record(
             "matmul",
             Counts {
                 executed_flops: 2 * n_run * m * k,
-                ..Counts::exact(2 * n * m * k, (m * k + n * k) * BF16 + n * m * F32, 0)
+                ..Counts::exact(
+                    2 * n * m * k,
+                    (blocks.max(1) * m * k + n * k) * BF16 + n * m * F32,
+                    0,
+                )
             },
         );
         Ok(out)
