@@ -175,6 +175,14 @@ fn manifest<B: Backend>(e: &Eval, be: &B, model: &str, cfg: &Config) -> Manifest
         .set("device", be.device_label())
         .set("data", &e.data_id)
         .set("subset", e.a.subset.as_deref().unwrap_or("(none)"))
+        // A folder holds one shard (a resume keeps it); shards merge with each other.
+        .set(
+            "shard",
+            e.a.shard
+                .as_deref()
+                .and_then(|s| parse_shard(s).ok())
+                .map_or("(none)".to_string(), |(i, n)| format!("{i}/{n}")),
+        )
         .set("seed", s.seed)
         .set("protocol", format!("{:?}", s.protocol).to_lowercase())
         .set("rebase-temperature", s.rebase_temperature)
@@ -367,13 +375,17 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
         sets.push((d.clone(), read.records));
     }
-    let settings =
+    let (settings, notes) =
         manifest::check_same_run(&a.dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     check_no_overlap(&sets)?;
     check_one_run(&sets)?;
     let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
     if let Some(m) = &settings {
         manifest::check_indices(m, &all)?;
+    }
+    // Said once nothing refuses the merge (a refusal is the one line).
+    for n in notes {
+        eprintln!("ponder: {n}");
     }
     if all.is_empty() {
         bail!(

@@ -31,6 +31,7 @@ enum Before {
 /// resumes and merges with runs that agree with what it had.
 const LATER_FIELDS: &[(&str, Before)] = &[
     ("kv-pages", Before::Unrecorded),
+    ("shard", Before::Unrecorded),
     ("top-k", Before::Always("0")),
     // --select and --aggregate arrived with their fields (9f4f84d); before, the protocol's rule.
     ("rebase-select", Before::ByProtocol("best", "weighted")),
@@ -42,6 +43,13 @@ const LATER_FIELDS: &[(&str, Before)] = &[
 pub struct Manifest(pub BTreeMap<String, String>);
 
 impl Manifest {
+    /// A copy without field `key`.
+    fn without(&self, key: &str) -> Manifest {
+        let mut m = self.clone();
+        m.0.remove(key);
+        m
+    }
+
     pub fn set(&mut self, key: &str, value: impl ToString) -> &mut Self {
         self.0.insert(key.to_string(), value.to_string());
         self
@@ -50,7 +58,10 @@ impl Manifest {
     /// The settings line of report.md: every field but those its header shows from the
     /// records themselves (model, PRM, device, subset, seed).
     pub fn describe(&self) -> String {
-        const SHOWN: &[&str] = &["model", "prm", "backend", "device", "subset", "seed"];
+        // The shard is one folder's, not the merged report's.
+        const SHOWN: &[&str] = &[
+            "model", "prm", "backend", "device", "subset", "seed", "shard",
+        ];
         self.0
             .iter()
             .filter(|(k, _)| !SHOWN.contains(&k.as_str()))
@@ -251,7 +262,11 @@ fn without_manifest(dir: &Path) -> String {
     )
 }
 
-pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
+/// Merging folders: refuses folders of different runs; returns the first folder's manifest
+/// and the notes to print once every other check has passed too (different machines, shards
+/// not among the folders).
+pub fn check_same_run(dirs: &[&Path]) -> Result<(Option<Manifest>, Vec<String>)> {
+    let mut notes = Vec::new();
     let mut seen: Vec<(&Path, Manifest)> = Vec::new();
     for &d in dirs {
         let Some(m) = read(d)? else {
@@ -264,7 +279,11 @@ pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
         // Every pair, not each against the first: a folder from before a field was recorded
         // agrees with any value of it, so two later folders must still meet each other.
         for (d0, m0) in &seen {
-            if let Some((k, a, b)) = m0.first_difference(&m, false) {
+            // The shards of one run differ in their shard alone.
+            if let Some((k, a, b)) = m0
+                .without("shard")
+                .first_difference(&m.without("shard"), false)
+            {
                 bail!(
                     "result directories {} and {} come from different runs: {k} is {a} \
                      in one and {b} in the other",
@@ -277,17 +296,44 @@ pub fn check_same_run(dirs: &[&Path]) -> Result<Option<Manifest>> {
         // their seconds per problem are then an average of two machines: said, once.
         if let Some((d0, m0)) = seen.first() {
             if let Some((k, a, b)) = m0.first_difference(&m, true) {
-                eprintln!(
-                    "ponder: {} and {} ran on different machines ({k} {a}; {b}): the report's \
-                     seconds per problem mix them",
+                notes.push(format!(
+                    "{} and {} ran on different machines ({k} {a}; {b}): the report's seconds \
+                     per problem mix them",
                     d0.display(),
                     d.display()
-                );
+                ));
             }
         }
         seen.push((d, m));
     }
-    Ok(seen.into_iter().next().map(|(_, m)| m))
+    let ms: Vec<&Manifest> = seen.iter().map(|(_, m)| m).collect();
+    notes.extend(missing_shards(&ms));
+    Ok((seen.into_iter().next().map(|(_, m)| m), notes))
+}
+
+/// Merging the shards of a job array: which shards are not among the folders (a report of
+/// part of the problems reads like one of all of them otherwise). Folders from before the
+/// shard was recorded, and runs without shards, say nothing.
+fn missing_shards(ms: &[&Manifest]) -> Option<String> {
+    let shards: Vec<(usize, usize)> = ms
+        .iter()
+        .filter_map(|m| super::data::parse_shard(m.0.get("shard")?).ok())
+        .collect();
+    let &(_, n) = shards.first()?;
+    if shards.iter().any(|&(_, k)| k != n) {
+        return Some("the folders are shards of different splits (i/n with different n)".into());
+    }
+    let missing: Vec<String> = (0..n)
+        .filter(|i| !shards.iter().any(|&(j, _)| j == *i))
+        .map(|i| format!("{i}/{n}"))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "shard(s) {} are not among the folders: the report covers part of the selected \
+             problems",
+            missing.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -386,6 +432,33 @@ mod tests {
     }
 
     #[test]
+    fn shards_merge_and_missing_ones_are_named() {
+        let shard = |s: &str| {
+            let mut m = manifest(1, "cpu");
+            m.set("shard", s);
+            m
+        };
+        let (a, b, c) = (shard("0/3"), shard("2/3"), shard("1/3"));
+        assert_eq!(
+            a.without("shard")
+                .first_difference(&b.without("shard"), false),
+            None
+        );
+        // A resume must keep its shard.
+        assert!(a.first_difference(&b, false).is_some());
+        let w = missing_shards(&[&a, &b]).unwrap();
+        assert!(w.contains("shard(s) 1/3 are not among"), "{w}");
+        assert_eq!(missing_shards(&[&a, &b, &c]), None);
+        assert!(missing_shards(&[&a, &shard("1/2")])
+            .unwrap()
+            .contains("different splits"));
+        assert_eq!(
+            missing_shards(&[&shard("(none)"), &manifest(1, "cpu")]),
+            None
+        );
+    }
+
+    #[test]
     fn the_report_line_leaves_out_what_the_header_shows() {
         let mut m = manifest(1, "cpu");
         m.set("max-tokens", 48).set("protocol", "seed");
@@ -409,7 +482,7 @@ mod tests {
         assert_eq!(read(&dir).unwrap(), Some(a.clone()));
         let other = dir.join("other");
         check_or_write(&other, &a, false).unwrap();
-        assert_eq!(check_same_run(&[&other]).unwrap(), Some(a.clone()));
+        assert_eq!(check_same_run(&[&other]).unwrap().0, Some(a.clone()));
         let third = dir.join("third");
         check_or_write(&third, &manifest(3, "x"), false).unwrap();
         let e = check_same_run(&[&third, &other]).unwrap_err().to_string();
@@ -425,7 +498,10 @@ mod tests {
         // An empty shard's folder (no run.json, no results) merges as adding nothing.
         let empty = dir.join("empty");
         std::fs::create_dir_all(&empty).unwrap();
-        assert_eq!(check_same_run(&[&empty, &other]).unwrap(), Some(a.clone()));
+        assert_eq!(
+            check_same_run(&[&empty, &other]).unwrap().0,
+            Some(a.clone())
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
