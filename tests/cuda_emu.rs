@@ -154,29 +154,32 @@ fn batching_and_preemption_change_no_token_on_the_emulated_cuda_backend() {
 fn an_evaluation_with_problems_in_flight_runs_on_the_emulated_cuda_backend() {
     let dir = std::env::temp_dir().join(format!("ponder-emu-eval-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = dir.to_string_lossy().into_owned();
-    let (ok, _, stderr) = ponder(&[
-        "eval",
-        "--device",
-        "cuda-emu",
-        "--model",
-        "synthetic:tiny",
-        "--quick",
-        "--limit",
-        "2",
-        "--in-flight",
-        "2",
-        "--method",
-        "baseline,rebase",
-        "--out",
-        &out,
-    ]);
-    assert!(ok, "eval failed: {stderr}");
-    let results = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
-    let rows: Vec<Value> = results
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // Two problems of the default data, baseline and REBASE, `in_flight` at a time; the records.
+    let eval = |out: &std::path::Path, in_flight: &str| -> Vec<Value> {
+        let (ok, _, stderr) = ponder(&[
+            "eval",
+            "--device",
+            "cuda-emu",
+            "--model",
+            "synthetic:tiny",
+            "--quick",
+            "--limit",
+            "2",
+            "--in-flight",
+            in_flight,
+            "--method",
+            "baseline,rebase",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "eval failed: {stderr}");
+        std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let rows = eval(&dir, "2");
     assert_eq!(rows.len(), 4, "2 problems × 2 methods");
     for r in &rows {
         assert!(r["flops"].as_u64().unwrap_or(0) > 0, "{r}");
@@ -188,22 +191,7 @@ fn an_evaluation_with_problems_in_flight_runs_on_the_emulated_cuda_backend() {
     );
     // One problem at a time gives the same answers, votes and useful FLOPs (batch
     // invariance: the two problems' shared passes change no row's bits).
-    let alone = dir.join("alone");
-    let (ok, _, stderr) = ponder(&[
-        "eval",
-        "--device",
-        "cuda-emu",
-        "--model",
-        "synthetic:tiny",
-        "--quick",
-        "--limit",
-        "2",
-        "--method",
-        "baseline,rebase",
-        "--out",
-        alone.to_str().unwrap(),
-    ]);
-    assert!(ok, "eval failed: {stderr}");
+    let alone = eval(&dir.join("alone"), "1");
     let key = |r: &Value| {
         (
             r["method"].to_string(),
@@ -214,11 +202,7 @@ fn an_evaluation_with_problems_in_flight_runs_on_the_emulated_cuda_backend() {
         )
     };
     let mut together: Vec<_> = rows.iter().map(key).collect();
-    let mut one: Vec<_> = std::fs::read_to_string(alone.join("results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| key(&serde_json::from_str(l).unwrap()))
-        .collect();
+    let mut one: Vec<_> = alone.iter().map(key).collect();
     together.sort();
     one.sort();
     assert_eq!(together, one, "--in-flight 2 against 1");

@@ -6,23 +6,7 @@ use super::*;
 fn a_folder_with_results_is_refused_in_one_line() {
     let dir = fresh_dir("held");
     let d = dir.to_str().unwrap();
-    let args = [
-        "eval",
-        "--model",
-        "synthetic:tiny",
-        "--method",
-        "baseline",
-        "--limit",
-        "1",
-        "--votes",
-        "1",
-        "--max-tokens",
-        "2",
-        "--answer-tokens",
-        "1",
-        "--out",
-        d,
-    ];
+    let args = tiny_eval(d);
     let (code, err) = ponder(&args);
     assert_eq!(code, 0, "{err}");
     // No banner before the refusal: the error is the whole of stderr.

@@ -321,27 +321,7 @@ fn wrapped_sums_and_odd_paths_are_one_line_errors() {
     std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
     let (f, l) = (file.to_str().unwrap(), dangling.to_str().unwrap());
     let under_file = format!("{f}/x");
-    let eval = |out: &str| -> Vec<String> {
-        [
-            "eval",
-            "--model",
-            "synthetic:tiny",
-            "--method",
-            "baseline",
-            "--limit",
-            "1",
-            "--votes",
-            "1",
-            "--max-tokens",
-            "1",
-            "--answer-tokens",
-            "1",
-            "--out",
-            out,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let eval = |out: &str| -> Vec<String> { tiny_eval(out).map(String::from).to_vec() };
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
         (
             [

@@ -312,12 +312,13 @@ impl Cuda {
     pub(super) fn linear_impl(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor> {
         let (m, k) = crate::backend::check_linear_shape(x.cols, &w.shape)?;
         let n = x.rows;
-        let block = if self.invariant() { GEMM_ROWS } else { n };
-        let n_run = if self.invariant() {
-            n.div_ceil(GEMM_ROWS) * GEMM_ROWS
+        let block = if self.invariant() {
+            GEMM_ROWS
         } else {
-            n
+            n.max(1)
         };
+        let blocks = n.div_ceil(block);
+        let n_run = blocks * block;
         ensure!(
             m.max(n_run).max(k) <= i32::MAX as usize,
             "linear: shape too large for cuBLAS"
@@ -362,8 +363,7 @@ impl Cuda {
                     .map_err(|e| anyhow::anyhow!("cuBLAS gemm [{n}x{k}]·[{m}x{k}]ᵀ: {e}"))?;
             }
         }
-        let blocks = if n == 0 { 0 } else { n.div_ceil(block) } as u64;
-        let (n, n_run, m, k) = (n as u64, n_run as u64, m as u64, k as u64);
+        let (n, n_run, blocks, m, k) = (n as u64, n_run as u64, blocks as u64, m as u64, k as u64);
         // Executed = useful plus the padded rows: cuBLAS picks its own tiles, and their
         // padding is not visible here (the Nsight audit in docs/cuda.md is what checks this).
         // Each call reads the weights again.
