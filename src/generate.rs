@@ -378,67 +378,75 @@ pub fn generate<B: Backend>(
             text: String::new(),
         })
         .collect();
-    r.be.set_phase(Phase::Prefill);
-    let items: Vec<(SeqId, &[u32])> = live
-        .iter()
-        .zip(prompts)
-        .map(|(l, p)| (l.seq, p.as_slice()))
-        .collect();
-    anyhow::ensure!(
-        prompts.iter().all(|p| !p.is_empty()),
-        "a prompt has no tokens"
-    );
-    let mut out = r.extend(&items)?;
-    let mut rows: Vec<usize> = (0..live.len()).collect();
-    let mut step = 0u64;
-    while !rows.is_empty() && p.max_tokens > 0 {
-        r.be.set_phase(Phase::Sample);
-        let u: Vec<f64> = rows
+    // The steps, then the sequences freed whatever happened (a caller may keep the runner).
+    let mut steps = || -> Result<()> {
+        r.be.set_phase(Phase::Prefill);
+        let items: Vec<(SeqId, &[u32])> = live
             .iter()
-            .map(|&i| crate::rng::uniform(p.seed, i as u64, step))
+            .zip(prompts)
+            .map(|(l, p)| (l.seq, p.as_slice()))
             .collect();
-        let ids =
-            r.be.sample_rows(out.logits()?, vocab_limit, p.sampling, &u)?;
-        for (&i, id) in rows.iter().zip(ids) {
-            let l = &mut live[i];
-            l.ids.push(id);
-            if !p.ignore_eos && tok.eos.contains(&id) {
-                l.ids.pop();
-                l.done = Some(Finish::Eos);
+        anyhow::ensure!(
+            prompts.iter().all(|p| !p.is_empty()),
+            "a prompt has no tokens"
+        );
+        let mut out = r.extend(&items)?;
+        let mut rows: Vec<usize> = (0..live.len()).collect();
+        let mut step = 0u64;
+        while !rows.is_empty() && p.max_tokens > 0 {
+            r.be.set_phase(Phase::Sample);
+            let u: Vec<f64> = rows
+                .iter()
+                .map(|&i| crate::rng::uniform(p.seed, i as u64, step))
+                .collect();
+            let ids =
+                r.be.sample_rows(out.logits()?, vocab_limit, p.sampling, &u)?;
+            for (&i, id) in rows.iter().zip(ids) {
+                let l = &mut live[i];
+                l.ids.push(id);
+                if !p.ignore_eos && tok.eos.contains(&id) {
+                    l.ids.pop();
+                    l.done = Some(Finish::Eos);
+                }
+                l.text = tok.decode_continuation(&prompts[i], &l.ids, true)?;
+                if let Some(cut) = first_stop(&l.text, &p.stop) {
+                    l.text.truncate(cut);
+                    l.done = Some(Finish::Stop);
+                } else if l.done.is_none() && l.ids.len() >= p.max_tokens {
+                    l.done = Some(Finish::Length);
+                }
+                let safe = if l.done.is_some() {
+                    l.text.len()
+                } else {
+                    safe_prefix(&l.text, &p.stop)
+                };
+                if let Some(new) = next_piece(&l.text, &l.sent, safe) {
+                    on_text(i, new);
+                    l.sent = l.text[..safe].to_string();
+                }
             }
-            l.text = tok.decode_continuation(&prompts[i], &l.ids, true)?;
-            if let Some(cut) = first_stop(&l.text, &p.stop) {
-                l.text.truncate(cut);
-                l.done = Some(Finish::Stop);
-            } else if l.done.is_none() && l.ids.len() >= p.max_tokens {
-                l.done = Some(Finish::Length);
+            step += 1;
+            rows.retain(|&i| live[i].done.is_none());
+            if rows.is_empty() {
+                break;
             }
-            let safe = if l.done.is_some() {
-                l.text.len()
-            } else {
-                safe_prefix(&l.text, &p.stop)
-            };
-            if let Some(new) = next_piece(&l.text, &l.sent, safe) {
-                on_text(i, new);
-                l.sent = l.text[..safe].to_string();
-            }
+            r.be.set_phase(Phase::Decode);
+            let next: Vec<(SeqId, [u32; 1])> = rows
+                .iter()
+                .map(|&i| (live[i].seq, [*live[i].ids.last().unwrap_or(&0)]))
+                .collect();
+            let items: Vec<(SeqId, &[u32])> = next.iter().map(|(s, t)| (*s, &t[..])).collect();
+            out = r.extend(&items)?;
         }
-        step += 1;
-        rows.retain(|&i| live[i].done.is_none());
-        if rows.is_empty() {
-            break;
-        }
-        r.be.set_phase(Phase::Decode);
-        let next: Vec<(SeqId, [u32; 1])> = rows
-            .iter()
-            .map(|&i| (live[i].seq, [*live[i].ids.last().unwrap_or(&0)]))
-            .collect();
-        let items: Vec<(SeqId, &[u32])> = next.iter().map(|(s, t)| (*s, &t[..])).collect();
-        out = r.extend(&items)?;
-    }
+        Ok(())
+    };
+    let outcome = steps();
+    // Every sequence is freed before an error of the steps is returned (it says more).
+    let freed = live.iter().try_for_each(|l| r.pool.free(l.seq).map(drop));
+    outcome?;
+    freed?;
     let mut res = Vec::with_capacity(live.len());
     for l in live {
-        r.pool.free(l.seq)?;
         let finish = l.done.unwrap_or(Finish::Length);
         res.push(Completion {
             ids: l.ids,
