@@ -191,8 +191,13 @@ pub fn select(data: &Loaded, sel: &Selection) -> Result<Vec<Problem>> {
         .filter_map(|&r| data.rows.get(r).cloned().flatten())
         .collect();
     if out.is_empty() {
+        // The first reason in the error itself: the error is the line a user reads.
+        let first = data
+            .malformed
+            .first()
+            .map_or(String::new(), |(line, why)| format!("; line {line}: {why}"));
         bail!(
-            "no problems to run: the {} selected row(s) are all malformed ({} malformed line(s) in the data)",
+            "no problems to run: the {} selected row(s) are all malformed ({} malformed line(s) in the data{first})",
             rows.len(),
             data.malformed.len()
         );
@@ -230,6 +235,16 @@ mod tests {
         assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), vec![0, 3]);
         assert_eq!(p[1].gold.as_deref(), Some("3"));
         assert!(select(&parse("bad\n"), &Selection::default()).is_err());
+    }
+
+    #[test]
+    fn data_of_only_malformed_lines_names_the_first_reason() {
+        let d = parse("{\"q\":1}\n{\"question\":\"a\"}\n");
+        let e = format!("{:#}", select(&d, &Selection::default()).unwrap_err());
+        assert!(
+            e.contains("are all malformed") && e.contains("line 1: no \"question\" string"),
+            "{e}"
+        );
     }
 
     #[test]
