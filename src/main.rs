@@ -24,6 +24,14 @@ fn main() -> ExitCode {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
         }
+        Err(e) if e.kind() == ErrorKind::InvalidUtf8 => {
+            // clap says only "in one or more arguments": name the flag whose value it is.
+            eprintln!(
+                "error: {}",
+                not_utf8(&std::env::args_os().collect::<Vec<_>>())
+            );
+            return ExitCode::from(2);
+        }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             eprintln!("error: no subcommand given (`--help` lists them)");
             return ExitCode::from(2);
@@ -59,4 +67,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The message for a command line with an argument that is not UTF-8: which flag's value (or
+/// which argument) it is, shown lossily.
+fn not_utf8(args: &[std::ffi::OsString]) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(i) = args.iter().position(|a| a.to_str().is_none()) else {
+        return "an argument is not valid UTF-8".into();
+    };
+    let bytes = args[i].as_bytes();
+    let what = if bytes.starts_with(b"--") && bytes.contains(&b'=') {
+        let flag = &bytes[..bytes.iter().position(|&b| b == b'=').unwrap_or(0)];
+        format!("the value of {}", String::from_utf8_lossy(flag))
+    } else {
+        match args.get(i.wrapping_sub(1)).and_then(|p| p.to_str()) {
+            Some(flag) if i > 1 && flag.starts_with("--") => format!("the value of {flag}"),
+            _ => format!("argument {i}"),
+        }
+    };
+    format!(
+        "{what} is not valid UTF-8 ({}): ponder takes UTF-8 paths and text",
+        args[i].to_string_lossy()
+    )
 }

@@ -378,3 +378,31 @@ fn wrapped_sums_and_odd_paths_are_one_line_errors() {
     assert_eq!(code, 0, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A value that is not UTF-8 is named by its flag (clap says only "in one or more
+/// arguments"), in one line, exit code 2.
+#[test]
+fn a_value_that_is_not_utf8_names_its_flag() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    for args in [
+        vec![
+            OsStr::new("generate"),
+            OsStr::new("--model"),
+            OsStr::from_bytes(b"m\xff"),
+        ],
+        vec![OsStr::new("generate"), OsStr::from_bytes(b"--model=m\xff")],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("error: the value of --model is not valid UTF-8"),
+            "{err}"
+        );
+    }
+}

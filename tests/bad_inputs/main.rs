@@ -21,7 +21,6 @@ fn ponder(args: &[&str]) -> (i32, String) {
     )
 }
 
-/// An empty folder of this process under the temp dir (`tag` names the test).
 /// `eval` of one problem, one 2-token vote, on synthetic:tiny into `out` (its limit is
 /// argument 6).
 fn tiny_eval(out: &str) -> [&str; 15] {
@@ -44,6 +43,7 @@ fn tiny_eval(out: &str) -> [&str; 15] {
     ]
 }
 
+/// An empty folder of this process under the temp dir (`tag` names the test).
 fn fresh_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ponder-bad-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
