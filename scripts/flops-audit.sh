@@ -54,6 +54,9 @@ list=$(IFS=,; echo "${metrics[*]}")
 # then the batch-invariant ones that solve and eval run (64-row GEMMs, prefill rows as
 # attn_decode items), whose table uses that unit.
 bad=0
+# Nothing of an earlier audit in this folder is read or kept.
+rm -f "$logs/tensor-unit.txt"
+: > "$logs/audit.txt"
 for kind in fast invariant; do
     rc=0
     # ncu's own output goes to its log file (the generated text stays out of the CSV), counts

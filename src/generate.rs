@@ -442,7 +442,12 @@ pub fn generate<B: Backend>(
     };
     let outcome = steps();
     // Every sequence is freed before an error of the steps is returned (it says more).
-    let freed = live.iter().try_for_each(|l| r.pool.free(l.seq).map(drop));
+    let mut freed = Ok(());
+    for l in &live {
+        if let Err(e) = r.pool.free(l.seq) {
+            freed = freed.and(Err(e));
+        }
+    }
     outcome?;
     freed?;
     let mut res = Vec::with_capacity(live.len());

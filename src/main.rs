@@ -70,24 +70,43 @@ fn main() -> ExitCode {
 }
 
 /// The message for a command line with an argument that is not UTF-8: which flag's value (or
-/// which argument) it is, shown lossily.
+/// which argument) it is, shown lossily. Path flags take any bytes, so clap refused another
+/// one; when that leaves no single candidate, the message says so.
 fn not_utf8(args: &[std::ffi::OsString]) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let Some(i) = args.iter().position(|a| a.to_str().is_none()) else {
-        return "an argument is not valid UTF-8".into();
-    };
-    let bytes = args[i].as_bytes();
-    let what = if bytes.starts_with(b"--") && bytes.contains(&b'=') {
-        let flag = &bytes[..bytes.iter().position(|&b| b == b'=').unwrap_or(0)];
-        format!("the value of {}", String::from_utf8_lossy(flag))
-    } else {
-        match args.get(i.wrapping_sub(1)).and_then(|p| p.to_str()) {
-            Some(flag) if i > 1 && flag.starts_with("--") => format!("the value of {flag}"),
-            _ => format!("argument {i}"),
+    const PATHS: [&str; 4] = ["--out", "--data", "--prompt-file", "--cache-dir"];
+    // (index, the flag it is the value of, its value)
+    let culprits: Vec<(usize, Option<String>, String)> = args
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, a)| a.to_str().is_none())
+        .filter_map(|(i, a)| {
+            let bytes = a.as_bytes();
+            let (flag, value) = match bytes.iter().position(|&b| b == b'=') {
+                Some(eq) if bytes.starts_with(b"--") => (
+                    Some(String::from_utf8_lossy(&bytes[..eq]).into_owned()),
+                    String::from_utf8_lossy(&bytes[eq + 1..]).into_owned(),
+                ),
+                _ => (
+                    args[i - 1]
+                        .to_str()
+                        .filter(|f| i > 1 && f.starts_with("--"))
+                        .map(String::from),
+                    a.to_string_lossy().into_owned(),
+                ),
+            };
+            let path = flag.as_deref().is_some_and(|f| PATHS.contains(&f));
+            (!path).then_some((i, flag, value))
+        })
+        .collect();
+    match &culprits[..] {
+        [(_, Some(flag), value)] => {
+            format!("the value of {flag} is not valid UTF-8 ({value}): ponder takes UTF-8 text")
         }
-    };
-    format!(
-        "{what} is not valid UTF-8 ({}): ponder takes UTF-8 paths and text",
-        args[i].to_string_lossy()
-    )
+        [(i, None, value)] => {
+            format!("argument {i} is not valid UTF-8 ({value}): ponder takes UTF-8 text")
+        }
+        _ => "an argument is not valid UTF-8: ponder takes UTF-8 text (paths excepted)".into(),
+    }
 }

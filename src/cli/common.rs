@@ -243,9 +243,18 @@ impl Opts {
         needed: bool,
     ) -> Result<Option<Loaded<B>>> {
         match (&self.prm, needed) {
-            (Some(spec), true) => Ok(Some(
-                load(be, Some(spec), cache).with_context(|| format!("--prm {spec}"))?,
-            )),
+            (Some(spec), true) => {
+                // The loader's own message names --model (the policy's flag).
+                if Path::new(spec).is_file() {
+                    bail!(
+                        "--prm {spec} is a file; a model is a directory (config.json, \
+                         model.safetensors, tokenizer.json) or synthetic:NAME"
+                    );
+                }
+                Ok(Some(
+                    load(be, Some(spec), cache).with_context(|| format!("--prm {spec}"))?,
+                ))
+            }
             // Unused by these methods, but recorded in run.json: it must at least name a
             // model, or a typo would be carried into every later --resume.
             (Some(spec), false) => {

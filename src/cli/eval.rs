@@ -383,10 +383,6 @@ pub fn report(a: ReportArgs) -> Result<()> {
     if let Some(m) = &settings {
         manifest::check_indices(m, &all)?;
     }
-    // Said once nothing refuses the merge (a refusal is the one line).
-    for n in notes {
-        eprintln!("ponder: {n}");
-    }
     if all.is_empty() {
         bail!(
             "no results in {}",
@@ -409,6 +405,10 @@ pub fn report(a: ReportArgs) -> Result<()> {
         );
     }
     ponder::input::create_dir(&out)?;
+    // Said once nothing refuses the merge (a refusal is the one line).
+    for n in notes {
+        eprintln!("ponder: {n}");
+    }
     outln!("{}", write_report(&out, &all, settings.as_ref())?);
     Ok(())
 }

@@ -268,12 +268,14 @@ fn without_manifest(dir: &Path) -> String {
 pub fn check_same_run(dirs: &[&Path]) -> Result<(Option<Manifest>, Vec<String>)> {
     let mut notes = Vec::new();
     let mut seen: Vec<(&Path, Manifest)> = Vec::new();
+    let mut empty = 0;
     for &d in dirs {
         let Some(m) = read(d)? else {
             // An empty shard's folder holds nothing, not even run.json.
             if super::results::holds_results(d) {
                 bail!("{}", without_manifest(d));
             }
+            empty += 1;
             continue;
         };
         // Every pair, not each against the first: a folder from before a field was recorded
@@ -307,17 +309,22 @@ pub fn check_same_run(dirs: &[&Path]) -> Result<(Option<Manifest>, Vec<String>)>
         seen.push((d, m));
     }
     let ms: Vec<&Manifest> = seen.iter().map(|(_, m)| m).collect();
-    notes.extend(missing_shards(&ms));
+    notes.extend(missing_shards(&ms, empty));
     Ok((seen.into_iter().next().map(|(_, m)| m), notes))
 }
 
 /// Merging the shards of a job array: which shards are not among the folders (a report of
-/// part of the problems reads like one of all of them otherwise). Folders from before the
-/// shard was recorded, and runs without shards, say nothing.
-fn missing_shards(ms: &[&Manifest]) -> Option<String> {
+/// part of the problems reads like one of all of them otherwise). `empty` folders (a shard
+/// with nothing to run keeps no run.json) may be any of them: as many missing shards as
+/// those say nothing. So do folders from before the shard was recorded, and runs without
+/// shards.
+fn missing_shards(ms: &[&Manifest], empty: usize) -> Option<String> {
+    if ms.iter().any(|m| !m.0.contains_key("shard")) {
+        return None;
+    }
     let shards: Vec<(usize, usize)> = ms
         .iter()
-        .filter_map(|m| super::data::parse_shard(m.0.get("shard")?).ok())
+        .filter_map(|m| super::data::parse_shard(&m.0["shard"]).ok())
         .collect();
     let &(_, n) = shards.first()?;
     if shards.iter().any(|&(_, k)| k != n) {
@@ -327,10 +334,15 @@ fn missing_shards(ms: &[&Manifest]) -> Option<String> {
         .filter(|i| !shards.iter().any(|&(j, _)| j == *i))
         .map(|i| format!("{i}/{n}"))
         .collect();
-    (!missing.is_empty()).then(|| {
+    (missing.len() > empty).then(|| {
+        let with = if empty > 0 {
+            format!(" with results ({empty} folder(s) hold none)")
+        } else {
+            String::new()
+        };
         format!(
-            "shard(s) {} are not among the folders: the report covers part of the selected \
-             problems",
+            "shard(s) {} are not among the folders{with}: the report covers part of the \
+             selected problems",
             missing.join(", ")
         )
     })
@@ -446,16 +458,26 @@ mod tests {
         );
         // A resume must keep its shard.
         assert!(a.first_difference(&b, false).is_some());
-        let w = missing_shards(&[&a, &b]).unwrap();
-        assert!(w.contains("shard(s) 1/3 are not among"), "{w}");
-        assert_eq!(missing_shards(&[&a, &b, &c]), None);
-        assert!(missing_shards(&[&a, &shard("1/2")])
+        let w = missing_shards(&[&a, &b], 0).unwrap();
+        assert!(w.contains("shard(s) 1/3 are not among the folders:"), "{w}");
+        assert_eq!(missing_shards(&[&a, &b, &c], 0), None);
+        // An empty shard's folder (no run.json) may be the missing one; two missing are one
+        // too many.
+        assert_eq!(missing_shards(&[&a, &b], 1), None);
+        let w = missing_shards(&[&a], 1).unwrap();
+        assert!(
+            w.contains("1/3, 2/3 are not among the folders with results"),
+            "{w}"
+        );
+        assert!(missing_shards(&[&a, &shard("1/2")], 0)
             .unwrap()
             .contains("different splits"));
         assert_eq!(
-            missing_shards(&[&shard("(none)"), &manifest(1, "cpu")]),
+            missing_shards(&[&shard("(none)"), &shard("(none)")], 0),
             None
         );
+        // A folder from before the field: nothing is said.
+        assert_eq!(missing_shards(&[&a, &manifest(1, "cpu")], 0), None);
     }
 
     #[test]

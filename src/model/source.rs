@@ -215,7 +215,7 @@ pub fn load_as<B: Backend>(
     };
     if dir.exists() && !dir.is_dir() {
         bail!(
-            "{} is a file; a model is a directory (config.json, model.safetensors, \
+            "--model {} is a file; a model is a directory (config.json, model.safetensors, \
              tokenizer.json) or synthetic:NAME",
             dir.display()
         );
