@@ -208,6 +208,13 @@ pub trait Backend: Send + Sync {
     /// the CUDA backend is on by default and, off, picks its fastest kernels per pass.
     fn set_batch_invariant(&self, _on: bool) {}
 
+    /// The most keys one query may attend to, where the backend has such a limit (the CUDA
+    /// backend's batch-invariant attention: 63 splits of 512 keys). Methods check a problem
+    /// against it before they take any page, as against the model's positions.
+    fn max_attention_keys(&self) -> Option<usize> {
+        None
+    }
+
     /// A parameter from host values, f32, bf16 or f16 (the backend chooses its storage dtype).
     fn weight(&self, shape: &[usize], data: WeightData) -> Result<Self::Weight>;
     /// Parameters of `cols` columns stacked by rows into one [Σ rows, cols] weight (`parts`:

@@ -260,6 +260,15 @@ impl<B: Backend> Policy<'_, B> {
             ))
             .into());
         }
+        if let Some(cap) = attention_cap(self.runner.be, &self.runner.model.cfg) {
+            if n > cap {
+                return Err(DoesNotFit(format!(
+                    "the problem's prompt of {prompt_tokens} tokens + {what} needs {n} keys, \
+                     past the {cap} the backend's batch-invariant attention takes"
+                ))
+                .into());
+            }
+        }
         Ok(())
     }
 
@@ -276,4 +285,13 @@ impl<B: Backend> Policy<'_, B> {
         v.dedup();
         v
     }
+}
+
+/// The keys a query of `cfg`'s model may attend to on `be`, where that is below the model's
+/// positions: the backend's limit (`Backend::max_attention_keys`), unless a sliding window
+/// keeps every query under it.
+pub fn attention_cap<B: Backend>(be: &B, cfg: &crate::model::config::Config) -> Option<usize> {
+    let cap = be.max_attention_keys()?;
+    let windowed = cfg.sliding_window.is_some_and(|w| w <= cap);
+    (!windowed && cap < cfg.max_position_embeddings).then_some(cap)
 }

@@ -216,6 +216,14 @@ impl<'a, B: Backend> Prm<'a, B> {
              (max_position_embeddings); lower --path-tokens or use a PRM with a longer context",
             self.name
         );
+        if let Some(cap) = super::common::attention_cap(self.runner.be, &self.runner.model.cfg) {
+            anyhow::ensure!(
+                n <= cap,
+                "the PRM ({}) path of {n} tokens is past the {cap} keys the backend's \
+                 batch-invariant attention takes; lower --path-tokens",
+                self.name
+            );
+        }
         Ok(())
     }
 

@@ -353,6 +353,9 @@ impl Backend for Cuda {
     fn set_batch_invariant(&self, on: bool) {
         self.invariant.store(on, Ordering::Relaxed);
     }
+    fn max_attention_keys(&self) -> Option<usize> {
+        self.invariant().then_some(plan::INVARIANT_MAX_KEYS)
+    }
     fn set_phase(&self, p: crate::flops::Phase) {
         self.ranges.enter(p);
         crate::account::with_ledger(&self.ledger, |l| l.set_phase(p));
@@ -462,5 +465,29 @@ mod tests {
             }
         }
         assert!(images::TARGET.contains("sm_"));
+    }
+
+    /// The invariant attention bounds a model's context (`methods::common::attention_cap`)
+    /// only where the model has more positions than it takes and no sliding window under it.
+    #[test]
+    fn the_attention_cap_applies_where_the_model_reaches_it() {
+        use crate::methods::common::attention_cap;
+        use crate::model::config::Config;
+        let mut long = Config::builtin("tiny").unwrap();
+        long.max_position_embeddings = 131_072;
+        let cuda = Cuda::emulated().unwrap();
+        assert_eq!(attention_cap(&cuda, &long), Some(32_256));
+        assert_eq!(attention_cap(&crate::backend::cpu::Cpu::new(), &long), None);
+        assert_eq!(
+            attention_cap(&cuda, &Config::builtin("tiny").unwrap()),
+            None
+        );
+        let windowed = Config {
+            sliding_window: Some(4096),
+            ..long.clone()
+        };
+        assert_eq!(attention_cap(&cuda, &windowed), None);
+        cuda.set_batch_invariant(false);
+        assert_eq!(attention_cap(&cuda, &long), None);
     }
 }

@@ -20,6 +20,8 @@ pub(crate) const DEC_THREADS: usize = 128;
 /// (and so its bits) depend on its own keys alone, never on the pass's longest context or
 /// size. 63 splits of it bound the context at 32256 keys.
 pub(crate) const INVARIANT_CHUNK: usize = 512;
+/// The longest context batch-invariant attention takes (`Backend::max_attention_keys`).
+pub(crate) const INVARIANT_MAX_KEYS: usize = (MAX_SLOTS - 1) * INVARIANT_CHUNK;
 pub(crate) const DEC_MAXG: usize = 16;
 
 /// Per-batch device work lists (see the module comment).
