@@ -38,9 +38,9 @@ impl Cpu {
 
 #[derive(Clone, Debug)]
 pub struct CpuTensor {
-    pub rows: usize,
-    pub cols: usize,
-    pub data: Vec<f32>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) data: Vec<f32>,
 }
 
 pub struct CpuKv {
@@ -98,7 +98,7 @@ impl Backend for Cpu {
 
     fn tensor(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CpuTensor> {
         ensure!(
-            data.len() == rows * cols,
+            data.len() == super::tensor_len(rows, cols)?,
             "tensor data is not {rows}x{cols}"
         );
         Ok(CpuTensor {

@@ -51,11 +51,20 @@ impl<'a> Rows<'a> {
 
 /// `out[i, j] = dot(x[i, ..], w[j, ..])` for `x` [n, k] and `w` [m, k], row-major [n, m].
 pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> Vec<f32> {
-    debug_assert!(x.len() >= n * k && wd.len() >= m && wd.k == k);
-    let mut out = vec![0.0f32; n * m];
-    if n == 0 || m == 0 {
+    // Hard checks: the writes below are unchecked, and with k = 0 no slice bound would stop
+    // a wrapped n·m.
+    let len = n.checked_mul(m).expect("matmul_nt: n·m overflows");
+    assert!(n.checked_mul(k).is_some_and(|nk| x.len() >= nk) && wd.k == k);
+    let mut out = vec![0.0f32; len];
+    // k = 0: empty sums (and weight rows of no values, which cannot be counted).
+    if n == 0 || m == 0 || k == 0 {
         return out;
     }
+    assert!(
+        wd.len() >= m,
+        "matmul_nt: {} weight rows, not {m}",
+        wd.len()
+    );
     // Each task streams a block of weight rows once per tile of input rows; every output
     // is one `dot` over k in a fixed order, so a row's result never depends on which other
     // rows share its batch, nor on whether it came in a prefill or a decode step.

@@ -20,13 +20,20 @@ pub use batch::{Batch, SeqSlice, ThoughtBlock, Visible};
 
 /// A parameter's shape: a vector or a matrix whose size matches its data.
 pub fn check_weight_shape(shape: &[usize], len: usize) -> Result<()> {
-    let n: usize = shape.iter().product();
-    anyhow::ensure!(len == n, "weight data does not match shape {shape:?}");
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    anyhow::ensure!(n == Some(len), "weight data does not match shape {shape:?}");
     anyhow::ensure!(
         matches!(shape.len(), 1 | 2),
         "weights are vectors or matrices, not {shape:?}"
     );
     Ok(())
+}
+
+/// Elements of a [rows, cols] tensor; a product past usize is refused, never wrapped (a
+/// wrapped size would let the unsafe kernels write past a small buffer).
+pub fn tensor_len(rows: usize, cols: usize) -> Result<usize> {
+    rows.checked_mul(cols)
+        .ok_or_else(|| anyhow::anyhow!("a {rows}x{cols} tensor is larger than memory"))
 }
 
 /// Useful FLOPs of rotating q and k for `nt` tokens: 6 per rotated pair (4 multiplies, 2

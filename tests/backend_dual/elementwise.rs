@@ -60,9 +60,11 @@ pub(crate) fn op_add_rms_norm<B: Backend>(be: &B, tol: f32) -> Result<()> {
 }
 
 /// Row counts below, at and past the CUDA backend's batch-invariant GEMM block (64 rows), in
-/// both modes (the CPU has one).
+/// both modes (the CPU has one); and k = 0, empty sums, which are zeros (no GEMM runs).
 pub(crate) fn op_linear<B: Backend>(be: &B, tol: f32) -> Result<()> {
     for (n, k, m, invariant) in [
+        (5, 0, 9, false),
+        (5, 0, 9, true),
         (7, 48, 33, false),
         (1, 64, 130, false),
         (70, 16, 8, false),
@@ -80,8 +82,33 @@ pub(crate) fn op_linear<B: Backend>(be: &B, tol: f32) -> Result<()> {
             c.linear(&c.tensor(n, k, &x)?, &weight(c, &[m, k], &w))
                 .map(|_| ())
         })?;
-        assert_close(&got, &naive_linear(&x, k, &w, m), tol, "linear");
+        let want = match k {
+            0 => vec![0.0; n * m],
+            _ => naive_linear(&x, k, &w, m),
+        };
+        assert_close(&got, &want, tol, "linear");
     }
+    Ok(())
+}
+
+/// Sizes whose element count is past usize are refused, never wrapped into a small buffer
+/// that the kernels would then write past (a tensor of k = 0 columns holds no data, so only
+/// the product can tell).
+pub(crate) fn op_sizes_past_memory<B: Backend>(be: &B, _tol: f32) -> Result<()> {
+    let huge = (1usize << 62) + 1;
+    let e = be
+        .tensor(huge, 4, &[1.0; 4])
+        .err()
+        .expect("a wrapped tensor size is refused");
+    assert!(e.to_string().contains("larger than memory"), "{e}");
+    let wrapped = be.weight(&[4, 1 << 62], WeightData::Host(Cow::Owned(vec![])));
+    assert!(
+        wrapped.is_err(),
+        "a weight shape whose product wraps to 0 is refused"
+    );
+    // Zero-sized is fine: a [huge, 0] tensor is empty.
+    let x = be.tensor(huge, 0, &[])?;
+    assert_eq!(be.to_host(&be.gather_rows(&x, &[])?)?.len(), 0);
     Ok(())
 }
 

@@ -103,6 +103,7 @@ dual_test!(
     op_linear,
     op_linear_stacked,
     op_linear_row_anywhere,
+    op_sizes_past_memory,
     op_silu_mul,
     op_add,
     op_gather_rows,

@@ -94,9 +94,12 @@ unsafe impl<T: Send> Send for HostBuf<T> {}
 unsafe impl<T: Sync> Sync for HostBuf<T> {}
 
 impl<T> HostBuf<T> {
-    fn layout(len: usize) -> std::alloc::Layout {
-        let bytes = len.max(1) * std::mem::size_of::<T>().max(1);
-        std::alloc::Layout::from_size_align(bytes, 256).expect("buffer layout")
+    /// At least one element (a zero-size layout may not be allocated), 256-byte aligned as
+    /// cudaMalloc's are; a size past isize is an error, never a wrapped small buffer.
+    fn layout(len: usize) -> Result<std::alloc::Layout> {
+        std::alloc::Layout::array::<T>(len.max(1))
+            .and_then(|l| l.align_to(256))
+            .map_err(|_| anyhow!("a {len}-element buffer is larger than memory"))
     }
 }
 
@@ -104,7 +107,7 @@ impl<T: Elem> HostBuf<T> {
     /// `len` elements of `byte` repeated (0xff: NaN for floats, like an unwritten buffer
     /// under poisoning; 0: zeros).
     fn filled(len: usize, byte: u8) -> Result<HostBuf<T>> {
-        let layout = Self::layout(len);
+        let layout = Self::layout(len)?;
         // SAFETY: layout has non-zero size.
         let p = unsafe {
             if byte == 0 {
@@ -126,7 +129,12 @@ impl<T: Elem> HostBuf<T> {
 impl<T> Drop for HostBuf<T> {
     fn drop(&mut self) {
         // SAFETY: allocated in `filled` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) };
+        unsafe {
+            std::alloc::dealloc(
+                self.ptr.as_ptr() as *mut u8,
+                Self::layout(self.len).expect("allocated with it"),
+            )
+        };
     }
 }
 

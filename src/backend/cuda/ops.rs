@@ -42,7 +42,7 @@ impl Cuda {
         Ok(CudaTensor {
             rows,
             cols,
-            buf: DBuf::F32(self.alloc_f32(rows * cols)?),
+            buf: DBuf::F32(self.alloc_f32(crate::backend::tensor_len(rows, cols)?)?),
         })
     }
 
@@ -50,7 +50,7 @@ impl Cuda {
         Ok(CudaTensor {
             rows,
             cols,
-            buf: DBuf::Bf16(self.alloc_bf16(rows * cols)?),
+            buf: DBuf::Bf16(self.alloc_bf16(crate::backend::tensor_len(rows, cols)?)?),
         })
     }
 
@@ -100,7 +100,7 @@ impl Cuda {
 
     pub(super) fn tensor_impl(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CudaTensor> {
         ensure!(
-            data.len() == rows * cols,
+            data.len() == crate::backend::tensor_len(rows, cols)?,
             "tensor data is not {rows}x{cols}"
         );
         Ok(CudaTensor {
@@ -325,11 +325,17 @@ impl Cuda {
         );
         let xb = self.as_dtype(x, DType::Bf16)?;
         // Room for the padded rows too: the tensor is n rows, its buffer n_run (every reader
-        // of a tensor goes by rows × cols).
+        // of a tensor goes by rows × cols). With k = 0 no GEMM runs and the sums are empty:
+        // zeros, as the CPU gives.
+        let len = crate::backend::tensor_len(n_run, m)?;
         let out = CudaTensor {
             rows: n,
             cols: m,
-            buf: DBuf::F32(self.alloc_f32(n_run * m)?),
+            buf: DBuf::F32(if k == 0 {
+                self.dev.alloc_zeros::<f32>(len)?
+            } else {
+                self.alloc_f32(len)?
+            }),
         };
         if n > 0 && m > 0 && k > 0 {
             for b0 in (0..n).step_by(block) {

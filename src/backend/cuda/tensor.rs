@@ -26,9 +26,9 @@ pub enum DBuf {
 
 /// A row-major [rows, cols] activation on the device.
 pub struct CudaTensor {
-    pub rows: usize,
-    pub cols: usize,
-    pub buf: DBuf,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) buf: DBuf,
 }
 
 impl CudaTensor {
@@ -61,8 +61,8 @@ impl CudaTensor {
 
 /// A parameter: bf16 on the device.
 pub struct CudaWeight {
-    pub shape: Vec<usize>,
-    pub buf: DSlice<u16>,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) buf: DSlice<u16>,
 }
 
 impl CudaWeight {
@@ -84,9 +84,9 @@ impl CudaWeight {
 /// Paged K and V (bf16), each laid out [layer][page][slot in page][kv head][head dim], as the
 /// CPU backend's (so that page copies and slots mean the same on both).
 pub struct CudaKv {
-    pub shape: KvShape,
-    pub k: DSlice<u16>,
-    pub v: DSlice<u16>,
+    pub(crate) shape: KvShape,
+    pub(crate) k: DSlice<u16>,
+    pub(crate) v: DSlice<u16>,
 }
 
 impl CudaKv {
