@@ -55,8 +55,36 @@ fn run_baseline(
     sol
 }
 
+/// REBASE or the combination with a roomy pool; every tree it returns keeps the width
+/// (`assert_width_kept`).
 fn run_rebase(be: &Cpu, m: &Loaded<Cpu>, quiet: bool, max_batch: usize, s: &Settings) -> Solution {
-    try_rebase(be, m, quiet, max_batch, 512, s).unwrap()
+    let sol = try_rebase(be, m, quiet, max_batch, 512, s).unwrap();
+    assert_width_kept(&sol, s);
+    sol
+}
+
+/// REBASE's width bookkeeping, replayed from its tree (rebase.md): each depth's children
+/// number what is left of the width, a kept leaf uses one up, and so does, in Wu et al.'s
+/// protocol, a dropped node (the study's passes its share on); the study drops a child at a
+/// score of 0.1 or less. So the leaves never exceed the width.
+fn assert_width_kept(sol: &Solution, s: &Settings) {
+    let wu = s.protocol == Protocol::Wu;
+    let mut remaining = s.width;
+    let deepest = sol.tree.iter().map(|n| n.depth).max().unwrap_or(0);
+    for d in 1..=deepest {
+        let at: Vec<_> = sol.tree.iter().filter(|n| n.depth == d).collect();
+        assert_eq!(at.len(), remaining, "{:?}: nodes at depth {d}", s.protocol);
+        remaining -= at
+            .iter()
+            .filter(|n| (n.leaf && !n.dropped) || (wu && n.dropped))
+            .count();
+    }
+    assert!(sol.votes.len() <= s.width, "{} leaves", sol.votes.len());
+    if !wu && !s.fixed_lengths {
+        for n in sol.tree.iter().skip(1) {
+            assert_eq!(n.dropped, n.score.unwrap() <= 0.1, "{n:?}");
+        }
+    }
 }
 
 /// REBASE with `pages` KV pages of 4 tokens for the policy and as many for the PRM.
