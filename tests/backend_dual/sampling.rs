@@ -159,8 +159,16 @@ pub(crate) fn sampling_case<B: Backend>(
                 assert_eq!(cpu[r], want, "CPU sampler vs reference, {s:?} row {r}");
                 assert!((cpu[r] as usize) < limit);
             }
-            // Backend::sample_rows: on the host for the CPU, on the device for CUDA.
-            let got = be.sample_rows(&t, limit, *s, &u)?;
+            // Backend::sample_rows: on the host for the CPU, on the device for CUDA; its useful
+            // FLOPs (the CUDA backend's own count of the CPU's cost model) equal the CPU's.
+            let got = with_flops(
+                be,
+                |b| b.sample_rows(&t, limit, *s, &u),
+                |c| {
+                    c.sample_rows(&c.tensor(rows, v, &logits)?, limit, *s, &u)
+                        .map(|_| ())
+                },
+            )?;
             assert_eq!(got, cpu, "{} sampler vs CPU, {s:?} draw {draw}", be.name());
         }
     }
