@@ -36,18 +36,24 @@ fn quiet_star_needs_only_the_pages_its_thoughts_take() {
     assert_eq!(texts(&solve(quiet, true).unwrap()), texts(&roomy));
 }
 
-#[test]
-fn parallel_thoughts_give_the_incremental_logits_for_the_same_thought_tokens() {
-    use ponder::methods::quiet_star::{Mode, ThoughtStep};
-    use ponder::scheduler::{prefill, Branch, Stepper};
-    let (be, mut m) = tiny();
-    // A talk head with a nonzero last layer, so the thoughts change the output.
-    let mut qs = QuietStar::new(&be, &m.model, &m.tok, None, true, 8).unwrap();
+/// Quiet-STaR on `m` with a talk head whose last layer is nonzero, so that the thoughts change
+/// the output (the initialisation's zero head gives the base model's logits whatever they are).
+fn talking(be: &Cpu, m: &Loaded<Cpu>) -> QuietStar<Cpu> {
+    let mut qs = QuietStar::new(be, &m.model, &m.tok, None, true, 8).unwrap();
     let d = m.model.cfg.hidden_size;
     let w3: Vec<f32> = (0..d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.05).collect();
     qs.head.w3 = be
         .weight(&[1, d], ponder::backend::WeightData::Host(w3.into()))
         .unwrap();
+    qs
+}
+
+#[test]
+fn parallel_thoughts_give_the_incremental_logits_for_the_same_thought_tokens() {
+    use ponder::methods::quiet_star::{Mode, ThoughtStep};
+    use ponder::scheduler::{prefill, Branch, Stepper};
+    let (be, mut m) = tiny();
+    let qs = talking(&be, &m);
     let seq: Vec<u32> = (0..23).map(|i| (i * 29 % 500 + 3) as u32).collect();
     let thought = [17u32, 230, 41, 99, 400];
     // No window, then one that the thoughts of the last position cross: quiet-star.md
@@ -96,19 +102,21 @@ fn quiet_star_parallel_mode_samples_what_incremental_samples() {
         answer_tokens: 2,
         ..settings()
     };
-    let inc = run_baseline(&be, &m, true, 1024, usize::MAX, &s);
-    let par = run_baseline(
-        &be,
-        &m,
-        true,
-        1024,
-        usize::MAX,
-        &Settings {
-            quiet_mode: ponder::methods::quiet_star::Mode::Parallel,
-            ..s
-        },
-    );
+    // A talking head: each mode samples its own thoughts (the branch's own stream in both),
+    // and they decide the text, so a thought drawn from another stream would show.
+    let qs = talking(&be, &m);
+    let solve = |quiet_mode| {
+        let mut p = Policy {
+            runner: Runner::new(&be, &m.model, 1024, 4).unwrap(),
+            tok: &m.tok,
+        };
+        baseline::solve(&mut p, Some(&qs), Q, &Settings { quiet_mode, ..s }).unwrap()
+    };
+    use ponder::methods::quiet_star::Mode;
+    let (inc, par) = (solve(Mode::Incremental), solve(Mode::Parallel));
     assert_eq!(texts(&inc), texts(&par));
+    let silent = run_baseline(&be, &m, true, 1024, usize::MAX, &s);
+    assert_ne!(texts(&inc), texts(&silent), "the thoughts should change the text");
     assert!(
         par.thought_tokens > 5 * inc.thought_tokens,
         "parallel thinks at every position"
