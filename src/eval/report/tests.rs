@@ -46,7 +46,8 @@ fn sample() -> Vec<Record> {
         rec("rebase", 3, 0, true, 2.0, 2_000_000_000_000),
         rec("baseline", 6, 0, true, 1.0, 1_000_000_000_000),
         rec("rebase", 3, 1, false, 4.0, 4_000_000_000_000),
-        rec("baseline", 6, 1, false, 5.0, 2_000_000_000_000),
+        // 1, 11 and 3 seconds: a mean (5) apart from the median (3).
+        rec("baseline", 6, 1, false, 11.0, 2_000_000_000_000),
         rec("alpha", 2, 0, false, 1.0, 0),
         rec("baseline", 2, 0, true, 3.0, 500_000_000_000),
         rec("baseline", 6, 2, true, 3.0, 3_000_000_000_000),
@@ -77,7 +78,7 @@ fn summarize_groups_orders_and_averages() {
     let b = &s[1];
     assert_eq!((b.n, b.correct), (3, 2));
     assert!((b.accuracy - 2.0 / 3.0).abs() < 1e-12);
-    assert!((b.mean_seconds - 3.0).abs() < 1e-12);
+    assert!((b.mean_seconds - 5.0).abs() < 1e-12);
     assert_eq!(b.median_seconds, 3.0);
     assert_eq!(b.mean_flops, 2e12);
     assert_eq!(b.mean_flops_executed, 2e12 + 100.0);
@@ -206,7 +207,7 @@ fn write_report_writes_five_files() {
     assert_eq!(std::fs::read_to_string(dir.join(REPORT_MD)).unwrap(), md);
     assert!(
         md.contains(
-            "| baseline | 6 votes | 2/3 (66.67%) | 3.00 | 3.00 | 2.000e12 | 2.000e12 | 1.000e12 |"
+            "| baseline | 6 votes | 2/3 (66.67%) | 5.00 | 3.00 | 2.000e12 | 2.000e12 | 1.000e12 |"
         ),
         "{md}"
     );
