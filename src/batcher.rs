@@ -23,6 +23,7 @@ use crate::model::llama::{Model, Output};
 use crate::split;
 use anyhow::Result;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -59,6 +60,20 @@ pub struct Batcher<'a, B: Backend> {
     max_batch: usize,
     state: Mutex<State<'a, B>>,
     cv: Condvar,
+    /// Passes run, those that carried several problems' requests, and the most in one.
+    passes: AtomicU64,
+    shared: AtomicU64,
+    most: AtomicUsize,
+}
+
+/// How much the batcher merged: what an eval with problems in flight reports at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sharing {
+    pub passes: u64,
+    /// Passes that ran two or more problems' requests together.
+    pub shared: u64,
+    /// The most problems' requests in one pass.
+    pub most: usize,
 }
 
 /// A worker's place in the batcher, holding the turn outside forward passes. Dropping it
@@ -86,6 +101,17 @@ impl<'a, B: Backend> Batcher<'a, B> {
                 done: HashMap::new(),
             }),
             cv: Condvar::new(),
+            passes: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
+            most: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn sharing(&self) -> Sharing {
+        Sharing {
+            passes: self.passes.load(Ordering::Relaxed),
+            shared: self.shared.load(Ordering::Relaxed),
+            most: self.most.load(Ordering::Relaxed),
         }
     }
 
@@ -228,6 +254,11 @@ impl<'a, B: Backend> Batcher<'a, B> {
         // phase of its first request (the backend's profiler ranges follow it; the ledger
         // split below charges each request under its own phase).
         let own = account::with_ledger(self.be.ledger(), |l| l.phase());
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        if g.len() > 1 {
+            self.shared.fetch_add(1, Ordering::Relaxed);
+        }
+        self.most.fetch_max(g.len(), Ordering::Relaxed);
         let t = Instant::now();
         let (res, ledger) = account::capture(|| {
             self.be.set_phase(g[0].phase);

@@ -197,14 +197,20 @@ fn problems_in_flight_match_one_at_a_time() {
         let r = results(&dir);
         let s = summary(&dir);
         let _ = std::fs::remove_dir_all(&dir);
-        (r, s)
+        (r, s, String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (one, s1) = run("1");
-    let (three, s3) = run("3");
+    let (one, s1, _) = run("1");
+    let (three, s3, said) = run("3");
     assert_eq!(one.len(), 16);
     assert!(one.iter().all(|r| r["flops"].as_u64().unwrap() > 0));
     assert_eq!(one, three);
     assert_eq!(s1, s3);
+    // And the three did share passes: the equality above is not that of three runs in turn.
+    let most = said
+        .split_once("ran several problems together (up to ")
+        .and_then(|(_, t)| t.split(' ').next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no sharing line in: {said}"));
+    assert!(most >= 2, "{said}");
 }
 
 #[test]

@@ -334,13 +334,19 @@ impl OnBackend for Eval {
                     fleet.engines(w, (&m.model, &m.tok), prm, quiet.clone())
                 })
                 .collect::<Result<Vec<_>>>()?;
-            run_eval(
+            let records = run_eval(
                 &mut workers,
                 Some(fleet.batcher()),
                 &plan,
                 &problems,
                 opened,
-            )?
+            )?;
+            let s = fleet.batcher().sharing();
+            eprintln!(
+                "ponder: {} of {} forward passes ran several problems together (up to {} in one)",
+                s.shared, s.passes, s.most
+            );
+            records
         };
         let md = write_report(&a.out, &records, Some(&recorded))?;
         outln!("{md}");

@@ -116,7 +116,11 @@ fn quiet_star_parallel_mode_samples_what_incremental_samples() {
     let (inc, par) = (solve(Mode::Incremental), solve(Mode::Parallel));
     assert_eq!(texts(&inc), texts(&par));
     let silent = run_baseline(&be, &m, true, 1024, usize::MAX, &s);
-    assert_ne!(texts(&inc), texts(&silent), "the thoughts should change the text");
+    assert_ne!(
+        texts(&inc),
+        texts(&silent),
+        "the thoughts should change the text"
+    );
     assert!(
         par.thought_tokens > 5 * inc.thought_tokens,
         "parallel thinks at every position"
