@@ -97,7 +97,14 @@ fn generate_at(m: &str, needles: &[&str]) {
 
 #[test]
 fn truncated_safetensors() {
-    generate_with("truncated_safetensors", &["model.safetensors"]);
+    generate_with(
+        "truncated_safetensors",
+        &[
+            "corrupt safetensors",
+            "not fully covered",
+            "model.safetensors",
+        ],
+    );
 }
 
 #[test]
@@ -133,7 +140,10 @@ fn malformed_config() {
 
 #[test]
 fn missing_weights() {
-    generate_with("missing_weights", &["model.safetensors"]);
+    generate_with(
+        "missing_weights",
+        &["has neither model.safetensors nor model.safetensors.index.json"],
+    );
 }
 
 /// A shard index that is no regular file (/dev/zero never ends, a FIFO blocks forever) is

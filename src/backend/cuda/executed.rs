@@ -87,7 +87,9 @@ mod tests {
     use super::*;
 
     // The counts below are the ones read off the SASS by hand (docs/cuda.md), spelled out so
-    // that a change to a formula has to change its example too.
+    // that a change to a formula has to change its example too. They are change detectors,
+    // not a check of the SASS: only scripts/flops-audit.sh, under Nsight Compute on a GPU,
+    // compares these formulas with the instructions the hardware counts.
     #[test]
     fn plain_kernels_match_their_hand_counts() {
         // synthetic:tiny's d = 64: 256 useful per row, 4032 executed.
