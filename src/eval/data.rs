@@ -101,6 +101,10 @@ pub struct Selection {
     pub shard: Option<(usize, usize)>,
 }
 
+/// More shards than any job array runs (GSM8K's test split has 1319 rows); a bound keeps a
+/// merge's list of missing shards finite.
+pub const MAX_SHARDS: usize = 1 << 16;
+
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     let (i, n) = s.split_once('/').context("--shard wants i/n, e.g. 0/4")?;
     let (i, n): (usize, usize) = (
@@ -109,6 +113,9 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     );
     if n == 0 || i >= n {
         bail!("--shard {i}/{n}: need 0 ≤ i < n");
+    }
+    if n > MAX_SHARDS {
+        bail!("--shard {i}/{n}: at most {MAX_SHARDS} shards");
     }
     Ok((i, n))
 }

@@ -330,11 +330,18 @@ fn missing_shards(ms: &[&Manifest], empty: usize) -> Option<String> {
     if shards.iter().any(|&(_, k)| k != n) {
         return Some("the folders are shards of different splits (i/n with different n)".into());
     }
-    let missing: Vec<String> = (0..n)
-        .filter(|i| !shards.iter().any(|&(j, _)| j == *i))
+    let present: std::collections::BTreeSet<usize> = shards.iter().map(|&(i, _)| i).collect();
+    let n_missing = n - present.len();
+    // The first ten by name, then how many more.
+    let mut missing: Vec<String> = (0..n)
+        .filter(|i| !present.contains(i))
+        .take(10)
         .map(|i| format!("{i}/{n}"))
         .collect();
-    (missing.len() > empty).then(|| {
+    if n_missing > missing.len() {
+        missing.push(format!("and {} more", n_missing - missing.len()));
+    }
+    (n_missing > empty).then(|| {
         let with = if empty > 0 {
             format!(" with results ({empty} folder(s) hold none)")
         } else {

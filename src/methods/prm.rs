@@ -10,7 +10,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::scheduler::{
     fork_seqs, forward_cache, forward_items, is_oom, kept_prefix, park, release, set_tokens, Branch,
 };
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 pub const STEP_TAG: &str = " ки";
 
@@ -45,6 +45,16 @@ pub struct Prm<'a, B: Backend> {
 impl<'a, B: Backend> Prm<'a, B> {
     pub fn new(runner: Runner<'a, B>, tok: &'a Tokenizer, name: String) -> Result<Self> {
         let (plus, minus) = reward_ids(tok)?;
+        // The scores read these logits: an id past the model's vocabulary (a tokenizer of
+        // another model) has none.
+        let vocab = runner.model.cfg.vocab_size;
+        for (c, id) in [('+', plus), ('-', minus)] {
+            ensure!(
+                (id as usize) < vocab,
+                "the PRM's tokenizer gives '{c}' the id {id}, outside its model's {vocab}-token \
+                 vocabulary (a tokenizer of another model?)"
+            );
+        }
         Ok(Prm {
             runner,
             tok,

@@ -246,12 +246,16 @@ impl Config {
         if c.intermediate_size == 0 {
             bail!("intermediate_size must be positive");
         }
-        if c.rms_norm_eps.is_nan()
-            || c.rms_norm_eps <= 0.0
-            || c.rope_theta.is_nan()
-            || c.rope_theta <= 0.0
+        // Finite too: an eps past f32's range reads as infinity, and RMSNorm would then
+        // scale every hidden state to zero.
+        if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0)
+            || !(c.rope_theta.is_finite() && c.rope_theta > 0.0)
         {
-            bail!("rms_norm_eps and rope_theta must be positive");
+            bail!(
+                "rms_norm_eps ({}) and rope_theta ({}) must be positive and finite",
+                c.rms_norm_eps,
+                c.rope_theta
+            );
         }
         if c.sliding_window == Some(0) {
             bail!("sliding_window 0 would hide every key");

@@ -196,16 +196,47 @@ impl Tokenizer {
             Some(&e) => self.decode(&[e], false)?,
             None => String::new(),
         };
+        // Fuel bounds the instructions, not the text: the output is capped as it is written.
+        let mut out = Capped(Vec::new());
         env.get_template("chat")
             .and_then(|t| {
-                t.render(minijinja::context! {
-                    messages => vec![minijinja::context!{ role => "user", content => user }],
-                    add_generation_prompt => true,
-                    bos_token => bos,
-                    eos_token => eos,
-                })
+                t.render_captured_to(
+                    minijinja::context! {
+                        messages => vec![minijinja::context!{ role => "user", content => user }],
+                        add_generation_prompt => true,
+                        bos_token => bos,
+                        eos_token => eos,
+                    },
+                    &mut out,
+                )
+                .map(|_| ())
             })
-            .map_err(|e| anyhow::anyhow!("chat template failed: {e}"))
+            .map_err(|e| match out.0.len() > CHAT_TEMPLATE_BYTES {
+                true => anyhow::anyhow!(
+                    "chat template failed: its output passed {CHAT_TEMPLATE_BYTES} bytes"
+                ),
+                false => anyhow::anyhow!("chat template failed: {e}"),
+            })?;
+        String::from_utf8(out.0).map_err(|_| anyhow::anyhow!("chat template output is not UTF-8"))
+    }
+}
+
+/// The most text a chat template may produce (a prompt plus its markup is a few KB).
+const CHAT_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// A writer that fails once it holds more than `CHAT_TEMPLATE_BYTES`.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        match self.0.len() > CHAT_TEMPLATE_BYTES {
+            true => Err(std::io::Error::other("chat template output too large")),
+            false => Ok(b.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

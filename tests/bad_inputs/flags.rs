@@ -120,7 +120,9 @@ fn a_prompt_past_the_models_positions_is_refused_and_unused_limits_are_not_check
 #[test]
 fn each_bad_flag_is_named_alone() {
     let tiny = ["--model", "synthetic:tiny"];
-    let cases: [(&[&str], &[&str]); 6] = [
+    let out = fresh_dir("shards");
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 7] = [
         (
             &[
                 "solve",
@@ -152,6 +154,19 @@ fn each_bad_flag_is_named_alone() {
         (
             &["bench", "attention", "--iters", "18446744073709551615"],
             &["--iters is at most 1000000"],
+        ),
+        // A merge would list every missing shard of 10^11.
+        (
+            &[
+                "eval",
+                "--method",
+                "baseline",
+                "--shard",
+                "0/100000000000",
+                "--out",
+                out,
+            ],
+            &["--shard 0/100000000000: at most 65536 shards"],
         ),
     ];
     for (args, needles) in cases {

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
+mod crafted;
 mod eval;
 mod flags;
 

@@ -124,6 +124,13 @@ fn shards_merge_and_missing_ones_are_named() {
         missing_shards(&[&shard("(none)"), &shard("(none)")], 0),
         None
     );
+    // Of many missing shards the first ten are named, then how many more.
+    let w = missing_shards(&[&shard("3/65536")], 0).unwrap();
+    assert!(
+        w.contains("shard(s) 0/65536, 1/65536, 2/65536, 4/65536, ")
+            && w.contains("10/65536, and 65525 more are not among"),
+        "{w}"
+    );
     // A folder from before the field: nothing is said.
     assert_eq!(missing_shards(&[&a, &manifest(1, "cpu")], 0), None);
 }

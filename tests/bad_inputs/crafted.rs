@@ -1,0 +1,87 @@
+//! Models crafted from a good one (tests/bad_inputs/gguf/ok_tiny_llama.gguf, imported): a
+//! PRM tokenizer whose '+' is past the model's vocabulary, a chat template that writes
+//! without end, an `rms_norm_eps` past f32's range. Each is one line naming the problem.
+use super::*;
+
+/// ok_tiny_llama.gguf imported into a fresh folder, with `edit` applied to its JSON file
+/// `file` (config.json, tokenizer.json or tokenizer_config.json).
+fn crafted(tag: &str, file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let dir = fresh_dir(tag);
+    let gguf = case("gguf/ok_tiny_llama.gguf");
+    let (code, err) = ponder(&["import-gguf", &gguf, "--out", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let path = dir.join(file);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, v.to_string()).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn a_prm_whose_reward_token_is_past_its_vocabulary() {
+    let prm = crafted("prm-plus", "tokenizer.json", |t| {
+        t["model"]["vocab"]["+"] = 5000.into();
+    });
+    for model in ["synthetic:tiny", prm.as_str()] {
+        assert_one_line_error(
+            &[
+                "solve",
+                "--model",
+                model,
+                "--prm",
+                &prm,
+                "--method",
+                "rebase",
+                "--question",
+                "What is 2 and 3?",
+                "--width",
+                "2",
+                "--step-tokens",
+                "4",
+                "--path-tokens",
+                "8",
+            ],
+            &["'+' the id 5000", "262-token vocabulary"],
+        );
+    }
+}
+
+#[test]
+fn a_chat_template_that_writes_without_end() {
+    let m = crafted("chat-flood", "tokenizer_config.json", |t| {
+        t["chat_template"] = "{% for i in range(1000) %}{{ 'a' * 5000 }}{% endfor %}".into();
+    });
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--chat",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ],
+        &["chat template failed", "passed 1048576 bytes"],
+    );
+}
+
+#[test]
+fn an_eps_past_f32() {
+    let m = crafted("eps-inf", "config.json", |c| {
+        c["rms_norm_eps"] = serde_json::json!(1e39);
+    });
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ],
+        &["rms_norm_eps (inf)", "positive and finite"],
+    );
+}
