@@ -93,6 +93,10 @@ pub struct Fleet<'a, B: Backend> {
     workers: usize,
     pages: usize,
     page_size: usize,
+    /// `--max-batch`: each problem's own passes keep it as with one problem in flight (so
+    /// its executed FLOPs and Quiet-STaR's choice of a merged pass do not change), and so
+    /// do the batcher's combined ones.
+    max_batch: usize,
 }
 
 impl<'a, B: Backend> Fleet<'a, B> {
@@ -122,6 +126,7 @@ impl<'a, B: Backend> Fleet<'a, B> {
                         workers: n,
                         pages,
                         page_size,
+                        max_batch,
                     })
                 }
                 Err(e) if n > 1 => {
@@ -198,6 +203,10 @@ impl<'a, B: Backend> Fleet<'a, B> {
                 self.page_size,
                 &self.batcher,
             )
+            .map(|mut r| {
+                r.max_batch = self.max_batch;
+                r
+            })
         };
         let prm = match prm {
             Some((m, tok, name)) => {

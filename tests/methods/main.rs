@@ -266,3 +266,18 @@ fn same_seed_same_result_whatever_the_batching_or_pool_size() {
     let other = run_baseline(&be, &m, false, 256, usize::MAX, &Settings { seed: 12, ..s });
     assert_ne!(texts(&a), texts(&other));
 }
+
+/// With problems in flight each problem's own passes keep `--max-batch`, as with one problem
+/// (the flag had reached only the batcher, so a problem's 4 votes ran as one pass of 4).
+#[test]
+fn a_fleets_runners_keep_max_batch() {
+    use ponder::methods::engines::Fleet;
+    let (be, m) = tiny();
+    let fleet = Fleet::new(&be, &m.model, Some(&m.model), 2, 64, 4, 2).unwrap();
+    for w in 0..2 {
+        let prm = Some((&m.model, &m.tok, "tiny".to_string()));
+        let e = fleet.engines(w, (&m.model, &m.tok), prm, None).unwrap();
+        assert_eq!(e.policy.runner.max_batch, 2);
+        assert_eq!(e.prm.unwrap().runner.max_batch, 2);
+    }
+}
