@@ -137,7 +137,17 @@ impl<'a, B: Backend> Batcher<'a, B> {
     fn leave(&self) {
         let mut st = self.lock();
         st.busy = false;
-        st.active = st.active.saturating_sub(1);
+        self.fewer(st, 1);
+    }
+
+    /// `n` expected workers will not come (their threads could not start).
+    pub fn unexpect(&self, n: usize) {
+        self.fewer(self.lock(), n);
+    }
+
+    /// `n` fewer active workers: the passes pending may be all there are now.
+    fn fewer<'g>(&'g self, mut st: MutexGuard<'g, State<'a, B>>, n: usize) {
+        st.active = st.active.saturating_sub(n);
         if !st.running && !st.pending.is_empty() && st.pending.len() >= st.active {
             st = self.run_pending(st);
         }

@@ -132,9 +132,12 @@ pub fn run<B: Backend>(
         let mut first_error = None;
         let mut too_long = Vec::new();
         std::thread::scope(|sc| {
-            for e in workers.iter_mut().take(n_workers) {
+            for (w, e) in workers.iter_mut().take(n_workers).enumerate() {
                 let (tx, todo, next, stop, s) = (tx.clone(), &todo, &next, &stop, &s);
-                sc.spawn(move || {
+                let spawned = std::thread::Builder::new().spawn_scoped(sc, move || {
+                    // A panicking worker stops the others taking new problems, as an error
+                    // does (the scope then passes the panic on).
+                    let _stop = StopOnPanic(stop);
                     let _turn = batcher.map(|b| b.enter());
                     while !stop.load(Ordering::SeqCst) {
                         let k = next.fetch_add(1, Ordering::SeqCst);
@@ -154,6 +157,23 @@ pub fn run<B: Backend>(
                         }
                     }
                 });
+                // A thread the system will not start: the batcher stops waiting for the
+                // workers not started (it expected them all), and those started go on.
+                if let Err(err) = spawned {
+                    if let Some(b) = batcher {
+                        b.unexpect(n_workers - w);
+                    }
+                    if w == 0 {
+                        first_error
+                            .get_or_insert(anyhow::anyhow!("cannot start a worker thread: {err}"));
+                    } else {
+                        eprintln!(
+                            "ponder: cannot start worker thread {} ({err}); going on with {w}",
+                            w + 1
+                        );
+                    }
+                    break;
+                }
             }
             drop(tx);
             // Append each result as it arrives; after an error, keep those still in flight.
@@ -236,6 +256,17 @@ pub fn run<B: Backend>(
         }
     }
     Ok(records)
+}
+
+/// Sets the flag when dropped by a panic.
+struct StopOnPanic<'s>(&'s AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Whether a method refused the problem as too long for the model before it took any page,
