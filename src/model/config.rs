@@ -248,9 +248,8 @@ impl Config {
         }
         // Finite too: an eps past f32's range reads as infinity, and RMSNorm would then
         // scale every hidden state to zero.
-        if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0)
-            || !(c.rope_theta.is_finite() && c.rope_theta > 0.0)
-        {
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(c.rms_norm_eps) || !positive(c.rope_theta) {
             bail!(
                 "rms_norm_eps ({}) and rope_theta ({}) must be positive and finite",
                 c.rms_norm_eps,
