@@ -50,9 +50,18 @@ pub fn with_ledger<R>(fallback: &Mutex<Ledger>, f: impl FnOnce(&mut Ledger) -> R
 /// thread's own account is back in place afterwards.
 pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Ledger) {
     let scratch: SharedAccount = Arc::new(Mutex::new(Account::default()));
-    let prev = install(Some(scratch.clone()));
+    // Put back even if `f` panics (a batcher catches a pass's panic and goes on).
+    struct Restore(Option<Option<SharedAccount>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(prev) = self.0.take() {
+                install(prev);
+            }
+        }
+    }
+    let restore = Restore(Some(install(Some(scratch.clone()))));
     let out = f();
-    install(prev);
+    drop(restore);
     let ledger = std::mem::take(&mut lock(&scratch).ledger);
     (out, ledger)
 }

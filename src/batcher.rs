@@ -213,15 +213,11 @@ impl<'a, B: Backend> Batcher<'a, B> {
         // A panic inside the pass must not leave `running` set and the taken requests
         // unanswered: every other worker would wait for them forever (a hung eval instead
         // of a failed one). Each request gets the panic as its error instead.
+        // (Each group catches its own pass's panic; this is for the grouping around them.)
         let ids: Vec<u64> = reqs.iter().map(|r| r.id).collect();
         let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute(reqs)))
             .unwrap_or_else(|p| {
-                let why = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                let e = format!("a forward pass failed: {why}");
+                let e = format!("a forward pass failed: {}", panic_text(&*p));
                 ids.into_iter().map(|id| (id, Err(e.clone()))).collect()
             });
         let mut st = self.lock();
@@ -254,12 +250,35 @@ impl<'a, B: Backend> Batcher<'a, B> {
         }
         let mut out = Vec::new();
         for g in groups {
-            out.extend(self.run_group(g));
+            out.extend(self.run_group_or_each(&g));
         }
         out
     }
 
-    fn run_group(&self, g: Vec<Request<'a, B>>) -> Vec<(u64, Result<Output<B>, String>)> {
+    /// A group's pass. If it fails with several problems' requests in it, each request runs
+    /// again alone, so that one problem's failure (an input its model refuses, memory for
+    /// the combined activations) is its own, as with one problem in flight; the rerun
+    /// rewrites the same KV slots with the same values (every op is batch-invariant). The
+    /// failed attempt is charged to no problem, so each keeps the ledger it has alone. A
+    /// panic is a bug, not an input: it is every request's error, with no rerun.
+    fn run_group_or_each(&self, g: &[Request<'a, B>]) -> Vec<(u64, Result<Output<B>, String>)> {
+        match self.run_group(g) {
+            Ok(outs) => g
+                .iter()
+                .map(|r| r.id)
+                .zip(outs.into_iter().map(Ok))
+                .collect(),
+            Err((_, false)) if g.len() > 1 => g
+                .iter()
+                .flat_map(|r| self.run_group_or_each(std::slice::from_ref(r)))
+                .collect(),
+            Err((e, _)) => g.iter().map(|r| (r.id, Err(e.clone()))).collect(),
+        }
+    }
+
+    /// One pass of the group, charged to its requests when it succeeds; an error is
+    /// (message, whether it was a panic).
+    fn run_group(&self, g: &[Request<'a, B>]) -> Result<Vec<Output<B>>, (String, bool)> {
         // The running thread's own phase, restored after the pass: the pass runs under the
         // phase of its first request (the backend's profiler ranges follow it; the ledger
         // split below charges each request under its own phase).
@@ -270,24 +289,27 @@ impl<'a, B: Backend> Batcher<'a, B> {
         }
         self.most.fetch_max(g.len(), Ordering::Relaxed);
         let t = Instant::now();
-        let (res, ledger) = account::capture(|| {
-            self.be.set_phase(g[0].phase);
-            // A GPU's launches return when queued: the pass's time is only known once they
-            // have run. Without the wait, the worker whose turn comes first would wait for
-            // them in its sampling and be charged every problem's GPU time as its own.
-            self.combined_pass(&g)
-                .and_then(|outs| self.be.synchronize().map(|()| outs))
-        });
+        // A panic inside the pass must not leave the other groups of this run unanswered
+        // (every worker would wait for them forever): it becomes this group's error.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            account::capture(|| {
+                self.be.set_phase(g[0].phase);
+                // A GPU's launches return when queued: the pass's time is only known once
+                // they have run. Without the wait, the worker whose turn comes first would
+                // wait for them in its sampling and be charged every problem's GPU time.
+                self.combined_pass(g)
+                    .and_then(|outs| self.be.synchronize().map(|()| outs))
+            })
+        }));
         let secs = t.elapsed().as_secs_f64();
         self.be.set_phase(own);
-        self.split(&g, &ledger, secs);
-        match res {
-            Ok(outs) => g
-                .iter()
-                .map(|r| r.id)
-                .zip(outs.into_iter().map(Ok))
-                .collect(),
-            Err(e) => g.iter().map(|r| (r.id, Err(format!("{e:#}")))).collect(),
+        match caught {
+            Ok((Ok(outs), ledger)) => {
+                self.split(g, &ledger, secs);
+                Ok(outs)
+            }
+            Ok((Err(e), _)) => Err((format!("{e:#}"), false)),
+            Err(p) => Err((format!("a forward pass failed: {}", panic_text(&*p)), true)),
         }
     }
 
@@ -391,4 +413,12 @@ impl<'a, B: Backend> Batcher<'a, B> {
             }
         }
     }
+}
+
+/// A panic's message, where it has one.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }

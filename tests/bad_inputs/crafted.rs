@@ -85,3 +85,59 @@ fn an_eps_past_f32() {
         &["rms_norm_eps (inf)", "positive and finite"],
     );
 }
+
+/// Two problems in flight share their passes; one whose question holds a token its model has
+/// no embedding for fails that shared pass. The pass reruns each problem alone, so the
+/// failure is that problem's own: the other finishes and is kept, and the error names the
+/// row that caused it (before, both failed, and the error named whichever arrived first).
+#[test]
+fn one_problems_bad_input_in_a_shared_pass_is_its_own() {
+    let m = crafted("shared-bad", "tokenizer.json", |t| {
+        t["model"]["vocab"]["Z"] = 5000.into();
+    });
+    let dir = fresh_dir("shared-bad-run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\": \"What is 2 and 3?\", \"answer\": \"#### 5\"}\n\
+         {\"question\": \"Zed has 4 cats. How many?\", \"answer\": \"#### 4\"}\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let (code, err) = ponder(&[
+        "eval",
+        "--model",
+        &m,
+        "--method",
+        "baseline",
+        "--votes",
+        "1",
+        "--max-tokens",
+        "4",
+        "--answer-tokens",
+        "2",
+        "--in-flight",
+        "2",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: baseline on row 1") && last.contains("5000"),
+        "{err}"
+    );
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let rows: Vec<u64> = results
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(rows, [0], "{results}");
+}
