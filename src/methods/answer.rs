@@ -1,10 +1,13 @@
 //! GSM8K answer handling: extracting predictions and gold answers, comparing numbers, the
 //! baseline's stop rule and the two REBASE leaf tests.
 //!
-//! Python's `\d` also matches non-ASCII digits; here only ASCII `0`–`9` count, because
-//! every answer we compare against (GSM8K gold) is ASCII and an Arabic-Indic digit would
-//! not compare equal to it anyway. Returned integers are canonical (no leading zeros),
-//! like the reference code's `int(match.group())`.
+//! Python's `\d` also matches non-ASCII decimal digits, and its `int()` reads them
+//! ("١٨" is 18 there); here only ASCII `0`–`9` count. A divergence, kept because the
+//! models in question write ASCII digits (a Unicode digit table would be needed to read
+//! the others). Returned integers are canonical (no leading zeros), like the reference
+//! code's `int(match.group())`.
+
+use super::wu_number::wu_number;
 
 /// Appended after the reasoning to ask for the final number (baseline and Quiet-STaR).
 pub const ANSWER_TRIGGER: &str = "\nTherefore, the answer (arabic numerals) is";
@@ -118,35 +121,42 @@ pub fn normalise_number(s: &str) -> Option<String> {
     Some(out)
 }
 
-/// Wu et al.'s extraction, modelled on their regex `The answer is:(.+) ки`:
+/// Wu et al.'s extraction, modelled on their regex `The answer is:(.+) ки` (re.search):
 /// 1. find "The answer is", skip one ':' if present (their regex requires it; our steps
 ///    may lack it, so it is optional);
 /// 2. take the rest of that line (`.` never crosses '\n'); if the line holds " ки", cut at
-///    its LAST occurrence (the regex's `.+` is greedy), else keep the whole line, since a
-///    path that ended at EOS may carry no tag;
+///    its LAST occurrence (the regex's `.+` is greedy);
 /// 3. trim, remove commas; an empty capture moves on to the next "The answer is";
-/// 4. drop '$' and '%' and, if what is left is a number, return its
-///    [`normalise_number`] form ("$1,200.00" → "1200"); otherwise return the trimmed,
-///    comma-free capture unchanged (e.g. "12 apples").
+/// 4. the first occurrence whose line holds the tag wins, as their search skips a line
+///    without it; only when none has the tag does the first untagged line count (a path
+///    that ended at EOS may carry no tag, which their regex would call "[invalid]");
+/// 5. the number their grader reads there ([`wu_number`]: "$1,200.00", "18 days",
+///    "x = 18" → "1200", "18", "18"); otherwise the trimmed, comma-free capture (e.g.
+///    "12 apples").
 pub fn wu_answer(text: &str) -> Option<String> {
+    let mut untagged = None;
     let mut from = 0;
     while let Some(pos) = text[from..].find(WU_PHRASE) {
         let start = from + pos + WU_PHRASE.len();
+        from = start;
         let rest = &text[start..];
         let rest = rest.strip_prefix(':').unwrap_or(rest);
         let line = rest.split('\n').next().unwrap_or("");
-        let captured = match line.rfind(STEP_TAG) {
-            Some(i) => &line[..i],
-            None => line,
+        let (captured, tagged) = match line.rfind(STEP_TAG) {
+            Some(i) => (&line[..i], true),
+            None => (line, false),
         };
         let cleaned = captured.trim().replace(',', "");
-        if !cleaned.is_empty() {
-            let bare: String = cleaned.chars().filter(|&c| c != '$' && c != '%').collect();
-            return Some(normalise_number(&bare).unwrap_or(cleaned));
+        if cleaned.is_empty() {
+            continue;
         }
-        from = start;
+        let answer = wu_number(&cleaned).unwrap_or(cleaned);
+        if tagged {
+            return Some(answer);
+        }
+        untagged.get_or_insert(answer);
     }
-    None
+    untagged
 }
 
 /// Start offsets of the non-overlapping occurrences of `needle`, left to right (Python's
@@ -320,6 +330,16 @@ mod tests {
         assert_eq!(wu_answer("The answer is: ки\nThe answer is: 9 ки"), s("9"));
         assert_eq!(wu_answer("The answer is"), None);
         assert_eq!(wu_answer("no phrase 5 ки"), None);
+        // Their grader's reading (wu_number.rs): units, spaces, "x =" go.
+        assert_eq!(wu_answer("The answer is: 18 days ки"), s("18"));
+        assert_eq!(wu_answer("The answer is: x = 1 000 ки"), s("1000"));
+        // Their search skips a line without the tag for a later one that has it; an
+        // untagged line counts only when no line has the tag.
+        assert_eq!(
+            wu_answer("The answer is: 5\nStep 4: The answer is: 6 ки"),
+            s("6")
+        );
+        assert_eq!(wu_answer("The answer is: 5\nThe answer is: 6"), s("5"));
     }
 
     #[test]

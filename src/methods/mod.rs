@@ -9,3 +9,4 @@ pub mod prm;
 pub mod quiet_star;
 pub mod rebase;
 pub mod voting;
+pub mod wu_number;

@@ -114,11 +114,9 @@ pub fn solve<B: Backend>(
     // hold one (its code skips a leaf it extracts nothing from, which a question with a number
     // in it never is; ties to the earlier leaf).
     // Wu et al.: the weighted vote over last-step scores, with their "[invalid]" group.
-    let leaves: Vec<(Option<String>, Vec<f64>)> = votes
-        .iter()
-        .map(|v| (v.answer.clone(), v.scores.clone()))
-        .collect();
-    let answer = choose(&leaves, s.select(), s.aggregate, s.protocol == Protocol::Wu);
+    let texts: Vec<&str> = leaves.iter().map(|n| n.text.as_str()).collect();
+    let voters = voters(s.protocol, &votes, &texts);
+    let answer = choose(&voters, s.select(), s.aggregate, s.protocol == Protocol::Wu);
     tally.prm = prm.tokens - prm_tokens0;
     let method = if quiet.is_some() {
         "combined"
@@ -414,6 +412,20 @@ fn expansion_order(protocol: Protocol, scores: &[f64]) -> Vec<usize> {
     order
 }
 
+/// The leaves that take part in the answer's choice, as (answer, step scores), given their
+/// node texts. Every one under the seed protocol; under Wu et al.'s, those their code
+/// records: whose text has "The answer is". A path ponder ended at its token limit, or an
+/// open node standing in at the depth cap, is none of theirs and does not vote (it stays
+/// among the votes shown), where it would have swelled the "[invalid]" group.
+fn voters(protocol: Protocol, votes: &[Vote], texts: &[&str]) -> Vec<(Option<String>, Vec<f64>)> {
+    votes
+        .iter()
+        .zip(texts)
+        .filter(|(_, t)| protocol == Protocol::Seed || wu_is_leaf(t))
+        .map(|(v, _)| (v.answer.clone(), v.scores.clone()))
+        .collect()
+}
+
 /// A leaf's answer. `--protocol seed`: the last integer of the node's text, which is the
 /// question followed by the steps as generated, as the study's code reads its node text: a
 /// leaf whose steps hold no integer answers with the question's last one. `--protocol wu`:
@@ -486,5 +498,39 @@ mod tests {
         assert_eq!(best(&v).as_deref(), Some("7"));
         assert_eq!(best(&v[..1]), None);
         assert_eq!(best(&[]), None);
+    }
+
+    /// Under Wu et al.'s protocol a leaf without "The answer is" (a path stopped at the token
+    /// limit) does not vote: two such leaves no longer outweigh the answer as "[invalid]".
+    #[test]
+    fn wu_votes_only_among_leaves_with_the_phrase() {
+        use crate::methods::voting::{choose, Aggregate, Select};
+        let vote = |a: Option<&str>, s: f64| Vote {
+            text: String::new(),
+            answer: a.map(str::to_string),
+            scores: vec![s],
+            tokens: 0,
+        };
+        let votes = [vote(None, 0.9), vote(Some("5"), 0.6), vote(None, 0.8)];
+        let texts = [
+            "Step 1: 2+3 ки",
+            "Step 1: The answer is: 5 ки",
+            "Step 1: so 5",
+        ];
+        let pick = |p| {
+            let v = voters(p, &votes, &texts);
+            (
+                v.len(),
+                choose(&v, Select::Weighted, Aggregate::Last, p == Protocol::Wu),
+            )
+        };
+        assert_eq!(pick(Protocol::Wu), (1, Some("5".into())));
+        // Had they voted, "[invalid]" (1.7) would have won over "5" (0.6).
+        let all: Vec<_> = votes
+            .iter()
+            .map(|v| (v.answer.clone(), v.scores.clone()))
+            .collect();
+        assert_eq!(choose(&all, Select::Weighted, Aggregate::Last, true), None);
+        assert_eq!(voters(Protocol::Seed, &votes, &texts).len(), 3);
     }
 }

@@ -197,11 +197,13 @@ pub fn choose(
         }
     };
     match select {
+        // The study ranks the leaves that hold an answer; Wu et al.'s `evaluate` takes the
+        // best leaf and then extracts, so a best leaf without one gives no answer.
         Select::Best => {
             let scored: Vec<(Vec<f64>, usize)> = leaves
                 .iter()
                 .enumerate()
-                .filter(|(_, (a, _))| a.is_some())
+                .filter(|(_, (a, _))| wu || a.is_some())
                 .map(|(i, (_, s))| (s.clone(), i))
                 .collect();
             best_of_n(&scored, agg).and_then(|i| leaves[i].0.clone())
@@ -239,7 +241,10 @@ mod tests {
         let c = |sel, agg, wu| choose(&leaves, sel, agg, wu);
         assert_eq!(c(Select::Best, Aggregate::Last, false), Some("5".into()));
         assert_eq!(c(Select::Best, Aggregate::Min, false), Some("9".into()));
-        assert_eq!(c(Select::Best, Aggregate::Product, true), Some("9".into()));
+        // By product the answerless leaf (0.855) is best: the study ranks only the leaves
+        // with an answer ("9", 0.56), Wu et al. extract from the best leaf, so none.
+        assert_eq!(c(Select::Best, Aggregate::Product, false), Some("9".into()));
+        assert_eq!(c(Select::Best, Aggregate::Product, true), None);
         assert_eq!(
             c(Select::Majority, Aggregate::Last, false),
             Some("7".into())
