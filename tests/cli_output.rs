@@ -281,5 +281,7 @@ fn an_array_larger_than_the_data_still_merges() {
         serde_json::from_str(&std::fs::read_to_string(merged.join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary[0]["n"], 2, "{summary}");
+    let md = std::fs::read_to_string(merged.join("report.md")).unwrap();
+    assert!(md.contains(&format!("- Merged from: {}", dirs.join(", "))), "{md}");
     let _ = std::fs::remove_dir_all(&root);
 }

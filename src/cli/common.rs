@@ -124,7 +124,7 @@ pub struct Opts {
     /// Small sizes for a demo that finishes in minutes on two CPU cores: 2 votes, width 2,
     /// 48-token votes and steps, 96-token paths (and, for eval and sweep, 3 problems); a size given
     /// with its own flag (--votes, --width, --max-tokens, --step-tokens, --path-tokens,
-    /// --limit) wins over --quick's.
+    /// --limit) wins over --quick's (a sweep sets votes and width by --budgets instead).
     #[arg(long)]
     pub quick: bool,
 }

@@ -348,7 +348,7 @@ impl OnBackend for Eval {
             );
             records
         };
-        let md = write_report(&a.out, &records, Some(&recorded))?;
+        let md = write_report(&a.out, &records, Some(&recorded), &Default::default())?;
         outln!("{md}");
         Ok(())
     }
@@ -374,7 +374,8 @@ pub fn report(a: ReportArgs) -> Result<()> {
         if read.torn > 0 {
             eprintln!(
                 "ponder: ignoring a torn last line of {} ({} bytes: a run was stopped while \
-                 writing it; `eval --resume` drops it and reruns that problem)",
+                 writing it; the command that wrote the folder, run again with --resume and \
+                 the same --method (and a sweep's --budgets), drops it and reruns that problem)",
                 d.join(ponder::eval::results::RESULTS).display(),
                 read.torn
             );
@@ -411,10 +412,17 @@ pub fn report(a: ReportArgs) -> Result<()> {
         );
     }
     ponder::input::create_dir(&out)?;
-    // Said once nothing refuses the merge (a refusal is the one line).
-    for n in notes {
+    // Said once nothing refuses the merge (a refusal is the one line), and in report.md.
+    for n in &notes {
         eprintln!("ponder: {n}");
     }
-    outln!("{}", write_report(&out, &all, settings.as_ref())?);
+    let sources = ponder::eval::report::Sources {
+        folders: match a.dirs.len() {
+            1 => vec![],
+            _ => a.dirs.iter().map(|d| d.display().to_string()).collect(),
+        },
+        notes,
+    };
+    outln!("{}", write_report(&out, &all, settings.as_ref(), &sources)?);
     Ok(())
 }

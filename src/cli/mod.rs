@@ -129,14 +129,14 @@ pub fn run(cli: Cli) -> Result<()> {
 pub fn parse_positive_list(s: &str, what: &str) -> Result<Vec<usize>> {
     let list = s
         .split(',')
-        .map(|b| {
-            b.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|&b| b > 0)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("bad {what} {b:?}: want positive integers, e.g. 1,2,4")
-                })
+        .map(|b| match b.trim().parse::<usize>() {
+            Ok(b) if b > 0 => Ok(b),
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                Err(anyhow::anyhow!("{what} {b:?} is too large"))
+            }
+            _ => Err(anyhow::anyhow!(
+                "bad {what} {b:?}: want positive integers, e.g. 1,2,4"
+            )),
         })
         .collect::<Result<Vec<usize>>>()?;
     // A value named twice would run (and count) the same thing twice.

@@ -257,7 +257,7 @@ pub fn check_indices(m: &Manifest, records: &[super::record::Record]) -> Result<
 fn without_manifest(dir: &Path) -> String {
     format!(
         "{} holds results but no {MANIFEST}, so the settings they were run with cannot be \
-         checked: restore {MANIFEST} beside them, or choose another --out",
+         checked: restore {MANIFEST} beside them (or run afresh into an empty folder)",
         dir.display()
     )
 }

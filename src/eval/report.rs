@@ -356,16 +356,76 @@ pub fn summary_csv(summaries: &[Summary]) -> String {
 }
 
 /// The points of a plot: accuracy (%) against `x` of each summary.
-fn plot_points(summaries: &[Summary], x: impl Fn(&Summary) -> f64) -> Vec<svg::Point> {
+fn plot_points(
+    summaries: &[Summary],
+    full: &[bool],
+    x: impl Fn(&Summary) -> f64,
+) -> Vec<svg::Point> {
     summaries
         .iter()
-        .map(|s| svg::Point {
+        .zip(full)
+        .map(|(s, &full)| svg::Point {
             series: s.method.clone(),
             label: format!("{}@{}", s.method, s.budget),
             x: x(s),
             y: s.accuracy * 100.0,
+            full,
         })
         .collect()
+}
+
+/// Per summary row (in `summaries`' order): whether it ran every problem the records hold.
+/// A row of fewer (a budget added to part of the problems, a merge of shards that ran
+/// different budgets) has an accuracy over its own problems only.
+fn full_rows(records: &[Record], summaries: &[Summary]) -> Vec<bool> {
+    let all: BTreeSet<usize> = records.iter().map(|r| r.index).collect();
+    let mut sets: HashMap<(&str, usize), BTreeSet<usize>> = HashMap::new();
+    for r in records {
+        sets.entry((r.method.as_str(), r.budget))
+            .or_default()
+            .insert(r.index);
+    }
+    summaries
+        .iter()
+        .map(|s| sets.get(&(s.method.as_str(), s.budget)) == Some(&all))
+        .collect()
+}
+
+/// The (method@budget) labels on the compute frontier of `x` against accuracy, among the
+/// rows that ran every problem and that a log axis can show (x > 0), cheapest first.
+fn frontier_labels(
+    summaries: &[Summary],
+    full: &[bool],
+    x: impl Fn(&Summary) -> f64,
+) -> Vec<String> {
+    let rows: Vec<&Summary> = summaries
+        .iter()
+        .zip(full)
+        .filter(|(s, &f)| f && x(s).is_finite() && x(s) > 0.0)
+        .map(|(s, _)| s)
+        .collect();
+    let pts: Vec<(f64, f64)> = rows.iter().map(|s| (x(s), s.accuracy)).collect();
+    svg::frontier(&pts)
+        .into_iter()
+        .map(|i| format!("{}@{}", rows[i].method, rows[i].budget))
+        .collect()
+}
+
+/// Where a report's records came from, when it merges folders: report.md names them and
+/// repeats the merge's notes (missing shards, machines), which stderr alone would lose.
+#[derive(Default)]
+pub struct Sources {
+    pub folders: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// What report.md says beside the summaries (markdown::render).
+pub(crate) struct View<'a> {
+    /// Per summary row: whether it ran every problem.
+    pub full: Vec<bool>,
+    /// The labels on the FLOPs and the seconds frontiers.
+    pub frontiers: [Vec<String>; 2],
+    pub sources: &'a Sources,
 }
 
 /// Writes `report.md`, `summary.csv`, `summary.json`, `accuracy_vs_flops.svg` and
@@ -375,6 +435,7 @@ pub fn write_report(
     dir: &Path,
     records: &[Record],
     settings: Option<&crate::eval::manifest::Manifest>,
+    sources: &Sources,
 ) -> Result<String> {
     crate::input::create_dir(dir)?;
     let summaries = summarize(records);
@@ -383,7 +444,17 @@ pub fn write_report(
         crate::input::refuse_non_regular(&path, "")?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
-    let md = markdown::render(records, &summaries, settings);
+    let full = full_rows(records, &summaries);
+    let view = View {
+        frontiers: [
+            frontier_labels(&summaries, &full, |s| s.mean_flops),
+            frontier_labels(&summaries, &full, |s| s.mean_seconds),
+        ],
+        full,
+        sources,
+    };
+    let full = &view.full;
+    let md = markdown::render(records, &summaries, settings, &view);
     write(REPORT_MD, &md)?;
     write(SUMMARY_CSV, &summary_csv(&summaries))?;
     write(
@@ -393,13 +464,13 @@ pub fn write_report(
     let flops = svg::scatter(
         "Accuracy vs exact useful FLOPs per question",
         "exact useful FLOPs per question (log scale)",
-        &plot_points(&summaries, |s| s.mean_flops),
+        &plot_points(&summaries, full, |s| s.mean_flops),
     );
     write(FLOPS_SVG, &flops)?;
     let seconds = svg::scatter(
         "Accuracy vs time per question",
         "mean seconds per question (log scale)",
-        &plot_points(&summaries, |s| s.mean_seconds),
+        &plot_points(&summaries, full, |s| s.mean_seconds),
     );
     write(SECONDS_SVG, &seconds)?;
     Ok(md)

@@ -96,7 +96,8 @@ pub fn run<B: Backend>(
     let mut skipped: Vec<(String, Vec<usize>)> = Vec::new();
     // Whether any of them was too long for the KV pool (not the model's positions).
     let mut pool_skips = false;
-    for (method, budget) in plan.runs() {
+    let runs = plan.runs();
+    for (ri, &(method, budget)) in runs.iter().enumerate() {
         let mut s = plan.settings.clone();
         if method.uses_prm() {
             s.width = budget;
@@ -114,6 +115,12 @@ pub fn run<B: Backend>(
             .collect();
         let mut progress = Progress {
             label,
+            // A sweep's (method, budget) runs one after another: which one this is, since
+            // the ETA covers this run only.
+            of: match runs.len() {
+                1 => String::new(),
+                n => format!(", run {} of {n}", ri + 1),
+            },
             correct: prev.iter().filter(|r| r.correct).count(),
             n: prev.len(),
             flops: prev.iter().map(|r| r.flops as u128).sum(),
@@ -289,6 +296,8 @@ struct Progress {
     new: usize,
     /// Problems solved at once (at most those to run).
     in_flight: usize,
+    /// ", run k of n" when the plan has several runs.
+    of: String,
 }
 
 impl Progress {
@@ -299,9 +308,11 @@ impl Progress {
         self.flops += rec.flops as u128;
         let per = seconds_per_problem(self.t0.elapsed().as_secs_f64(), self.new, self.in_flight);
         let left = per * self.total.saturating_sub(self.n) as f64;
-        let line = format!(
-            "[{}] {} {}/{} acc {}/{} ({:.2}%) {per:.2} s/problem, {:.3e} FLOPs so far, ETA {}",
+        let line =
+            format!(
+            "[{}{}] {} {}/{} acc {}/{} ({:.2}%) {per:.2} s/problem, {:.3e} FLOPs so far, ETA {}{}",
             self.label,
+            self.of,
             bar(self.n, self.total),
             self.n,
             self.total,
@@ -309,7 +320,8 @@ impl Progress {
             self.n,
             100.0 * self.correct as f64 / self.n as f64,
             self.flops as f64,
-            fmt_secs(left)
+            fmt_secs(left),
+            if self.of.is_empty() { "" } else { " (this run)" }
         );
         // One line per finished problem, never redrawn in place: it reads the same in a
         // terminal and in a log (CI, a job array), and an error line never lands inside it.

@@ -51,6 +51,9 @@ impl Method {
         if s.trim() == "all" {
             return Ok(Method::ALL.to_vec());
         }
+        if s.split(',').any(|m| m.trim() == "all") {
+            bail!("--method all stands alone (it means the four); got {s:?}");
+        }
         let v: Vec<Method> = s.split(',').map(Method::parse).collect::<Result<_>>()?;
         if v.is_empty() {
             bail!("no method given");

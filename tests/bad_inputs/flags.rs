@@ -122,7 +122,7 @@ fn each_bad_flag_is_named_alone() {
     let tiny = ["--model", "synthetic:tiny"];
     let out = fresh_dir("shards");
     let out = out.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 7] = [
+    let cases: [(&[&str], &[&str]); 9] = [
         (
             &[
                 "solve",
@@ -167,6 +167,22 @@ fn each_bad_flag_is_named_alone() {
                 out,
             ],
             &["--shard 0/100000000000: at most 65536 shards"],
+        ),
+        (
+            &[
+                "sweep",
+                "--method",
+                "baseline",
+                "--budgets",
+                "1,99999999999999999999",
+                "--out",
+                out,
+            ],
+            &["budget \"99999999999999999999\" is too large"],
+        ),
+        (
+            &["eval", "--method", "all,baseline", "--out", out],
+            &["--method all stands alone"],
         ),
     ];
     for (args, needles) in cases {

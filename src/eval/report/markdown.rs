@@ -139,7 +139,13 @@ fn distinct_item<'a>(label: &str, values: impl Iterator<Item = &'a str>, none: &
 }
 
 /// The text of `report.md`.
-pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manifest>) -> String {
+pub fn render(
+    records: &[Record],
+    summaries: &[Summary],
+    settings: Option<&Manifest>,
+    view: &super::View,
+) -> String {
+    let (full, frontiers) = (&view.full, &view.frontiers);
     let mut out = String::from("# ponder: GSM8K comparison of reasoning methods\n\n");
     out.push_str(&distinct_item(
         "Model",
@@ -200,6 +206,33 @@ pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manif
     }
     if let Some(m) = settings {
         writeln!(out, "- Settings: {}", cell(&m.describe())).unwrap();
+    }
+    if !view.sources.folders.is_empty() {
+        writeln!(
+            out,
+            "- Merged from: {}",
+            cell(&view.sources.folders.join(", "))
+        )
+        .unwrap();
+    }
+    for n in &view.sources.notes {
+        writeln!(out, "- **Note:** {}", cell(n)).unwrap();
+    }
+    let partial: Vec<String> = summaries
+        .iter()
+        .zip(full)
+        .filter(|(_, &f)| !f)
+        .map(|(s, _)| format!("{}@{} ({} of {})", s.method, s.budget, s.n, problems.len()))
+        .collect();
+    if !partial.is_empty() {
+        writeln!(
+            out,
+            "- **Not over every problem:** {}. Each of these accuracies is over its own \
+             problems, so they do not compare with the other rows, and the compute \
+             frontier leaves them out.",
+            cell(&partial.join(", "))
+        )
+        .unwrap();
     }
     out.push('\n');
 
@@ -283,9 +316,18 @@ pub fn render(records: &[Record], summaries: &[Summary], settings: Option<&Manif
     out.push_str("## Plots\n\n");
     out.push_str(
         "One point per (method, budget), the points of a method joined in budget order; the \
-         dashed line is the compute frontier over all of them (each point on it is more \
-         accurate than every cheaper one).\n\n",
+         dashed line is the compute frontier over the rows that ran every problem (each \
+         point on it is more accurate than every cheaper one; no line when fewer than two \
+         points are on it).\n\n",
     );
+    for (what, f) in ["FLOPs", "seconds"].iter().zip(frontiers) {
+        let on = match f.len() {
+            0 => "none (no row with a cost above 0 ran every problem)".to_string(),
+            _ => f.join(" → "),
+        };
+        writeln!(out, "- Frontier by {what}: {}", cell(&on)).unwrap();
+    }
+    out.push('\n');
     writeln!(
         out,
         "- [Accuracy vs exact useful FLOPs per question]({FLOPS_SVG})"

@@ -10,6 +10,9 @@ pub struct Point {
     pub label: String,
     pub x: f64,
     pub y: f64,
+    /// Its row ran every problem of the report: only such rows compare, so only they can
+    /// be on the compute frontier.
+    pub full: bool,
 }
 
 const W: f64 = 720.0;
@@ -293,12 +296,14 @@ pub fn scatter(title: &str, x_title: &str, points: &[Point]) -> String {
             .unwrap();
         }
     }
-    // The compute frontier over every method: the points that no cheaper point matches.
-    let hull = frontier(&good.iter().map(|p| (p.x, p.y)).collect::<Vec<_>>());
+    // The compute frontier over every method: the points that no cheaper point matches,
+    // among the rows that ran every problem (a row of fewer problems does not compare).
+    let full: Vec<&Point> = good.iter().copied().filter(|p| p.full).collect();
+    let hull = frontier(&full.iter().map(|p| (p.x, p.y)).collect::<Vec<_>>());
     if hull.len() >= 2 {
         let pts: Vec<String> = hull
             .iter()
-            .map(|&i| format!("{},{}", num(px(good[i].x)), num(py(good[i].y))))
+            .map(|&i| format!("{},{}", num(px(full[i].x)), num(py(full[i].y))))
             .collect();
         writeln!(
             s,

@@ -200,7 +200,7 @@ fn balanced(svg: &str) -> bool {
 fn write_report_writes_five_files() {
     let dir = temp_dir("plain");
     let records = sample();
-    let md = write_report(&dir, &records, None).unwrap();
+    let md = write_report(&dir, &records, None, &Sources::default()).unwrap();
     for f in [REPORT_MD, SUMMARY_CSV, SUMMARY_JSON, FLOPS_SVG, SECONDS_SVG] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
@@ -220,6 +220,17 @@ fn write_report_writes_five_files() {
         "{md}"
     );
     assert!(md.contains("Problems: 3 (8 results in all)"), "{md}");
+    // Only baseline@6 ran all three problems: the others are named, and the frontier is
+    // baseline@6 alone (rebase@3's 50% over two problems does not compare).
+    assert!(
+        md.contains(
+            "**Not over every problem:** baseline@2 (1 of 3), rebase@3 (2 of 3), alpha@2 \
+             (1 of 3), zeta@1 (1 of 3)."
+        ),
+        "{md}"
+    );
+    assert!(md.contains("- Frontier by FLOPs: baseline@6\n"), "{md}");
+    assert!(md.contains("- Frontier by seconds: baseline@6\n"), "{md}");
     assert!(md.contains(FLOPS_SVG) && md.contains(SECONDS_SVG));
     assert!(!md.contains("published figures"), "{md}");
 
@@ -261,7 +272,7 @@ fn study_figures_only_for_the_study_subset() {
     for r in &mut records {
         r.subset = Some("seed42-128".into());
     }
-    let md = write_report(&dir, &records, None).unwrap();
+    let md = write_report(&dir, &records, None, &Sources::default()).unwrap();
     assert!(md.contains("published figures"), "{md}");
     // The study's FLOPs in the same notation as ponder's beside them.
     assert!(md.contains("| baseline | 10.16% (13/128) | 1.122e13 | 52.47 s | baseline 6 votes | 2/3 (66.67%) | 1.000e12 |"), "{md}");
@@ -296,7 +307,7 @@ fn study_figures_only_for_the_study_subset() {
     );
 
     records[0].subset = None;
-    let md = write_report(&dir, &records, None).unwrap();
+    let md = write_report(&dir, &records, None, &Sources::default()).unwrap();
     assert!(!md.contains("published figures"), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -346,7 +357,20 @@ fn pt(series: &str, label: &str, x: f64, y: f64) -> Point {
         label: label.into(),
         x,
         y,
+        full: true,
     }
+}
+
+/// report.md's text for `rs` (every row taken as run over every problem, no frontier).
+fn render(rs: &[Record]) -> String {
+    let sums = summarize(rs);
+    let sources = Sources::default();
+    let view = View {
+        full: vec![true; sums.len()],
+        frontiers: [vec![], vec![]],
+        sources: &sources,
+    };
+    markdown::render(rs, &sums, None, &view)
 }
 
 #[test]
@@ -524,12 +548,12 @@ fn tree_searches_are_summarised_and_a_missing_leaf_shows() {
         .iter()
         .filter(|s| s.method != "rebase")
         .all(|s| s.tree.is_none()));
-    let md = markdown::render(&rs, &sums, None);
+    let md = render(&rs);
     assert!(md.contains("## Tree search"), "{md}");
     assert!(
         md.contains("| rebase | width 3 | 3.000 | 2.000 | 0.5000 | 1.500 | 1/2 |"),
         "{md}"
     );
     // Without tree statistics (older files) there is no section.
-    assert!(!markdown::render(&sample(), &summarize(&sample()), None).contains("Tree search"));
+    assert!(!render(&sample()).contains("Tree search"));
 }
