@@ -282,6 +282,9 @@ fn an_array_larger_than_the_data_still_merges() {
             .unwrap();
     assert_eq!(summary[0]["n"], 2, "{summary}");
     let md = std::fs::read_to_string(merged.join("report.md")).unwrap();
-    assert!(md.contains(&format!("- Merged from: {}", dirs.join(", "))), "{md}");
+    assert!(
+        md.contains(&format!("- Merged from: {}", dirs.join(", "))),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
