@@ -283,11 +283,6 @@ impl<'a, B: Backend> Batcher<'a, B> {
         // phase of its first request (the backend's profiler ranges follow it; the ledger
         // split below charges each request under its own phase).
         let own = account::with_ledger(self.be.ledger(), |l| l.phase());
-        self.passes.fetch_add(1, Ordering::Relaxed);
-        if g.len() > 1 {
-            self.shared.fetch_add(1, Ordering::Relaxed);
-        }
-        self.most.fetch_max(g.len(), Ordering::Relaxed);
         let t = Instant::now();
         // A panic inside the pass must not leave the other groups of this run unanswered
         // (every worker would wait for them forever): it becomes this group's error.
@@ -306,6 +301,12 @@ impl<'a, B: Backend> Batcher<'a, B> {
         match caught {
             Ok((Ok(outs), ledger)) => {
                 self.split(g, &ledger, secs);
+                // Counted when a pass succeeds: a failed shared attempt is not, its reruns are.
+                self.passes.fetch_add(1, Ordering::Relaxed);
+                if g.len() > 1 {
+                    self.shared.fetch_add(1, Ordering::Relaxed);
+                }
+                self.most.fetch_max(g.len(), Ordering::Relaxed);
                 Ok(outs)
             }
             Ok((Err(e), _)) => Err((format!("{e:#}"), false)),

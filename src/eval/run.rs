@@ -142,10 +142,11 @@ pub fn run<B: Backend>(
             for (w, e) in workers.iter_mut().take(n_workers).enumerate() {
                 let (tx, todo, next, stop, s) = (tx.clone(), &todo, &next, &stop, &s);
                 let spawned = std::thread::Builder::new().spawn_scoped(sc, move || {
-                    // A panicking worker stops the others taking new problems, as an error
-                    // does (the scope then passes the panic on).
-                    let _stop = StopOnPanic(stop);
                     let _turn = batcher.map(|b| b.enter());
+                    // A panicking worker stops the others taking new problems, as an error
+                    // does (the scope then passes the panic on). Declared after the turn, so
+                    // dropped first: the flag is set before another worker gets the turn.
+                    let _stop = StopOnPanic(stop);
                     while !stop.load(Ordering::SeqCst) {
                         let k = next.fetch_add(1, Ordering::SeqCst);
                         let Some(p) = todo.get(k) else { break };

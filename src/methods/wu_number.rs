@@ -34,7 +34,18 @@ const UNITS: [&str; 16] = [
 ];
 
 /// The canonical number (as [`normalise_number`] spells it) that Wu et al.'s grader would
-/// find in `answer`, or `None` when it reads no plain number there.
+/// find in `answer`, or `None` when it reads no plain number there. Their grader has two
+/// normalisations and counts a match under either; they stay apart here, since mixing them
+/// would read numbers that neither finds ("2 hours 30 minutes" as 230):
+/// - the MATH one (their `math_normalize`): a name of at most two characters before a
+///   single '=' goes ("x = 18", not "ab = 18"), then every space ("1 000");
+/// - theirs (`_normalize`): unit words go, a minus takes the spaces after it ("- 5"), and
+///   a digit, spaces, digit left then is a mixed number, no plain one ("2  30": none);
+///   then the spaces go.
+///
+/// Either way a `\text{…}` wrapper, `$`, `%`, commas, LaTeX spacing, degree marks and
+/// enclosing braces go first, and what is left is read as a decimal, an exponent form or a
+/// float within 1e-7 of an integer (their `_is_int(float(x))`).
 pub fn wu_number(answer: &str) -> Option<String> {
     let mut s = answer.trim().to_string();
     if let Some(inner) = s.strip_prefix("\\text{").and_then(|r| r.strip_suffix('}')) {
@@ -50,24 +61,51 @@ pub fn wu_number(answer: &str) -> Option<String> {
         "\\$",
         "$",
         "%",
+        ",",
     ] {
         s = s.replace(mark, "");
     }
-    for unit in UNITS {
-        s = strip_unit(&s, unit);
-    }
-    // "x = 18": a name of at most two characters before a single '='.
-    if let Some((left, right)) = s.split_once('=') {
-        if !right.contains('=') && left.trim().chars().count() <= 2 {
-            s = right.to_string();
+    // The MATH normalisation: the name before '=' as written (untrimmed), then no spaces.
+    let mut math = s.as_str();
+    if let Some((left, right)) = math.split_once('=') {
+        if !right.contains('=') && left.chars().count() <= 2 {
+            math = right;
         }
     }
-    let mut s: String = s.trim().to_string();
-    while let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
-        s = inner.trim().to_string();
+    if let Some(n) = read_number(math) {
+        return Some(n);
     }
-    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    let s = s.replace(',', "");
+    // Theirs: no units, "- 5" is "-5", and a mixed number is none.
+    let mut plain = s.clone();
+    for unit in UNITS {
+        plain = strip_unit(&plain, unit);
+    }
+    let mut plain = plain.trim().to_string();
+    while let Some(i) = plain.find("- ") {
+        plain.remove(i + 1);
+    }
+    let b = plain.as_bytes();
+    let mixed = (1..b.len()).any(|i| {
+        b[i] == b' '
+            && b[i - 1].is_ascii_digit()
+            && b[i..]
+                .iter()
+                .find(|&&c| c != b' ')
+                .is_some_and(u8::is_ascii_digit)
+    });
+    if mixed {
+        return None;
+    }
+    read_number(&plain)
+}
+
+/// A decimal, an exponent form or a float within 1e-7 of an integer, once spaces and
+/// enclosing braces are gone.
+fn read_number(s: &str) -> Option<String> {
+    let mut s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    while let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+        s = inner.to_string();
+    }
     if let Some(n) = normalise_number(&s) {
         return Some(near_integer(&n).unwrap_or(n));
     }
@@ -172,6 +210,11 @@ mod tests {
             "",
             "ab = 5 = 6",
             "speed = 18",
+            "ab = 18",
+            "x = 18 days",
+            "2 hours 30 minutes",
+            "5 feet 6 inches",
+            "1 hour, 30 minutes",
         ] {
             assert_eq!(n(a), None, "{a:?}");
         }

@@ -313,6 +313,16 @@ pub fn scatter(title: &str, x_title: &str, points: &[Point]) -> String {
         )
         .unwrap();
     }
+    if good.iter().any(|p| !p.full) {
+        writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" {FONT} font-size=\"11\" fill=\"#555555\">hollow: a row \
+             that did not run every problem (off the frontier)</text>",
+            LEFT + 6.0,
+            TOP + 14.0
+        )
+        .unwrap();
+    }
     // Points a log axis cannot show are named inside the plot, not only in <desc>.
     if !bad.is_empty() {
         let names: Vec<&str> = bad.iter().map(|p| p.label.as_str()).collect();
@@ -333,7 +343,13 @@ pub fn scatter(title: &str, x_title: &str, points: &[Point]) -> String {
             .find(|(n, _)| *n == p.series)
             .map_or("#000000", |(_, c)| c);
         let (cx, cy) = (px(p.x), py(p.y));
-        writeln!(s, "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"{c}\" stroke=\"#000000\" stroke-width=\"0.5\"/>", num(cx), num(cy))
+        // A row that did not run every problem is hollow: off the frontier, said below.
+        let (fill, stroke) = if p.full {
+            (c, "#000000")
+        } else {
+            ("#ffffff", c)
+        };
+        writeln!(s, "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.5\"/>", num(cx), num(cy))
             .unwrap();
         // Labels: right of the point (left near the right edge), moved down past earlier ones.
         let w = 6.2 * p.label.chars().count() as f64;

@@ -373,6 +373,46 @@ fn render(rs: &[Record]) -> String {
     markdown::render(rs, &sums, None, &view)
 }
 
+/// A row that did not run every problem is drawn hollow and kept off the dashed frontier,
+/// even where it would be on it.
+#[test]
+fn svg_frontier_leaves_out_partial_rows() {
+    let mut cheap = pt("b", "b@1", 1.0, 90.0);
+    cheap.full = false;
+    let pts = [
+        cheap,
+        pt("a", "a@1", 2.0, 10.0),
+        pt("a", "a@2", 4.0, 50.0),
+        pt("a", "a@4", 8.0, 40.0),
+    ];
+    let svg = scatter("t", "x", &pts);
+    assert!(balanced(&svg));
+    let dashed = svg
+        .lines()
+        .find(|l| l.contains("stroke-dasharray"))
+        .expect("a frontier");
+    // a@1 → a@2 only (a@4 is dearer and less accurate; b@1 is partial).
+    let points = dashed
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 2, "{dashed}");
+    assert!(
+        svg.contains("hollow: a row that did not run every problem"),
+        "{svg}"
+    );
+    let hollow = |l: &&str| l.contains("<circle") && l.contains("fill=\"#ffffff\"");
+    assert_eq!(svg.lines().filter(hollow).count(), 1);
+    // With b@1 full it leads the frontier, alone (nothing dearer is more accurate).
+    let mut all = pts.clone();
+    all[0].full = true;
+    let svg = scatter("t", "x", &all);
+    assert!(!svg.contains("stroke-dasharray"), "one point: no line");
+}
+
 #[test]
 fn svg_edge_cases() {
     let one = scatter("t", "x", &[pt("baseline", "baseline@6", 3.3e12, 10.0)]);
