@@ -130,14 +130,5 @@ fn one_problems_bad_input_in_a_shared_pass_is_its_own() {
         last.starts_with("error: baseline on row 1") && last.contains("5000"),
         "{err}"
     );
-    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
-    let rows: Vec<u64> = results
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(rows, [0], "{results}");
+    assert_eq!(result_rows(&out), [0], "{err}");
 }

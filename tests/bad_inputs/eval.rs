@@ -228,15 +228,7 @@ fn a_problem_too_long_for_the_model_is_skipped() {
         // …and said again at the end, beside the report.
         let closing = "(no record, not in the report): baseline@1 row(s) 2";
         assert!(err.contains(closing), "{err}");
-        let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
-        let rows: Vec<u64> = text
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let rows = result_rows(&out);
         let mut sorted = rows.clone();
         sorted.sort();
         assert_eq!(sorted, [0, 1, 3], "{extra:?}");

@@ -51,6 +51,19 @@ fn fresh_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The rows (`index`) of the records in `out`'s results.jsonl, in file order.
+fn result_rows(out: &Path) -> Vec<u64> {
+    std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 fn case(dir: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/bad_inputs")
