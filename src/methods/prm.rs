@@ -102,8 +102,11 @@ impl<'a, B: Backend> Prm<'a, B> {
 
     /// The PRM text of a path of steps, each as generated: "Step k: " before it and the
     /// tag after it, unless the step already has them (a `--protocol wu` policy writes its
-    /// own "Step k: … ки", which the PRM must read once, as Wu et al.'s PRM reads the
-    /// policy's text as it is).
+    /// own "Step k: … ки", which the PRM must read once). The tag counts as there only as
+    /// its own word (" ки" at the end): a step ending in a Cyrillic word such as "руки", or
+    /// in "7.ки", still gets one, so the score is always read at the tag token. Steps are
+    /// trimmed and joined by "\n" (rebase.md's format; Wu et al.'s PRM reads the policy's
+    /// raw text, which differs only in whitespace).
     pub fn path_text(question: &str, steps: &[String]) -> String {
         let mut t = format!("{question} ");
         for (i, s) in steps.iter().enumerate() {
@@ -117,7 +120,7 @@ impl<'a, B: Backend> Prm<'a, B> {
                 t.push(' ');
             }
             t.push_str(s);
-            if !s.ends_with(STEP_TAG.trim_start()) {
+            if !s.ends_with(STEP_TAG) {
                 t.push_str(STEP_TAG);
             }
         }
@@ -267,6 +270,12 @@ mod tests {
         assert_eq!(
             Prm::<Cpu>::path_text("Q?", &own),
             "Q? Step 1: Tom has 3. ки\nStep 2: 3 + 4 = 7. ки\nStep 3: Step 2: again ки"
+        );
+        // "ки" glued to a word is not the tag.
+        let glued = vec!["Step 1: две руки".to_string(), "Step 2: 7.ки".to_string()];
+        assert_eq!(
+            Prm::<Cpu>::path_text("Q?", &glued),
+            "Q? Step 1: две руки ки\nStep 2: 7.ки ки"
         );
         // A child's text extends its parent's, so its PRM pass feeds only the new step.
         let parent = Prm::<Cpu>::path_text("Q?", &steps[..1]);
