@@ -359,13 +359,14 @@ pub fn pages_needed(prompt_lens: &[usize], max_tokens: usize, page_size: usize) 
 
 /// Generates a completion for every prompt, all in one batch; `on_text(i, delta)` receives
 /// the new text of prompt i as it is produced (text is held back while it ends inside a
-/// multi-byte character or could still become a stop string).
+/// multi-byte character or could still become a stop string). An error from it (a closed
+/// pipe) stops the generation at once and is returned.
 pub fn generate<B: Backend>(
     r: &mut Runner<'_, B>,
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
     p: &GenParams,
-    mut on_text: impl FnMut(usize, &str),
+    mut on_text: impl FnMut(usize, &str) -> Result<()>,
 ) -> Result<Vec<Completion>> {
     let vocab_limit = tok.base_vocab(r.model.cfg.vocab_size);
     let mut live: Vec<Live> = prompts
@@ -421,7 +422,7 @@ pub fn generate<B: Backend>(
                     safe_prefix(&l.text, &p.stop)
                 };
                 if let Some(new) = next_piece(&l.text, &l.sent, safe) {
-                    on_text(i, new);
+                    on_text(i, new)?;
                     l.sent = l.text[..safe].to_string();
                 }
             }

@@ -288,3 +288,38 @@ fn an_array_larger_than_the_data_still_merges() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A prompt file's byte-order mark is no part of the prompt: with and without one, generate
+/// reads the same prompt and writes the same text.
+#[test]
+fn generate_drops_a_prompt_files_byte_order_mark() {
+    let dir = std::env::temp_dir().join(format!("ponder-bom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |bytes: &[u8], name: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, bytes).unwrap();
+        let (out, err) = ponder(&[
+            "generate",
+            "--model",
+            "synthetic:tiny",
+            "--prompt-file",
+            f.to_str().unwrap(),
+            "--max-tokens",
+            "4",
+            "--temperature",
+            "0",
+        ]);
+        let prompt = err
+            .split(": ")
+            .nth(1)
+            .and_then(|t| t.split(" prompt").next())
+            .map(str::to_string);
+        (out, prompt, err)
+    };
+    let plain = run(b"The capital of France is", "plain.txt");
+    let bom = run(b"\xef\xbb\xbfThe capital of France is", "bom.txt");
+    assert_eq!(plain.0, bom.0);
+    assert!(plain.1.is_some(), "{}", plain.2);
+    assert_eq!(plain.1, bom.1, "{}", bom.2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

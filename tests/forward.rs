@@ -367,7 +367,7 @@ fn generate_frees_its_sequences_when_a_step_fails() {
         ignore_eos: true,
     };
     let prompts = vec![vec![5u32; 20], vec![6u32; 10]];
-    let e = generate(&mut r, &m.tok, &prompts, &params, |_, _| {}).unwrap_err();
+    let e = generate(&mut r, &m.tok, &prompts, &params, |_, _| Ok(())).unwrap_err();
     assert!(format!("{e:#}").contains("pages"), "{e:#}");
     assert_eq!(r.pool.free_pages(), 3);
     // …and it is reusable: a short generation now fits.
@@ -375,7 +375,37 @@ fn generate_frees_its_sequences_when_a_step_fails() {
         max_tokens: 4,
         ..params
     };
-    let done = generate(&mut r, &m.tok, &prompts[1..], &short, |_, _| {}).unwrap();
+    let done = generate(&mut r, &m.tok, &prompts[1..], &short, |_, _| Ok(())).unwrap();
     assert_eq!(done[0].ids.len(), 4);
     assert_eq!(r.pool.free_pages(), 3);
+}
+
+/// An error from `on_text` (stdout closed under `ponder generate | head`) stops the
+/// generation at the piece it failed on, not after every remaining token, and comes back as
+/// the error; the sequences are freed.
+#[test]
+fn generate_stops_when_its_output_fails() {
+    use ponder::generate::{generate, GenParams};
+    use ponder::sample::Sampling;
+    let be = Cpu::new();
+    let m = ponder::model::source::load(&be, Some("synthetic:tiny"), std::path::Path::new("/"))
+        .unwrap();
+    let mut r = Runner::new(&be, &m.model, 64, 16).unwrap();
+    let params = GenParams {
+        max_tokens: 200,
+        sampling: Sampling::GREEDY,
+        seed: 1,
+        stop: vec![],
+        ignore_eos: true,
+    };
+    let mut pieces = 0;
+    let e = generate(&mut r, &m.tok, &[vec![5u32; 4]], &params, |_, _| {
+        pieces += 1;
+        anyhow::ensure!(pieces < 3, "the pipe is closed");
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(format!("{e:#}"), "the pipe is closed");
+    assert_eq!(pieces, 3, "no piece after the failed one");
+    assert_eq!(r.pool.free_pages(), 64);
 }

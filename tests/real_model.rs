@@ -108,7 +108,7 @@ fn thirty_two_greedy_tokens_match_the_reference() {
         stop: vec![],
         ignore_eos: true,
     };
-    let out = generate(&mut r, &m.tok, &[prompt], &p, |_, _| {}).unwrap();
+    let out = generate(&mut r, &m.tok, &[prompt], &p, |_, _| Ok(())).unwrap();
     assert_eq!(out[0].ids, want, "got text {:?}", out[0].text);
     assert_eq!(out[0].text, case["text"].as_str().unwrap());
 }

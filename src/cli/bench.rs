@@ -203,7 +203,7 @@ impl OnBackend for Bench {
             self.kernels.modes()
         };
         if be.name() == "cuda-emu" {
-            outln!(
+            eprintln!(
                 "note: the CUDA emulator runs the kernels on the CPU; its times and roofline \
                  shares say nothing about a GPU"
             );

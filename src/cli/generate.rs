@@ -92,8 +92,14 @@ pub fn run(a: Args, cache: &std::path::Path) -> Result<()> {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => {
             let bytes = ponder::input::read_file_or_pipe(f)?;
-            String::from_utf8(bytes)
-                .map_err(|e| anyhow::anyhow!("prompt file {} is not UTF-8 ({e})", f.display()))?
+            let text = String::from_utf8(bytes)
+                .map_err(|e| anyhow::anyhow!("prompt file {} is not UTF-8 ({e})", f.display()))?;
+            // A byte-order mark (editors on Windows write one) is no part of the prompt,
+            // as the data loader drops it from a data file.
+            match text.strip_prefix('\u{feff}') {
+                Some(t) => t.to_string(),
+                None => text,
+            }
         }
         (None, None) => bail!("give --prompt TEXT or --prompt-file FILE"),
     };
@@ -164,17 +170,14 @@ impl OnBackend for Generate {
         };
         let t0 = Instant::now();
         let mut stdout = std::io::stdout();
-        // The first failed write (a closed pipe) is kept and ends the command after the
-        // generation, as a one-line error.
-        let mut failed = None;
+        // A failed write (a closed pipe, a full disk) stops the generation at once, as a
+        // one-line error.
         let out = generate(&mut runner, &m.tok, &[ids.clone()], &params, |_, s| {
-            if failed.is_none() {
-                failed = stdout.write_all(s.as_bytes()).and(stdout.flush()).err();
-            }
+            stdout
+                .write_all(s.as_bytes())
+                .and(stdout.flush())
+                .context("cannot write to stdout")
         })?;
-        if let Some(e) = failed {
-            return Err(e).context("cannot write to stdout");
-        }
         outln!();
         let secs = t0.elapsed().as_secs_f64();
         let n = out[0].ids.len();

@@ -95,12 +95,7 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) -
                 .score
                 .map(|s| format!("{s:.3}"))
                 .unwrap_or_else(|| "-".into());
-            let text: String = n
-                .text
-                .chars()
-                .take(90)
-                .collect::<String>()
-                .replace('\n', " ⏎ ");
+            let text = one_line(&n.text, 90);
             let parent = n
                 .parent
                 .map_or("root".to_string(), |p| format!("child of #{p}"));
@@ -123,18 +118,16 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) -
         "leaves"
     };
     outln!("\n{what}:");
+    if sol.votes.is_empty() {
+        outln!("  (none)");
+    }
     for (i, v) in sol.votes.iter().enumerate() {
         let score = v
             .scores
             .last()
             .map(|s| format!(" score {s:.3}"))
             .unwrap_or_default();
-        let text: String = v
-            .text
-            .chars()
-            .take(120)
-            .collect::<String>()
-            .replace('\n', " ⏎ ");
+        let text = one_line(&v.text, 120);
         outln!(
             "  {i}: answer {}{score} [{} tok] {text}",
             v.answer.as_deref().unwrap_or("-"),
@@ -163,4 +156,30 @@ fn print_solution(sol: &Solution, show_tree: bool, quiet_origin: Option<&str>) -
     outln!("  bytes moved              {}", sol.flops.bytes);
     outln!("  study's formula FLOPs    {}", sol.study_flops);
     Ok(())
+}
+
+/// The first `max` characters of a generated text on one terminal line: a newline shows as
+/// " ⏎ ", a tab as a space, and any other control character (a carriage return would
+/// overwrite the line, a NUL reach the output as is) as its escape, e.g. `\u{0}`.
+fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(max) {
+        match c {
+            '\n' => out.push_str(" ⏎ "),
+            '\t' => out.push(' '),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_text_stays_on_one_line() {
+        let t = "a\nb\tc\rd\0e\u{1b}[2Jf";
+        assert_eq!(super::one_line(t, 100), "a ⏎ b c\\u{d}d\\u{0}e\\u{1b}[2Jf");
+        assert_eq!(super::one_line("αβγδ", 2), "αβ");
+    }
 }
