@@ -323,3 +323,38 @@ fn generate_drops_a_prompt_files_byte_order_mark() {
     assert_eq!(plain.1, bom.1, "{}", bom.2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `solve --json` says, for Quiet-STaR, where its thought markers came from (as the text
+/// output's "thought markers" line does), and the baseline's has no such field.
+#[test]
+fn solve_json_names_the_thought_markers_origin() {
+    let json = |method: &str| -> serde_json::Value {
+        let (out, _) = ponder(&[
+            "solve",
+            "--method",
+            method,
+            "--model",
+            "synthetic:tiny",
+            "--question",
+            Q,
+            "--votes",
+            "1",
+            "--max-tokens",
+            "3",
+            "--answer-tokens",
+            "1",
+            "--json",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let q = json("quiet-star");
+    assert!(
+        q["thought_markers"]
+            .as_str()
+            .unwrap()
+            .starts_with("initialised"),
+        "{q}"
+    );
+    assert_eq!(q["method"], "quiet-star");
+    assert!(json("baseline").get("thought_markers").is_none());
+}

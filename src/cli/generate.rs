@@ -135,13 +135,19 @@ impl OnBackend for Generate {
         };
         let mut ids = m.tok.encode(&text)?;
         if a.bos {
-            ids.insert(
-                0,
-                m.model
-                    .cfg
-                    .bos_token_id
-                    .context("the model has no BOS token")?,
-            );
+            let bos = m
+                .model
+                .cfg
+                .bos_token_id
+                .context("the model has no BOS token")?;
+            // A chat template often starts with it already (SmolLM2's <|im_start|>).
+            if ids.first() == Some(&bos) {
+                eprintln!(
+                    "ponder: note: the prompt already starts with the BOS token {bos}; --bos \
+                     adds a second"
+                );
+            }
+            ids.insert(0, bos);
         }
         if ids.is_empty() {
             bail!("the prompt is empty");

@@ -75,7 +75,20 @@ impl OnBackend for Solve {
         }
         let sol = e.solve(method, &a.question, &settings)?;
         if a.json {
-            outln!("{}", serde_json::to_string_pretty(&sol)?);
+            // The solution, and for Quiet-STaR where its thought markers came from (the
+            // text output's "thought markers" line).
+            #[derive(serde::Serialize)]
+            struct Out<'s> {
+                #[serde(flatten)]
+                sol: &'s Solution,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                thought_markers: Option<&'s str>,
+            }
+            let out = Out {
+                sol: &sol,
+                thought_markers: e.quiet.as_ref().map(|q| q.origin.as_str()),
+            };
+            outln!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
         print_solution(
