@@ -349,32 +349,33 @@ fn tokens_and_a_marker_in_one_pass_equal_two_passes() {
     );
 }
 
+/// Greedy generation of `max_tokens` tokens with EOS ignored, for the `generate` tests.
+fn greedy(max_tokens: usize) -> ponder::generate::GenParams {
+    ponder::generate::GenParams {
+        max_tokens,
+        sampling: ponder::sample::Sampling::GREEDY,
+        seed: 1,
+        stop: vec![],
+        ignore_eos: true,
+    }
+}
+
 /// `generate` frees its sequences when a step fails too (here the pool runs out of pages
 /// mid-generation), so a caller that keeps the runner keeps all of its pool.
 #[test]
 fn generate_frees_its_sequences_when_a_step_fails() {
-    use ponder::generate::{generate, GenParams};
-    use ponder::sample::Sampling;
+    use ponder::generate::generate;
     let be = Cpu::new();
     let m = ponder::model::source::load(&be, Some("synthetic:tiny"), std::path::Path::new("/"))
         .unwrap();
     let mut r = Runner::new(&be, &m.model, 3, 16).unwrap();
-    let params = GenParams {
-        max_tokens: 64,
-        sampling: Sampling::GREEDY,
-        seed: 1,
-        stop: vec![],
-        ignore_eos: true,
-    };
+    let params = greedy(64);
     let prompts = vec![vec![5u32; 20], vec![6u32; 10]];
     let e = generate(&mut r, &m.tok, &prompts, &params, |_, _| Ok(())).unwrap_err();
     assert!(format!("{e:#}").contains("pages"), "{e:#}");
     assert_eq!(r.pool.free_pages(), 3);
     // …and it is reusable: a short generation now fits.
-    let short = GenParams {
-        max_tokens: 4,
-        ..params
-    };
+    let short = greedy(4);
     let done = generate(&mut r, &m.tok, &prompts[1..], &short, |_, _| Ok(())).unwrap();
     assert_eq!(done[0].ids.len(), 4);
     assert_eq!(r.pool.free_pages(), 3);
@@ -385,19 +386,12 @@ fn generate_frees_its_sequences_when_a_step_fails() {
 /// the error; the sequences are freed.
 #[test]
 fn generate_stops_when_its_output_fails() {
-    use ponder::generate::{generate, GenParams};
-    use ponder::sample::Sampling;
+    use ponder::generate::generate;
     let be = Cpu::new();
     let m = ponder::model::source::load(&be, Some("synthetic:tiny"), std::path::Path::new("/"))
         .unwrap();
     let mut r = Runner::new(&be, &m.model, 64, 16).unwrap();
-    let params = GenParams {
-        max_tokens: 200,
-        sampling: Sampling::GREEDY,
-        seed: 1,
-        stop: vec![],
-        ignore_eos: true,
-    };
+    let params = greedy(200);
     let mut pieces = 0;
     let e = generate(&mut r, &m.tok, &[vec![5u32; 4]], &params, |_, _| {
         pieces += 1;
