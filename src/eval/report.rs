@@ -6,6 +6,8 @@ mod study;
 pub(crate) use markdown::budget_cell;
 mod svg;
 #[cfg(test)]
+mod svg_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 use crate::eval::record::Record;
