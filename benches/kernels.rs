@@ -4,7 +4,7 @@
 //! (512 tokens) and decode size (16 rows; attention over 1024 keys).
 //!
 //! Throughput is the ledger's own count for one call, measured by running it once before
-//! timing: bytes for memory-bound kernels (criterion prints GiB/s), useful FLOPs for
+//! timing: bytes for memory-bound kernels (criterion prints decimal GB/s, as the rooflines are), useful FLOPs for
 //! compute-bound ones (criterion's "elem/s" are FLOP/s). The CUDA timings wait for the stream
 //! after each batch of iterations, so they include every launch's whole run.
 //! PONDER_BENCH_BACKENDS (default "cpu,cuda"; "cuda-emu" adds the CUDA emulator) picks the
@@ -52,7 +52,7 @@ fn case<B: Backend>(
     let c = counts(be, &mut f);
     sync();
     g.throughput(if memory_bound {
-        Throughput::Bytes(c.bytes)
+        Throughput::BytesDecimal(c.bytes)
     } else {
         Throughput::Elements(c.useful_flops)
     });
@@ -202,7 +202,7 @@ fn host_sampling(c: &mut Criterion, model: &str, cfg: &Config) {
     let logits = fill_uniform(20, cfg.vocab_size, 8.0);
     let mut g = c.benchmark_group(format!("cpu/{model}"));
     g.sample_size(10).measurement_time(measure());
-    g.throughput(Throughput::Bytes(4 * cfg.vocab_size as u64));
+    g.throughput(Throughput::BytesDecimal(4 * cfg.vocab_size as u64));
     for (name, s) in [
         ("sample_argmax/1", Sampling::GREEDY),
         (
@@ -291,7 +291,7 @@ fn cuda(c: &mut Criterion, be: &ponder::backend::cuda::Cuda, default_model: &str
     let u: Vec<f64> = (0..ROWS).map(|i| (i as f64 + 0.5) / ROWS as f64).collect();
     let mut g = c.benchmark_group(format!("{}/{model}", be.name()));
     g.sample_size(10).measurement_time(measure());
-    g.throughput(Throughput::Bytes((4 * ROWS * cfg.vocab_size) as u64));
+    g.throughput(Throughput::BytesDecimal((4 * ROWS * cfg.vocab_size) as u64));
     let top_p = Sampling {
         temperature: 1.0,
         top_p: 0.9,

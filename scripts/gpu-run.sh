@@ -138,7 +138,7 @@ info)
     # PyTorch with the library path it had: the cuBLAS links above are for ponder.
     run roofline 90 20 env LD_LIBRARY_PATH="$ORIG_LD_LIBRARY_PATH" python3 "$here/roofline.py"
     # ponder bench prints its rates against these too (beside hardware.md's H100 figures).
-    bw=$(sed -n 's/^measured copy bandwidth: \([0-9.]*\) TB\/s.*/\1/p' "$logs/roofline.log")
+    bw=$(sed -n 's/^measured read bandwidth: \([0-9.]*\) TB\/s.*/\1/p' "$logs/roofline.log")
     tf=$(sed -n 's/^measured bf16 GEMM: \([0-9.]*\) TFLOP\/s.*/\1/p' "$logs/roofline.log")
     [[ -n "$bw" ]] && export PONDER_MEASURED_TBPS=$bw
     [[ -n "$tf" ]] && export PONDER_MEASURED_TFLOPS=$tf ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns the logs of gpu-bin/run.sh (scripts/gpu-run.sh) into one markdown page, ready to be checked and copied
 into docs/BENCHMARKS.md: the GPU, the pass/fail summary, every benchmark's output verbatim,
-criterion's medians and throughputs as a table, and the fixed-length evaluation's report.
+criterion's estimates and throughputs as a table, and the fixed-length evaluation's report.
 Nothing is computed here beyond picking lines out, so nothing can be rounded up.
 
     python3 gpu-summary.py LOGS_DIR > summary.md      (run.sh does this at its end)
@@ -68,8 +68,8 @@ def main():
     if kernels:
         rows = criterion_table(kernels)
         if rows:
-            out.append("### criterion kernel benches (median in the middle of each range)\n")
-            out.append("| benchmark | time [low median high] | throughput [low median high] |")
+            out.append("### criterion kernel benches (criterion's estimate, a regression slope, in the middle of its 95% confidence interval)\n")
+            out.append("| benchmark | time [low estimate high] | throughput [low estimate high] |")
             out.append("|---|---|---|")
             out += [f"| {n} | {t} | {p} |" for n, t, p in rows]
             out.append("")

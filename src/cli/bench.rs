@@ -36,7 +36,7 @@ pub(super) fn measured_ceilings() -> (Option<f64>, Option<f64>) {
 pub(super) fn of_measured_bw(bytes_per_s: f64) -> String {
     measured_ceilings().0.map_or(String::new(), |m| {
         format!(
-            " ({:.1}% of the measured {:.3} TB/s)",
+            " ({:.1}% of the measured read {:.3} TB/s)",
             100.0 * bytes_per_s / m,
             m / 1e12
         )
@@ -73,6 +73,9 @@ pub enum What {
         /// Tokens of the one sequence.
         #[arg(long, default_value_t = 2048)]
         tokens: usize,
+        /// Timed prefills, each waited for; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Each attention kernel alone against its roofline: causal prefill, the Quiet-STaR
     /// diagonal mask, paged decode, shared-prefix decode. Only the model's attention geometry
@@ -93,9 +96,10 @@ pub enum What {
         /// Diagonal-mask case: depth of the timed queries (7 = the last of an 8-token thought).
         #[arg(long, default_value_t = 7)]
         depth: usize,
-        /// Timed runs per case (after one warm-up run).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
+        /// Timed runs per case, back to back after one warm-up run; default 50 on a GPU
+        /// (a short kernel's launch gaps average out), 5 elsewhere.
+        #[arg(long)]
+        iters: Option<usize>,
     },
 }
 
@@ -182,11 +186,18 @@ fn check_sizes(what: &What) -> Result<()> {
                 bail!("batch size {b} is more than ponder runs in one step (at most 65536)");
             }
         }
-        What::Prefill { tokens } if *tokens == 0 => bail!("--tokens must be at least 1"),
+        What::Prefill { tokens, .. } if *tokens == 0 => bail!("--tokens must be at least 1"),
+        What::Prefill { runs, .. } if *runs == 0 => bail!("--runs must be at least 1"),
+        What::Prefill { runs, .. } if *runs > MAX_RUNS => {
+            bail!("--runs is at most {MAX_RUNS}, not {runs}")
+        }
         _ => {}
     }
     Ok(())
 }
+
+/// The most timed prefills `--runs` may ask for.
+const MAX_RUNS: usize = 1000;
 
 struct Bench {
     what: What,
@@ -224,7 +235,7 @@ impl OnBackend for Bench {
                 context,
                 thought_len,
                 depth,
-                iters,
+                iters: iters.unwrap_or(if be.name() == "cuda" { 50 } else { 5 }),
             };
             for &inv in modes {
                 be.set_batch_invariant(inv);
@@ -277,15 +288,21 @@ impl Bench {
                 steps,
             } => {
                 let batches = super::parse_positive_list(batch, "batch size")?;
+                // The warm-up step writes one position more than the timed ones.
                 fits_positions(
-                    context.saturating_add(steps),
-                    &format!("--context {context} + --steps {steps}"),
+                    context.saturating_add(steps).saturating_add(1),
+                    &format!("--context {context} + --steps {steps} + 1 warm-up step"),
                     &m.model.cfg,
                 )?;
                 outln!(
                     "decode on {} ({}), {context}-token shared prefix, {steps} steps",
                     m.name,
-                    be.name()
+                    be.device_label()
+                );
+                outln!(
+                    "GB/s: the ledger's bytes per step over its time (each GEMM call's weights, \
+                     each branch's K/V with the prefix charged per branch where the kernels \
+                     read it so, activations), against hardware.md's H100 3.1 TB/s"
                 );
                 outln!(
                     "{:>6} {:>10} {:>10} {:>10} {:>8}",
@@ -293,7 +310,7 @@ impl Bench {
                     "ms/step",
                     "tokens/s",
                     "GB/s",
-                    "% HBM"
+                    "% of 3.1"
                 );
                 for b in batches {
                     let pages = (context + steps).div_ceil(16) + b * (steps.div_ceil(16) + 2) + 4;
@@ -348,31 +365,37 @@ impl Bench {
                 }
             }
             What::Attention { .. } => unreachable!("handled above"),
-            &What::Prefill { tokens } => {
+            &What::Prefill { tokens, runs } => {
                 fits_positions(tokens, &format!("--tokens {tokens}"), &m.model.cfg)?;
-                let mut r = Runner::new(be, &m.model, tokens.div_ceil(16) * 2 + 2, 16)?;
-                let warm = r.pool.create();
+                let mut r = Runner::new(be, &m.model, tokens.div_ceil(16) + 2, 16)?;
                 be.set_phase(Phase::Prefill);
                 // A warm-up of the same shape, waited for: cuBLAS picks (and loads on first
                 // use) its kernels per shape, and a GPU queues work asynchronously.
-                let w = r.extend(&[(warm, &ids(tokens))])?;
-                be.to_host(w.logits()?)?;
-                let s = r.pool.create();
+                let mut prefill = || -> Result<f64> {
+                    let s = r.pool.create();
+                    let t = Instant::now();
+                    let out = r.extend(&[(s, &ids(tokens))])?;
+                    be.to_host(out.logits()?)?;
+                    let secs = t.elapsed().as_secs_f64();
+                    r.pool.free(s)?;
+                    Ok(secs)
+                };
+                prefill()?;
                 let before = be
                     .ledger()
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                let t = Instant::now();
-                let out = r.extend(&[(s, &ids(tokens))])?;
-                be.to_host(out.logits()?)?;
-                let secs = t.elapsed().as_secs_f64();
+                let mut times = (0..runs).map(|_| prefill()).collect::<Result<Vec<f64>>>()?;
+                times.sort_by(f64::total_cmp);
+                let secs = times[runs / 2];
                 let l = be
                     .ledger()
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .since(&before);
-                let tf = l.total().useful_flops as f64 / secs;
+                // Every run is the same prefill: its count is the total's share.
+                let tf = (l.total().useful_flops / runs as u64) as f64 / secs;
                 let pct = if on_gpu {
                     format!(
                         " ({:.1}% of 790){}",
@@ -383,9 +406,9 @@ impl Bench {
                     String::new()
                 };
                 outln!(
-                    "prefill of {tokens} tokens on {} ({}): {:.3} s, {:.1} tokens/s, {:.3} TFLOP/s useful{pct}",
+                    "prefill of {tokens} tokens on {} ({}): {:.3} s (median of {runs}), {:.1} tokens/s, {:.3} TFLOP/s useful{pct}",
                     m.name,
-                    be.name(),
+                    be.device_label(),
                     secs,
                     tokens as f64 / secs,
                     tf / 1e12

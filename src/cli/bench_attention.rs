@@ -26,9 +26,10 @@ pub struct Sizes {
     pub iters: usize,
 }
 
-/// Runs `f` once to warm up, then `iters` times; returns seconds per run and the ledger's
-/// counts per run. `f` returns its output, copied to the host only after the last run (the
-/// copy waits for the device; one small copy per measurement).
+/// Runs `f` once to warm up (waited for), then `iters` times back to back; returns seconds
+/// per run and the ledger's counts per run. The clock stops when the device has finished the
+/// last run (`synchronize`), before anything is copied back: a copy of the output to the host
+/// would cost more than a short kernel itself.
 fn time<B: Backend>(
     be: &B,
     iters: usize,
@@ -45,10 +46,12 @@ fn time<B: Backend>(
     for _ in 0..iters {
         last = Some(f()?);
     }
+    be.synchronize()?;
+    let secs = t.elapsed().as_secs_f64() / iters as f64;
+    // Outside the clock: a fault in the last run surfaces here at the latest.
     if let Some(o) = &last {
         be.to_host(o)?;
     }
-    let secs = t.elapsed().as_secs_f64() / iters as f64;
     let l = be.ledger().lock().unwrap_or_else(|e| e.into_inner());
     let mut c = l.since(&before).total();
     for x in [
@@ -125,7 +128,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, name: &str, s: &Sizes) -> Result<()
     let on_gpu = be.name() != "cpu";
     outln!(
         "attention on {name} ({}): {} query heads, {} KV heads, head_dim {}; {} timed runs each",
-        be.name(),
+        be.device_label(),
         d.heads,
         d.kv_heads,
         d.head_dim,

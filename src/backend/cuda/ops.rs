@@ -372,14 +372,16 @@ impl Cuda {
         let (n, n_run, blocks, m, k) = (n as u64, n_run as u64, blocks as u64, m as u64, k as u64);
         // Executed = useful plus the padded rows: cuBLAS picks its own tiles, and their
         // padding is not visible here (the Nsight audit in docs/cuda.md is what checks this).
-        // Each call reads the weights again.
+        // Each call reads the weights again. Bytes are what the GEMMs move: every block's
+        // rows, the padded ones included, are read and written (the padded copy's gather
+        // records its own bytes); with the fast kernels n_run = n.
         self.record(
             "matmul",
             Counts {
                 executed_flops: 2 * n_run * m * k,
                 ..Counts::exact(
                     2 * n * m * k,
-                    (blocks.max(1) * m * k + n * k) * BF16 + n * m * F32,
+                    (blocks.max(1) * m * k + n_run * k) * BF16 + n_run * m * F32,
                     0,
                 )
             },
