@@ -316,3 +316,71 @@ fn a_non_finite_weight_is_a_corrupt_checkpoint() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A sharded checkpoint whose index names a tensor no shard holds (a shard from another
+/// download, a partial copy) is refused at load, naming the tensor and its listed shard.
+#[test]
+fn an_index_listing_a_tensor_no_shard_holds_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ponder-loading-index-{}", std::process::id()));
+    write_model(&dir, config_json(), 2, Store::F32, &[]);
+    let be = Cpu::new();
+    load(&be, Some(dir.to_str().unwrap()), &cache_dir(None)).expect("the intact checkpoint");
+    let path = dir.join("model.safetensors.index.json");
+    let mut idx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    idx["weight_map"]["talk_head.0.0.weight"] = "model-00002-of-00002.safetensors".into();
+    std::fs::write(&path, idx.to_string()).unwrap();
+    let err = load(&be, Some(dir.to_str().unwrap()), &cache_dir(None))
+        .err()
+        .expect("a listed tensor that is absent is an error");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("1 tensor(s) that no shard holds")
+            && msg.contains("talk_head.0.0.weight in model-00002-of-00002.safetensors"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tokenizer with Quiet-STaR's thought markers over weights without its tensors is refused:
+/// the untrained head would run the baseline under Quiet-STaR's name.
+#[test]
+fn thought_markers_without_quiet_star_tensors_are_refused() {
+    let dir = std::env::temp_dir().join(format!("ponder-loading-markers-{}", std::process::id()));
+    // Vocabulary 8192 so that "---" (id 5583) has an embedding row.
+    let config = config_json().replace("\"vocab_size\":512", "\"vocab_size\":8192");
+    write_model(&dir, &config, 1, Store::F32, &[]);
+    let path = dir.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let added = tok["added_tokens"].as_array_mut().unwrap();
+    // Past every id (the tokenizers crate numbers added tokens from the vocabulary's end),
+    // in the release's order: the end marker first.
+    let next = 1 << 20;
+    for (k, content) in ["<|endthought|>", "<|startthought|>"].iter().enumerate() {
+        added.push(
+            serde_json::json!({"id": next + k as u64, "content": content,
+            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false,
+            "special": true}),
+        );
+    }
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let be = Cpu::new();
+    let m = load(&be, Some(dir.to_str().unwrap()), &cache_dir(None)).unwrap();
+    let (start, end) = m
+        .tok
+        .thought_markers()
+        .expect("both markers are single tokens");
+    assert_eq!(start, end + 1);
+    let err = QuietStar::new(&be, &m.model, &m.tok, Some(&dir), true, 8)
+        .err()
+        .expect("markers without the tensors are an error");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("<|startthought|>") && msg.contains("talk_head.*"),
+        "{msg}"
+    );
+    // The same model with no folder (synthetic weights) initialises the head as before.
+    assert!(QuietStar::new(&be, &m.model, &m.tok, None, true, 8).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,7 +16,7 @@ use crate::model::weights::Weights;
 use crate::rng::{child_stream, uniform};
 use crate::sample::Sampling;
 use crate::scheduler::{forward_hidden, Branch, Stepper};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// Stream tag of thought draws: thoughts never consume the output token's random stream, so
@@ -115,6 +115,18 @@ impl<B: Backend> QuietStar<B> {
                 })
             }
             None => {
+                // A tokenizer with the thought markers belongs to a Quiet-STaR checkpoint: its
+                // weights without the tensors (a partial download, an import that dropped
+                // them) would make Quiet-STaR the baseline under another name.
+                if let (Some(p), Some(_)) = (dir, tok.thought_markers()) {
+                    bail!(
+                        "{}: its tokenizer has <|startthought|> and <|endthought|>, as a \
+                         Quiet-STaR checkpoint's does, but its weights hold no \
+                         start_embedding, end_embedding or talk_head.* (an incomplete \
+                         download, or a conversion that dropped them)",
+                        p.display()
+                    );
+                }
                 let syn = Synthetic { seed: 0x9e11 };
                 let zeros = |n: usize| WeightData::Host(std::borrow::Cow::Owned(vec![0.0; n]));
                 let head = TalkHead {

@@ -155,15 +155,21 @@ impl Tokenizer {
     /// `<|startthought|>` / `<|endthought|>` a Quiet-STaR checkpoint adds, when it has them,
     /// and never more than the model's rows or the tokenizer's ids.
     pub fn base_vocab(&self, model_vocab: usize) -> usize {
+        let limit = model_vocab.min(self.vocab_size().max(1));
+        match self.thought_markers() {
+            Some((a, b)) => limit.min(a.min(b) as usize),
+            None => limit,
+        }
+    }
+
+    /// The ids of `<|startthought|>` and `<|endthought|>` when both are single tokens, as a
+    /// Quiet-STaR checkpoint's tokenizer adds them (the release: end 32000, start 32001).
+    pub fn thought_markers(&self) -> Option<(u32, u32)> {
         let marker = |s: &str| match self.encode(s).ok().as_deref() {
-            Some(&[id]) => Some(id as usize),
+            Some(&[id]) => Some(id),
             _ => None,
         };
-        let limit = model_vocab.min(self.vocab_size().max(1));
-        match (marker("<|startthought|>"), marker("<|endthought|>")) {
-            (Some(a), Some(b)) => limit.min(a.min(b)),
-            _ => limit,
-        }
+        Some((marker("<|startthought|>")?, marker("<|endthought|>")?))
     }
 
     /// The id of a string that must be exactly one token (e.g. a PRM's step tag).
@@ -291,17 +297,18 @@ mod tests {
         assert!(t.chat_prompt("hi").is_err());
     }
 
-    /// A word-level tokenizer of four words, with the two thought markers added (ids 4, 5)
-    /// when `markers`.
-    fn word_tokenizer(markers: bool) -> Tokenizer {
-        let added = if markers {
-            r#"[{"id":4,"content":"<|startthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
-                {"id":5,"content":"<|endthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}]"#
-        } else {
-            "[]"
+    /// A word-level tokenizer of four words, with the two thought markers added at ids 4 and
+    /// 5 when `markers` gives their ids (start, end).
+    fn word_tokenizer(markers: Option<(u32, u32)>) -> Tokenizer {
+        let added = match markers {
+            Some((start, end)) => format!(
+                r#"[{{"id":{start},"content":"<|startthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}},
+                    {{"id":{end},"content":"<|endthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}]"#
+            ),
+            None => "[]".into(),
         };
-        let json = word_json(r#""truncation":null,"padding":null"#, added);
-        from_files(&format!("words-{markers}"), &json, None, None)
+        let json = word_json(r#""truncation":null,"padding":null"#, &added);
+        from_files(&format!("words-{markers:?}"), &json, None, None)
     }
 
     /// tokenizer.json of the four-word vocabulary, with `settings` (its truncation and
@@ -336,13 +343,18 @@ mod tests {
 
     #[test]
     fn the_base_vocabulary_ends_below_the_thought_markers() {
-        let q = word_tokenizer(true);
-        assert_eq!(q.vocab_size(), 6);
-        // A Quiet-STaR checkpoint: 6 embedding rows, the markers at 4 and 5 never sampled.
-        assert_eq!(q.base_vocab(6), 4);
-        assert_eq!(q.base_vocab(3), 3);
+        // A Quiet-STaR checkpoint: 6 embedding rows, the markers at 4 and 5 never sampled,
+        // in either order (the release has the end marker first).
+        for (start, end) in [(4, 5), (5, 4)] {
+            let q = word_tokenizer(Some((start, end)));
+            assert_eq!(q.vocab_size(), 6);
+            assert_eq!(q.thought_markers(), Some((start, end)));
+            assert_eq!(q.base_vocab(6), 4);
+            assert_eq!(q.base_vocab(3), 3);
+        }
         // A plain tokenizer: the smaller of the model's rows and the tokenizer's ids.
-        let plain = word_tokenizer(false);
+        let plain = word_tokenizer(None);
+        assert_eq!(plain.thought_markers(), None);
         assert_eq!(plain.base_vocab(10), 4);
         assert_eq!(plain.base_vocab(2), 2);
         assert_eq!(Tokenizer::bytes(512).base_vocab(600), 512);

@@ -188,6 +188,8 @@ impl Weights {
     /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
+        // The index's tensor → shard map, checked once the shards are read.
+        let mut listed = None;
         let files: Vec<PathBuf> = if index.exists() {
             // A FIFO would block the read forever and /dev/zero would never end it.
             crate::input::refuse_non_regular(&index, "")?;
@@ -205,6 +207,7 @@ impl Weights {
             if f.is_empty() {
                 bail!("{} lists no weight files", index.display());
             }
+            listed = Some((index, idx.weight_map));
             f.into_iter().map(|n| dir.join(n)).collect()
         } else {
             let single = dir.join("model.safetensors");
@@ -227,6 +230,23 @@ impl Weights {
                     );
                 }
                 tensors.insert(t.name.clone(), t);
+            }
+        }
+        // A tensor the index lists but no shard holds is an incomplete or mixed-up download:
+        // found here rather than later as a "missing tensor", or never (the optional ones).
+        if let Some((index, map)) = listed {
+            let mut absent: Vec<(&String, &String)> = map
+                .iter()
+                .filter(|(n, _)| !tensors.contains_key(*n))
+                .collect();
+            absent.sort();
+            if let Some((name, file)) = absent.first() {
+                bail!(
+                    "{} lists {} tensor(s) that no shard holds, e.g. {name} in {file} (an \
+                     incomplete download?)",
+                    index.display(),
+                    absent.len()
+                );
             }
         }
         Ok(Weights { tensors })
