@@ -128,6 +128,20 @@ fn killed_and_resumed(extra: &[&str]) {
         (2..8).contains(&partial),
         "the kill came too late ({partial} results)"
     );
+    // A report of the stopped folder says so, rather than reporting it as finished.
+    let rep = ponder()
+        .args(["report"])
+        .arg(&cut)
+        .arg("--out")
+        .arg(cut.with_extension("report"))
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        md.contains("never finished") && md.contains("planned"),
+        "{md}"
+    );
+    let _ = std::fs::remove_dir_all(cut.with_extension("report"));
 
     // Without --resume the folder is refused; with it the run completes.
     let out = ponder()

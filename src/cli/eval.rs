@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use ponder::backend::Backend;
 use ponder::eval::data::{load as load_data, parse_shard, select, Selection};
 use ponder::eval::manifest::{self, data_fingerprint, Manifest};
+use ponder::eval::planned::{self, Line};
 use ponder::eval::report::{check_no_overlap, check_one_run, write_report};
 use ponder::eval::results::read_records;
 use ponder::eval::results::ResultsFile;
@@ -313,6 +314,16 @@ impl OnBackend for Eval {
         if let Some(note) = unused {
             eprintln!("{note}");
         }
+        // What this run sets out to do, so that a report of the folder can tell a stopped
+        // run from a finished one.
+        let line = Line::Plan {
+            runs: runs
+                .iter()
+                .map(|(m, b)| (m.name().to_string(), *b))
+                .collect(),
+            rows: problems.iter().map(|p| p.index).collect(),
+        };
+        planned::append(&a.out, &line, opened.1.is_empty())?;
         let in_flight = a.in_flight.min(problems.len()).max(1);
         let records = if in_flight == 1 {
             let e = a
@@ -348,7 +359,18 @@ impl OnBackend for Eval {
             );
             records
         };
-        let md = write_report(&a.out, &records, Some(&recorded), &Default::default())?;
+        // A finished run has no gaps of its own, but an earlier plan of the folder may (a
+        // resume that left out a method or budget the folder had begun).
+        let gaps = planned::gaps(&[(a.out.clone(), records.clone())])?;
+        for n in &gaps.notes {
+            eprintln!("ponder: {n}");
+        }
+        let sources = ponder::eval::report::Sources {
+            notes: gaps.notes,
+            incomplete: gaps.incomplete,
+            ..Default::default()
+        };
+        let md = write_report(&a.out, &records, Some(&recorded), &sources)?;
         outln!("{md}");
         Ok(())
     }
@@ -382,10 +404,21 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
         sets.push((d.clone(), read.records));
     }
-    let (settings, notes) =
+    let (settings, mut notes) =
         manifest::check_same_run(&a.dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     check_no_overlap(&sets)?;
     check_one_run(&sets)?;
+    for d in &a.dirs {
+        if manifest::is_being_written(d) {
+            notes.push(format!(
+                "{} is being written by a running eval: this report holds the results it had \
+                 written so far",
+                d.display()
+            ));
+        }
+    }
+    let gaps = planned::gaps(&sets)?;
+    notes.extend(gaps.notes);
     let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
     if let Some(m) = &settings {
         manifest::check_indices(m, &all)?;
@@ -422,6 +455,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
             _ => a.dirs.iter().map(|d| d.display().to_string()).collect(),
         },
         notes,
+        incomplete: gaps.incomplete,
     };
     outln!("{}", write_report(&out, &all, settings.as_ref(), &sources)?);
     Ok(())

@@ -164,6 +164,7 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         ".lock",
         MANIFEST,
         RESULTS,
+        super::planned::PLANNED,
         REPORT_MD,
         SUMMARY_CSV,
         SUMMARY_JSON,
@@ -190,6 +191,20 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
             Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
+}
+
+/// Whether an eval holds `dir`'s lock now (a report of the folder is then a snapshot). Only
+/// asks: the lock is let go at once, and a folder without `.lock` is nobody's.
+pub fn is_being_written(dir: &Path) -> bool {
+    let path = dir.join(".lock");
+    // Not a pipe or a device: opening one could wait forever.
+    if !path.is_file() {
+        return false;
+    }
+    let Ok(f) = std::fs::File::open(&path) else {
+        return false;
+    };
+    matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Before an eval writes into `dir`: a folder without results gets `m` as its manifest; with

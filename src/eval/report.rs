@@ -419,6 +419,9 @@ fn frontier_labels(
 pub struct Sources {
     pub folders: Vec<String>,
     pub notes: Vec<String>,
+    /// The rows with planned problems that never finished (eval/planned.rs), with how many
+    /// were planned: not over every problem, whatever the records alone say.
+    pub incomplete: BTreeMap<(String, usize), usize>,
 }
 
 /// What report.md says beside the summaries (markdown::render).
@@ -446,7 +449,15 @@ pub fn write_report(
         crate::input::refuse_non_regular(&path, "")?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
-    let full = full_rows(records, &summaries);
+    let full: Vec<bool> = full_rows(records, &summaries)
+        .into_iter()
+        .zip(&summaries)
+        .map(|(f, s)| {
+            f && !sources
+                .incomplete
+                .contains_key(&(s.method.clone(), s.budget))
+        })
+        .collect();
     let view = View {
         frontiers: [
             frontier_labels(&summaries, &full, |s| s.mean_flops),

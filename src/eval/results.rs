@@ -103,6 +103,11 @@ pub fn holds_results(dir: &Path) -> bool {
 }
 
 impl ResultsFile {
+    /// The folder the file is in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// Opens `dir/results.jsonl` for appending. Without `resume` an existing non-empty file is
     /// refused (results are never overwritten); with it, the records already there are returned.
     pub fn open(dir: &Path, resume: bool) -> Result<(Self, Vec<Record>)> {

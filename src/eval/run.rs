@@ -1,6 +1,7 @@
 //! `ponder eval`: every (method, budget) over the selected problems, each finished problem
 //! appended durably to results.jsonl, a progress line per problem, the report at the end.
 use super::data::Problem;
+use super::planned;
 use super::record::Record;
 use super::results::ResultsFile;
 use crate::account;
@@ -194,6 +195,18 @@ pub fn run<B: Backend>(
                     Err(e) if does_not_fit(&e) => {
                         pool_skips |= e.downcast_ref::<PoolTooSmall>().is_some();
                         eprintln!("ponder: [{}] skipping row {}: {e}", progress.label, p.index);
+                        // Not a gap in the run: a report must not call it unfinished.
+                        let line = planned::Line::Skipped {
+                            method: method.name().to_string(),
+                            budget,
+                            row: p.index,
+                        };
+                        if let Err(e) = planned::append(file.dir(), &line, false) {
+                            eprintln!(
+                                "ponder: {e:#} (a report will count row {} as not run)",
+                                p.index
+                            );
+                        }
                         progress.total -= 1;
                         too_long.push(p.index);
                         continue;

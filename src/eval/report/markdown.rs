@@ -222,7 +222,13 @@ pub fn render(
         .iter()
         .zip(full)
         .filter(|(_, &f)| !f)
-        .map(|(s, _)| format!("{}@{} ({} of {})", s.method, s.budget, s.n, problems.len()))
+        .map(|(s, _)| {
+            let of = match view.sources.incomplete.get(&(s.method.clone(), s.budget)) {
+                Some(planned) => format!("{planned} planned"),
+                None => problems.len().to_string(),
+            };
+            format!("{}@{} ({} of {of})", s.method, s.budget, s.n)
+        })
         .collect();
     if !partial.is_empty() {
         writeln!(

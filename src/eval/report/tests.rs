@@ -163,7 +163,7 @@ fn overlap_between_shards_is_an_error() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -1,0 +1,282 @@
+//! What each eval into a folder set out to run, beside what it finished: `DIR/planned.jsonl`
+//! gets one line when an eval starts (its runs and its selected rows) and one per problem it
+//! skips (too long for the model or the pool, so never recorded). A report compares them
+//! with the records, so that a stopped run (killed, out of time, still running) is not
+//! reported as if it had finished: results.jsonl alone cannot tell 137 of 300 problems from
+//! 137 of 137.
+use super::record::Record;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const PLANNED: &str = "planned.jsonl";
+
+/// One line of `planned.jsonl`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    /// An eval's runs (method, budget) over its selected data rows.
+    Plan {
+        runs: Vec<(String, usize)>,
+        rows: Vec<usize>,
+    },
+    /// A problem that run skipped: it has no record, and is not a gap.
+    Skipped {
+        method: String,
+        budget: usize,
+        row: usize,
+    },
+}
+
+/// Appends `line` to `dir/planned.jsonl` (created if missing) and syncs it. With `fresh`
+/// (a folder without results: whatever plan is there never produced one, and the manifest
+/// is written anew too) the file is started over.
+pub fn append(dir: &Path, line: &Line, fresh: bool) -> Result<()> {
+    let path = dir.join(PLANNED);
+    crate::input::refuse_non_regular(&path, "")?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!fresh)
+        .truncate(fresh)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut text = serde_json::to_string(line)?;
+    text.push('\n');
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+type Key = (String, usize, usize);
+
+/// A folder's planned problems and skipped ones, as keys (method, budget, row).
+#[derive(Default)]
+struct Planned {
+    expected: HashSet<Key>,
+    skipped: HashSet<Key>,
+    /// Lines that are no `Line` (a torn last line, a hand edit): left out, and said.
+    unreadable: usize,
+}
+
+/// Reads `dir/planned.jsonl`; None where there is none (a folder from before it existed).
+fn read(dir: &Path) -> Result<Option<Planned>> {
+    let path = dir.join(PLANNED);
+    crate::input::refuse_non_regular(&path, "")?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut p = Planned::default();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<Line>(l) {
+            Ok(Line::Plan { runs, rows }) => {
+                for (m, b) in &runs {
+                    p.expected.extend(rows.iter().map(|&r| (m.clone(), *b, r)));
+                }
+            }
+            Ok(Line::Skipped {
+                method,
+                budget,
+                row,
+            }) => {
+                p.skipped.insert((method, budget, row));
+            }
+            Err(_) => p.unreadable += 1,
+        }
+    }
+    Ok(Some(p))
+}
+
+/// What the report says of the planned problems without a record.
+#[derive(Default)]
+pub struct Gaps {
+    /// Lines for report.md and stderr.
+    pub notes: Vec<String>,
+    /// Per (method, budget) with planned problems that have no record (neither done nor
+    /// skipped): how many problems were planned for it.
+    pub incomplete: BTreeMap<(String, usize), usize>,
+}
+
+/// Compares each folder's plan with its records. Folders without `planned.jsonl` add nothing.
+pub fn gaps(sets: &[(PathBuf, Vec<Record>)]) -> Result<Gaps> {
+    // Per (method, budget): planned, done of those, skipped, and the folders with gaps.
+    #[derive(Default)]
+    struct Tally {
+        planned: usize,
+        done: usize,
+        skipped: usize,
+        folders: Vec<String>,
+    }
+    let mut tally: BTreeMap<(String, usize), Tally> = BTreeMap::new();
+    let mut out = Gaps::default();
+    for (dir, records) in sets {
+        let Some(p) = read(dir)? else { continue };
+        if p.unreadable > 0 {
+            out.notes.push(format!(
+                "{} has {} unreadable line(s), left out of the check for unfinished runs",
+                dir.join(PLANNED).display(),
+                p.unreadable
+            ));
+        }
+        let done: HashSet<Key> = records.iter().map(|r| r.key()).collect();
+        let mut gap_here: HashSet<(String, usize)> = HashSet::new();
+        for k in &p.expected {
+            let t = tally.entry((k.0.clone(), k.1)).or_default();
+            t.planned += 1;
+            if done.contains(k) {
+                t.done += 1;
+            } else if p.skipped.contains(k) {
+                t.skipped += 1;
+            } else {
+                gap_here.insert((k.0.clone(), k.1));
+            }
+        }
+        for g in gap_here {
+            if let Some(t) = tally.get_mut(&g) {
+                t.folders.push(dir.display().to_string());
+            }
+        }
+    }
+    for ((m, b), t) in tally {
+        let missing = t.planned - t.done - t.skipped;
+        if missing > 0 {
+            let mut folders = t.folders;
+            folders.sort();
+            let in_dirs = if sets.len() > 1 {
+                format!(" (in {})", folders.join(", "))
+            } else {
+                String::new()
+            };
+            out.notes.push(format!(
+                "{m}@{b}: {} of {} planned problems have results; {missing} never finished{in_dirs} \
+                 (a stopped or still running eval: the same command with --resume runs them)",
+                t.done, t.planned
+            ));
+            out.incomplete.insert((m.clone(), b), t.planned);
+        }
+        if t.skipped > 0 {
+            out.notes.push(format!(
+                "{m}@{b}: {} planned problem(s) were skipped as too long for the model's \
+                 positions or the KV pool (no record)",
+                t.skipped
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::report::tests::{rec, temp_dir};
+
+    fn plan(runs: &[(&str, usize)], rows: &[usize]) -> Line {
+        Line::Plan {
+            runs: runs.iter().map(|(m, b)| (m.to_string(), *b)).collect(),
+            rows: rows.to_vec(),
+        }
+    }
+
+    /// A stopped run's missing problems are a gap; a skipped one is not, and is said apart.
+    #[test]
+    fn a_gap_is_a_planned_problem_neither_done_nor_skipped() {
+        let dir = temp_dir("planned-gap");
+        std::fs::create_dir_all(&dir).unwrap();
+        append(
+            &dir,
+            &plan(&[("baseline", 2), ("rebase", 2)], &[0, 1, 2]),
+            true,
+        )
+        .unwrap();
+        let skip = Line::Skipped {
+            method: "rebase".into(),
+            budget: 2,
+            row: 2,
+        };
+        append(&dir, &skip, false).unwrap();
+        let records = vec![
+            rec("baseline", 2, 0, true, 1.0, 10),
+            rec("baseline", 2, 1, true, 1.0, 10),
+            rec("rebase", 2, 0, true, 1.0, 10),
+            rec("rebase", 2, 1, true, 1.0, 10),
+        ];
+        let g = gaps(&[(dir.clone(), records.clone())]).unwrap();
+        assert_eq!(
+            g.incomplete.into_iter().collect::<Vec<_>>(),
+            [(("baseline".to_string(), 2), 3)]
+        );
+        assert_eq!(g.notes.len(), 2, "{:?}", g.notes);
+        assert!(
+            g.notes[0].starts_with("baseline@2: 2 of 3 planned problems have results; 1 never"),
+            "{:?}",
+            g.notes
+        );
+        assert!(g.notes[1].starts_with("rebase@2: 1 planned problem(s) were skipped"));
+
+        // A resume that adds rows (a larger --limit) plans them too; a torn line is said.
+        append(&dir, &plan(&[("baseline", 2)], &[0, 1, 2, 3]), false).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(PLANNED))
+            .and_then(|mut f| f.write_all(b"{\"plan\":{\"ru"))
+            .unwrap();
+        let mut done = records.clone();
+        done.push(rec("baseline", 2, 2, true, 1.0, 10));
+        let g = gaps(&[(dir.clone(), done)]).unwrap();
+        assert_eq!(g.incomplete[&("baseline".to_string(), 2)], 4);
+        assert!(g.notes[0].contains("1 unreadable line(s)"), "{:?}", g.notes);
+        assert!(g.notes[1].contains("3 of 4 planned"), "{:?}", g.notes);
+
+        // A fresh start (no results yet) forgets the old plans.
+        append(&dir, &plan(&[("baseline", 2)], &[0]), true).unwrap();
+        let g = gaps(&[(dir.clone(), records[..1].to_vec())]).unwrap();
+        assert!(
+            g.incomplete.is_empty() && g.notes.is_empty(),
+            "{:?}",
+            g.notes
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Merged shards: the note names the folders with gaps; a folder without a plan (from
+    /// before planned.jsonl) adds nothing.
+    #[test]
+    fn merged_folders_name_where_the_gaps_are() {
+        let (a, b, old) = (
+            temp_dir("planned-a"),
+            temp_dir("planned-b"),
+            temp_dir("planned-o"),
+        );
+        for d in [&a, &b, &old] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        append(&a, &plan(&[("baseline", 6)], &[0, 2]), true).unwrap();
+        append(&b, &plan(&[("baseline", 6)], &[1, 3]), true).unwrap();
+        let sets = vec![
+            (
+                a.clone(),
+                vec![
+                    rec("baseline", 6, 0, true, 1.0, 10),
+                    rec("baseline", 6, 2, true, 1.0, 10),
+                ],
+            ),
+            (b.clone(), vec![rec("baseline", 6, 1, true, 1.0, 10)]),
+            (old.clone(), vec![rec("baseline", 6, 4, true, 1.0, 10)]),
+        ];
+        let g = gaps(&sets).unwrap();
+        assert_eq!(g.notes.len(), 1, "{:?}", g.notes);
+        assert!(
+            g.notes[0].contains("3 of 4 planned")
+                && g.notes[0].contains(&format!("(in {})", b.display())),
+            "{:?}",
+            g.notes
+        );
+        for d in [&a, &b, &old] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
