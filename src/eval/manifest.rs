@@ -282,7 +282,13 @@ fn without_manifest(dir: &Path) -> String {
 /// not among the folders).
 pub fn check_same_run(dirs: &[&Path]) -> Result<(Option<Manifest>, Vec<String>)> {
     let mut notes = Vec::new();
-    let mut seen: Vec<(&Path, Manifest)> = Vec::new();
+    let mut seen: Vec<Manifest> = Vec::new();
+    // The distinct manifests less what may differ between folders of one run (the shard,
+    // the device), each with its first folder: a job array's thousands of folders usually
+    // have one, so the pairwise check below stays linear.
+    let mut distinct: Vec<(&Path, Manifest)> = Vec::new();
+    // Device → its folders, for the note on machines.
+    let mut devices: BTreeMap<String, Vec<&Path>> = BTreeMap::new();
     let mut empty = 0;
     for &d in dirs {
         let Some(m) = read(d)? else {
@@ -293,39 +299,50 @@ pub fn check_same_run(dirs: &[&Path]) -> Result<(Option<Manifest>, Vec<String>)>
             empty += 1;
             continue;
         };
-        // Every pair, not each against the first: a folder from before a field was recorded
-        // agrees with any value of it, so two later folders must still meet each other.
-        for (d0, m0) in &seen {
-            // The shards of one run differ in their shard alone.
-            if let Some((k, a, b)) = m0
-                .without("shard")
-                .first_difference(&m.without("shard"), false)
-            {
-                bail!(
-                    "result directories {} and {} come from different runs: {k} is {a} \
-                     in one and {b} in the other",
-                    d0.display(),
-                    d.display()
-                );
+        let key = m.without("shard").without("device");
+        // Every pair of distinct ones, not each against the first: a folder from before a
+        // field was recorded agrees with any value of it, so two later folders must still
+        // meet each other. A folder equal to one already checked agrees with all it did.
+        if !distinct.iter().any(|(_, k)| *k == key) {
+            for (d0, k0) in &distinct {
+                if let Some((k, a, b)) = k0.first_difference(&key, false) {
+                    bail!(
+                        "result directories {} and {} come from different runs: {k} is {a} \
+                         in one and {b} in the other",
+                        d0.display(),
+                        d.display()
+                    );
+                }
             }
+            distinct.push((d, key));
         }
-        // Shards run on different machines merge (what they computed is the same), but
-        // their seconds per problem are then an average of two machines: said, once.
-        if let Some((d0, m0)) = seen.first() {
-            if let Some((k, a, b)) = m0.first_difference(&m, true) {
-                notes.push(format!(
-                    "{} and {} ran on different machines ({k} {a}; {b}): the report's seconds \
-                     per problem mix them",
-                    d0.display(),
-                    d.display()
-                ));
-            }
-        }
-        seen.push((d, m));
+        let device =
+            m.0.get("device")
+                .cloned()
+                .unwrap_or_else(|| "(unrecorded)".into());
+        devices.entry(device).or_default().push(d);
+        seen.push(m);
     }
-    let ms: Vec<&Manifest> = seen.iter().map(|(_, m)| m).collect();
+    // Shards run on different machines merge (what they computed is the same), but their
+    // seconds per problem are then an average over the machines: said once, per machine.
+    if devices.len() > 1 {
+        let each: Vec<String> = devices
+            .iter()
+            .map(|(dev, ds)| match ds.len() {
+                1 => format!("{dev} ({})", ds[0].display()),
+                n => format!("{dev} ({n} folders, the first {})", ds[0].display()),
+            })
+            .collect();
+        notes.push(format!(
+            "the folders ran on {} different machines: {}; the report's seconds per problem mix \
+             them",
+            devices.len(),
+            each.join("; ")
+        ));
+    }
+    let ms: Vec<&Manifest> = seen.iter().collect();
     notes.extend(missing_shards(&ms, empty));
-    Ok((seen.into_iter().next().map(|(_, m)| m), notes))
+    Ok((seen.into_iter().next(), notes))
 }
 
 /// Merging the shards of a job array: which shards are not among the folders (a report of

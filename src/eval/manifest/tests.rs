@@ -181,3 +181,40 @@ fn resume_refuses_another_run_and_a_folder_without_its_settings() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Folders on several machines get one note, per machine, however many folders each ran; a
+/// thousand shards of one run merge with a check per distinct manifest, not per pair.
+#[test]
+fn machines_are_noted_once_and_many_shards_merge_in_linear_time() {
+    let root = std::env::temp_dir().join(format!("ponder-machines-{}", std::process::id()));
+    let n = 1000;
+    let dirs: Vec<std::path::PathBuf> = (0..n)
+        .map(|i| {
+            let d = root.join(format!("s{i}"));
+            let mut m = manifest(
+                1,
+                if i % 2 == 0 {
+                    "cpu: 2 threads"
+                } else {
+                    "cuda: H100"
+                },
+            );
+            m.set("shard", format!("{i}/{n}"));
+            write(&d, &m).unwrap();
+            d
+        })
+        .collect();
+    let paths: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let t = std::time::Instant::now();
+    let (m, notes) = check_same_run(&paths).unwrap();
+    assert!(t.elapsed().as_secs_f64() < 5.0, "{:?}", t.elapsed());
+    assert_eq!(m.unwrap().0["shard"], format!("0/{n}"));
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("2 different machines")
+            && notes[0].contains("cpu: 2 threads (500 folders, the first ")
+            && notes[0].contains("cuda: H100 (500 folders"),
+        "{notes:?}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

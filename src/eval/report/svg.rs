@@ -337,6 +337,7 @@ pub fn scatter(title: &str, x_title: &str, points: &[Point]) -> String {
         .unwrap();
     }
     let mut placed: Vec<(f64, f64, f64)> = Vec::new();
+    let mut hidden = 0;
     for p in &good {
         let c = series
             .iter()
@@ -349,31 +350,62 @@ pub fn scatter(title: &str, x_title: &str, points: &[Point]) -> String {
         } else {
             ("#ffffff", c)
         };
-        writeln!(s, "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.5\"/>", num(cx), num(cy))
-            .unwrap();
-        // Labels: right of the point (left near the right edge), moved down past earlier ones.
+        // The point's own tooltip names it, whether or not its label finds room.
+        writeln!(
+            s,
+            "<circle cx=\"{}\" cy=\"{}\" r=\"5\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.5\"><title>{}: x={}, y={:.2}%</title></circle>",
+            num(cx),
+            num(cy),
+            escape(&p.label),
+            p.x,
+            p.y
+        )
+        .unwrap();
+        // Labels: right of the point (left near the right edge), at the first free height of
+        // above, below, further above, … inside the plot; none where every one is taken (many
+        // rows at one accuracy), rather than over the axis.
         let w = 6.2 * p.label.chars().count() as f64;
         let (mut lx, anchor) = if cx + 7.0 + w > RIGHT + 5.0 {
             (cx - 7.0 - w, "end")
         } else {
             (cx + 7.0, "start")
         };
-        let mut ly = cy - 7.0;
-        for _ in 0..12 {
-            if !placed
-                .iter()
-                .any(|&(x, y, pw)| (y - ly).abs() < 12.0 && lx < x + pw && x < lx + w)
-            {
-                break;
-            }
-            ly += 13.0;
-        }
+        let free = |ly: f64| {
+            (TOP + 10.0..=BOTTOM - 4.0).contains(&ly)
+                && !placed
+                    .iter()
+                    .any(|&(x, y, pw)| (y - ly).abs() < 12.0 && lx < x + pw && x < lx + w)
+        };
+        let slot = (0..16)
+            .map(|k| {
+                let step = 13.0 * (k / 2) as f64;
+                if k % 2 == 0 {
+                    cy - 7.0 - step
+                } else {
+                    cy + 17.0 + step
+                }
+            })
+            .find(|&ly| free(ly));
+        let Some(ly) = slot else {
+            hidden += 1;
+            continue;
+        };
         placed.push((lx, ly, w));
         if anchor == "end" {
             lx += w;
         }
         writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"{anchor}\" {FONT} font-size=\"11\" fill=\"{c}\">{}</text>", num(lx), num(ly), escape(&p.label))
             .unwrap();
+    }
+    if hidden > 0 {
+        writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" {FONT} font-size=\"11\" fill=\"#555555\">{hidden} label(s) \
+             left out where points crowd: a point's tooltip names it</text>",
+            LEFT + 6.0,
+            TOP + 28.0
+        )
+        .unwrap();
     }
 
     // Legend, in the right margin (swatches are rects, so circles count the points).

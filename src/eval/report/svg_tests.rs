@@ -156,3 +156,68 @@ fn log_ticks() {
         "labels thinned over many decades"
     );
 }
+
+/// Many rows at one accuracy (a model that gets nothing right): every label stays inside
+/// the plot, none overlaps another, those without room are counted, and every point still
+/// names itself in its tooltip.
+#[test]
+fn crowded_labels_stay_inside_the_plot() {
+    let pts: Vec<Point> = (0..16)
+        .map(|i| {
+            let (m, b) = (
+                ["baseline", "rebase", "quiet-star", "combined"][i % 4],
+                1 << (i / 4),
+            );
+            pt(m, &format!("{m}@{b}"), 1e12 * (1.0 + 0.2 * i as f64), 0.0)
+        })
+        .collect();
+    let svg = scatter("t", "x", &pts);
+    assert!(balanced(&svg), "{svg}");
+    assert_eq!(
+        svg.matches("<title>").count(),
+        1 + 16,
+        "the plot's and each point's"
+    );
+    let num = |l: &str, attr: &str| -> f64 {
+        l.split(&format!(" {attr}=\""))
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let labels: Vec<(f64, f64, f64)> = svg
+        .lines()
+        .filter(|l| {
+            l.starts_with("<text") && l.contains("font-size=\"11\" fill=\"#") && l.contains("@")
+        })
+        .map(|l| {
+            let text = l.split('>').nth(1).unwrap().split('<').next().unwrap();
+            let w = 6.2 * text.chars().count() as f64;
+            let x = num(l, "x");
+            let x0 = if l.contains("text-anchor=\"end\"") {
+                x - w
+            } else {
+                x
+            };
+            (x0, num(l, "y"), w)
+        })
+        .collect();
+    assert!(!labels.is_empty());
+    for (i, &(x, y, w)) in labels.iter().enumerate() {
+        assert!(
+            (55.0..=406.0).contains(&y),
+            "label at y {y} is outside the plot:\n{svg}"
+        );
+        for &(x2, y2, w2) in &labels[..i] {
+            let overlap = (y - y2).abs() < 12.0 && x < x2 + w2 && x2 < x + w;
+            assert!(!overlap, "labels at ({x}, {y}) and ({x2}, {y2}) overlap");
+        }
+    }
+    let hidden = 16 - labels.len();
+    if hidden > 0 {
+        assert!(svg.contains(&format!("{hidden} label(s) left out where points crowd")));
+    }
+}
