@@ -433,6 +433,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
                 .join(", ")
         );
     }
+    let default_out = a.out.is_none();
     let out = a.out.unwrap_or_else(|| a.dirs[0].clone());
     // The merged report may go into one of its own folders or a new one, never over the
     // report of a run it did not read.
@@ -457,6 +458,14 @@ pub fn report(a: ReportArgs) -> Result<()> {
         notes,
         incomplete: gaps.incomplete,
     };
-    outln!("{}", write_report(&out, &all, settings.as_ref(), &sources)?);
+    let md = write_report(&out, &all, settings.as_ref(), &sources).map_err(|e| {
+        // A folder one may read but not write (another user's, a read-only mount).
+        if default_out {
+            e.context("--out DIR writes the report elsewhere")
+        } else {
+            e
+        }
+    })?;
+    outln!("{md}");
     Ok(())
 }

@@ -37,9 +37,10 @@ pub struct Loaded {
 
 pub fn parse(text: &str) -> Loaded {
     let mut out = Loaded::default();
-    // A byte-order mark (some editors write one) is not part of the first line's JSON.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // A byte-order mark (some editors write one) is not part of a line's JSON: at the start
+    // of the file, or of any line (files joined with `cat` keep each one's).
     for (i, line) in text.lines().enumerate() {
+        let line = line.strip_prefix('\u{feff}').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }
@@ -256,9 +257,14 @@ mod tests {
 
     #[test]
     fn a_byte_order_mark_does_not_cost_the_first_row() {
-        let d = parse("\u{feff}{\"question\":\"a\",\"answer\":\"#### 1\"}\r\n{\"question\":\"b\",\"answer\":\"#### 2\"}\r\n");
+        let d = parse("\u{feff}{\"question\":\"a\",\"answer\":\"#### 1\"}\r\n{\"question\":\"b\",\"answer\":\"#### 2\"}\r\n\u{feff}{\"question\":\"c\",\"answer\":\"#### 3\"}\n");
         assert!(d.malformed.is_empty(), "{:?}", d.malformed);
-        assert_eq!(d.rows.len(), 2);
+        assert_eq!(d.rows.len(), 3);
+        assert_eq!(
+            d.rows[2].as_ref().unwrap().question,
+            "c",
+            "a second file's mark"
+        );
         assert_eq!(d.rows[0].as_ref().unwrap().question, "a");
     }
 

@@ -71,7 +71,11 @@ pub fn read_records(dir: &Path) -> Result<Read> {
             let rec: Record = parse(line)
                 .and_then(|r| r.check().map(|_| r))
                 .with_context(|| {
-                    format!("{} line {line_no} is not a result record", path.display())
+                    format!(
+                        "{} line {line_no} is not a result record (delete that line, and \
+                         `--resume` reruns its problem)",
+                        path.display()
+                    )
                 })?;
             if let Some(first) = seen.insert(rec.key(), line_no) {
                 bail!(
