@@ -6,6 +6,7 @@ pub mod bench_cases;
 pub mod eval;
 pub mod flops;
 pub mod generate;
+pub mod guard;
 pub mod input;
 pub mod kv;
 pub mod methods;

@@ -5,4 +5,5 @@ pub mod import;
 pub mod llama;
 pub mod source;
 pub mod tokenizer;
+pub mod tokenizer_file;
 pub mod weights;

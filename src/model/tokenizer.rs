@@ -32,8 +32,13 @@ impl Tokenizer {
         for p in [&path, &dir.join("tokenizer_config.json")] {
             crate::input::refuse_non_regular(p, "")?;
         }
-        let mut tk = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        super::tokenizer_file::check(&path, &text)?;
+        // The crate panics on some files it cannot use (contained: an error like any other).
+        let what = format!("cannot load tokenizer {}", path.display());
+        let mut tk = crate::guard::contain(&what, || text.parse::<tokenizers::Tokenizer>())?
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         // ponder encodes whole prompts and checks their length itself: a file's truncation
         // (which panics inside the crate when its stride is not below its max_length) and
         // padding (which can ask for terabytes of pad tokens) are never wanted.
@@ -83,11 +88,12 @@ impl Tokenizer {
     /// Token ids of `text`; special-token strings in the text are recognised, no BOS added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.kind {
-            Kind::Hf(t) => Ok(t
-                .encode_fast(text, false)
-                .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
-                .get_ids()
-                .to_vec()),
+            Kind::Hf(t) => Ok(crate::guard::contain("the model's tokenizer failed", || {
+                t.encode_fast(text, false)
+            })?
+            .map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?
+            .get_ids()
+            .to_vec()),
             Kind::Bytes { vocab } => {
                 if *vocab < 259 {
                     bail!("byte tokenizer needs a vocabulary of at least 259, not {vocab}");
@@ -107,9 +113,10 @@ impl Tokenizer {
     /// The text of `ids`; with `skip_special` control tokens are left out.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         match &self.kind {
-            Kind::Hf(t) => t
-                .decode(ids, skip_special)
-                .map_err(|e| anyhow::anyhow!("cannot decode: {e}")),
+            Kind::Hf(t) => crate::guard::contain("the model's tokenizer failed", || {
+                t.decode(ids, skip_special)
+            })?
+            .map_err(|e| anyhow::anyhow!("cannot decode: {e}")),
             Kind::Bytes { .. } => Ok(decode_bytes(ids, skip_special)),
         }
     }
@@ -184,16 +191,10 @@ impl Tokenizer {
     /// Applies the model's chat template to one user message, with the generation prompt.
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
         let tpl = match &self.chat_template {
-            Some(Ok(t)) => t.as_str(),
+            Some(Ok(t)) => t.clone(),
             Some(Err(why)) => bail!("{why}"),
             None => bail!("this model has no chat template (tokenizer_config.json chat_template)"),
         };
-        let mut env = minijinja::Environment::new();
-        // A template is code from the model folder: bound its work, so that a runaway loop
-        // ends as an error rather than a hang (real chat templates take a few thousand).
-        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
-        env.add_template("chat", tpl)
-            .map_err(|e| anyhow::anyhow!("bad chat template: {e}"))?;
         let bos = match self.bos {
             Some(b) => self.decode(&[b], false)?,
             None => String::new(),
@@ -202,29 +203,65 @@ impl Tokenizer {
             Some(&e) => self.decode(&[e], false)?,
             None => String::new(),
         };
-        // Fuel bounds the instructions, not the text: the output is capped as it is written.
-        let mut out = Capped(Vec::new());
-        env.get_template("chat")
-            .and_then(|t| {
-                t.render_captured_to(
-                    minijinja::context! {
-                        messages => vec![minijinja::context!{ role => "user", content => user }],
-                        add_generation_prompt => true,
-                        bos_token => bos,
-                        eos_token => eos,
-                    },
-                    &mut out,
-                )
-                .map(|_| ())
+        // Fuel counts a template's instructions, not the work inside one (a sequence repeated
+        // 2^63 times and printed): rendered on a thread of its own, a template that has not
+        // finished by the deadline is an error, and its thread is left to the process's end.
+        let user = user.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("chat-template".into())
+            .spawn(move || {
+                let r = crate::guard::contain("chat template failed", || {
+                    render_chat(&tpl, &user, &bos, &eos)
+                });
+                let _ = tx.send(r.and_then(|r| r));
             })
-            .map_err(|e| match out.0.len() > CHAT_TEMPLATE_BYTES {
-                true => anyhow::anyhow!(
-                    "chat template failed: its output passed {CHAT_TEMPLATE_BYTES} bytes"
-                ),
-                false => anyhow::anyhow!("chat template failed: {e}"),
-            })?;
-        String::from_utf8(out.0).map_err(|_| anyhow::anyhow!("chat template output is not UTF-8"))
+            .context("cannot start the chat template's thread")?;
+        match rx.recv_timeout(CHAT_TEMPLATE_DEADLINE) {
+            Ok(r) => r,
+            Err(_) => bail!(
+                "chat template failed: it did not finish in {} s",
+                CHAT_TEMPLATE_DEADLINE.as_secs()
+            ),
+        }
     }
+}
+
+/// How long a chat template may take (real ones take well under a millisecond).
+const CHAT_TEMPLATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The chat template `tpl` applied to one user message, with the generation prompt.
+fn render_chat(tpl: &str, user: &str, bos: &str, eos: &str) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    // A template is code from the model folder: bound its work, so that a runaway loop
+    // ends as an error rather than a hang (real chat templates take a few thousand).
+    env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
+    env.add_template("chat", tpl)
+        .map_err(|e| anyhow::anyhow!("bad chat template: {e}"))?;
+    // Fuel bounds the instructions, not the text: the output is capped as it is written.
+    let mut out = Capped(Vec::new());
+    env.get_template("chat")
+        .and_then(|t| {
+            t.render_captured_to(
+                minijinja::context! {
+                    messages => vec![minijinja::context!{ role => "user", content => user }],
+                    add_generation_prompt => true,
+                    bos_token => bos,
+                    eos_token => eos,
+                },
+                &mut out,
+            )
+            .map(|_| ())
+        })
+        .map_err(|e| match out.0.len() > CHAT_TEMPLATE_BYTES {
+            true => {
+                anyhow::anyhow!(
+                    "chat template failed: its output passed {CHAT_TEMPLATE_BYTES} bytes"
+                )
+            }
+            false => anyhow::anyhow!("chat template failed: {e}"),
+        })?;
+    String::from_utf8(out.0).map_err(|_| anyhow::anyhow!("chat template output is not UTF-8"))
 }
 
 /// The most text a chat template may produce (a prompt plus its markup is a few KB).

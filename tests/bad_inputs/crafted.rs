@@ -132,3 +132,80 @@ fn one_problems_bad_input_in_a_shared_pass_is_its_own() {
     );
     assert_eq!(result_rows(&out), [0], "{err}");
 }
+
+/// tokenizer.json files the tokenizers crate panics on, or would abort the process for
+/// (gigabytes asked for a 12-byte charsmap), or would take minutes to load: each one line.
+#[test]
+fn tokenizer_files_the_tokenizers_crate_cannot_take() {
+    use serde_json::json;
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &[&str]); 5] = [
+        // Panics while encoding, contained.
+        (
+            "tok-fixedlen",
+            |t| t["pre_tokenizer"] = json!({"type": "FixedLength", "length": 0}),
+            &[
+                "the model's tokenizer failed",
+                "chunk size must be non-zero",
+            ],
+        ),
+        // Panics while loading, contained.
+        (
+            "tok-csp",
+            |t| t["model"]["continuing_subword_prefix"] = "\u{2581}".into(),
+            &["cannot load tokenizer", "out of bounds"],
+        ),
+        (
+            "tok-charsmap-oom",
+            |t| {
+                t["normalizer"] =
+                    json!({"type": "Precompiled", "precompiled_charsmap": "/////wAAAAA="})
+            },
+            &["a Precompiled charsmap of 8 bytes whose trie claims 4294967295"],
+        ),
+        (
+            "tok-long-added",
+            |t| {
+                let long = "a".repeat(100_000);
+                t["added_tokens"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"id": 300,
+                    "content": long, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": true, "special": false}));
+            },
+            &["an added token of 100000 bytes (at most 1024)"],
+        ),
+        (
+            "tok-charsmap-short",
+            |t| t["normalizer"] = json!({"type": "Precompiled", "precompiled_charsmap": "AAAA"}),
+            &["not base64 of at least 4 bytes"],
+        ),
+    ];
+    for (tag, edit, needles) in cases {
+        let m = crafted(tag, "tokenizer.json", edit);
+        generate_at(&m, needles);
+    }
+}
+
+/// A chat template that repeats a list 2^63 times spends no fuel inside the one operator:
+/// it is stopped by the deadline instead of spinning forever.
+#[test]
+fn a_chat_template_that_never_finishes() {
+    let m = crafted("chat-hang", "tokenizer_config.json", |t| {
+        t["chat_template"] = "{{ [0] * 9223372036854775807 }}".into();
+    });
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--chat",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ],
+        &["chat template failed: it did not finish in 10 s"],
+    );
+}
