@@ -361,7 +361,10 @@ impl OnBackend for Eval {
         };
         // A finished run has no gaps of its own, but an earlier plan of the folder may (a
         // resume that left out a method or budget the folder had begun).
-        let gaps = planned::gaps(&[(a.out.clone(), records.clone())])?;
+        let gaps = planned::gaps(
+            &[(a.out.clone(), records.clone())],
+            manifest::data_rows(&recorded),
+        )?;
         for n in &gaps.notes {
             eprintln!("ponder: {n}");
         }
@@ -417,7 +420,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
             ));
         }
     }
-    let gaps = planned::gaps(&sets)?;
+    let gaps = planned::gaps(&sets, settings.as_ref().and_then(manifest::data_rows))?;
     notes.extend(gaps.notes);
     let all: Vec<_> = sets.into_iter().flat_map(|(_, r)| r).collect();
     if let Some(m) = &settings {

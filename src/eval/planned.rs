@@ -7,9 +7,10 @@
 use super::record::Record;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 pub const PLANNED: &str = "planned.jsonl";
 
@@ -52,17 +53,29 @@ pub fn append(dir: &Path, line: &Line, fresh: bool) -> Result<()> {
 
 type Key = (String, usize, usize);
 
-/// A folder's planned problems and skipped ones, as keys (method, budget, row).
+/// The largest budget a plan line may name (the CLI's MAX_BUDGET).
+const MAX_BUDGET: usize = 4096;
+
+/// A folder's planned rows per (method, budget), and its skipped problems.
 #[derive(Default)]
 struct Planned {
-    expected: HashSet<Key>,
+    /// Each line's rows, shared by the runs it names (never their product).
+    expected: HashMap<(String, usize), Vec<Rc<Vec<usize>>>>,
     skipped: HashSet<Key>,
-    /// Lines that are no `Line` (a torn last line, a hand edit): left out, and said.
+    /// Lines that are no `Line`, or name what no eval writes (a torn last line, a hand
+    /// edit): left out, and said.
     unreadable: usize,
 }
 
+/// Whether an eval could have written this (method, budget, row).
+fn valid(method: &str, budget: usize, row: Option<usize>, rows: Option<usize>) -> bool {
+    let known = crate::methods::engines::Method::parse(method).is_ok_and(|m| m.name() == method);
+    known && (1..=MAX_BUDGET).contains(&budget) && row.zip(rows).is_none_or(|(r, n)| r < n)
+}
+
 /// Reads `dir/planned.jsonl`; None where there is none (a folder from before it existed).
-fn read(dir: &Path) -> Result<Option<Planned>> {
+/// `rows` is the data's row count when run.json gives it.
+fn read(dir: &Path, rows: Option<usize>) -> Result<Option<Planned>> {
     let path = dir.join(PLANNED);
     crate::input::refuse_non_regular(&path, "")?;
     let text = match std::fs::read_to_string(&path) {
@@ -73,19 +86,25 @@ fn read(dir: &Path) -> Result<Option<Planned>> {
     let mut p = Planned::default();
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<Line>(l) {
-            Ok(Line::Plan { runs, rows }) => {
-                for (m, b) in &runs {
-                    p.expected.extend(rows.iter().map(|&r| (m.clone(), *b, r)));
+            Ok(Line::Plan { runs, rows: mut r })
+                if runs.iter().all(|(m, b)| valid(m, *b, None, None))
+                    && r.iter().all(|&x| valid("baseline", 1, Some(x), rows)) =>
+            {
+                r.sort_unstable();
+                r.dedup();
+                let r = Rc::new(r);
+                for run in runs {
+                    p.expected.entry(run).or_default().push(r.clone());
                 }
             }
             Ok(Line::Skipped {
                 method,
                 budget,
                 row,
-            }) => {
+            }) if valid(&method, budget, Some(row), rows) => {
                 p.skipped.insert((method, budget, row));
             }
-            Err(_) => p.unreadable += 1,
+            _ => p.unreadable += 1,
         }
     }
     Ok(Some(p))
@@ -102,7 +121,8 @@ pub struct Gaps {
 }
 
 /// Compares each folder's plan with its records. Folders without `planned.jsonl` add nothing.
-pub fn gaps(sets: &[(PathBuf, Vec<Record>)]) -> Result<Gaps> {
+/// `rows` is the data's row count (run.json's), when known: a plan of rows past it is none.
+pub fn gaps(sets: &[(PathBuf, Vec<Record>)], rows: Option<usize>) -> Result<Gaps> {
     // Per (method, budget): planned, done of those, skipped, and the folders with gaps.
     #[derive(Default)]
     struct Tally {
@@ -114,7 +134,7 @@ pub fn gaps(sets: &[(PathBuf, Vec<Record>)]) -> Result<Gaps> {
     let mut tally: BTreeMap<(String, usize), Tally> = BTreeMap::new();
     let mut out = Gaps::default();
     for (dir, records) in sets {
-        let Some(p) = read(dir)? else { continue };
+        let Some(p) = read(dir, rows)? else { continue };
         if p.unreadable > 0 {
             out.notes.push(format!(
                 "{} has {} unreadable line(s), left out of the check for unfinished runs",
@@ -123,24 +143,27 @@ pub fn gaps(sets: &[(PathBuf, Vec<Record>)]) -> Result<Gaps> {
             ));
         }
         let done: HashSet<Key> = records.iter().map(|r| r.key()).collect();
-        let mut gap_here: HashSet<(String, usize)> = HashSet::new();
-        for k in &p.expected {
-            let t = tally.entry((k.0.clone(), k.1)).or_default();
-            t.planned += 1;
-            if done.contains(k) {
-                t.done += 1;
-            } else if p.skipped.contains(k) {
-                t.skipped += 1;
-            } else {
-                gap_here.insert((k.0.clone(), k.1));
+        for ((m, b), lines) in p.expected {
+            let planned: HashSet<usize> = lines.iter().flat_map(|r| r.iter().copied()).collect();
+            let t = tally.entry((m.clone(), b)).or_default();
+            let mut gap = false;
+            for r in planned {
+                let k = (m.clone(), b, r);
+                t.planned += 1;
+                if done.contains(&k) {
+                    t.done += 1;
+                } else if p.skipped.contains(&k) {
+                    t.skipped += 1;
+                } else {
+                    gap = true;
+                }
             }
-        }
-        for g in gap_here {
-            if let Some(t) = tally.get_mut(&g) {
+            if gap {
                 t.folders.push(dir.display().to_string());
             }
         }
     }
+    let (mut unfinished, mut skips) = (Vec::new(), Vec::new());
     for ((m, b), t) in tally {
         let missing = t.planned - t.done - t.skipped;
         if missing > 0 {
@@ -151,7 +174,7 @@ pub fn gaps(sets: &[(PathBuf, Vec<Record>)]) -> Result<Gaps> {
             } else {
                 String::new()
             };
-            out.notes.push(format!(
+            unfinished.push(format!(
                 "{m}@{b}: {} of {} planned problems have results; {missing} never finished{in_dirs} \
                  (a stopped or still running eval: the same command with --resume runs them)",
                 t.done, t.planned
@@ -159,12 +182,22 @@ pub fn gaps(sets: &[(PathBuf, Vec<Record>)]) -> Result<Gaps> {
             out.incomplete.insert((m.clone(), b), t.planned);
         }
         if t.skipped > 0 {
-            out.notes.push(format!(
+            skips.push(format!(
                 "{m}@{b}: {} planned problem(s) were skipped as too long for the model's \
                  positions or the KV pool (no record)",
                 t.skipped
             ));
         }
+    }
+    // A sweep of many budgets stopped early has a line per budget: the first ten, then a
+    // count.
+    for mut lines in [unfinished, skips] {
+        if lines.len() > 12 {
+            let more = lines.len() - 10;
+            lines.truncate(10);
+            lines.push(format!("and {more} more (method, budget) pairs alike"));
+        }
+        out.notes.extend(lines);
     }
     Ok(out)
 }
@@ -204,7 +237,7 @@ mod tests {
             rec("rebase", 2, 0, true, 1.0, 10),
             rec("rebase", 2, 1, true, 1.0, 10),
         ];
-        let g = gaps(&[(dir.clone(), records.clone())]).unwrap();
+        let g = gaps(&[(dir.clone(), records.clone())], None).unwrap();
         assert_eq!(
             g.incomplete.into_iter().collect::<Vec<_>>(),
             [(("baseline".to_string(), 2), 3)]
@@ -226,14 +259,14 @@ mod tests {
             .unwrap();
         let mut done = records.clone();
         done.push(rec("baseline", 2, 2, true, 1.0, 10));
-        let g = gaps(&[(dir.clone(), done)]).unwrap();
+        let g = gaps(&[(dir.clone(), done)], None).unwrap();
         assert_eq!(g.incomplete[&("baseline".to_string(), 2)], 4);
         assert!(g.notes[0].contains("1 unreadable line(s)"), "{:?}", g.notes);
         assert!(g.notes[1].contains("3 of 4 planned"), "{:?}", g.notes);
 
         // A fresh start (no results yet) forgets the old plans.
         append(&dir, &plan(&[("baseline", 2)], &[0]), true).unwrap();
-        let g = gaps(&[(dir.clone(), records[..1].to_vec())]).unwrap();
+        let g = gaps(&[(dir.clone(), records[..1].to_vec())], None).unwrap();
         assert!(
             g.incomplete.is_empty() && g.notes.is_empty(),
             "{:?}",
@@ -267,7 +300,7 @@ mod tests {
             (b.clone(), vec![rec("baseline", 6, 1, true, 1.0, 10)]),
             (old.clone(), vec![rec("baseline", 6, 4, true, 1.0, 10)]),
         ];
-        let g = gaps(&sets).unwrap();
+        let g = gaps(&sets, None).unwrap();
         assert_eq!(g.notes.len(), 1, "{:?}", g.notes);
         assert!(
             g.notes[0].contains("3 of 4 planned")
@@ -278,5 +311,47 @@ mod tests {
         for d in [&a, &b, &old] {
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    /// A line no eval writes (an unknown method, a budget of 0, a row past the data) is
+    /// unreadable, not a plan; a line of many runs and rows is read without their product.
+    #[test]
+    fn plan_lines_are_checked_and_never_multiplied_out() {
+        let dir = temp_dir("planned-bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        append(&dir, &plan(&[("weird\n", 2)], &[0]), true).unwrap();
+        append(&dir, &plan(&[("baseline", 0)], &[0]), false).unwrap();
+        append(&dir, &plan(&[("baseline", 2)], &[0, 9]), false).unwrap();
+        let skip = Line::Skipped {
+            method: "rebase".into(),
+            budget: 2,
+            row: 99,
+        };
+        append(&dir, &skip, false).unwrap();
+        let g = gaps(&[(dir.clone(), vec![])], Some(8)).unwrap();
+        assert!(g.incomplete.is_empty(), "{:?}", g.notes);
+        assert_eq!(g.notes.len(), 1, "{:?}", g.notes);
+        assert!(g.notes[0].contains("4 unreadable line(s)"), "{:?}", g.notes);
+
+        // 4 × 4096 runs over 20000 rows: read in well under the seconds a product would take.
+        let runs: Vec<(&str, usize)> = ["baseline", "quiet-star", "rebase", "combined"]
+            .iter()
+            .flat_map(|m| (1..=4096).map(move |b| (*m, b)))
+            .collect();
+        let rows: Vec<usize> = (0..20_000).collect();
+        append(&dir, &plan(&runs[..4], &rows), true).unwrap();
+        append(&dir, &plan(&runs, &rows[..3]), false).unwrap();
+        let t = std::time::Instant::now();
+        let g = gaps(
+            &[(dir.clone(), vec![rec("baseline", 1, 0, true, 1.0, 10)])],
+            None,
+        )
+        .unwrap();
+        assert!(t.elapsed().as_secs_f64() < 5.0, "{:?}", t.elapsed());
+        assert_eq!(g.incomplete.len(), runs.len());
+        assert_eq!(g.incomplete[&("baseline".to_string(), 1)], 20_000);
+        assert_eq!(g.notes.len(), 11, "ten, then a count");
+        assert!(g.notes[10].starts_with(&format!("and {} more", runs.len() - 10)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
