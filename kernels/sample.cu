@@ -148,11 +148,18 @@ extern "C" __global__ void __launch_bounds__(SB) sample_rows(const SampleParams 
     uint32_t* out = P.out + row;
     const int limit = P.limit, tid = threadIdx.x;
 
-    // argmax, ties to the lowest id (also the top_p <= 0 case below).
+    // argmax, ties to the lowest id (also the top_p <= 0 case below); and whether any
+    // logit is NaN or infinite, which the host turns into an error (no id means anything).
     float bv = NEG_INF;
-    int bi = 0x7fffffff;
-    for (int i = tid; i < limit; i += SB)
+    int bi = 0x7fffffff, bad = 0;
+    for (int i = tid; i < limit; i += SB) {
         if (l[i] > bv || (l[i] == bv && i < bi)) { bv = l[i]; bi = i; }
+        bad |= !isfinite(l[i]);
+    }
+    if (block_reduce(bad, ish, MaxI())) {
+        if (tid == 0) *out = 0xffffffffu;
+        return;
+    }
     const float mx = block_reduce(bv, fsh, MaxF());
     const int arg = block_reduce(bv == mx ? bi : 0x7fffffff, ish, MinI());
     if (P.greedy || limit <= 1) {

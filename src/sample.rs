@@ -42,6 +42,23 @@ pub fn top_k_cut(l: &[f32], k: usize) -> Option<f32> {
     Some(*kth)
 }
 
+/// Refuses row `row`'s logits when one below `limit` is NaN or infinite: weights that pass the
+/// load's check but overflow the activations (a norm weight of 3e38) would otherwise be
+/// sampled as if they meant something (argmax and every comparison skip a NaN).
+pub fn check_finite(logits: &[f32], limit: usize, row: usize) -> anyhow::Result<()> {
+    let l = &logits[..limit.min(logits.len())];
+    match l.iter().position(|x| !x.is_finite()) {
+        Some(i) => anyhow::bail!(
+            "{NOT_FINITE} {row} (id {i} is {}): the model's activations overflow",
+            l[i]
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The start of `check_finite`'s error, which the CUDA backend's shares.
+pub const NOT_FINITE: &str = "a logit is not finite (NaN or infinite) in row";
+
 /// Samples one id from `logits[..limit]` (ids at or above `limit`, such as added thought
 /// tokens, are never chosen). `u` is uniform in [0, 1). Returns the id and what it cost.
 pub fn sample(logits: &[f32], limit: usize, s: Sampling, u: f64) -> (u32, Counts) {

@@ -320,7 +320,9 @@ pub trait Backend: Send + Sync {
         let host = self.to_host(logits)?;
         let mut ids = Vec::with_capacity(rows);
         for (k, &u) in u.iter().enumerate() {
-            let (id, cost) = crate::sample::sample(&host[k * cols..(k + 1) * cols], limit, s, u);
+            let row = &host[k * cols..(k + 1) * cols];
+            crate::sample::check_finite(row, limit, k)?;
+            let (id, cost) = crate::sample::sample(row, limit, s, u);
             self.charge("sample", cost);
             ids.push(id);
         }

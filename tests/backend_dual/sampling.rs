@@ -68,7 +68,42 @@ pub(crate) fn op_sampling<B: Backend>(be: &B, _tol: f32) -> Result<()> {
     // scans several ids, so its own tie rule matters too).
     sampling_case(be, (5, 300, 290), 4.0, 12)?;
     sampling_case(be, (2, 3000, 2900), 0.5, 3)?;
-    top_k_at_zero(be)
+    top_k_at_zero(be)?;
+    not_finite(be)
+}
+
+/// A NaN or infinite logit below the limit is an error naming its row, greedy or not; one
+/// past the limit (an added thought token's) is never looked at.
+fn not_finite<B: Backend>(be: &B) -> Result<()> {
+    let (rows, v, limit) = (3, 2000, 1990);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut logits = rnd(52, rows * v, 3.0);
+        logits[v + 1500] = bad;
+        logits[2 * v + 1995] = bad;
+        let t = be.tensor(rows, v, &logits)?;
+        for s in [
+            Sampling::GREEDY,
+            Sampling {
+                temperature: 0.7,
+                top_p: 0.9,
+                top_k: 0,
+            },
+        ] {
+            let e = be
+                .sample_rows(&t, limit, s, &[0.5; 3])
+                .expect_err("a NaN or infinite logit is an error");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("{} 1", ponder::sample::NOT_FINITE)),
+                "{}: {msg}",
+                be.name()
+            );
+        }
+        // Row 2's bad logit is past the limit: rows 0 and 2 alone sample.
+        let ok = be.tensor(1, v, &logits[2 * v..])?;
+        be.sample_rows(&ok, limit, Sampling::GREEDY, &[0.5])?;
+    }
+    Ok(())
 }
 
 /// A top-k cut at zero with both zeros among the ties: -0 and +0 are one value (HF's `<`),

@@ -76,6 +76,13 @@ impl Cuda {
         };
         self.launch_struct("sample_rows", (rows as u32, 1, 1), 1024, 0, &p)?;
         let ids = self.dev().download(&out)?;
+        // The kernel writes u32::MAX for a row with a NaN or infinite logit below the limit.
+        if let Some(k) = ids.iter().position(|&id| id == u32::MAX) {
+            anyhow::bail!(
+                "{} {k}: the model's activations overflow",
+                crate::sample::NOT_FINITE
+            );
+        }
         let v = limit as u64;
         for _ in 0..rows {
             // The CPU sampler's own cost model (src/sample.rs), per row.
