@@ -58,8 +58,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
             // For developers: the error's chain and, with RUST_LIB_BACKTRACE=1, where it began.
             if std::env::var_os("PONDER_DEBUG").is_some() {
                 eprintln!("{e:?}");
@@ -108,5 +107,47 @@ fn not_utf8(args: &[std::ffi::OsString]) -> String {
             format!("argument {i} is not valid UTF-8 ({value}): ponder takes UTF-8 text")
         }
         _ => "an argument is not valid UTF-8: ponder takes UTF-8 text (paths excepted)".into(),
+    }
+}
+
+/// An error as one line a terminal shows as written: line breaks become spaces; other
+/// control characters and bidirectional overrides (from file contents: a tensor name, a
+/// config value) are escaped; past 2000 characters the middle is left out, keeping the
+/// start (what failed) and the end (why).
+fn one_line(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for c in msg.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.extend(c.escape_unicode())
+            }
+            c => out.push(c),
+        }
+    }
+    let n = out.chars().count();
+    if n <= 2000 {
+        return out;
+    }
+    let head: String = out.chars().take(1200).collect();
+    let tail: String = out.chars().skip(n - 600).collect();
+    format!("{head} … ({} characters left out) … {tail}", n - 1800)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_print_as_one_plain_line() {
+        assert_eq!(
+            super::one_line("tensor model.x\r\ny\u{1b}[31m\u{202e}: bad"),
+            "tensor model.x  y\\u{1b}[31m\\u{202e}: bad"
+        );
+        let long = format!("start {} end", "x".repeat(10_000));
+        let short = super::one_line(&long);
+        assert!(short.starts_with("start xx") && short.ends_with("xx end"));
+        assert!(short.contains("(8210 characters left out)"), "{short}");
+        assert_eq!(super::one_line("fine"), "fine");
     }
 }

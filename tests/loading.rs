@@ -339,6 +339,18 @@ fn an_index_listing_a_tensor_no_shard_holds_is_refused() {
             && msg.contains("talk_head.0.0.weight in model-00002-of-00002.safetensors"),
         "{msg}"
     );
+    // A shard named outside the folder (another model's, any file) is never read.
+    for outside in ["../other/model.safetensors", "/etc/passwd"] {
+        idx["weight_map"]["talk_head.0.0.weight"] = outside.into();
+        std::fs::write(&path, idx.to_string()).unwrap();
+        let err = load(&be, Some(dir.to_str().unwrap()), &cache_dir(None))
+            .err()
+            .expect("a shard outside the folder is an error");
+        assert!(
+            format!("{err:#}").contains(&format!("outside the model folder: {outside:?}")),
+            "{err:#}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -60,7 +60,7 @@ impl<B: Backend> QuietStar<B> {
         let dashes = *tok
             .encode("---")?
             .first()
-            .context("\"---\" has no tokens")?;
+            .context("the Quiet-STaR markers' initialisation needs \"---\", which this model's tokenizer encodes as no tokens")?;
         let dash = be.to_host(&be.embed(&model.embed, &[dashes])?)?;
         let weights = match dir {
             Some(p) if p.join("config.json").exists() => Some(Weights::open_dir(p)?),

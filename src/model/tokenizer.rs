@@ -184,6 +184,11 @@ impl Tokenizer {
         let ids = self.encode(s)?;
         match ids[..] {
             [id] => Ok(id),
+            _ if ids.len() > 8 => bail!(
+                "{s:?} is not a single token in this tokenizer ({} tokens: {:?}, …)",
+                ids.len(),
+                &ids[..8]
+            ),
             _ => bail!("{s:?} is not a single token in this tokenizer ({ids:?})"),
         }
     }

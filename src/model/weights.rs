@@ -204,6 +204,18 @@ impl Weights {
             let mut f: Vec<String> = idx.weight_map.values().cloned().collect();
             f.sort();
             f.dedup();
+            // Shards are files of the model folder: a name that climbs out of it (or an
+            // absolute path) would read whatever it points at as this model's weights.
+            if let Some(bad) = f.iter().find(|n| {
+                !Path::new(n)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            }) {
+                bail!(
+                    "{} names a weight file outside the model folder: {bad:?}",
+                    index.display()
+                );
+            }
             if f.is_empty() {
                 bail!("{} lists no weight files", index.display());
             }
