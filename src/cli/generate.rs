@@ -133,6 +133,8 @@ impl OnBackend for Generate {
         } else {
             prompt
         };
+        m.tok
+            .check_fits(&text, m.model.cfg.max_position_embeddings, "the prompt")?;
         let mut ids = m.tok.encode(&text)?;
         if a.bos {
             let bos = m

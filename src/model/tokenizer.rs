@@ -179,6 +179,33 @@ impl Tokenizer {
         Some((marker("<|startthought|>")?, marker("<|endthought|>")?))
     }
 
+    /// The most bytes of text one token stands for, bounded above by its longest vocabulary
+    /// entry (a byte-level BPE's entries spell each byte as one character, SentencePiece's
+    /// "▁" is three bytes for one space); the byte tokenizer's escapes are four.
+    pub fn longest_token_bytes(&self) -> usize {
+        match &self.kind {
+            Kind::Hf(t) => t.get_vocab(true).keys().map(String::len).max().unwrap_or(1),
+            Kind::Bytes { .. } => 4,
+        }
+    }
+
+    /// Refuses, before tokenizing it, a text too long for `positions` tokens by any reading:
+    /// tokenizing costs about 140 bytes of memory per byte of text, and a 64 MiB prompt file
+    /// aborted the process before its length was ever checked. A normalizer may shorten the
+    /// text, hence the slack of four.
+    pub fn check_fits(&self, text: &str, positions: usize, what: &str) -> Result<()> {
+        let per = self.longest_token_bytes().max(1);
+        let cap = positions.saturating_mul(per).saturating_mul(4);
+        if text.len() > cap {
+            bail!(
+                "{what} of {} bytes cannot fit the model's {positions} positions (a token of \
+                 this tokenizer stands for at most {per} bytes)",
+                text.len()
+            );
+        }
+        Ok(())
+    }
+
     /// The id of a string that must be exactly one token (e.g. a PRM's step tag).
     pub fn single_token(&self, s: &str) -> Result<u32> {
         let ids = self.encode(s)?;

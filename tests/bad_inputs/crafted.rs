@@ -209,3 +209,59 @@ fn a_chat_template_that_never_finishes() {
         &["chat template failed: it did not finish in 10 s"],
     );
 }
+
+/// A prompt far longer than the model's positions is refused before it is tokenized (which
+/// took about 140 bytes of memory per byte, and aborted on a 64 MiB file).
+#[test]
+fn a_prompt_file_too_long_for_any_tokenization() {
+    let m = crafted("long-prompt", "config.json", |_| {});
+    let dir = fresh_dir("long-prompt-file");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompt.txt");
+    std::fs::write(&file, "x".repeat(1 << 20)).unwrap();
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt-file",
+            file.to_str().unwrap(),
+            "--max-tokens",
+            "2",
+        ],
+        &["the prompt of 1048576 bytes cannot fit the model's 512 positions"],
+    );
+}
+
+/// A GGUF whose control token is 5 KB (one took the tokenizers crate minutes at 70 KB) is
+/// refused at import. The token's string grows by a multiple of 32 bytes, so the tensor
+/// data keeps its alignment and only the vocabulary changed.
+#[test]
+fn a_gguf_control_token_too_long() {
+    let good = std::fs::read(case("gguf/ok_tiny_llama.gguf")).unwrap();
+    let tok = b"<|endoftext|>";
+    let mut pat = (tok.len() as u64).to_le_bytes().to_vec();
+    pat.extend_from_slice(tok);
+    let at = good
+        .windows(pat.len())
+        .position(|w| w == pat.as_slice())
+        .expect("the token list holds <|endoftext|>");
+    let n = tok.len() + 32 * 157;
+    let mut bad = good[..at].to_vec();
+    bad.extend_from_slice(&(n as u64).to_le_bytes());
+    bad.extend(std::iter::repeat_n(b'a', n));
+    bad.extend_from_slice(&good[at + pat.len()..]);
+    let dir = fresh_dir("gguf-long-control");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("long.gguf");
+    std::fs::write(&file, bad).unwrap();
+    assert_one_line_error(
+        &[
+            "import-gguf",
+            file.to_str().unwrap(),
+            "--out",
+            dir.join("out").to_str().unwrap(),
+        ],
+        &["tokenizer.json: an added token of 5037 bytes (at most 1024)"],
+    );
+}

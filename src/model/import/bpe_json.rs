@@ -60,8 +60,13 @@ impl BpeJson<'_> {
             },
         };
         let text = serde_json::to_string_pretty(&file)?;
-        text.parse::<tokenizers::Tokenizer>()
-            .map_err(|e| anyhow::anyhow!("the tokenizer built from it does not load: {e}"))?;
+        // What the loader refuses (an added token of 70 KB took the crate minutes), refused
+        // here first; and the crate's panics are contained.
+        crate::model::tokenizer_file::check(std::path::Path::new("tokenizer.json"), &text)?;
+        crate::guard::contain("the tokenizer built from it does not load", || {
+            text.parse::<tokenizers::Tokenizer>()
+        })?
+        .map_err(|e| anyhow::anyhow!("the tokenizer built from it does not load: {e}"))?;
         Ok(text)
     }
 }
