@@ -38,7 +38,7 @@ fn check_charsmaps(v: &Value) -> std::result::Result<(), String> {
                         "a Precompiled charsmap that is not base64 of at least 4 bytes".to_string(),
                     )?;
                     let trie = u32::from_le_bytes(head) as usize;
-                    if trie % 4 != 0 || 4 + trie > len {
+                    if !trie.is_multiple_of(4) || 4 + trie > len {
                         return Err(format!(
                             "a Precompiled charsmap of {len} bytes whose trie claims {trie}"
                         ));
