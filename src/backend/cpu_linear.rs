@@ -68,14 +68,17 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
     // Each task streams a block of weight rows once per tile of input rows; every output
     // is one `dot` over k in a fixed order, so a row's result never depends on which other
     // rows share its batch, nor on whether it came in a prefill or a decode step.
-    const BLOCK: usize = 64;
-    // Task b owns the output columns b*BLOCK.. of every row: disjoint strided writes straight
+    // Decode-sized calls take half the block: a 576-row projection is then 18 tasks, not 9
+    // split 5:4 over two threads. Blocks stay multiples of four rows, so each weight row
+    // gets the same dot function (dot4 in a quad, dot past the last) with either size.
+    let block = if n < 16 { 32 } else { 64 };
+    // Task b owns the output columns b*block.. of every row: disjoint strided writes straight
     // into the row-major result (a column-major scratch and a transpose cost a second
     // n*m buffer, its memset and a pass over it, 5-7% of a small-batch decode step).
     let dst = Columns(out.as_mut_ptr());
-    (0..m.div_ceil(BLOCK)).into_par_iter().for_each(|b| {
-        let j0 = b * BLOCK;
-        let rows = BLOCK.min(m - j0);
+    (0..m.div_ceil(block)).into_par_iter().for_each(|b| {
+        let j0 = b * block;
+        let rows = block.min(m - j0);
         let task = Task {
             x,
             n,
@@ -124,6 +127,10 @@ pub(super) fn matmul_nt(x: &[f32], n: usize, k: usize, wd: &Rows, m: usize) -> V
 /// (`Task::stream`); from it on, it reuses blocks of four weight rows from cache for groups of
 /// three input rows, which the FMAs then bound (docs/BENCHMARKS.md, 2026-12-07).
 const STREAM_BELOW: usize = 8;
+
+/// Past this many bytes of input rows, `Task::stream` takes the rows in pairs outside the
+/// weight rows rather than inside (the rows no longer stay in a 32 KB L1 data cache).
+const STREAM_L1_BYTES: usize = 24 * 1024;
 
 /// From this many input rows on, a 16-bit block is widened once per task rather than in
 /// registers per group of three rows (docs/BENCHMARKS.md, 2026-12-07).
@@ -210,6 +217,27 @@ impl Task<'_> {
     fn stream<W: Weight>(&self, w: &[&[W]]) {
         let Task { x, n, k, .. } = *self;
         let xr = |i: usize| &x[i * k..(i + 1) * k];
+        // Input rows past L1's size (the down projection's six rows of 1536 are 36 KB) are
+        // reread for every weight row: then pairs of rows go outside, and the block's
+        // weights come from L2 after the first pair. The same dot_rows calls either way.
+        if n * k * 4 > STREAM_L1_BYTES {
+            let mut i = 0;
+            if n % 2 == 1 {
+                for (jj, wj) in w.iter().enumerate() {
+                    self.put(0, jj, dot_rows([xr(0)], wj)[0]);
+                }
+                i = 1;
+            }
+            while i < n {
+                for (jj, wj) in w.iter().enumerate() {
+                    let [a, b] = dot_rows([xr(i), xr(i + 1)], wj);
+                    self.put(i, jj, a);
+                    self.put(i + 1, jj, b);
+                }
+                i += 2;
+            }
+            return;
+        }
         for (jj, wj) in w.iter().enumerate() {
             let mut i = 0;
             if n % 2 == 1 {

@@ -369,11 +369,18 @@ mod tests {
     /// A word-level tokenizer of four words, with the two thought markers added at ids 4 and
     /// 5 when `markers` gives their ids (start, end).
     fn word_tokenizer(markers: Option<(u32, u32)>) -> Tokenizer {
+        let entry = |id: u32, content: &str| {
+            format!(
+                r#"{{"id":{id},"content":"{content}","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}"#
+            )
+        };
+        // In id order, as a file lists them (the crate numbers added tokens in file order).
         let added = match markers {
-            Some((start, end)) => format!(
-                r#"[{{"id":{start},"content":"<|startthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}},
-                    {{"id":{end},"content":"<|endthought|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}]"#
-            ),
+            Some((start, end)) => {
+                let mut e = [(start, "<|startthought|>"), (end, "<|endthought|>")];
+                e.sort();
+                format!("[{},{}]", entry(e[0].0, e[0].1), entry(e[1].0, e[1].1))
+            }
             None => "[]".into(),
         };
         let json = word_json(r#""truncation":null,"padding":null"#, &added);
