@@ -301,33 +301,16 @@ pub trait Backend: Send + Sync {
     /// The given rows of x, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
     /// One token id per row of `logits`, from ids below `limit`, with `u[row]` the row's
-    /// uniform draw; charges `sample` per row with the CPU sampler's counts. This default
-    /// copies the logits to the host and runs `crate::sample::sample`; a device backend
-    /// samples where the logits are and returns only the ids.
+    /// uniform draw (`crate::sample::sample`'s draw, and its error for a non-finite logit);
+    /// charges `sample` per row with the CPU sampler's counts. A device backend samples where
+    /// the logits are and returns only the ids.
     fn sample_rows(
         &self,
         logits: &Self::Tensor,
         limit: usize,
         s: crate::sample::Sampling,
         u: &[f64],
-    ) -> Result<Vec<u32>> {
-        let (rows, cols) = self.shape(logits);
-        anyhow::ensure!(
-            u.len() == rows,
-            "sample: {} uniforms for {rows} rows",
-            u.len()
-        );
-        let host = self.to_host(logits)?;
-        let mut ids = Vec::with_capacity(rows);
-        for (k, &u) in u.iter().enumerate() {
-            let row = &host[k * cols..(k + 1) * cols];
-            crate::sample::check_finite(row, limit, k)?;
-            let (id, cost) = crate::sample::sample(row, limit, s, u);
-            self.charge("sample", cost);
-            ids.push(id);
-        }
-        Ok(ids)
-    }
+    ) -> Result<Vec<u32>>;
     /// Quiet-STaR's mixing head, row by row: w = head(concat[h_base, h_end]) (Linear 2d→d,
     /// ReLU, Linear d→d, ReLU, Linear d→1, a raw scalar); returns (1 − w)·h_base + w·h_end.
     fn talk_mix(

@@ -49,8 +49,17 @@ fn a_prm_whose_reward_token_is_past_its_vocabulary() {
 
 #[test]
 fn a_chat_template_that_writes_without_end() {
-    let m = crafted("chat-flood", "tokenizer_config.json", |t| {
-        t["chat_template"] = "{% for i in range(1000) %}{{ 'a' * 5000 }}{% endfor %}".into();
+    chat_fails(
+        "chat-flood",
+        "{% for i in range(1000) %}{{ 'a' * 5000 }}{% endfor %}",
+        &["chat template failed", "passed 1048576 bytes"],
+    );
+}
+
+/// `generate --chat` on ok_tiny_llama with `template` must fail with one line of `needles`.
+fn chat_fails(tag: &str, template: &str, needles: &[&str]) {
+    let m = crafted(tag, "tokenizer_config.json", |t| {
+        t["chat_template"] = template.into();
     });
     assert_one_line_error(
         &[
@@ -63,7 +72,7 @@ fn a_chat_template_that_writes_without_end() {
             "--max-tokens",
             "2",
         ],
-        &["chat template failed", "passed 1048576 bytes"],
+        needles,
     );
 }
 
@@ -192,20 +201,9 @@ fn tokenizer_files_the_tokenizers_crate_cannot_take() {
 /// it is stopped by the deadline instead of spinning forever.
 #[test]
 fn a_chat_template_that_never_finishes() {
-    let m = crafted("chat-hang", "tokenizer_config.json", |t| {
-        t["chat_template"] = "{{ [0] * 9223372036854775807 }}".into();
-    });
-    assert_one_line_error(
-        &[
-            "generate",
-            "--model",
-            &m,
-            "--chat",
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "2",
-        ],
+    chat_fails(
+        "chat-hang",
+        "{{ [0] * 9223372036854775807 }}",
         &["chat template failed: it did not finish in 10 s"],
     );
 }
