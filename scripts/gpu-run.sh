@@ -6,7 +6,7 @@
 # call, most important first, inside a budget (PONDER_GPU_BUDGET seconds, default 480): each
 # step gets at most its own cap and what is left of the budget, and a step that cannot get
 # its minimum is skipped and listed as such. Steps, in order:
-#   info        nvidia-smi; the measured ceilings (roofline.py: copy bandwidth, bf16 GEMM)
+#   info        nvidia-smi; the measured ceilings (roofline.py: read bandwidth, with the copy rate beside it; bf16 GEMM)
 #   dual        the dual-backend tests, CUDA half (each kernel and the forward pass vs the CPU),
 #               launches synchronous (CUDA_LAUNCH_BLOCKING=1) so that a fault names its own
 #               launch; if any fails, each test again in a process of its own (a fault kills

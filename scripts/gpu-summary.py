@@ -68,7 +68,7 @@ def main():
     if kernels:
         rows = criterion_table(kernels)
         if rows:
-            out.append("### criterion kernel benches (criterion's estimate, a regression slope, in the middle of its 95% confidence interval)\n")
+            out.append("### criterion kernel benches (criterion's point estimate (its regression slope, or the mean when it samples flat) in the middle of its 95% confidence interval)\n")
             out.append("| benchmark | time [low estimate high] | throughput [low estimate high] |")
             out.append("|---|---|---|")
             out += [f"| {n} | {t} | {p} |" for n, t, p in rows]

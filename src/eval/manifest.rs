@@ -179,7 +179,19 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    match f.try_lock() {
+    // A report asks whether the folder is being written with a shared lock held for a
+    // moment: that is waited out (200 ms), an eval's lock is not.
+    let mut tries = 0;
+    let got = loop {
+        match f.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other,
+        }
+    };
+    match got {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => bail!(
             "another ponder process is writing results into {} (it holds {}); wait for it or \

@@ -115,25 +115,31 @@ fn read(dir: &Path, rows: Option<usize>) -> Result<Option<Planned>> {
 pub struct Gaps {
     /// Lines for report.md and stderr.
     pub notes: Vec<String>,
-    /// Per (method, budget) with planned problems that have no record (neither done nor
-    /// skipped): how many problems were planned for it.
+    /// Per (method, budget) with planned problems that have no record in any folder (and
+    /// were not skipped): how many.
     pub incomplete: BTreeMap<(String, usize), usize>,
 }
 
 /// Compares each folder's plan with its records. Folders without `planned.jsonl` add nothing.
 /// `rows` is the data's row count (run.json's), when known: a plan of rows past it is none.
 pub fn gaps(sets: &[(PathBuf, Vec<Record>)], rows: Option<usize>) -> Result<Gaps> {
-    // Per (method, budget): planned, done of those, skipped, and the folders with gaps.
+    // Per (method, budget): the rows planned and skipped in any folder, and the folders whose
+    // own plan has rows that no folder finished. A problem is finished wherever its record is
+    // (a stopped shard's rows may have been rerun into another folder).
     #[derive(Default)]
     struct Tally {
-        planned: usize,
-        done: usize,
-        skipped: usize,
-        folders: Vec<String>,
+        planned: HashSet<usize>,
+        skipped: HashSet<usize>,
+        /// Each folder with planned rows that have no record anywhere, and those rows.
+        undone: Vec<(String, Vec<usize>)>,
     }
+    let done: HashSet<(&str, usize, usize)> = sets
+        .iter()
+        .flat_map(|(_, rs)| rs.iter().map(|r| (r.method.as_str(), r.budget, r.index)))
+        .collect();
     let mut tally: BTreeMap<(String, usize), Tally> = BTreeMap::new();
     let mut out = Gaps::default();
-    for (dir, records) in sets {
+    for (dir, _) in sets {
         let Some(p) = read(dir, rows)? else { continue };
         if p.unreadable > 0 {
             out.notes.push(format!(
@@ -142,50 +148,62 @@ pub fn gaps(sets: &[(PathBuf, Vec<Record>)], rows: Option<usize>) -> Result<Gaps
                 p.unreadable
             ));
         }
-        let done: HashSet<Key> = records.iter().map(|r| r.key()).collect();
+        for (m, b, r) in p.skipped {
+            tally.entry((m, b)).or_default().skipped.insert(r);
+        }
         for ((m, b), lines) in p.expected {
-            let planned: HashSet<usize> = lines.iter().flat_map(|r| r.iter().copied()).collect();
+            let mut undone = Vec::new();
             let t = tally.entry((m.clone(), b)).or_default();
-            let mut gap = false;
-            for r in planned {
-                let k = (m.clone(), b, r);
-                t.planned += 1;
-                if done.contains(&k) {
-                    t.done += 1;
-                } else if p.skipped.contains(&k) {
-                    t.skipped += 1;
-                } else {
-                    gap = true;
+            for &r in lines.iter().flat_map(|l| l.iter()) {
+                t.planned.insert(r);
+                if !done.contains(&(m.as_str(), b, r)) {
+                    undone.push(r);
                 }
             }
-            if gap {
-                t.folders.push(dir.display().to_string());
+            if !undone.is_empty() {
+                t.undone.push((dir.display().to_string(), undone));
             }
         }
     }
     let (mut unfinished, mut skips) = (Vec::new(), Vec::new());
     for ((m, b), t) in tally {
-        let missing = t.planned - t.done - t.skipped;
+        let finished = t
+            .planned
+            .iter()
+            .filter(|&&r| done.contains(&(m.as_str(), b, r)))
+            .count();
+        let skipped = t
+            .planned
+            .iter()
+            .filter(|&&r| !done.contains(&(m.as_str(), b, r)) && t.skipped.contains(&r))
+            .count();
+        let missing = t.planned.len() - finished - skipped;
         if missing > 0 {
-            let mut folders = t.folders;
+            let mut folders: Vec<&str> = t
+                .undone
+                .iter()
+                .filter(|(_, rows)| rows.iter().any(|r| !t.skipped.contains(r)))
+                .map(|(d, _)| d.as_str())
+                .collect();
             folders.sort();
+            folders.dedup();
             let in_dirs = if sets.len() > 1 {
                 format!(" (in {})", folders.join(", "))
             } else {
                 String::new()
             };
             unfinished.push(format!(
-                "{m}@{b}: {} of {} planned problems have results; {missing} never finished{in_dirs} \
-                 (a stopped or still running eval: the same command with --resume runs them)",
-                t.done, t.planned
+                "{m}@{b}: {finished} of {} planned problems have results; {missing} never \
+                 finished{in_dirs} (a stopped or still running eval: the same command with \
+                 --resume runs them)",
+                t.planned.len()
             ));
-            out.incomplete.insert((m.clone(), b), t.planned);
+            out.incomplete.insert((m.clone(), b), missing);
         }
-        if t.skipped > 0 {
+        if skipped > 0 {
             skips.push(format!(
-                "{m}@{b}: {} planned problem(s) were skipped as too long for the model's \
-                 positions or the KV pool (no record)",
-                t.skipped
+                "{m}@{b}: {skipped} planned problem(s) were skipped as too long for the model's \
+                 positions or the KV pool (no record)"
             ));
         }
     }
@@ -240,7 +258,7 @@ mod tests {
         let g = gaps(&[(dir.clone(), records.clone())], None).unwrap();
         assert_eq!(
             g.incomplete.into_iter().collect::<Vec<_>>(),
-            [(("baseline".to_string(), 2), 3)]
+            [(("baseline".to_string(), 2), 1)]
         );
         assert_eq!(g.notes.len(), 2, "{:?}", g.notes);
         assert!(
@@ -260,7 +278,7 @@ mod tests {
         let mut done = records.clone();
         done.push(rec("baseline", 2, 2, true, 1.0, 10));
         let g = gaps(&[(dir.clone(), done)], None).unwrap();
-        assert_eq!(g.incomplete[&("baseline".to_string(), 2)], 4);
+        assert_eq!(g.incomplete[&("baseline".to_string(), 2)], 1, "row 3 alone");
         assert!(g.notes[0].contains("1 unreadable line(s)"), "{:?}", g.notes);
         assert!(g.notes[1].contains("3 of 4 planned"), "{:?}", g.notes);
 
@@ -273,6 +291,45 @@ mod tests {
             g.notes
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stopped shard's row rerun into another folder is finished; a folder from before
+    /// planned.jsonl adds records but no plan, and the counts stay those of the plans.
+    #[test]
+    fn a_row_finished_in_another_folder_is_no_gap() {
+        let (s1, x, old) = (
+            temp_dir("planned-s1"),
+            temp_dir("planned-x"),
+            temp_dir("planned-old"),
+        );
+        for d in [&s1, &x, &old] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        append(&s1, &plan(&[("baseline", 1)], &[1, 4, 7]), true).unwrap();
+        append(&x, &plan(&[("baseline", 1)], &[7]), true).unwrap();
+        let r = |i| rec("baseline", 1, i, true, 1.0, 10);
+        let sets = vec![
+            (s1.clone(), vec![r(1), r(4)]),
+            (x.clone(), vec![r(7)]),
+            (old.clone(), vec![r(0), r(3), r(6)]),
+        ];
+        let g = gaps(&sets, None).unwrap();
+        assert!(
+            g.incomplete.is_empty() && g.notes.is_empty(),
+            "{:?}",
+            g.notes
+        );
+        // Without the rerun, row 7 is the one gap, named in s1 (x planned it too).
+        let g = gaps(&sets[..1], None).unwrap();
+        assert_eq!(g.incomplete[&("baseline".to_string(), 1)], 1);
+        assert!(
+            g.notes[0].starts_with("baseline@1: 2 of 3 planned"),
+            "{:?}",
+            g.notes
+        );
+        for d in [&s1, &x, &old] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     /// Merged shards: the note names the folders with gaps; a folder without a plan (from
@@ -333,7 +390,7 @@ mod tests {
         assert_eq!(g.notes.len(), 1, "{:?}", g.notes);
         assert!(g.notes[0].contains("4 unreadable line(s)"), "{:?}", g.notes);
 
-        // 4 × 4096 runs over 20000 rows: read in well under the seconds a product would take.
+        // Two lines: 4 runs over 20000 rows, and every valid run (4 × 4096) over 3 rows.
         let runs: Vec<(&str, usize)> = ["baseline", "quiet-star", "rebase", "combined"]
             .iter()
             .flat_map(|m| (1..=4096).map(move |b| (*m, b)))
@@ -349,7 +406,11 @@ mod tests {
         .unwrap();
         assert!(t.elapsed().as_secs_f64() < 5.0, "{:?}", t.elapsed());
         assert_eq!(g.incomplete.len(), runs.len());
-        assert_eq!(g.incomplete[&("baseline".to_string(), 1)], 20_000);
+        assert_eq!(
+            g.incomplete[&("baseline".to_string(), 1)],
+            19_999,
+            "all but row 0"
+        );
         assert_eq!(g.notes.len(), 11, "ten, then a count");
         assert!(g.notes[10].starts_with(&format!("and {} more", runs.len() - 10)));
         let _ = std::fs::remove_dir_all(&dir);

@@ -420,7 +420,7 @@ pub struct Sources {
     pub folders: Vec<String>,
     pub notes: Vec<String>,
     /// The rows with planned problems that never finished (eval/planned.rs), with how many
-    /// were planned: not over every problem, whatever the records alone say.
+    /// never did: not over every problem, whatever the records alone say.
     pub incomplete: BTreeMap<(String, usize), usize>,
 }
 

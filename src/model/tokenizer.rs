@@ -198,8 +198,8 @@ impl Tokenizer {
         let cap = positions.saturating_mul(per).saturating_mul(4);
         if text.len() > cap {
             bail!(
-                "{what} of {} bytes cannot fit the model's {positions} positions (a token of \
-                 this tokenizer stands for at most {per} bytes)",
+                "{what} of {} bytes is longer than ponder takes for the model's {positions} \
+                 positions (4 × the positions × {per} bytes, this tokenizer's longest token)",
                 text.len()
             );
         }

@@ -227,7 +227,7 @@ fn a_prompt_file_too_long_for_any_tokenization() {
             "--max-tokens",
             "2",
         ],
-        &["the prompt of 1048576 bytes cannot fit the model's 512 positions"],
+        &["the prompt of 1048576 bytes is longer than ponder takes for the model's 512 positions"],
     );
 }
 

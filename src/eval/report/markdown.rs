@@ -222,13 +222,15 @@ pub fn render(
         .iter()
         .zip(full)
         .filter(|(_, &f)| !f)
-        .map(|(s, _)| {
-            let of = match view.sources.incomplete.get(&(s.method.clone(), s.budget)) {
-                Some(planned) => format!("{planned} planned"),
-                None => problems.len().to_string(),
-            };
-            format!("{}@{} ({} of {of})", s.method, s.budget, s.n)
-        })
+        .map(
+            |(s, _)| match view.sources.incomplete.get(&(s.method.clone(), s.budget)) {
+                Some(missing) => format!(
+                    "{}@{} ({} results; {missing} planned never finished)",
+                    s.method, s.budget, s.n
+                ),
+                None => format!("{}@{} ({} of {})", s.method, s.budget, s.n, problems.len()),
+            },
+        )
         .collect();
     if !partial.is_empty() {
         writeln!(
