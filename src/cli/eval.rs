@@ -362,7 +362,7 @@ impl OnBackend for Eval {
         // A finished run has no gaps of its own, but an earlier plan of the folder may (a
         // resume that left out a method or budget the folder had begun).
         let gaps = planned::gaps(
-            &[(a.out.clone(), records.clone())],
+            &[(a.out.as_path(), records.as_slice())],
             manifest::data_rows(&recorded),
         )?;
         for n in &gaps.notes {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 pub const PLANNED: &str = "planned.jsonl";
@@ -122,7 +122,10 @@ pub struct Gaps {
 
 /// Compares each folder's plan with its records. Folders without `planned.jsonl` add nothing.
 /// `rows` is the data's row count (run.json's), when known: a plan of rows past it is none.
-pub fn gaps(sets: &[(PathBuf, Vec<Record>)], rows: Option<usize>) -> Result<Gaps> {
+pub fn gaps<P: AsRef<Path>, R: AsRef<[Record]>>(
+    sets: &[(P, R)],
+    rows: Option<usize>,
+) -> Result<Gaps> {
     // Per (method, budget): the rows planned and skipped in any folder, and the folders whose
     // own plan has rows that no folder finished. A problem is finished wherever its record is
     // (a stopped shard's rows may have been rerun into another folder).
@@ -135,11 +138,16 @@ pub fn gaps(sets: &[(PathBuf, Vec<Record>)], rows: Option<usize>) -> Result<Gaps
     }
     let done: HashSet<(&str, usize, usize)> = sets
         .iter()
-        .flat_map(|(_, rs)| rs.iter().map(|r| (r.method.as_str(), r.budget, r.index)))
+        .flat_map(|(_, rs)| {
+            rs.as_ref()
+                .iter()
+                .map(|r| (r.method.as_str(), r.budget, r.index))
+        })
         .collect();
     let mut tally: BTreeMap<(String, usize), Tally> = BTreeMap::new();
     let mut out = Gaps::default();
     for (dir, _) in sets {
+        let dir = dir.as_ref();
         let Some(p) = read(dir, rows)? else { continue };
         if p.unreadable > 0 {
             out.notes.push(format!(
