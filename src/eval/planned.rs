@@ -67,10 +67,16 @@ struct Planned {
     unreadable: usize,
 }
 
-/// Whether an eval could have written this (method, budget, row).
-fn valid(method: &str, budget: usize, row: Option<usize>, rows: Option<usize>) -> bool {
-    let known = crate::methods::engines::Method::parse(method).is_ok_and(|m| m.name() == method);
-    known && (1..=MAX_BUDGET).contains(&budget) && row.zip(rows).is_none_or(|(r, n)| r < n)
+/// Whether an eval could have run this (method, budget): a method by its exact name and a
+/// budget it accepts.
+fn known_run(method: &str, budget: usize) -> bool {
+    crate::methods::engines::Method::parse(method).is_ok_and(|m| m.name() == method)
+        && (1..=MAX_BUDGET).contains(&budget)
+}
+
+/// Whether `row` is a row of the data (of `rows` rows, when run.json says).
+fn known_row(row: usize, rows: Option<usize>) -> bool {
+    rows.is_none_or(|n| row < n)
 }
 
 /// Reads `dir/planned.jsonl`; None where there is none (a folder from before it existed).
@@ -87,8 +93,8 @@ fn read(dir: &Path, rows: Option<usize>) -> Result<Option<Planned>> {
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<Line>(l) {
             Ok(Line::Plan { runs, rows: mut r })
-                if runs.iter().all(|(m, b)| valid(m, *b, None, None))
-                    && r.iter().all(|&x| valid("baseline", 1, Some(x), rows)) =>
+                if runs.iter().all(|(m, b)| known_run(m, *b))
+                    && r.iter().all(|&x| known_row(x, rows)) =>
             {
                 r.sort_unstable();
                 r.dedup();
@@ -101,7 +107,7 @@ fn read(dir: &Path, rows: Option<usize>) -> Result<Option<Planned>> {
                 method,
                 budget,
                 row,
-            }) if valid(&method, budget, Some(row), rows) => {
+            }) if known_run(&method, budget) && known_row(row, rows) => {
                 p.skipped.insert((method, budget, row));
             }
             _ => p.unreadable += 1,

@@ -95,18 +95,23 @@ fn generate_with(model: &str, needles: &[&str]) {
 
 /// `generate` on the model directory `m` must fail with one line holding `needles`.
 fn generate_at(m: &str, needles: &[&str]) {
-    assert_one_line_error(
-        &[
-            "generate",
-            "--model",
-            m,
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "2",
-        ],
-        needles,
-    );
+    generate_with_flags(m, &[], needles)
+}
+
+/// `generate --prompt hi --max-tokens 2` on `m`, with `flags` added, must fail with one line
+/// holding `needles`.
+fn generate_with_flags(m: &str, flags: &[&str], needles: &[&str]) {
+    let mut args = vec![
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ];
+    args.extend_from_slice(flags);
+    assert_one_line_error(&args, needles);
 }
 
 #[test]
