@@ -45,20 +45,30 @@ pub fn with_ledger<R>(fallback: &Mutex<Ledger>, f: impl FnOnce(&mut Ledger) -> R
     }
 }
 
+/// Runs `f` with `a` as this thread's account, and puts the one it replaces back afterwards,
+/// even if `f` panics: a pass carried to another thread (`Backend::run_pass`) charges the
+/// account of the thread that asked for it.
+pub fn with_installed<R>(a: Option<SharedAccount>, f: impl FnOnce() -> R) -> R {
+    let _restore = Restore(Some(install(a)));
+    f()
+}
+
+/// Puts a thread's previous account back when dropped.
+struct Restore(Option<Option<SharedAccount>>);
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(prev) = self.0.take() {
+            install(prev);
+        }
+    }
+}
+
 /// Runs `f` with a scratch account installed and returns its result with what it charged:
 /// one forward pass's counts, to be divided among problems or phases (src/split.rs). The
 /// thread's own account is back in place afterwards.
 pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Ledger) {
     let scratch: SharedAccount = Arc::new(Mutex::new(Account::default()));
     // Put back even if `f` panics (a batcher catches a pass's panic and goes on).
-    struct Restore(Option<Option<SharedAccount>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(prev) = self.0.take() {
-                install(prev);
-            }
-        }
-    }
     let restore = Restore(Some(install(Some(scratch.clone()))));
     let out = f();
     drop(restore);

@@ -207,6 +207,11 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Runs `f`, one whole forward pass, where this backend's ops start fastest: the CPU runs
+    /// it on its thread pool (see its impl); others on the calling thread.
+    fn run_pass<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
 
     /// Batch invariance: with it on, each row of every op gets the same bits whatever else
     /// shares its pass (other branches, other problems in flight) and whether its token came

@@ -190,12 +190,24 @@ impl<B: Backend> Model<B> {
     /// Runs the new tokens `ids` (concatenated in batch order) through the model, writing
     /// their K/V into `kv`, and returns hidden states and logits of each sequence's last token.
     pub fn forward(&self, be: &B, kv: &mut B::Kv, batch: &Batch, ids: &[u32]) -> Result<Output<B>> {
-        let x = be.embed(&self.embed, ids)?;
-        self.forward_embedded(be, kv, batch, x)
+        be.run_pass(|| {
+            let x = be.embed(&self.embed, ids)?;
+            self.layers_and_head(be, kv, batch, x)
+        })
     }
 
     /// The same, from input embeddings (Quiet-STaR feeds its thought markers this way).
     pub fn forward_embedded(
+        &self,
+        be: &B,
+        kv: &mut B::Kv,
+        batch: &Batch,
+        x: B::Tensor,
+    ) -> Result<Output<B>> {
+        be.run_pass(|| self.layers_and_head(be, kv, batch, x))
+    }
+
+    fn layers_and_head(
         &self,
         be: &B,
         kv: &mut B::Kv,
