@@ -49,17 +49,15 @@ pub fn with_ledger<R>(fallback: &Mutex<Ledger>, f: impl FnOnce(&mut Ledger) -> R
 /// even if `f` panics: a pass carried to another thread (`Backend::run_pass`) charges the
 /// account of the thread that asked for it.
 pub fn with_installed<R>(a: Option<SharedAccount>, f: impl FnOnce() -> R) -> R {
-    let _restore = Restore(Some(install(a)));
+    let _restore = Restore(install(a));
     f()
 }
 
 /// Puts a thread's previous account back when dropped.
-struct Restore(Option<Option<SharedAccount>>);
+struct Restore(Option<SharedAccount>);
 impl Drop for Restore {
     fn drop(&mut self) {
-        if let Some(prev) = self.0.take() {
-            install(prev);
-        }
+        install(self.0.take());
     }
 }
 
@@ -69,9 +67,7 @@ impl Drop for Restore {
 pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Ledger) {
     let scratch: SharedAccount = Arc::new(Mutex::new(Account::default()));
     // Put back even if `f` panics (a batcher catches a pass's panic and goes on).
-    let restore = Restore(Some(install(Some(scratch.clone()))));
-    let out = f();
-    drop(restore);
+    let out = with_installed(Some(scratch.clone()), f);
     let ledger = std::mem::take(&mut lock(&scratch).ledger);
     (out, ledger)
 }
