@@ -353,10 +353,13 @@ impl OnBackend for Eval {
                 opened,
             )?;
             let s = fleet.batcher().sharing();
-            eprintln!(
-                "ponder: {} of {} forward passes ran several problems together (up to {} in one)",
-                s.shared, s.passes, s.most
-            );
+            // Nothing to say where nothing ran (a resume of a finished folder).
+            if s.passes > 0 {
+                eprintln!(
+                    "ponder: {} of {} forward passes ran several problems together (up to {} in one)",
+                    s.shared, s.passes, s.most
+                );
+            }
             records
         };
         // A finished run has no gaps of its own, but an earlier plan of the folder may (a
