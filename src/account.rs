@@ -3,6 +3,8 @@
 //! account's ledger instead of the backend's, and its phase is the thread's own. Forward passes
 //! shared by several problems are run by one thread and split among the problems afterwards
 //! (see batcher.rs). With no account installed everything goes to the backend's ledger.
+//! A backend that runs a pass on another thread (the CPU's `Backend::run_pass`, on its pool)
+//! installs the caller's account there for the pass.
 use crate::flops::Ledger;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};

@@ -1,12 +1,18 @@
 //! The CPU backend's results do not depend on how many threads it has: a researcher who runs
 //! a method on a laptop and again on a 64-core server, same seed, gets the same answers,
-//! texts and FLOPs. Every op computes each output in one fixed order (the rows are split
-//! among threads, a row's sum never is), so this holds by construction; the test keeps it so
-//! (a `par_iter().sum()` over a reduction would break it).
+//! texts, scores and FLOPs. Every op computes each output in one fixed order (the rows are
+//! split among threads, a row's sum never is), so this holds by construction; this test
+//! keeps it so end to end, through the CLI.
+//!
+//! A sampled token changes only when a draw lands within a last bit of a boundary, so the
+//! baseline and Quiet-STaR runs would rarely show a changed sum; REBASE and the combined
+//! method print every PRM score in full (a softmax of the logits), where any changed bit
+//! shows. tests/pass_threads.rs compares the logits themselves, bit for bit, in pools of 1
+//! and 3 threads.
 //!
 //! The model is synthetic:smollm2-135m, large enough that its matmuls and attention split
-//! into many tasks (synthetic:tiny's fit in one), and 1 against 3 threads so that the splits
-//! differ in count and in where they fall.
+//! into many tasks (synthetic:tiny's fit in few); rayon groups the tasks differently on 1
+//! thread and on 3.
 use std::process::Command;
 
 /// `ponder solve --json` with RAYON_NUM_THREADS set, less the fields a clock gives.

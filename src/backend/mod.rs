@@ -193,7 +193,8 @@ pub trait Backend: Send + Sync {
     fn set_phase(&self, p: Phase) {
         crate::account::with_ledger(self.ledger(), |l| l.set_phase(p));
     }
-    /// Charges `c` to `op` in this thread's ledger (its problem's account, else the backend's).
+    /// Charges `c` to `op` in this thread's ledger (its problem's account, else the backend's;
+    /// inside a pass that `run_pass` moved, the account of the thread that asked for it).
     fn charge(&self, op: &'static str, c: Counts) {
         crate::account::with_ledger(self.ledger(), |l| l.record(op, c));
     }
