@@ -215,41 +215,43 @@ impl Task<'_> {
     /// rows a step waits on the weights coming in from memory, so each is used up while it
     /// passes, in one sequential stream.
     fn stream<W: Weight>(&self, w: &[&[W]]) {
-        let Task { x, n, k, .. } = *self;
-        let xr = |i: usize| &x[i * k..(i + 1) * k];
+        let n = self.n;
+        // Where each dot_rows call's input rows start: row 0 alone when n is odd, then pairs.
+        let starts = || {
+            (n % 2 == 1)
+                .then_some(0)
+                .into_iter()
+                .chain((n % 2..n).step_by(2))
+        };
         // Input rows past L1's size (the down projection's six rows of 1536 are 36 KB) are
         // reread for every weight row: then pairs of rows go outside, and the block's
         // weights come from L2 after the first pair. The same dot_rows calls either way.
-        if n * k * 4 > STREAM_L1_BYTES {
-            let mut i = 0;
-            if n % 2 == 1 {
+        if n * self.k * 4 > STREAM_L1_BYTES {
+            for i in starts() {
                 for (jj, wj) in w.iter().enumerate() {
-                    self.put(0, jj, dot_rows([xr(0)], wj)[0]);
+                    self.rows_from(i, jj, wj);
                 }
-                i = 1;
             }
-            while i < n {
-                for (jj, wj) in w.iter().enumerate() {
-                    let [a, b] = dot_rows([xr(i), xr(i + 1)], wj);
-                    self.put(i, jj, a);
-                    self.put(i + 1, jj, b);
+        } else {
+            for (jj, wj) in w.iter().enumerate() {
+                for i in starts() {
+                    self.rows_from(i, jj, wj);
                 }
-                i += 2;
             }
-            return;
         }
-        for (jj, wj) in w.iter().enumerate() {
-            let mut i = 0;
-            if n % 2 == 1 {
-                self.put(0, jj, dot_rows([xr(0)], wj)[0]);
-                i = 1;
-            }
-            while i < n {
-                let [a, b] = dot_rows([xr(i), xr(i + 1)], wj);
-                self.put(i, jj, a);
-                self.put(i + 1, jj, b);
-                i += 2;
-            }
+    }
+
+    /// One dot_rows call of `stream`: input row 0 alone (i = 0 and n odd), else rows i and
+    /// i + 1, against weight row `wj` (output column jj).
+    fn rows_from<W: Weight>(&self, i: usize, jj: usize, wj: &[W]) {
+        let Task { x, n, k, .. } = *self;
+        let xr = |r: usize| &x[r * k..(r + 1) * k];
+        if i == 0 && n % 2 == 1 {
+            self.put(0, jj, dot_rows([xr(0)], wj)[0]);
+        } else {
+            let [a, b] = dot_rows([xr(i), xr(i + 1)], wj);
+            self.put(i, jj, a);
+            self.put(i + 1, jj, b);
         }
     }
 }
