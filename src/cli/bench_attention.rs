@@ -29,11 +29,12 @@ pub struct Sizes {
 /// Runs `f` once to warm up (waited for), then `iters` times back to back; returns seconds
 /// per run and the ledger's counts per run. The clock stops when the device has finished the
 /// last run (`synchronize`), before anything is copied back: a copy of the output to the host
-/// would cost more than a short kernel itself.
+/// would cost more than a short kernel itself. The runs go through `run_pass`, as a forward
+/// pass's ops do: on the CPU they start on its thread pool instead of each being handed to it.
 fn time<B: Backend>(
     be: &B,
     iters: usize,
-    mut f: impl FnMut() -> Result<B::Tensor>,
+    mut f: impl FnMut() -> Result<B::Tensor> + Send,
 ) -> Result<(f64, Counts)> {
     be.to_host(&f()?)?;
     let before = be
@@ -42,10 +43,13 @@ fn time<B: Backend>(
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let t = Instant::now();
-    let mut last = None;
-    for _ in 0..iters {
-        last = Some(f()?);
-    }
+    let last = be.run_pass(|| {
+        let mut last = None;
+        for _ in 0..iters {
+            last = Some(f()?);
+        }
+        anyhow::Ok(last)
+    })?;
     be.synchronize()?;
     let secs = t.elapsed().as_secs_f64() / iters as f64;
     // Outside the clock: a fault in the last run surfaces here at the latest.
