@@ -42,7 +42,8 @@ SMEM_PER_SM, SMEM_UNIT, SMEM_RESERVED = 228 * 1024, 128, 1024
 
 
 def compile_one(src, tmp):
-    cap = os.environ.get("CUDA_COMPUTE_CAP", "90a").replace(".", "").removeprefix("sm_")
+    # As build.rs reads it: "90a", "sm_90a", "compute_90", "8.9".
+    cap = re.sub(r"^(sm_|compute_)", "", os.environ.get("CUDA_COMPUTE_CAP", "90a").strip()).replace(".", "")
     out = os.path.join(tmp, os.path.basename(src) + ".cubin")
     r = subprocess.run([NVCC, "-cubin", f"-arch=sm_{cap}", "-O3", "-lineinfo", "-std=c++17",
                         "--expt-relaxed-constexpr", "-I" + KDIR, "-Xptxas", "-v", "-o", out, src],
