@@ -12,6 +12,12 @@ FADD / FMUL / FFMA (the counters flops-audit.sh reads: add + mul + 2·fma), MUFU
 instructions and the blocks each one branches to. With -v it lists those instructions
 themselves (with their predicates, which decide whether a thread counts them). Loop trip
 counts are not derived: read them off the source.
+
+    python3 scripts/sass-fp32.py kernels/attn_prefill.cu --kernel attn_prefill_hd128 --loops
+
+prints instead, for every loop (a backward branch and the code from its target to it, where a
+nested loop's body counts once), how many instructions of each kind one trip issues: what a loop spends its
+issue slots on (shared-memory loads and mask arithmetic beside each HMMA, say).
 """
 import collections
 import os
@@ -83,9 +89,23 @@ def blocks(ins):
     return out
 
 
+def loops(ins, top=16):
+    """One line per loop: its address range, instructions per trip, the most frequent kinds."""
+    out = []
+    for a, t in ins:
+        m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", t)
+        if m and int(m.group(1), 16) < a:
+            lo = int(m.group(1), 16)
+            c = collections.Counter(opcode(u) for b, u in ins if lo <= b <= a)
+            kinds = ", ".join(f"{k} {v}" for k, v in c.most_common(top))
+            out.append(f"  loop {lo:#07x}..{a:#07x}: {sum(c.values())} instructions per trip: {kinds}")
+    return out
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("-")]
     verbose = "-v" in sys.argv
+    want_loops = "--loops" in sys.argv
     only = sys.argv[sys.argv.index("--kernel") + 1] if "--kernel" in sys.argv else None
     if only:
         args.remove(only)
@@ -98,6 +118,9 @@ def main():
         total = collections.Counter(opcode(t).split(".")[0] for _, t in ins)
         print(f"== {name}: {len(ins)} instructions; static " +
               ", ".join(f"{k} {total[k]}" for k in SHOWN if total[k]))
+        if want_loops:
+            print("\n".join(loops(ins)))
+            continue
         for a, ts in blocks(ins):
             c = collections.Counter()
             succ = []
