@@ -7,10 +7,12 @@ picking lines out and, where a target is a ratio, one quotient (4 decimals), so 
 rounded up.
 
     python3 gpu-summary.py LOGS_DIR > summary.md      (run.sh does this at its end)
+    python3 gpu-summary.py --self-check               the targets table on made-up logs (CI)
 """
 import pathlib
 import re
 import sys
+from decimal import Decimal as D, InvalidOperation
 
 
 def read(path):
@@ -62,7 +64,8 @@ def by_kind(text):
 
 def targets(logs):
     """hardware.md's targets beside what this run measured: every figure as the bench printed it,
-    the verdict from those figures (a quotient where the target is one). Rows only for what ran."""
+    the verdict from those figures, exactly (decimal arithmetic on the printed digits). Rows only
+    for what ran."""
     rows = []
     dec = read(logs / "bench-decode.log")
     for kind, lines in by_kind(dec or ""):
@@ -74,19 +77,19 @@ def targets(logs):
         if 1 in step:
             ms, tok = step[1]
             rows.append((f"decode, batch 1 ({kind})", "≥ 195 tok/s", f"{tok} tok/s ({ms} ms/step)",
-                         "met" if float(tok) >= 195 else "not met"))
-        if 1 in step and 16 in step and float(step[1][0]) > 0:
-            a, b = float(step[16][0]), float(step[1][0])
+                         "met" if D(tok) >= 195 else "not met"))
+        if 1 in step and 16 in step and D(step[1][0]) > 0:
+            a, b = D(step[16][0]), D(step[1][0])
             rows.append((f"16 branches on a shared prefix / batch 1, ms per step ({kind})", "≤ 1.1",
-                         f"{step[16][0]} / {step[1][0]} = {a / b:.4f}",
-                         "met" if a / b <= 1.1 else "not met"))
+                         f"{step[16][0]} / {step[1][0]} = {float(a / b):.4f}",
+                         "met" if a <= D("1.1") * b else "not met"))
     pre = read(logs / "bench-prefill.log")
     for kind, lines in by_kind(pre or ""):
         for l in lines:
             m = re.search(r"prefill of (\d+) tokens .*?([\d.]+) TFLOP/s useful", l)
             if m:
                 rows.append((f"prefill {m.group(1)} tokens ({kind})", "≥ 550 TFLOP/s", f"{m.group(2)} TFLOP/s",
-                             "met" if float(m.group(2)) >= 550 else "not met"))
+                             "met" if D(m.group(2)) >= 550 else "not met"))
     att = read(logs / "bench-attention.log")
     for kind, lines in by_kind(att or ""):
         for l in lines:
@@ -94,12 +97,12 @@ def targets(logs):
             c = re.split(r"\s{2,}", l.strip())
             if len(c) >= 5 and c[0] == "diagonal-mask" and re.fullmatch(r"[\d.]+", c[3]):
                 # 60% of cuDNN's 549-661 TFLOP/s: 329.4 to 396.6.
-                v = float(c[3])
+                v = D(c[3])
                 rows.append((f"thought-diagonal mask, {c[1]} ({kind})", "≥ 329.4-396.6 TFLOP/s",
-                             f"{c[3]} TFLOP/s ({c[2]} ms)", "met" if v >= 396.6 else
-                             "met against 549 only" if v >= 329.4 else "not met"))
+                             f"{c[3]} TFLOP/s ({c[2]} ms)", "met" if v >= D("396.6") else
+                             "met against 549 only" if v >= D("329.4") else "not met"))
     csv = read(logs / "eval-mistral" / "summary.csv")
-    limit = {"baseline": 2.2, "quiet-star": 16.0, "rebase": 0.6, "combined": 4.0}
+    limit = {"baseline": "2.2", "quiet-star": "16", "rebase": "0.6", "combined": "4"}
     if csv:
         head, *body = [l.split(",") for l in csv.splitlines() if l]
         col = {h: i for i, h in enumerate(head)}
@@ -109,11 +112,56 @@ def targets(logs):
                 sec = r[col["mean_seconds"]]
                 rows.append((f"{m}, budget {r[col['budget']]}, s per question (mean of {r[col['n']]}; "
                              "problems ran in flight together)", f"≤ {limit[m]} s", f"{sec} s",
-                             "met" if float(sec) <= limit[m] else "not met"))
+                             "met" if D(sec) <= D(limit[m]) else "not met"))
     return rows
 
 
+def self_check():
+    """Made-up logs in the shapes ponder prints them (--kernels both): every target row, and its
+    verdict from the printed figures, or the check fails."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        (d / "eval-mistral").mkdir()
+        table = " batch    ms/step   tokens/s       GB/s % of 3.1\n"
+        (d / "bench-decode.log").write_text(
+            "kernels: batch-invariant (what solve and eval run)\ndecode on synthetic:mistral-7b\n" + table +
+            "     1      5.000      200.0    2900.00     93.5\n    16      5.600     2857.1    2700.00     87.1\n"
+            "kernels: fastest per pass (not batch-invariant; solve and eval do not run these)\n" + table +
+            "     1      4.900      204.0    2950.00     95.1\n    16      5.390     2968.4    2800.00     90.3\n")
+        (d / "bench-prefill.log").write_text(
+            "kernels: batch-invariant (what solve and eval run)\nprefill of 2048 tokens on synthetic:mistral-7b "
+            "(cuda: H100): 0.100 s (median of 3), 20480.0 tokens/s, 312.345 TFLOP/s useful (39.5% of 790)\n")
+        (d / "bench-attention.log").write_text(
+            "case           shape                                  ms    TFLOP/s       GB/s             roofline\n"
+            "causal         2048 tokens                         0.500    300.000      1.000  38.0% of 790 TFLOP/s\n"
+            "diagonal-mask  512 positions, depth 7              0.250    350.500      1.000  44.4% of 790 TFLOP/s\n")
+        (d / "eval-mistral" / "summary.csv").write_text(
+            "method,budget,n,correct,accuracy,mean_seconds\nbaseline,6,2,0,0,2.1\nquiet-star,6,2,0,0,16.5\n"
+            "rebase,3,2,0,0,0.6\ncombined,3,2,0,0,3.9\n")
+        got = [(a, c, v) for a, _, c, v in targets(d)]
+    want = [
+        ("decode, batch 1 (invariant)", "200.0 tok/s (5.000 ms/step)", "met"),
+        ("16 branches on a shared prefix / batch 1, ms per step (invariant)", "5.600 / 5.000 = 1.1200", "not met"),
+        ("decode, batch 1 (fast)", "204.0 tok/s (4.900 ms/step)", "met"),
+        ("16 branches on a shared prefix / batch 1, ms per step (fast)", "5.390 / 4.900 = 1.1000", "met"),
+        ("prefill 2048 tokens (invariant)", "312.345 TFLOP/s", "not met"),
+        ("thought-diagonal mask, 512 positions, depth 7 (invariant)", "350.500 TFLOP/s (0.250 ms)",
+         "met against 549 only"),
+        ("baseline, budget 6, s per question (mean of 2; problems ran in flight together)", "2.1 s", "met"),
+        ("quiet-star, budget 6, s per question (mean of 2; problems ran in flight together)", "16.5 s", "not met"),
+        ("rebase, budget 3, s per question (mean of 2; problems ran in flight together)", "0.6 s", "met"),
+        ("combined, budget 3, s per question (mean of 2; problems ran in flight together)", "3.9 s", "met"),
+    ]
+    if got != want:
+        sys.exit("gpu-summary self-check FAILED:\n" + "\n".join(f"  got  {g}\n  want {w}"
+                 for g, w in zip(got + [None] * len(want), want + [None] * len(got)) if g != w))
+    print("gpu-summary self-check: ok")
+
+
 def main():
+    if sys.argv[1:] == ["--self-check"]:
+        return self_check()
     if len(sys.argv) != 2:
         sys.exit("usage: gpu-summary.py LOGS_DIR")
     logs = pathlib.Path(sys.argv[1])
@@ -154,7 +202,7 @@ def main():
         fenced("eval-mistral (no report written)", read(logs / "eval-mistral.log")[-4000:], out)
     try:
         rows = targets(logs)
-    except (ValueError, KeyError, IndexError) as e:
+    except (ValueError, KeyError, IndexError, InvalidOperation) as e:
         # This page is a GPU run's only readable result: a log in an unexpected shape costs
         # the table, never the page.
         rows = [("(the targets table)", "-", f"not made: {type(e).__name__}: {e}", "-")]
