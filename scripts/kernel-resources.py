@@ -9,7 +9,7 @@ CUDA_COMPUTE_CAP says otherwise, -O3) with `-Xptxas -v` and reads what ptxas pri
                                                    # more than SPILL_BUDGET allows
 
 Occupancy is the register- and shared-memory-limited share of an H100 SM's 64 warp slots
-(65,536 registers allocated 256 at a time per warp, 228 KiB of shared memory with 1 KiB
+(65,536 registers in 4 sub-partitions, allocated 256 at a time per warp, 228 KiB of shared memory with 1 KiB
 reserved per block, 2,048 threads, 32 blocks). It needs the block size, which this script
 takes from the kernel's `__launch_bounds__` (every kernel whose occupancy matters has one:
 the attention kernels and sampling); for the others it gives only the warps per SM that
@@ -31,13 +31,13 @@ KDIR = os.path.join(ROOT, "kernels")
 
 # Spill bytes (stores, loads) a kernel may have; any other spill fails --check. The one entry:
 # ptxas caps attn_prefix_hd64 at 128 registers (4 blocks of 128 threads per SM) and keeps one
-# value in local memory, stored once and loaded once per 64-key tile (2 loads in ~4,600
+# value in local memory, stored once and loaded once per 64-key tile (2 loads among 2,288
 # instructions). `__launch_bounds__(128, 3)` removes the spill at 164 registers (3 blocks per
 # SM); which is faster is for a GPU to measure, not this script.
 SPILL_BUDGET = {"attn_prefix_hd64": (4, 8)}
 
 # H100 (sm_90) per-SM limits, from the CUDA occupancy calculator's table.
-REGS_PER_SM, REG_UNIT, MAX_WARPS, MAX_BLOCKS = 65536, 256, 64, 32
+REGS_PER_SM, REG_UNIT, SUB_PARTITIONS, MAX_WARPS, MAX_BLOCKS = 65536, 256, 4, 64, 32
 SMEM_PER_SM, SMEM_UNIT, SMEM_RESERVED = 228 * 1024, 128, 1024
 
 
@@ -65,7 +65,7 @@ def parse(log):
         if cur is None:
             continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m and "Function properties" not in line:
+        if m:
             cur["stack"], cur["spill_st"], cur["spill_ld"] = map(int, m.groups())
         m = re.search(r"Used (\d+) registers", line)
         if m:
@@ -96,7 +96,8 @@ def launch_bounds(src):
     text = open(src).read()
     d = defines(src)
     out = {}
-    for m in re.finditer(r"__launch_bounds__\((\w+)\)\s+([\w#]+)", text):
+    # __launch_bounds__(threads) or (threads, min blocks per SM[, max blocks per cluster]).
+    for m in re.finditer(r"__launch_bounds__\(\s*(\w+)\s*(?:,[^)]*)?\)\s+([\w#]+)", text):
         n = int(m.group(1)) if m.group(1).isdigit() else d.get(m.group(1))
         name = m.group(2)
         if n is None:
@@ -112,8 +113,10 @@ def launch_bounds(src):
 
 
 def occupancy(regs, smem, block):
+    # As cuda_occupancy.h's cudaOccMaxBlocksPerSMRegsLimit: registers are allocated per warp,
+    # 256 at a time, inside each of the SM's 4 sub-partitions.
     per_warp = -(-max(regs, 1) * 32 // REG_UNIT) * REG_UNIT
-    warps_by_regs = min(REGS_PER_SM // per_warp, MAX_WARPS)
+    warps_by_regs = min(REGS_PER_SM // SUB_PARTITIONS // per_warp * SUB_PARTITIONS, MAX_WARPS)
     if block is None:
         return warps_by_regs, None
     wpb = -(-block // 32)

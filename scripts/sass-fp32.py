@@ -47,7 +47,8 @@ def tools():
 
 
 def disassemble(src):
-    cap = os.environ.get("CUDA_COMPUTE_CAP", "90a")
+    # As build.rs reads it: "90a", "sm_90a", "compute_90", "8.9".
+    cap = re.sub(r"^(sm_|compute_)", "", os.environ.get("CUDA_COMPUTE_CAP", "90a").strip()).replace(".", "")
     with tempfile.TemporaryDirectory() as d:
         cubin = os.path.join(d, "k.cubin")
         subprocess.run([NVCC, "-cubin", f"-arch=sm_{cap}", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
