@@ -21,13 +21,10 @@ can be known before one.
 import concurrent.futures
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NVCC = os.path.join(ROOT, ".cuda/py/nvidia/cu13/bin/nvcc")
-KDIR = os.path.join(ROOT, "kernels")
+from kernel_cubin import KDIR, cubin
 
 # Spill bytes (stores, loads) a kernel may have; any other spill fails --check. The one entry:
 # ptxas caps attn_prefix_hd64 at 128 registers (4 blocks of 128 threads per SM) and keeps one
@@ -39,18 +36,6 @@ SPILL_BUDGET = {"attn_prefix_hd64": (4, 8)}
 # H100 (sm_90) per-SM limits, from the CUDA occupancy calculator's table.
 REGS_PER_SM, REG_UNIT, SUB_PARTITIONS, MAX_WARPS, MAX_BLOCKS = 65536, 256, 4, 64, 32
 SMEM_PER_SM, SMEM_UNIT, SMEM_RESERVED = 228 * 1024, 128, 1024
-
-
-def compile_one(src, tmp):
-    # As build.rs reads it: "90a", "sm_90a", "compute_90", "8.9".
-    cap = re.sub(r"^(sm_|compute_)", "", os.environ.get("CUDA_COMPUTE_CAP", "90a").strip()).replace(".", "")
-    out = os.path.join(tmp, os.path.basename(src) + ".cubin")
-    r = subprocess.run([NVCC, "-cubin", f"-arch=sm_{cap}", "-O3", "-lineinfo", "-std=c++17",
-                        "--expt-relaxed-constexpr", "-I" + KDIR, "-Xptxas", "-v", "-o", out, src],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"error: nvcc failed on {src}:\n{r.stderr}")
-    return r.stderr
 
 
 def parse(log):
@@ -131,11 +116,10 @@ def main():
     unknown = [a for a in sys.argv[1:] if a != "--check"]
     if unknown:
         sys.exit(f"error: unknown argument {unknown[0]} (usage: kernel-resources.py [--check])")
-    if not os.access(NVCC, os.X_OK):
-        sys.exit("error: no nvcc in .cuda/: run scripts/setup-cuda.sh first")
     srcs = sorted(os.path.join(KDIR, f) for f in os.listdir(KDIR) if f.endswith(".cu"))
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as ex:
-        logs = list(ex.map(lambda s: compile_one(s, tmp), srcs))
+        logs = list(ex.map(lambda s: cubin(s, os.path.join(tmp, os.path.basename(s) + ".cubin"),
+                                           ["-Xptxas", "-v"]), srcs))
     print("| file | kernel | registers | spill st/ld (B) | stack (B) | static smem (B) | block | "
           "warps/SM by registers | blocks/SM | occupancy |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -26,8 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NVCC = os.path.join(ROOT, ".cuda/py/nvidia/cu13/bin/nvcc")
+from kernel_cubin import NVCC, ROOT, cubin
 SASS_DIR = os.path.join(ROOT, ".cuda/sass")
 CUOBJDUMP = os.path.join(SASS_DIR, "nvidia/cu13/bin/cuobjdump")
 WHEELS = ["nvidia-cuda-cuobjdump==13.2.51", "nvidia-cuda-nvdisasm==13.2.51"]
@@ -47,13 +46,10 @@ def tools():
 
 
 def disassemble(src):
-    # As build.rs reads it: "90a", "sm_90a", "compute_90", "8.9".
-    cap = re.sub(r"^(sm_|compute_)", "", os.environ.get("CUDA_COMPUTE_CAP", "90a").strip()).replace(".", "")
     with tempfile.TemporaryDirectory() as d:
-        cubin = os.path.join(d, "k.cubin")
-        subprocess.run([NVCC, "-cubin", f"-arch=sm_{cap}", "-O3", "-std=c++17", "--expt-relaxed-constexpr",
-                        "-I" + os.path.join(ROOT, "kernels"), "-o", cubin, src], check=True)
-        return subprocess.run([CUOBJDUMP, "-sass", cubin], check=True, capture_output=True,
+        out = os.path.join(d, "k.cubin")
+        cubin(src, out)
+        return subprocess.run([CUOBJDUMP, "-sass", out], check=True, capture_output=True,
                               text=True).stdout
 
 
