@@ -98,17 +98,19 @@ def launch_bounds(src):
 
 
 def occupancy(regs, smem, block):
+    """(warps per SM by registers, blocks per SM, share of the 64 warp slots); the last two
+    None without a block size."""
     # As cuda_occupancy.h's cudaOccMaxBlocksPerSMRegsLimit: registers are allocated per warp,
     # 256 at a time, inside each of the SM's 4 sub-partitions.
     per_warp = -(-max(regs, 1) * 32 // REG_UNIT) * REG_UNIT
     warps_by_regs = min(REGS_PER_SM // SUB_PARTITIONS // per_warp * SUB_PARTITIONS, MAX_WARPS)
     if block is None:
-        return warps_by_regs, None
+        return warps_by_regs, None, None
     wpb = -(-block // 32)
     blocks = min(warps_by_regs // wpb, MAX_WARPS // wpb, MAX_BLOCKS)
     if smem:
         blocks = min(blocks, SMEM_PER_SM // (-(-smem // SMEM_UNIT) * SMEM_UNIT + SMEM_RESERVED))
-    return warps_by_regs, blocks
+    return warps_by_regs, blocks, blocks * wpb / MAX_WARPS
 
 
 def main():
@@ -128,8 +130,8 @@ def main():
         bounds = launch_bounds(src)
         for name, k in parse(log):
             block = bounds.get(name)
-            w, b = occupancy(k["regs"], k["smem"], block)
-            occ = f"{100 * b * -(-block // 32) / MAX_WARPS:.1f}%" if b is not None else "—"
+            w, b, share = occupancy(k["regs"], k["smem"], block)
+            occ = f"{100 * share:.1f}%" if share is not None else "—"
             print(f"| {os.path.basename(src)} | {name} | {k['regs']} | {k['spill_st']}/{k['spill_ld']} | "
                   f"{k['stack']} | {k['smem']} | {block or '—'} | {w} | {b if b is not None else '—'} | {occ} |")
             allowed = SPILL_BUDGET.get(name, (0, 0))
